@@ -1,0 +1,49 @@
+# kiln — thin wrapper over CMake. The two commands a newcomer needs:
+#   make demo   install what is missing, fetch the demo model, bake it, inspect it
+#   make test   build and run every test (C unit tests, then the Python oracle tests)
+BUILD ?= build
+JOBS ?= 2
+PY := .venv/bin/python
+
+.PHONY: all deps pyenv models test test-c test-py test-sanitize fuzz demo clean
+
+all: $(BUILD)/kiln
+
+deps:
+	@scripts/deps.sh
+
+$(BUILD)/Makefile: CMakeLists.txt
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS) >/dev/null
+
+$(BUILD)/kiln: deps $(BUILD)/Makefile FORCE
+	cmake --build $(BUILD) -j$(JOBS)
+
+FORCE:
+
+pyenv:
+	@scripts/pyenv.sh
+
+models: pyenv
+	@scripts/fetch_models.sh >/dev/null
+
+test: all pyenv models
+	@scripts/run_tests.sh $(BUILD)
+
+# The same tests on an ASan + UBSan build.
+test-sanitize: deps pyenv models
+	cmake -S . -B build-san -DCMAKE_BUILD_TYPE=Debug -DKILN_SANITIZE=ON >/dev/null
+	cmake --build build-san -j$(JOBS)
+	@scripts/run_tests.sh build-san
+
+# libFuzzer targets, each run for FUZZ_SECONDS.
+FUZZ_SECONDS ?= 30
+fuzz: deps
+	CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DKILN_FUZZ=ON >/dev/null
+	cmake --build build-fuzz -j$(JOBS)
+	@scripts/run_fuzz.sh build-fuzz $(FUZZ_SECONDS)
+
+demo: all pyenv models
+	@scripts/demo.sh $(BUILD)
+
+clean:
+	rm -rf $(BUILD) build-san build-fuzz

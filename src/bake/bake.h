@@ -1,0 +1,29 @@
+/* bake.h — internal pieces of the bake shared with describe. */
+#ifndef KN_BAKE_H
+#define KN_BAKE_H
+
+#include "formats/source.h"
+#include "model/contract.h"
+
+/* Tensor classes reported per quantization scheme. */
+const char *kn_tensor_class(const char *name);
+
+/* The offering description (manifest.json / kiln inspect) of an opened offering model.gguf.
+ * Runs the validation checks (schema, contract, finite weights) and reports their verdict in
+ * the description; returns an error only when the file cannot be described at all. */
+kiln_status kn_describe_offering(const char *model_path, kiln_describe_format fmt, kn_buf *out,
+                                 bool *valid, kiln_error *err);
+
+/* Description of a source that is not an offering: what a default bake would produce. */
+kiln_status kn_describe_source(kn_source *src, kiln_describe_format fmt, kn_buf *out,
+                               kiln_error *err);
+
+/* Output type of a tensor under a scheme (KN_TYPE_* id); *group gets the int4_sym group. */
+uint32_t kn_bake_out_type(const kn_src_tensor *t, kiln_quant quant, int *group);
+
+
+
+/* Writes the tokenizer of a Hugging Face source (tokenizer.json, tokenizer_config.json) as GGUF
+ * tokenizer.* keys, plus its chat template. */
+kiln_status kn_bake_hf_tokenizer(const kn_source *src, kn_gguf_writer *w, kiln_error *err);
+#endif

@@ -1,0 +1,40 @@
+/* args.c — option parsing helpers shared by the subcommands. */
+#include "args.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+bool kiln_arg_is_help(const char *a) { return strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0; }
+
+bool kiln_arg_value(int argc, char **argv, int *i, const char *name, const char *alias,
+                    const char **value, bool *bad) {
+    const char *a = argv[*i];
+    size_t n = strlen(name);
+    if (strncmp(a, name, n) == 0 && a[n] == '=') {
+        *value = a + n + 1;
+        return true;
+    }
+    if (strcmp(a, name) != 0 && !(alias && strcmp(a, alias) == 0)) return false;
+    if (*i + 1 >= argc) {
+        kiln_cli_error("%s needs a value", name);
+        *bad = true;
+        return true;
+    }
+    *value = argv[++*i];
+    return true;
+}
+
+bool kiln_arg_int(const char *option, const char *text, long lo, long hi, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || end == text || *end || v < lo || v > hi) {
+        kiln_cli_error("%s: '%s' is not an integer in [%ld, %ld]", option, text, lo, hi);
+        return false;
+    }
+    *out = (int)v;
+    return true;
+}

@@ -1,0 +1,15 @@
+/* args.h — small helpers for parsing subcommand options. */
+#ifndef KILN_CLI_ARGS_H
+#define KILN_CLI_ARGS_H
+
+#include <stdbool.h>
+
+/* Matches argv[*i] against "--name" / "--name=value" (and the short alias, if any) and takes
+ * its value; on a missing value prints an error and sets *bad. */
+bool kiln_arg_value(int argc, char **argv, int *i, const char *name, const char *alias,
+                    const char **value, bool *bad);
+/* Parses a whole decimal integer in [lo, hi]; prints "kiln: OPTION: ..." on failure. */
+bool kiln_arg_int(const char *option, const char *text, long lo, long hi, int *out);
+bool kiln_arg_is_help(const char *a);
+
+#endif

@@ -1,0 +1,577 @@
+/* source.c — open a GGUF file, a Hugging Face folder or a cached HF id as one kn_source. */
+#include "formats/source.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "quant/quant.h"
+
+#define JSON_MAX (64u << 20) /* tokenizer.json of large vocabularies reaches ~20 MB */
+
+static kiln_status add_file(kn_source *s, const char *path, const void *data, size_t n,
+                            kiln_error *err) {
+    kn_src_file *f = kn_realloc(s->files, (size_t)(s->n_files + 1) * sizeof *f);
+    if (!f) return kn_fail(err, KILN_ERR_NOMEM, "%s: out of memory", path);
+    s->files = f;
+    f = &s->files[s->n_files];
+    f->path = kn_strdup(path);
+    if (!f->path) return kn_fail(err, KILN_ERR_NOMEM, "%s: out of memory", path);
+    kn_sha256_hex(data, n, f->sha256);
+    s->n_files++;
+    return KILN_OK;
+}
+
+static kiln_status add_tensor(kn_source *s, kn_src_tensor *t, kiln_error *err) {
+    if (s->n_tensors % 64 == 0) {
+        kn_src_tensor *nt = kn_realloc(s->tensors, (size_t)(s->n_tensors + 64) * sizeof *nt);
+        if (!nt) return kn_fail(err, KILN_ERR_NOMEM, "%s: out of memory", s->label);
+        s->tensors = nt;
+    }
+    for (int i = 0; i < s->n_tensors; i++)
+        if (strcmp(s->tensors[i].name, t->name) == 0)
+            return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor %s appears twice", t->file, t->name);
+    s->tensors[s->n_tensors++] = *t;
+    return KILN_OK;
+}
+
+const kn_src_tensor *kn_source_find(const kn_source *s, const char *name) {
+    for (int i = 0; i < s->n_tensors; i++)
+        if (strcmp(s->tensors[i].name, name) == 0) return &s->tensors[i];
+    return NULL;
+}
+
+/* Every tensor the hyperparameters call for is present with the implied shape, and nothing
+ * else is there; failures name the tensor. */
+static kiln_status check_schema(kn_source *s, kiln_error *err) {
+    const kn_hparams *hp = &s->hp;
+    for (int r = 0; r < KN_T_ROLE_COUNT; r++) {
+        int layers = kn_tensor_role_is_per_layer((kn_tensor_role)r) ? hp->n_layer : 1;
+        for (int l = 0; l < layers; l++) {
+            char name[96];
+            int nd;
+            int64_t ne[2];
+            if (!kn_tensor_expected(hp, (kn_tensor_role)r, l, name, sizeof name, &nd, ne)) continue;
+            const kn_src_tensor *t = kn_source_find(s, name);
+            if (!t)
+                return kn_fail(err, KILN_ERR_FORMAT, "%s: missing tensor %s", s->label, name);
+            bool ok = t->ne[0] == ne[0] && t->ne[2] == 1 && t->ne[3] == 1 &&
+                      (nd == 1 ? t->ne[1] == 1 : t->ne[1] == ne[1]);
+            if (!ok)
+                return kn_fail(err, KILN_ERR_FORMAT,
+                               "%s: tensor %s has shape [%lld, %lld] (GGUF order), the config "
+                               "implies [%lld, %lld]",
+                               t->file, name, (long long)t->ne[0], (long long)t->ne[1],
+                               (long long)ne[0], (long long)(nd == 1 ? 1 : ne[1]));
+            if (t->permute_heads && (t->ne[1] % t->permute_heads ||
+                                     (t->ne[1] / t->permute_heads) % 2))
+                return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor %s rows do not split into %d "
+                               "heads", t->file, name, t->permute_heads);
+        }
+    }
+    for (int i = 0; i < s->n_tensors; i++) {
+        const char *nm = s->tensors[i].name;
+        if (strcmp(nm, "rope_freqs.weight") == 0) continue;
+        bool known = false;
+        for (int r = 0; r < KN_T_ROLE_COUNT && !known; r++) {
+            int layers = kn_tensor_role_is_per_layer((kn_tensor_role)r) ? hp->n_layer : 1;
+            for (int l = 0; l < layers && !known; l++) {
+                char name[96];
+                int nd;
+                int64_t ne[2];
+                if (kn_tensor_expected(hp, (kn_tensor_role)r, l, name, sizeof name, &nd, ne) &&
+                    strcmp(name, nm) == 0)
+                    known = true;
+            }
+        }
+        if (!known)
+            return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: unexpected tensor %s (%s)",
+                           s->tensors[i].file, nm, s->tensors[i].orig_name);
+    }
+    for (int i = 0; i < s->n_tensors; i++) {
+        const kn_src_tensor *t = &s->tensors[i];
+        if (t->type != KN_TYPE_F32 && t->type != KN_TYPE_F16 && t->type != KN_TYPE_BF16 &&
+            strncmp(t->name, "blk.", 4) == 0 && t->n_dims == 2)
+            s->quantized = true;
+        if (!kn_type_get(t->type)->can_dequantize)
+            return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: tensor %s has type %s, which kiln "
+                           "cannot read", t->file, t->name, kn_type_name(t->type));
+    }
+    return KILN_OK;
+}
+
+/* ---- GGUF ---- */
+
+static kiln_status open_gguf(kn_source *s, const char *path, kiln_error *err) {
+    s->kind = KN_SOURCE_GGUF;
+    kiln_status st = kn_gguf_open(path, &s->gguf, err);
+    if (st) return st;
+    kn_gguf *g = s->gguf;
+    if ((st = kn_hparams_from_gguf(g, &s->hp, err))) return st;
+    kn_str nm;
+    if (kn_gguf_get_str(g, "general.name", &nm)) s->name = kn_strndup(nm.ptr, nm.len);
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const kn_gguf_tensor *gt = &g->tensors[i];
+        kn_src_tensor t = {0};
+        if (gt->name.len >= sizeof t.name)
+            return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: tensor name too long", path);
+        memcpy(t.name, gt->name.ptr, gt->name.len);
+        t.orig_name = "gguf";
+        t.file = g->path;
+        t.type = gt->type;
+        t.n_dims = gt->n_dims;
+        memcpy(t.ne, gt->ne, sizeof t.ne);
+        t.data = gt->data;
+        t.nbytes = gt->nbytes;
+        if ((st = add_tensor(s, &t, err))) return st;
+    }
+    s->bos_id = s->eos_id = -1;
+    uint32_t u;
+    if (kn_gguf_get_u32(g, "tokenizer.ggml.bos_token_id", &u)) s->bos_id = (int)u;
+    if (kn_gguf_get_u32(g, "tokenizer.ggml.eos_token_id", &u)) s->eos_id = (int)u;
+    return add_file(s, path, g->map.data, g->map.size, err);
+}
+
+/* ---- Hugging Face ---- */
+
+static int json_int(const cJSON *o, const char *key, int def) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsNumber(v)) return def;
+    if (v->valuedouble > 2147483647.0 || v->valuedouble < -2147483648.0) return -1;
+    return (int)v->valuedouble;
+}
+
+static double json_num(const cJSON *o, const char *key, double def) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : def;
+}
+
+kiln_status kn_hparams_from_hf_config(const char *json, const char *label, kn_hparams *hp,
+                                      int *bos_id, int *eos_id, kiln_error *err) {
+    memset(hp, 0, sizeof *hp);
+    cJSON *c = cJSON_Parse(json);
+    if (!c || !cJSON_IsObject(c)) {
+        cJSON_Delete(c);
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: not valid JSON", label);
+    }
+    kiln_status st = KILN_OK;
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(c, "model_type");
+    const cJSON *archs = cJSON_GetObjectItemCaseSensitive(c, "architectures");
+    const char *arch = cJSON_IsString(mt) ? mt->valuestring : NULL;
+    const char *archname = NULL;
+    if (cJSON_IsArray(archs) && cJSON_IsString(cJSON_GetArrayItem(archs, 0)))
+        archname = cJSON_GetArrayItem(archs, 0)->valuestring;
+    if (!arch && archname) {
+        if (strcmp(archname, "LlamaForCausalLM") == 0) arch = "llama";
+        else if (strcmp(archname, "MistralForCausalLM") == 0) arch = "mistral";
+        else if (strcmp(archname, "Qwen2ForCausalLM") == 0) arch = "qwen2";
+    }
+    if (!arch) {
+        st = kn_fail(err, KILN_ERR_FORMAT, "%s: no model_type or architectures", label);
+        goto done;
+    }
+    if (strcmp(arch, "llama") == 0 || strcmp(arch, "mistral") == 0) {
+        hp->arch = KN_ARCH_LLAMA;
+        snprintf(hp->arch_name, sizeof hp->arch_name, "llama");
+    } else if (strcmp(arch, "qwen2") == 0) {
+        hp->arch = KN_ARCH_QWEN2;
+        snprintf(hp->arch_name, sizeof hp->arch_name, "qwen2");
+        hp->rope_neox = true;
+        hp->qkv_bias = true;
+    } else {
+        st = kn_fail(err, KILN_ERR_UNSUPPORTED,
+                     "%s: architecture '%s'%s%s%s is not supported (llama, mistral, qwen2)",
+                     label, arch, archname ? " (" : "", archname ? archname : "",
+                     archname ? ")" : "");
+        goto done;
+    }
+    hp->n_layer = json_int(c, "num_hidden_layers", 0);
+    hp->n_embd = json_int(c, "hidden_size", 0);
+    hp->n_ff = json_int(c, "intermediate_size", 0);
+    hp->n_head = json_int(c, "num_attention_heads", 0);
+    hp->n_head_kv = json_int(c, "num_key_value_heads", hp->n_head);
+    hp->head_dim = hp->n_head > 0 ? hp->n_embd / hp->n_head : 0;
+    hp->head_dim = json_int(c, "head_dim", hp->head_dim);
+    hp->rope_dim = hp->head_dim;
+    hp->n_vocab = json_int(c, "vocab_size", 0);
+    hp->n_ctx_train = json_int(c, "max_position_embeddings", 2048);
+    hp->rope_theta = (float)json_num(c, "rope_theta", 10000.0);
+    hp->rms_eps = (float)json_num(c, "rms_norm_eps", 1e-6);
+    hp->tied_embeddings = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c, "tie_word_embeddings"));
+    const cJSON *sw = cJSON_GetObjectItemCaseSensitive(c, "sliding_window");
+    const cJSON *use_sw = cJSON_GetObjectItemCaseSensitive(c, "use_sliding_window");
+    if (cJSON_IsNumber(sw) && (hp->arch == KN_ARCH_LLAMA || cJSON_IsTrue(use_sw)))
+        hp->sliding_window = json_int(c, "sliding_window", 0);
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(c, "rope_scaling");
+    if (cJSON_IsObject(rs)) {
+        const cJSON *ty = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
+        if (!cJSON_IsString(ty)) ty = cJSON_GetObjectItemCaseSensitive(rs, "type");
+        const char *t = cJSON_IsString(ty) ? ty->valuestring : "";
+        hp->rope_factor = (float)json_num(rs, "factor", 1.0);
+        if (strcmp(t, "linear") == 0) {
+            hp->rope_scaling = KN_ROPE_SCALING_LINEAR;
+        } else if (strcmp(t, "llama3") == 0) {
+            hp->rope_scaling = KN_ROPE_SCALING_LLAMA3;
+            hp->rope_low_freq_factor = (float)json_num(rs, "low_freq_factor", 1.0);
+            hp->rope_high_freq_factor = (float)json_num(rs, "high_freq_factor", 4.0);
+            hp->rope_orig_ctx = json_int(rs, "original_max_position_embeddings", 8192);
+        } else if (strcmp(t, "default") != 0 && t[0]) {
+            st = kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: rope_scaling type '%s' is not supported "
+                         "(linear, llama3)", label, t);
+            goto done;
+        }
+    }
+    *bos_id = json_int(c, "bos_token_id", -1);
+    const cJSON *eos = cJSON_GetObjectItemCaseSensitive(c, "eos_token_id");
+    if (cJSON_IsArray(eos) && cJSON_IsNumber(cJSON_GetArrayItem(eos, 0)))
+        *eos_id = (int)cJSON_GetArrayItem(eos, 0)->valuedouble;
+    else
+        *eos_id = json_int(c, "eos_token_id", -1);
+    if (hp->n_layer <= 0 || hp->n_embd <= 0 || hp->n_ff <= 0 || hp->n_head <= 0 ||
+        hp->n_vocab <= 0) {
+        st = kn_fail(err, KILN_ERR_FORMAT, "%s: num_hidden_layers, hidden_size, "
+                     "intermediate_size, num_attention_heads and vocab_size must be positive "
+                     "integers", label);
+        goto done;
+    }
+    st = kn_hparams_validate(hp, label, err);
+done:
+    cJSON_Delete(c);
+    return st;
+}
+
+/* Hugging Face tensor names -> GGUF names. Returns false for a name kiln does not know. */
+static bool map_hf_name(const char *hf, char *out, size_t n, bool *skip) {
+    *skip = false;
+    static const struct { const char *hf, *gg; } top[] = {
+        {"model.embed_tokens.weight", "token_embd.weight"},
+        {"model.norm.weight", "output_norm.weight"},
+        {"lm_head.weight", "output.weight"},
+    };
+    for (size_t i = 0; i < sizeof top / sizeof top[0]; i++)
+        if (strcmp(hf, top[i].hf) == 0) {
+            snprintf(out, n, "%s", top[i].gg);
+            return true;
+        }
+    int layer, used = 0;
+    if (sscanf(hf, "model.layers.%d.%n", &layer, &used) != 1 || used == 0 || layer < 0)
+        return false;
+    const char *rest = hf + used;
+    static const struct { const char *hf, *gg; } per[] = {
+        {"input_layernorm.weight", "attn_norm.weight"},
+        {"self_attn.q_proj.weight", "attn_q.weight"},
+        {"self_attn.k_proj.weight", "attn_k.weight"},
+        {"self_attn.v_proj.weight", "attn_v.weight"},
+        {"self_attn.q_proj.bias", "attn_q.bias"},
+        {"self_attn.k_proj.bias", "attn_k.bias"},
+        {"self_attn.v_proj.bias", "attn_v.bias"},
+        {"self_attn.o_proj.weight", "attn_output.weight"},
+        {"post_attention_layernorm.weight", "ffn_norm.weight"},
+        {"mlp.gate_proj.weight", "ffn_gate.weight"},
+        {"mlp.up_proj.weight", "ffn_up.weight"},
+        {"mlp.down_proj.weight", "ffn_down.weight"},
+    };
+    for (size_t i = 0; i < sizeof per / sizeof per[0]; i++)
+        if (strcmp(rest, per[i].hf) == 0) {
+            snprintf(out, n, "blk.%d.%s", layer, per[i].gg);
+            return true;
+        }
+    if (strcmp(rest, "self_attn.rotary_emb.inv_freq") == 0) {
+        *skip = true; /* recomputed from rope_theta */
+        return true;
+    }
+    return false;
+}
+
+static kiln_status read_side_json(kn_source *s, const char *name, char **out, bool required,
+                                  kiln_error *err) {
+    char *p = kn_path_join(s->path, name);
+    if (!p) return kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+    kiln_status st = KILN_OK;
+    if (!kn_is_file(p)) {
+        if (required) st = kn_fail(err, KILN_ERR_IO, "%s: missing (a Hugging Face model folder "
+                                   "needs config.json)", p);
+        kn_free(p);
+        return st;
+    }
+    size_t len = 0;
+    st = kn_read_text(p, JSON_MAX, out, &len, err);
+    if (!st) st = add_file(s, p, *out, len, err);
+    if (!st) {
+        cJSON *j = cJSON_ParseWithLength(*out, len);
+        if (!j) st = kn_fail(err, KILN_ERR_FORMAT, "%s: not valid JSON", p);
+        cJSON_Delete(j);
+    }
+    kn_free(p);
+    return st;
+}
+
+static kiln_status open_shard(kn_source *s, const char *file, kiln_error *err) {
+    if (strchr(file, '/') || strcmp(file, "..") == 0 || file[0] == 0)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: weight_map names '%s', not a file in the folder",
+                       s->path, file);
+    char *p = kn_path_join(s->path, file);
+    if (!p) return kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < s->n_shards; i++)
+        if (strcmp(s->shards[i]->path, p) == 0) {
+            kn_free(p);
+            return KILN_OK;
+        }
+    kn_safetensors **ns = kn_realloc(s->shards, (size_t)(s->n_shards + 1) * sizeof *ns);
+    if (!ns) {
+        kn_free(p);
+        return kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+    }
+    s->shards = ns;
+    kiln_status st = kn_safetensors_open(p, &s->shards[s->n_shards], err);
+    kn_free(p);
+    if (st) return st;
+    kn_safetensors *sh = s->shards[s->n_shards++];
+    return add_file(s, sh->path, sh->map.data, sh->map.size, err);
+}
+
+static kiln_status open_hf(kn_source *s, kiln_error *err) {
+    s->kind = KN_SOURCE_HF;
+    kiln_status st;
+    if ((st = read_side_json(s, "config.json", &s->config_json, true, err)) ||
+        (st = read_side_json(s, "tokenizer.json", &s->tokenizer_json, false, err)) ||
+        (st = read_side_json(s, "tokenizer_config.json", &s->tokenizer_config_json, false, err)) ||
+        (st = read_side_json(s, "generation_config.json", &s->generation_config_json, false,
+                             err)))
+        return st;
+    char *cfg = kn_path_join(s->path, "config.json");
+    st = kn_hparams_from_hf_config(s->config_json, cfg ? cfg : "config.json", &s->hp, &s->bos_id,
+                                   &s->eos_id, err);
+    kn_free(cfg);
+    if (st) return st;
+    if (s->generation_config_json) {
+        cJSON *g = cJSON_Parse(s->generation_config_json);
+        int b = json_int(g, "bos_token_id", -1);
+        const cJSON *e = cJSON_GetObjectItemCaseSensitive(g, "eos_token_id");
+        if (b >= 0) s->bos_id = b;
+        if (cJSON_IsArray(e) && cJSON_IsNumber(cJSON_GetArrayItem(e, 0)))
+            s->eos_id = (int)cJSON_GetArrayItem(e, 0)->valuedouble;
+        else if (cJSON_IsNumber(e))
+            s->eos_id = (int)e->valuedouble;
+        cJSON_Delete(g);
+    }
+
+    char *single = kn_path_join(s->path, "model.safetensors");
+    char *index = kn_path_join(s->path, "model.safetensors.index.json");
+    if (!single || !index) st = kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+    else if (kn_is_file(single)) st = open_shard(s, "model.safetensors", err);
+    else if (kn_is_file(index)) {
+        char *txt = NULL;
+        size_t len = 0;
+        st = kn_read_text(index, JSON_MAX, &txt, &len, err);
+        if (!st) st = add_file(s, index, txt, len, err);
+        cJSON *j = st ? NULL : cJSON_ParseWithLength(txt, len);
+        const cJSON *wm = j ? cJSON_GetObjectItemCaseSensitive(j, "weight_map") : NULL;
+        if (!st && !cJSON_IsObject(wm))
+            st = kn_fail(err, KILN_ERR_FORMAT, "%s: no weight_map object", index);
+        for (const cJSON *it = wm ? wm->child : NULL; it && !st; it = it->next) {
+            if (!cJSON_IsString(it))
+                st = kn_fail(err, KILN_ERR_FORMAT, "%s: weight_map entry for %s is not a file "
+                             "name", index, it->string);
+            else
+                st = open_shard(s, it->valuestring, err);
+        }
+        cJSON_Delete(j);
+        kn_free(txt);
+    } else {
+        st = kn_fail(err, KILN_ERR_IO, "%s: no model.safetensors or model.safetensors.index.json",
+                     s->path);
+    }
+    kn_free(single);
+    kn_free(index);
+    if (st) return st;
+
+    bool has_lm_head = false;
+    for (int i = 0; i < s->n_shards && !st; i++) {
+        kn_safetensors *sh = s->shards[i];
+        for (int k = 0; k < sh->n_tensors && !st; k++) {
+            kn_st_tensor *x = &sh->tensors[k];
+            kn_src_tensor t = {0};
+            bool skip;
+            if (!map_hf_name(x->name, t.name, sizeof t.name, &skip))
+                return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: unexpected tensor %s", sh->path,
+                               x->name);
+            if (skip) continue;
+            if (strcmp(t.name, "output.weight") == 0) {
+                has_lm_head = true;
+                if (s->hp.tied_embeddings) continue; /* tied: the classifier is token_embd */
+            }
+            if (x->n_dims < 1 || x->n_dims > 2)
+                return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor %s has %d dimensions", sh->path,
+                               x->name, x->n_dims);
+            t.orig_name = x->name;
+            t.file = sh->path;
+            t.type = x->type;
+            t.n_dims = (uint32_t)x->n_dims;
+            t.ne[0] = t.ne[1] = t.ne[2] = t.ne[3] = 1;
+            for (int d = 0; d < x->n_dims; d++) t.ne[d] = x->shape[x->n_dims - 1 - d];
+            if (t.ne[0] == 0 || t.ne[1] == 0)
+                return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor %s is empty", sh->path, x->name);
+            t.data = x->data;
+            t.nbytes = x->nbytes;
+            if (s->hp.arch == KN_ARCH_LLAMA && strstr(t.name, ".attn_q.weight"))
+                t.permute_heads = s->hp.n_head;
+            if (s->hp.arch == KN_ARCH_LLAMA && strstr(t.name, ".attn_k.weight"))
+                t.permute_heads = s->hp.n_head_kv;
+            st = add_tensor(s, &t, err);
+        }
+    }
+    if (st) return st;
+    if (!has_lm_head) s->hp.tied_embeddings = true;
+    const kn_src_tensor *emb = kn_source_find(s, "token_embd.weight");
+    if (emb && emb->ne[1] != s->hp.n_vocab)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: embed_tokens has %lld rows, config.json "
+                       "vocab_size is %d", emb->file, (long long)emb->ne[1], s->hp.n_vocab);
+    const char *base = strrchr(s->path, '/');
+    base = base && base[1] ? base + 1 : s->path;
+    s->name = kn_strdup(base);
+    return KILN_OK;
+}
+
+kiln_status kn_hf_cache_resolve(const char *id, char **dir, kiln_error *err) {
+    *dir = NULL;
+    const char *slash = strchr(id, '/');
+    if (!slash || slash == id || !slash[1] || strchr(slash + 1, '/') || strstr(id, ".."))
+        return kn_fail(err, KILN_ERR_INVALID_ARG, "%s: not a Hugging Face id (ORG/NAME)", id);
+    char hub[1024];
+    const char *e;
+    if ((e = getenv("HF_HUB_CACHE")) && *e) snprintf(hub, sizeof hub, "%s", e);
+    else if ((e = getenv("HUGGINGFACE_HUB_CACHE")) && *e) snprintf(hub, sizeof hub, "%s", e);
+    else if ((e = getenv("HF_HOME")) && *e) snprintf(hub, sizeof hub, "%s/hub", e);
+    else if ((e = getenv("HOME")) && *e) snprintf(hub, sizeof hub, "%s/.cache/huggingface/hub", e);
+    else snprintf(hub, sizeof hub, ".cache/huggingface/hub");
+    char model[1400];
+    snprintf(model, sizeof model, "%s/models--%.*s--%s", hub, (int)(slash - id), id, slash + 1);
+    char snaps[1500], rev[256] = {0};
+    snprintf(snaps, sizeof snaps, "%s/snapshots", model);
+    char refp[1500];
+    snprintf(refp, sizeof refp, "%s/refs/main", model);
+    FILE *f = fopen(refp, "r");
+    if (f) {
+        if (fgets(rev, sizeof rev, f)) rev[strcspn(rev, "\r\n")] = 0;
+        fclose(f);
+        if (strchr(rev, '/') || strstr(rev, "..")) rev[0] = 0;
+    }
+    if (!rev[0]) {
+        /* No ref: take the most recently modified snapshot. */
+        DIR *d = opendir(snaps);
+        double best = -1;
+        struct dirent *de;
+        while (d && (de = readdir(d)) != NULL) {
+            if (de->d_name[0] == '.') continue;
+            char p[1800];
+            struct stat st;
+            snprintf(p, sizeof p, "%s/%s", snaps, de->d_name);
+            if (stat(p, &st) == 0 && S_ISDIR(st.st_mode) && (double)st.st_mtime > best) {
+                best = (double)st.st_mtime;
+                snprintf(rev, sizeof rev, "%s", de->d_name);
+            }
+        }
+        if (d) closedir(d);
+    }
+    char full[1800];
+    snprintf(full, sizeof full, "%s/%s", snaps, rev);
+    if (!rev[0] || !kn_is_dir(full))
+        return kn_fail(err, KILN_ERR_IO,
+                       "%s: not in the local Hugging Face cache (looked in %s/); kiln does not "
+                       "download: fetch it first or pass a folder",
+                       id, snaps);
+    *dir = kn_strdup(full);
+    return *dir ? KILN_OK : kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+}
+
+kiln_status kn_source_open(const char *what, kn_source **out, kiln_error *err) {
+    *out = NULL;
+    kn_source *s = kn_calloc(1, sizeof *s);
+    if (!s) return kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+    s->bos_id = s->eos_id = -1;
+    s->label = kn_strdup(what);
+    kiln_status st = KILN_OK;
+    if (!s->label) st = kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+    else if (kn_is_file(what)) {
+        s->path = kn_strdup(what);
+        st = s->path ? open_gguf(s, what, err) : kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+    } else if (kn_is_dir(what)) {
+        char *cfg = kn_path_join(what, "config.json");
+        char *mg = kn_path_join(what, "model.gguf");
+        if (!cfg || !mg) st = kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+        else if (!kn_is_file(cfg) && kn_is_file(mg)) {
+            s->path = kn_strdup(mg); /* an offering folder: its model.gguf */
+            st = s->path ? open_gguf(s, mg, err) : kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+        } else {
+            s->path = kn_strdup(what);
+            st = s->path ? open_hf(s, err) : kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+        }
+        kn_free(cfg);
+        kn_free(mg);
+    } else if (strchr(what, '/') && what[0] != '/' && what[0] != '.' &&
+               !strchr(strchr(what, '/') + 1, '/')) {
+        st = kn_hf_cache_resolve(what, &s->path, err);
+        if (!st) st = open_hf(s, err);
+    } else {
+        st = kn_fail(err, KILN_ERR_IO, "%s: no such file or directory", what);
+    }
+    if (!st) st = check_schema(s, err);
+    if (st) {
+        kn_source_close(s);
+        return st;
+    }
+    *out = s;
+    return KILN_OK;
+}
+
+void kn_source_close(kn_source *s) {
+    if (!s) return;
+    kn_gguf_close(s->gguf);
+    for (int i = 0; i < s->n_shards; i++) kn_safetensors_close(s->shards[i]);
+    kn_free(s->shards);
+    kn_free(s->tensors);
+    for (int i = 0; i < s->n_files; i++) kn_free(s->files[i].path);
+    kn_free(s->files);
+    kn_free(s->config_json);
+    kn_free(s->tokenizer_json);
+    kn_free(s->tokenizer_config_json);
+    kn_free(s->generation_config_json);
+    kn_free(s->name);
+    kn_free(s->path);
+    kn_free(s->label);
+    kn_free(s);
+}
+
+/* Source row of output row r under llama.cpp's Q/K permutation (see kn_src_tensor). */
+static int64_t perm_row(const kn_src_tensor *t, int64_t r) {
+    if (!t->permute_heads) return r;
+    int64_t per = t->ne[1] / t->permute_heads, half = per / 2;
+    int64_t h = r / per, i = r % per;
+    return h * per + (i % 2) * half + i / 2;
+}
+
+void kn_src_tensor_read_raw(const kn_src_tensor *t, uint8_t *dst) {
+    if (!t->permute_heads) {
+        memcpy(dst, t->data, t->nbytes);
+        return;
+    }
+    int64_t rows = t->ne[1] * t->ne[2] * t->ne[3];
+    uint64_t rb = t->nbytes / (uint64_t)rows;
+    for (int64_t r = 0; r < rows; r++)
+        memcpy(dst + (uint64_t)r * rb, t->data + (uint64_t)perm_row(t, r) * rb, rb);
+}
+
+bool kn_src_tensor_read_f32(const kn_src_tensor *t, int64_t row0, int64_t nrows, float *dst) {
+    int64_t rows = t->ne[1] * t->ne[2] * t->ne[3];
+    uint64_t rb = t->nbytes / (uint64_t)rows;
+    for (int64_t r = 0; r < nrows; r++)
+        if (!kn_dequantize(t->type, t->data + (uint64_t)perm_row(t, row0 + r) * rb,
+                           dst + r * t->ne[0], t->ne[0]))
+            return false;
+    return true;
+}

@@ -1,0 +1,228 @@
+/* hparams.c — llama-family hyperparameters from GGUF metadata, and the tensor schema. */
+#include "model/hparams.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+static bool get_u32k(const kn_gguf *g, const char *arch, const char *suffix, uint32_t *out) {
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    return kn_gguf_get_u32(g, key, out);
+}
+
+static bool get_f32k(const kn_gguf *g, const char *arch, const char *suffix, float *out) {
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    return kn_gguf_get_f32(g, key, out);
+}
+
+/* Limits far beyond any model kiln targets; they keep later size arithmetic in range. */
+#define HP_MAX_LAYERS 1024
+#define HP_MAX_WIDTH (1 << 20)
+
+static kiln_status check_range(const char *label, const char *what, int64_t v, int64_t lo,
+                               int64_t hi, kiln_error *err) {
+    if (v < lo || v > hi)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: %s = %lld is out of range [%lld, %lld]", label,
+                       what, (long long)v, (long long)lo, (long long)hi);
+    return KILN_OK;
+}
+
+kiln_status kn_hparams_validate(const kn_hparams *hp, const char *label, kiln_error *err) {
+    kiln_status s;
+    if ((s = check_range(label, "block_count", hp->n_layer, 1, HP_MAX_LAYERS, err)) ||
+        (s = check_range(label, "embedding_length", hp->n_embd, 1, HP_MAX_WIDTH, err)) ||
+        (s = check_range(label, "feed_forward_length", hp->n_ff, 1, HP_MAX_WIDTH, err)) ||
+        (s = check_range(label, "head_count", hp->n_head, 1, 4096, err)) ||
+        (s = check_range(label, "head_count_kv", hp->n_head_kv, 1, hp->n_head, err)) ||
+        (s = check_range(label, "head_dim", hp->head_dim, 2, 4096, err)) ||
+        (s = check_range(label, "vocab_size", hp->n_vocab, 1, 1 << 24, err)) ||
+        (s = check_range(label, "rope dimension", hp->rope_dim, 2, hp->head_dim, err)))
+        return s;
+    if (hp->n_head % hp->n_head_kv)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: head_count %d is not a multiple of "
+                       "head_count_kv %d", label, hp->n_head, hp->n_head_kv);
+    if (hp->head_dim % 2 || hp->rope_dim % 2)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: head dimension %d must be even", label,
+                       hp->head_dim);
+    if (!(hp->rope_theta > 0) || !isfinite(hp->rope_theta))
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: rope theta %g is not positive", label,
+                       hp->rope_theta);
+    if (!(hp->rms_eps > 0) || !(hp->rms_eps < 1))
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: rms epsilon %g is out of range", label,
+                       hp->rms_eps);
+    if (hp->rope_scaling != KN_ROPE_SCALING_NONE && !(hp->rope_factor >= 1.0f))
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: rope scaling factor %g must be >= 1", label,
+                       hp->rope_factor);
+    if (hp->sliding_window < 0)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: sliding window %d is negative", label,
+                       hp->sliding_window);
+    return KILN_OK;
+}
+
+kiln_status kn_hparams_from_gguf(const kn_gguf *g, kn_hparams *hp, kiln_error *err) {
+    memset(hp, 0, sizeof *hp);
+    kn_str arch;
+    if (!kn_gguf_get_str(g, "general.architecture", &arch))
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: no general.architecture key", g->path);
+    char a[32];
+    snprintf(a, sizeof a, "%.*s", (int)(arch.len < 31 ? arch.len : 31), arch.ptr);
+    if (strcmp(a, "llama") == 0 || strcmp(a, "mistral") == 0) {
+        hp->arch = KN_ARCH_LLAMA;
+        snprintf(hp->arch_name, sizeof hp->arch_name, "llama");
+    } else if (strcmp(a, "qwen2") == 0) {
+        hp->arch = KN_ARCH_QWEN2;
+        snprintf(hp->arch_name, sizeof hp->arch_name, "qwen2");
+        hp->rope_neox = true;
+    } else {
+        return kn_fail(err, KILN_ERR_UNSUPPORTED,
+                       "%s: architecture '%.*s' is not supported (llama, mistral, qwen2)",
+                       g->path, (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
+    }
+    uint32_t u;
+    if (!get_u32k(g, a, "block_count", &u))
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: missing %s.block_count", g->path, a);
+    hp->n_layer = (int)(u > HP_MAX_LAYERS ? HP_MAX_LAYERS + 1 : u);
+    if (!get_u32k(g, a, "embedding_length", &u))
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: missing %s.embedding_length", g->path, a);
+    hp->n_embd = (int)(u > HP_MAX_WIDTH ? HP_MAX_WIDTH + 1 : u);
+    if (!get_u32k(g, a, "feed_forward_length", &u))
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: missing %s.feed_forward_length", g->path, a);
+    hp->n_ff = (int)(u > HP_MAX_WIDTH ? HP_MAX_WIDTH + 1 : u);
+    if (!get_u32k(g, a, "attention.head_count", &u) || u == 0)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: missing or zero %s.attention.head_count",
+                       g->path, a);
+    hp->n_head = (int)(u > 4096 ? 4097 : u);
+    hp->n_head_kv = get_u32k(g, a, "attention.head_count_kv", &u) ? (int)(u > 4096 ? 4097 : u)
+                                                                   : hp->n_head;
+    hp->head_dim = hp->n_head ? hp->n_embd / hp->n_head : 0;
+    if (get_u32k(g, a, "attention.key_length", &u)) hp->head_dim = (int)(u > 4096 ? 4097 : u);
+    hp->rope_dim = get_u32k(g, a, "rope.dimension_count", &u) ? (int)(u > 4096 ? 4097 : u)
+                                                              : hp->head_dim;
+    hp->n_ctx_train = get_u32k(g, a, "context_length", &u) ? (int)(u > (1u << 30) ? 1 << 30 : u)
+                                                           : 2048;
+    hp->rope_theta = 10000.0f;
+    get_f32k(g, a, "rope.freq_base", &hp->rope_theta);
+    hp->rms_eps = 1e-5f;
+    get_f32k(g, a, "attention.layer_norm_rms_epsilon", &hp->rms_eps);
+    char key[128];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", a);
+    kn_str st;
+    if (kn_gguf_get_str(g, key, &st) && kn_str_eq(st, "linear")) {
+        hp->rope_scaling = KN_ROPE_SCALING_LINEAR;
+        hp->rope_factor = 1.0f;
+        get_f32k(g, a, "rope.scaling.factor", &hp->rope_factor);
+    }
+    /* llama.cpp encodes Llama-3 scaling as a rope_freqs tensor; an offering carries the four
+     * numbers instead, so the runtime computes the same factors from their definition. */
+    if (kn_gguf_get_f32(g, "kiln.rope.llama3.factor", &hp->rope_factor)) {
+        hp->rope_scaling = KN_ROPE_SCALING_LLAMA3;
+        kn_gguf_get_f32(g, "kiln.rope.llama3.low_freq_factor", &hp->rope_low_freq_factor);
+        kn_gguf_get_f32(g, "kiln.rope.llama3.high_freq_factor", &hp->rope_high_freq_factor);
+        if (kn_gguf_get_u32(g, "kiln.rope.llama3.original_context", &u))
+            hp->rope_orig_ctx = (int)(u > (1u << 30) ? 1 << 30 : u);
+    }
+    if (get_u32k(g, a, "attention.sliding_window", &u)) hp->sliding_window = (int)(u > (1u << 30) ? 1 << 30 : u);
+
+    const kn_gguf_tensor *emb = kn_gguf_find_tensor(g, "token_embd.weight");
+    if (!emb)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: missing tensor 'token_embd.weight'", g->path);
+    hp->n_vocab = (int)(emb->ne[1] > (1 << 24) ? (1 << 24) + 1 : emb->ne[1]);
+    hp->tied_embeddings = kn_gguf_find_tensor(g, "output.weight") == NULL;
+    hp->qkv_bias = kn_gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
+    return kn_hparams_validate(hp, g->path, err);
+}
+
+void kn_hparams_to_gguf(const kn_hparams *hp, kn_gguf_writer *w) {
+    char key[128];
+    const char *a = hp->arch_name;
+    kn_gguf_set_str(w, "general.architecture", a);
+#define U32(suffix, v)                                        \
+    snprintf(key, sizeof key, "%s.%s", a, suffix);            \
+    kn_gguf_set_u32(w, key, (uint32_t)(v))
+#define F32(suffix, v)                                        \
+    snprintf(key, sizeof key, "%s.%s", a, suffix);            \
+    kn_gguf_set_f32(w, key, (float)(v))
+    U32("block_count", hp->n_layer);
+    U32("context_length", hp->n_ctx_train);
+    U32("embedding_length", hp->n_embd);
+    U32("feed_forward_length", hp->n_ff);
+    U32("attention.head_count", hp->n_head);
+    U32("attention.head_count_kv", hp->n_head_kv);
+    U32("vocab_size", hp->n_vocab);
+    U32("rope.dimension_count", hp->rope_dim);
+    F32("rope.freq_base", hp->rope_theta);
+    F32("attention.layer_norm_rms_epsilon", hp->rms_eps);
+    if (hp->head_dim != hp->n_embd / hp->n_head) {
+        U32("attention.key_length", hp->head_dim);
+        U32("attention.value_length", hp->head_dim);
+    }
+    if (hp->rope_scaling == KN_ROPE_SCALING_LINEAR) {
+        snprintf(key, sizeof key, "%s.rope.scaling.type", a);
+        kn_gguf_set_str(w, key, "linear");
+        F32("rope.scaling.factor", hp->rope_factor);
+    }
+    if (hp->rope_scaling == KN_ROPE_SCALING_LLAMA3) {
+        kn_gguf_set_f32(w, "kiln.rope.llama3.factor", hp->rope_factor);
+        kn_gguf_set_f32(w, "kiln.rope.llama3.low_freq_factor", hp->rope_low_freq_factor);
+        kn_gguf_set_f32(w, "kiln.rope.llama3.high_freq_factor", hp->rope_high_freq_factor);
+        kn_gguf_set_u32(w, "kiln.rope.llama3.original_context", (uint32_t)hp->rope_orig_ctx);
+    }
+    if (hp->sliding_window > 0) {
+        U32("attention.sliding_window", hp->sliding_window);
+    }
+#undef U32
+#undef F32
+}
+
+static const struct {
+    const char *fmt;      /* printf pattern; %d is the layer */
+    bool per_layer, matrix;
+} k_roles[KN_T_ROLE_COUNT] = {
+    [KN_T_TOKEN_EMBD] = {"token_embd.weight", false, true},
+    [KN_T_OUTPUT_NORM] = {"output_norm.weight", false, false},
+    [KN_T_OUTPUT] = {"output.weight", false, true},
+    [KN_T_ATTN_NORM] = {"blk.%d.attn_norm.weight", true, false},
+    [KN_T_ATTN_Q] = {"blk.%d.attn_q.weight", true, true},
+    [KN_T_ATTN_K] = {"blk.%d.attn_k.weight", true, true},
+    [KN_T_ATTN_V] = {"blk.%d.attn_v.weight", true, true},
+    [KN_T_ATTN_OUT] = {"blk.%d.attn_output.weight", true, true},
+    [KN_T_ATTN_Q_BIAS] = {"blk.%d.attn_q.bias", true, false},
+    [KN_T_ATTN_K_BIAS] = {"blk.%d.attn_k.bias", true, false},
+    [KN_T_ATTN_V_BIAS] = {"blk.%d.attn_v.bias", true, false},
+    [KN_T_FFN_NORM] = {"blk.%d.ffn_norm.weight", true, false},
+    [KN_T_FFN_GATE] = {"blk.%d.ffn_gate.weight", true, true},
+    [KN_T_FFN_UP] = {"blk.%d.ffn_up.weight", true, true},
+    [KN_T_FFN_DOWN] = {"blk.%d.ffn_down.weight", true, true},
+};
+
+bool kn_tensor_role_is_matrix(kn_tensor_role role) { return k_roles[role].matrix; }
+bool kn_tensor_role_is_per_layer(kn_tensor_role role) { return k_roles[role].per_layer; }
+
+bool kn_tensor_expected(const kn_hparams *hp, kn_tensor_role role, int layer, char *name,
+                        size_t name_size, int *n_dims, int64_t ne[2]) {
+    if (role == KN_T_OUTPUT && hp->tied_embeddings) return false;
+    if ((role == KN_T_ATTN_Q_BIAS || role == KN_T_ATTN_K_BIAS || role == KN_T_ATTN_V_BIAS) &&
+        !hp->qkv_bias)
+        return false;
+    if (k_roles[role].per_layer) snprintf(name, name_size, k_roles[role].fmt, layer);
+    else snprintf(name, name_size, "%s", k_roles[role].fmt);
+    int64_t q = (int64_t)hp->n_head * hp->head_dim, kv = (int64_t)hp->n_head_kv * hp->head_dim;
+    *n_dims = 2;
+    ne[1] = 1;
+    switch (role) {
+    case KN_T_TOKEN_EMBD: case KN_T_OUTPUT: ne[0] = hp->n_embd; ne[1] = hp->n_vocab; break;
+    case KN_T_OUTPUT_NORM: case KN_T_ATTN_NORM: case KN_T_FFN_NORM:
+        *n_dims = 1; ne[0] = hp->n_embd; break;
+    case KN_T_ATTN_Q: ne[0] = hp->n_embd; ne[1] = q; break;
+    case KN_T_ATTN_K: case KN_T_ATTN_V: ne[0] = hp->n_embd; ne[1] = kv; break;
+    case KN_T_ATTN_OUT: ne[0] = q; ne[1] = hp->n_embd; break;
+    case KN_T_ATTN_Q_BIAS: *n_dims = 1; ne[0] = q; break;
+    case KN_T_ATTN_K_BIAS: case KN_T_ATTN_V_BIAS: *n_dims = 1; ne[0] = kv; break;
+    case KN_T_FFN_GATE: case KN_T_FFN_UP: ne[0] = hp->n_embd; ne[1] = hp->n_ff; break;
+    case KN_T_FFN_DOWN: ne[0] = hp->n_ff; ne[1] = hp->n_embd; break;
+    default: return false;
+    }
+    return true;
+}

@@ -1,0 +1,84 @@
+/* hparams.h — llama-family hyperparameters and the tensor schema, in GGUF (llama.cpp) naming.
+ *
+ * A model reaches kiln either as a GGUF (keys "{arch}.block_count" ...) or as a Hugging Face
+ * folder (config.json), and in both cases ends up here, so the bake and the runtime see one
+ * description. Tensor names follow llama.cpp: token_embd.weight, output_norm.weight,
+ * output.weight, blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate,
+ * ffn_up, ffn_down}.weight and, for Qwen2, blk.N.attn_{q,k,v}.bias.
+ *
+ * Rotary embedding layout: GGUF "llama" checkpoints store Q and K rows permuted so that RoPE
+ * rotates adjacent pairs (x[2i], x[2i+1]) — rope_neox = false. Qwen2 keeps the Hugging Face
+ * layout and rotates (x[i], x[i + d/2]) — rope_neox = true. */
+#ifndef KN_HPARAMS_H
+#define KN_HPARAMS_H
+
+#include <stdbool.h>
+
+#include "formats/gguf.h"
+
+typedef enum kn_arch {
+    KN_ARCH_LLAMA = 0,    /* Llama 1/2/3, SmolLM2, TinyLlama, and Mistral (GGUF "llama") */
+    KN_ARCH_QWEN2 = 1
+} kn_arch;
+
+typedef enum kn_rope_scaling {
+    KN_ROPE_SCALING_NONE = 0,
+    KN_ROPE_SCALING_LINEAR = 1,
+    KN_ROPE_SCALING_LLAMA3 = 2
+} kn_rope_scaling;
+
+typedef struct kn_hparams {
+    kn_arch arch;
+    char arch_name[16];       /* GGUF general.architecture: "llama" or "qwen2" */
+    int n_layer;
+    int n_embd;               /* model width */
+    int n_head;
+    int n_head_kv;
+    int head_dim;             /* n_embd / n_head unless the checkpoint says otherwise */
+    int n_ff;                 /* SwiGLU hidden width */
+    int n_vocab;
+    int n_ctx_train;
+    int rope_dim;             /* rotated dimensions per head (= head_dim here) */
+    float rope_theta;
+    float rms_eps;
+    bool rope_neox;           /* see the file comment */
+    kn_rope_scaling rope_scaling;
+    float rope_factor;        /* linear: positions divided by it; llama3: "factor" */
+    float rope_low_freq_factor;   /* llama3 only */
+    float rope_high_freq_factor;  /* llama3 only */
+    int rope_orig_ctx;            /* llama3 only: original_max_position_embeddings */
+    int sliding_window;       /* Mistral: attend to the last N positions; 0 = unlimited */
+    bool tied_embeddings;     /* no output.weight: the classifier is token_embd */
+    bool qkv_bias;            /* Qwen2 */
+} kn_hparams;
+
+/* Range and consistency checks shared by the GGUF and config.json paths. */
+kiln_status kn_hparams_validate(const kn_hparams *hp, const char *label, kiln_error *err);
+
+/* Reads and checks the hyperparameters of a GGUF checkpoint; an architecture other than llama /
+ * mistral / qwen2 is KILN_ERR_UNSUPPORTED naming it. tied_embeddings follows from the absence of
+ * output.weight. */
+kiln_status kn_hparams_from_gguf(const kn_gguf *g, kn_hparams *hp, kiln_error *err);
+
+/* Writes the hyperparameters as GGUF keys under "{arch_name}." (llama.cpp's names). */
+void kn_hparams_to_gguf(const kn_hparams *hp, kn_gguf_writer *w);
+
+/* Which per-layer tensors a model has; names are written into buf (size >= 64). */
+typedef enum kn_tensor_role {
+    KN_T_TOKEN_EMBD, KN_T_OUTPUT_NORM, KN_T_OUTPUT,
+    KN_T_ATTN_NORM, KN_T_ATTN_Q, KN_T_ATTN_K, KN_T_ATTN_V, KN_T_ATTN_OUT,
+    KN_T_ATTN_Q_BIAS, KN_T_ATTN_K_BIAS, KN_T_ATTN_V_BIAS,
+    KN_T_FFN_NORM, KN_T_FFN_GATE, KN_T_FFN_UP, KN_T_FFN_DOWN,
+    KN_T_ROLE_COUNT
+} kn_tensor_role;
+
+/* Expected shape (GGUF order: ne[0] = row length) of a role; false when the model has no such
+ * tensor (output with tied embeddings, biases without qkv_bias). */
+bool kn_tensor_expected(const kn_hparams *hp, kn_tensor_role role, int layer, char *name,
+                        size_t name_size, int *n_dims, int64_t ne[2]);
+
+/* Whether a tensor of this role holds weights that may be quantized (2-D matrices). */
+bool kn_tensor_role_is_matrix(kn_tensor_role role);
+bool kn_tensor_role_is_per_layer(kn_tensor_role role);
+
+#endif
