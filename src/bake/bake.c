@@ -351,16 +351,14 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
             ctx.plans[i].group = 32;
     }
     qsort(ctx.plans, (size_t)ctx.n, sizeof *ctx.plans, cmp_plan);
+    int n_fallback = 0;
+    const char *first_fallback = NULL;
     for (int i = 0; i < ctx.n; i++) {
         const plan *pl = &ctx.plans[i];
         kn_gguf_add_tensor(w, pl->src->name, pl->type, pl->src->n_dims, pl->src->ne);
-        if (p->log && is_matrix(pl->src) && pl->type == KN_TYPE_F16 && q != KILN_QUANT_F16 &&
-            q != KILN_QUANT_KEEP) {
-            char msg[256];
-            snprintf(msg, sizeof msg, "%s: row length %lld is not a multiple of the %s group; "
-                     "stored as F16", pl->src->name, (long long)pl->src->ne[0], kiln_quant_name(q));
-            p->log(KILN_LOG_WARN, msg, p->log_user);
-        }
+        if (is_matrix(pl->src) && pl->type == KN_TYPE_F16 && q != KILN_QUANT_F16 &&
+            q != KILN_QUANT_KEEP && n_fallback++ == 0)
+            first_fallback = pl->src->name;
     }
     if ((s = build_metadata(src, &c, q, p, w, err))) goto done;
 
@@ -422,6 +420,12 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
     }
     tmp[0] = 0;
     if (exists) kn_rmtree(old);
+    if (p->log && n_fallback) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "%d tensor(s) with rows that are not a whole number of %s "
+                 "groups (e.g. %s) stored as F16", n_fallback, kiln_quant_name(q), first_fallback);
+        p->log(KILN_LOG_WARN, msg, p->log_user);
+    }
 done:
     if (f) fclose(f);
     if (tmp && tmp[0] && !getenv("KILN_DEBUG_KEEP_TMP")) kn_rmtree(tmp);

@@ -194,8 +194,16 @@ kiln_status kn_hparams_from_hf_config(const char *json, const char *label, kn_hp
     hp->n_ff = json_int(c, "intermediate_size", 0);
     hp->n_head = json_int(c, "num_attention_heads", 0);
     hp->n_head_kv = json_int(c, "num_key_value_heads", hp->n_head);
-    hp->head_dim = hp->n_head > 0 ? hp->n_embd / hp->n_head : 0;
-    hp->head_dim = json_int(c, "head_dim", hp->head_dim);
+    hp->head_dim = json_int(c, "head_dim", 0);
+    if (hp->head_dim <= 0 && hp->n_head > 0) {
+        if (hp->n_embd % hp->n_head) {
+            st = kn_fail(err, KILN_ERR_FORMAT, "%s: hidden_size %d is not a multiple of "
+                         "num_attention_heads %d and no head_dim is given", label, hp->n_embd,
+                         hp->n_head);
+            goto done;
+        }
+        hp->head_dim = hp->n_embd / hp->n_head;
+    }
     hp->rope_dim = hp->head_dim;
     hp->n_vocab = json_int(c, "vocab_size", 0);
     hp->n_ctx_train = json_int(c, "max_position_embeddings", 2048);

@@ -96,8 +96,14 @@ kiln_status kn_hparams_from_gguf(const kn_gguf *g, kn_hparams *hp, kiln_error *e
     hp->n_head = (int)(u > 4096 ? 4097 : u);
     hp->n_head_kv = get_u32k(g, a, "attention.head_count_kv", &u) ? (int)(u > 4096 ? 4097 : u)
                                                                    : hp->n_head;
-    hp->head_dim = hp->n_head ? hp->n_embd / hp->n_head : 0;
-    if (get_u32k(g, a, "attention.key_length", &u)) hp->head_dim = (int)(u > 4096 ? 4097 : u);
+    if (get_u32k(g, a, "attention.key_length", &u)) {
+        hp->head_dim = (int)(u > 4096 ? 4097 : u);
+    } else {
+        if (hp->n_embd % hp->n_head)
+            return kn_fail(err, KILN_ERR_FORMAT, "%s: embedding_length %d is not a multiple of "
+                           "head_count %d", g->path, hp->n_embd, hp->n_head);
+        hp->head_dim = hp->n_embd / hp->n_head;
+    }
     hp->rope_dim = get_u32k(g, a, "rope.dimension_count", &u) ? (int)(u > 4096 ? 4097 : u)
                                                               : hp->head_dim;
     hp->n_ctx_train = get_u32k(g, a, "context_length", &u) ? (int)(u > (1u << 30) ? 1 << 30 : u)
