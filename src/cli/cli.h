@@ -8,6 +8,9 @@ int kiln_cli_bake(int argc, char **argv);
 int kiln_cli_inspect(int argc, char **argv);
 int kiln_cli_tokenize(int argc, char **argv);
 int kiln_cli_detokenize(int argc, char **argv);
+int kiln_cli_run(int argc, char **argv);
+int kiln_cli_chat(int argc, char **argv);
+int kiln_cli_bench(int argc, char **argv);
 
 /* Prints "kiln: MESSAGE" on stderr (one line). */
 void kiln_cli_error(const char *fmt, ...);

@@ -22,6 +22,9 @@ static const struct {
 } k_cmds[] = {
     {"bake", kiln_cli_bake, "bake a checkpoint into a static-shape offering"},
     {"inspect", kiln_cli_inspect, "show an offering's (or a source's) static contract"},
+    {"run", kiln_cli_run, "generate text with fixed-shape calls (streams; metrics on stderr)"},
+    {"chat", kiln_cli_chat, "multi-turn chat keeping the KV cache between turns"},
+    {"bench", kiln_cli_bench, "prefill and decode tokens/s, like llama-bench"},
     {"tokenize", kiln_cli_tokenize, "text -> token ids with a model's tokenizer"},
     {"detokenize", kiln_cli_detokenize, "token ids -> text"},
 };

