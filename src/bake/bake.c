@@ -249,10 +249,11 @@ static kiln_status build_metadata(kn_source *src, const kn_contract *c, kiln_qua
         if (src->name) kn_gguf_set_str(w, "general.name", src->name);
         if (src->tokenizer_json)
             kn_gguf_set_str(w, "tokenizer.huggingface.json", src->tokenizer_json);
-        if (src->bos_id >= 0) kn_gguf_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)src->bos_id);
-        if (src->eos_id >= 0) kn_gguf_set_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)src->eos_id);
         kiln_status s = kn_bake_hf_tokenizer(src, w, err);
         if (s) return s;
+        /* generation_config.json / config.json name the ids the model was trained to use */
+        if (src->bos_id >= 0) kn_gguf_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)src->bos_id);
+        if (src->eos_id >= 0) kn_gguf_set_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)src->eos_id);
     }
     kn_gguf_set_u32(w, "general.quantization_version", 2);
     kn_gguf_set_u32(w, "general.file_type", file_type_of(q, src));

@@ -11,5 +11,7 @@ bool kiln_arg_value(int argc, char **argv, int *i, const char *name, const char 
 /* Parses a whole decimal integer in [lo, hi]; prints "kiln: OPTION: ..." on failure. */
 bool kiln_arg_int(const char *option, const char *text, long lo, long hi, int *out);
 bool kiln_arg_is_help(const char *a);
+/* Whether s is valid UTF-8 (no overlongs, surrogates or values past U+10FFFF). */
+bool kiln_arg_utf8_ok(const char *s);
 
 #endif

@@ -250,6 +250,10 @@ int kiln_cli_run(int argc, char **argv) {
         kiln_cli_error("--prompt: the prompt is empty");
         return 2;
     }
+    if (!kiln_arg_utf8_ok(o.prompt) || (o.system && !kiln_arg_utf8_ok(o.system))) {
+        kiln_cli_error("%s: not valid UTF-8", kiln_arg_utf8_ok(o.prompt) ? "--system" : "--prompt");
+        return 2;
+    }
     kiln_model *m = NULL;
     kiln_session *s = NULL;
     int rc = open_all(&o, &m, &s);
@@ -350,6 +354,10 @@ int kiln_cli_chat(int argc, char **argv) {
         }
         line[strcspn(line, "\r\n")] = 0;
         if (!line[0]) continue;
+        if (!kiln_arg_utf8_ok(line)) {
+            kiln_cli_error("input is not valid UTF-8; ignored");
+            continue;
+        }
         if (strcmp(line, "/quit") == 0 || strcmp(line, "/exit") == 0) break;
         if (strcmp(line, "/reset") == 0) {
             kiln_session_reset(s);
