@@ -139,6 +139,210 @@ kiln_status kiln_describe(const char *path, kiln_describe_format format, char **
 /* Maps a status to the exit code of the kiln command: 0 ok, 2 bad input, 3 device, 1 other. */
 int kiln_exit_code(kiln_status status);
 
+/* ---- tokenizer ---- */
+/*
+ * The tokenizer an offering carries, usable without the weights:
+ *
+ *     kiln_tokenizer *tok;
+ *     if (kiln_tokenizer_open("offering_int4_binary", &tok, &err) != KILN_OK) ...
+ *     int32_t *ids; size_t n;
+ *     kiln_tokenize(tok, "Hello", 5, KILN_TOKENIZE_ADD_BOS, &ids, &n, &err);
+ *     char *text;
+ *     kiln_detokenize(tok, ids, n, 0, &text, &err);
+ *     kiln_free(ids); kiln_free(text); kiln_tokenizer_free(tok);
+ */
+typedef struct kiln_tokenizer kiln_tokenizer;
+
+/* source: an offering directory (its model.gguf), a .gguf file (vocab-only files included) or
+ * a Hugging Face folder with tokenizer.json (+ tokenizer_config.json). */
+kiln_status kiln_tokenizer_open(const char *source, kiln_tokenizer **out, kiln_error *err);
+void kiln_tokenizer_free(kiln_tokenizer *tok);
+
+enum {
+    KILN_TOKENIZE_ADD_BOS = 1, /* prepend BOS (force it even if the model does not add one) */
+    KILN_TOKENIZE_SPECIAL = 2  /* match special tokens such as <|im_start|> in the text */
+};
+/* Encodes text[0..len) into *ids (n of them; free with kiln_free). Invalid UTF-8 in the text is
+ * replaced by U+FFFD before encoding. */
+kiln_status kiln_tokenize(const kiln_tokenizer *tok, const char *text, size_t len,
+                          unsigned flags, int32_t **ids, size_t *n, kiln_error *err);
+
+enum {
+    KILN_DETOKENIZE_SPECIAL = 1 /* render special tokens as their text */
+};
+/* Decodes ids into a NUL-terminated UTF-8 string (free with kiln_free). An id outside the
+ * vocabulary is KILN_ERR_INVALID_ARG. */
+kiln_status kiln_detokenize(const kiln_tokenizer *tok, const int32_t *ids, size_t n,
+                            unsigned flags, char **text, kiln_error *err);
+
+/* Streaming decoder: each push returns the text that became complete (possibly ""), holding
+ * back the bytes of a character split across tokens; finish returns what is left (an
+ * incomplete character becomes U+FFFD). Strings are freed with kiln_free. */
+typedef struct kiln_detok_stream kiln_detok_stream;
+kiln_status kiln_detok_stream_new(const kiln_tokenizer *tok, unsigned flags,
+                                  kiln_detok_stream **out, kiln_error *err);
+kiln_status kiln_detok_stream_push(kiln_detok_stream *s, int32_t id, char **text,
+                                   kiln_error *err);
+kiln_status kiln_detok_stream_finish(kiln_detok_stream *s, char **text, kiln_error *err);
+void kiln_detok_stream_free(kiln_detok_stream *s);
+
+uint32_t kiln_tokenizer_n_vocab(const kiln_tokenizer *tok);
+int32_t kiln_tokenizer_bos(const kiln_tokenizer *tok); /* -1 if none */
+int32_t kiln_tokenizer_eos(const kiln_tokenizer *tok);
+/* True for ids that end generation (EOS, EOT and the model's end-of-turn tokens). */
+int kiln_tokenizer_is_eog(const kiln_tokenizer *tok, int32_t id);
+
+typedef struct kiln_chat_message {
+    const char *role;    /* "system", "user" or "assistant" */
+    const char *content;
+} kiln_chat_message;
+
+/* Renders a conversation with the model's chat template (template_name NULL) or a built-in
+ * one ("chatml", "llama2", "mistral", "zephyr", "neural-chat", "llama3", "gemma"). A template
+ * kiln cannot render is KILN_ERR_UNSUPPORTED naming it. *out: free with kiln_free. */
+kiln_status kiln_chat_render(const kiln_tokenizer *tok, const char *template_name,
+                             const kiln_chat_message *msgs, size_t n, int add_generation_prompt,
+                             char **out, kiln_error *err);
+/* ---- end tokenizer ---- */
+
+/* ---- runtime ---- */
+/*
+ * Loading an offering and generating with fixed-shape calls only:
+ *
+ *     kiln_model *m;
+ *     kiln_model_params mp = kiln_model_default_params();
+ *     if (kiln_model_open("offering_int4_binary", &mp, &m, &err)) ...
+ *     kiln_session *s;
+ *     kiln_session_params sp = kiln_session_default_params();   // kv mode, 1 thread
+ *     if (kiln_session_new(m, &sp, &s, &err)) ...
+ *     kiln_generate_params gp = kiln_generate_default_params(); // greedy, 256 tokens
+ *     gp.on_text = print_it;                                    // streaming
+ *     kiln_result r;
+ *     if (kiln_generate(s, "List the planets.", &gp, &r, &err)) ...
+ *     printf("%s\n%s\n", r.text, r.metrics.finish_reason);
+ *     kiln_result_free(&r); kiln_session_free(s); kiln_model_free(m);
+ *
+ * A model is read-only and may serve several sessions; a session owns its KV cache and scratch,
+ * all sized once from the static contract, so generating allocates nothing per token.
+ */
+typedef struct kiln_model kiln_model;
+typedef struct kiln_session kiln_session;
+
+typedef struct kiln_model_params {
+    const char *tokenizer;    /* optional: an HF folder or cached ORG/NAME whose tokenizer
+                                 replaces the offering's (the old --tokenizer_id) */
+    int window;               /* for a source that is not an offering: W (default 1024) */
+    int chunk;                /* for a source that is not an offering: C (default 128) */
+} kiln_model_params;
+
+kiln_model_params kiln_model_default_params(void);
+
+/* path: an offering directory, a file inside one (model.gguf, manifest.json,
+ * openvino_model.xml), or any source kiln_bake reads, used with its weights as they are and the
+ * default contract (W, C above). */
+kiln_status kiln_model_open(const char *path, const kiln_model_params *params, kiln_model **out,
+                            kiln_error *err);
+void kiln_model_free(kiln_model *model);
+const kiln_tokenizer *kiln_model_tokenizer(const kiln_model *model);
+int kiln_model_window(const kiln_model *model);
+int kiln_model_chunk(const kiln_model *model);
+int kiln_model_n_vocab(const kiln_model *model);
+
+typedef enum kiln_mode {
+    KILN_MODE_KV = 0,         /* prefill chunks [1,C] + decode [1,1] against a W-slot KV cache */
+    KILN_MODE_STATELESS = 1   /* the old scheme: one padded [1,W] window per token, no cache */
+} kiln_mode;
+
+typedef enum kiln_overflow {
+    KILN_OVERFLOW_STOP = 0,   /* a full window ends generation (finish reason "length") */
+    KILN_OVERFLOW_SLIDE = 1   /* keep the first S sink tokens, roll the rest */
+} kiln_overflow;
+
+typedef struct kiln_session_params {
+    int threads;              /* >= 1; 0 = physical cores */
+    kiln_mode mode;
+    kiln_overflow overflow;
+} kiln_session_params;
+
+kiln_session_params kiln_session_default_params(void);
+kiln_status kiln_session_new(kiln_model *model, const kiln_session_params *params,
+                             kiln_session **out, kiln_error *err);
+void kiln_session_free(kiln_session *session);
+/* Forgets the conversation: empties the KV cache. */
+void kiln_session_reset(kiln_session *session);
+
+typedef struct kiln_sampling {
+    float temperature;        /* <= 0: greedy (default) */
+    int top_k;                /* 0 = off (default 40 when sampling) */
+    float top_p;              /* 1 = off */
+    float min_p;              /* 0 = off */
+    float repeat_penalty;     /* 1 = off */
+    int repeat_last_n;        /* tokens the penalty looks back over (default 64) */
+    uint64_t seed;            /* same seed, same text */
+} kiln_sampling;
+
+/* Called with each piece of text as it is generated (whole UTF-8 characters only); return
+ * non-zero to stop (finish reason "cancelled"). */
+typedef int (*kiln_text_fn)(const char *text, size_t len, void *user);
+
+typedef struct kiln_generate_params {
+    int max_tokens;           /* default 256 */
+    kiln_sampling sampling;
+    const char *const *stop;  /* extra stop strings (not printed) */
+    int n_stop;
+    int raw;                  /* 1: the prompt as is (BOS as the model wants), no chat template */
+    const char *system;       /* optional system message for the chat template */
+    const char *chat_template;/* optional built-in template name overriding the model's */
+    kiln_text_fn on_text;
+    void *user;
+    volatile int *cancel;     /* optional: set non-zero (e.g. from a signal) to stop */
+} kiln_generate_params;
+
+kiln_generate_params kiln_generate_default_params(void);
+
+typedef struct kiln_metrics {
+    int prompt_tokens;
+    int generated_tokens;
+    double ttft_ms;           /* prompt in -> first token out */
+    double prefill_tps;       /* prompt tokens / prefill time */
+    double decode_tps;        /* tokens after the first / their time */
+    double p50_ms, p95_ms;    /* per-token latency of decode steps */
+    double total_ms;
+    double peak_rss_mb;
+    const char *device;       /* "cpu" */
+    const char *mode;         /* "kv" or "stateless" */
+    const char *finish_reason;/* "stop" (EOS / end of turn / stop string), "length", "cancelled" */
+    int threads;
+} kiln_metrics;
+
+typedef struct kiln_result {
+    char *text;               /* everything generated, NUL-terminated */
+    int32_t *prompt_ids;      /* the prompt as fed */
+    int n_prompt;
+    int32_t *ids;             /* generated ids (an ending EOS / end-of-turn id included) */
+    int n_ids;
+    kiln_metrics metrics;
+} kiln_result;
+
+/* One prompt -> one answer, from an empty cache (the session is reset first). */
+kiln_status kiln_generate(kiln_session *session, const char *prompt,
+                          const kiln_generate_params *params, kiln_result *out, kiln_error *err);
+/* The same from token ids (no template, no tokenization). */
+kiln_status kiln_generate_ids(kiln_session *session, const int32_t *prompt, int n,
+                              const kiln_generate_params *params, kiln_result *out,
+                              kiln_error *err);
+/* One turn of a conversation: the session keeps the history and its KV cache between turns,
+ * so only the new turn is prefilled. */
+kiln_status kiln_chat_turn(kiln_session *session, const char *user_text,
+                           const kiln_generate_params *params, kiln_result *out, kiln_error *err);
+void kiln_result_free(kiln_result *result);
+
+/* Benchmark helpers (kiln bench): time one prefill of n random tokens, or n decode steps after
+ * them, from an empty cache. Seconds in *seconds. */
+kiln_status kiln_bench_prefill(kiln_session *session, int n, double *seconds, kiln_error *err);
+kiln_status kiln_bench_decode(kiln_session *session, int n, double *seconds, kiln_error *err);
+/* ---- end runtime ---- */
+
 #ifdef __cplusplus
 }
 #endif
