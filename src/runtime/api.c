@@ -401,7 +401,7 @@ static kiln_status run_loop(kiln_session *ks, int past, const kiln_generate_para
         memcpy(r->text + text_len, piece.data, piece.len);
         text_len += piece.len;
         r->text[text_len] = 0;
-        size_t at;
+        size_t at = 0;
         size_t upto = text_len - stop_holdback(r->text, text_len, p);
         if (p->n_stop && find_stop(r->text, text_len, emitted, p, &at)) {
             upto = at;

@@ -1,0 +1,133 @@
+/* kernels.h — the compute kernels of the CPU forward pass, and the thread pool that runs them.
+ *
+ * Every op has a plain-C reference (ref.c). The products of a weight matrix with activations
+ * (the only ops that matter for speed) also have AVX2 and AVX-512 VNNI variants in their own
+ * files (*_avx2.c, *_avx512.c, compiled with their own ISA flags); one table of function
+ * pointers is chosen once from CPUID (kn_kernels_get) and never changes afterwards.
+ *
+ * Products. A weight matrix W is n_out rows of n_in elements, each row stored in GGUF's block
+ * layout for its type (F32, F16, Q4_0, Q4_1, Q8_0). y[t][r] = dot(W[r], x[t]) for tokens t.
+ *   - F32 / F16 weights take the activations as F32 (exact up to summation order).
+ *   - Q4_0 / Q4_1 / Q8_0 weights take the activations quantized to 8 bits per block of 32
+ *     (kn_quantize_act: d = max|x| / 127, q = round(x / d), as ggml's Q8_0 / Q8_1 but with an F32
+ *     scale). The integer dot of a block is exact in every variant, so variants differ from the
+ *     reference only by float summation order (~1e-6 relative of sum |w||x|). The activation
+ *     rounding error, which all variants share, is at most d/2 per element, i.e. a relative
+ *     error of the product below 0.5/127 * sum|w||x| / |y| — the same as llama.cpp's CPU path.
+ *
+ * Usage:
+ *     const kn_kernels *k = kn_kernels_get();          // once; cheap afterwards
+ *     kn_act a = {...buffers sized with kn_act_bytes...};
+ *     kn_quantize_act(&a, x, n_tok, n_in);             // only needed for quantized weights
+ *     kn_matmul(pool, k, &w, x, &a, n_tok, y, ldy);     // y[t * ldy + r]
+ */
+#ifndef KN_KERNELS_H
+#define KN_KERNELS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define KN_QBLOCK 32   /* elements per block of Q4_0, Q4_1, Q8_0 and of quantized activations */
+
+/* A weight matrix viewed in place (usually inside the mmapped GGUF). */
+typedef struct kn_wmat {
+    uint32_t type;          /* kn_type: F32, F16, Q4_0, Q4_1 or Q8_0 */
+    int n_in;               /* elements per row (GGUF ne[0]) */
+    int n_out;              /* rows (GGUF ne[1]) */
+    size_t row_bytes;       /* bytes of one stored row */
+    const uint8_t *data;    /* [n_out][row_bytes] */
+} kn_wmat;
+
+/* Activations of n_tok tokens quantized to 8-bit blocks of 32, one row of n elements per token.
+ * Rows are stride elements apart (stride a multiple of 32, >= n). */
+typedef struct kn_act {
+    int8_t *q;              /* [n_tok][stride] */
+    float *d;               /* [n_tok][stride/32] block scale */
+    float *s;               /* [n_tok][stride/32] d * sum(q of the block), for Q4_1's offset */
+    int stride;
+} kn_act;
+
+/* One row-range of a product: y[t * ldy + r] = dot(W[r], x[t]) for r in [r0, r1), t < n_tok.
+ * x is used for F32/F16 weights (rows n_in apart), a for quantized ones. */
+typedef void (*kn_rows_fn)(const kn_wmat *w, int r0, int r1, const float *x, const kn_act *a,
+                           int n_tok, float *y, int ldy);
+
+typedef struct kn_kernels {
+    const char *name;               /* "generic", "avx2", "avx512vnni" */
+    kn_rows_fn rows[32];            /* by kn_type; NULL where unsupported */
+} kn_kernels;
+
+/* The variant for this CPU, chosen once (thread-safe after the first call returns). Setting the
+ * environment variable KILN_KERNELS=generic|avx2|avx512vnni before the first call forces one
+ * (falls back to the best supported one). */
+const kn_kernels *kn_kernels_get(void);
+/* Each variant, for tests and benchmarks; NULL where this CPU lacks the instructions. */
+const kn_kernels *kn_kernels_generic(void);
+const kn_kernels *kn_kernels_avx2(void);
+const kn_kernels *kn_kernels_avx512(void);
+
+/* Whether products with weights of this type are supported (F32, F16, Q4_0, Q4_1, Q8_0). */
+bool kn_kernels_type_ok(uint32_t type);
+/* Whether this weight type wants quantized activations. */
+bool kn_type_wants_q8(uint32_t type);
+
+/* Quantizes n_tok rows of n elements (n a multiple of 32) of x (rows n apart). */
+void kn_quantize_act(kn_act *a, const float *x, int n_tok, int n);
+
+/* ---- thread pool ----
+ * The caller's thread is worker 0, so a pool of 1 starts no thread. Workers spin briefly on an
+ * atomic generation counter before sleeping, since a decode step issues hundreds of small jobs
+ * and waking a sleeping thread costs more than most of them. */
+typedef struct kn_pool kn_pool;
+typedef void (*kn_task_fn)(void *ctx, int ith, int nth);
+
+/* NULL when threads cannot be started or memory is short. n_threads >= 1. */
+kn_pool *kn_pool_new(int n_threads);
+void kn_pool_free(kn_pool *p);
+int kn_pool_size(const kn_pool *p); /* 1 for a NULL pool */
+/* Runs fn(ctx, i, n) for every i < n = kn_pool_size(p) and returns when all are done. */
+void kn_pool_run(kn_pool *p, kn_task_fn fn, void *ctx);
+
+/* The product over the pool: rows split between workers. a may be NULL for F32/F16 weights,
+ * and must already hold kn_quantize_act(x) for quantized ones. */
+void kn_matmul(kn_pool *pool, const kn_kernels *k, const kn_wmat *w, const float *x,
+               const kn_act *a, int n_tok, float *y, int ldy);
+
+/* Several products of the same input in one job (Q, K and V; gate and up), so the workers
+ * meet once instead of once per matrix. All w[i] take the same n_in; y[i] is [n_tok][n_out_i]. */
+void kn_matmul_multi(kn_pool *pool, const kn_kernels *k, int n_mats, const kn_wmat *const *w,
+                     const float *x, const kn_act *a, int n_tok, float *const *y);
+
+/* ---- plain ops (reference only; not a measurable share of the time) ---- */
+
+/* out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]; out may alias x. */
+void kn_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
+/* Softmax in place. */
+void kn_softmax(float *x, int n);
+/* g[i] = silu(g[i]) * u[i]. */
+void kn_swiglu(float *g, const float *u, int n);
+float kn_silu(float x);
+
+/* Rotary embedding. inv_freq[i] (i < rope_dim/2) is the angle per position of pair i, with any
+ * scaling already applied (kn_rope_inv_freq). cs holds cos, sin interleaved for one position:
+ * cs[2i] = cos(pos * inv_freq[i]), cs[2i+1] = sin(...). Rotates the first rope_dim dims of each
+ * of n_head heads of head_dim: adjacent pairs (x[2i], x[2i+1]) or, for neox, (x[i], x[i+d/2]). */
+typedef struct kn_rope_cfg {
+    float theta;             /* base */
+    int rope_dim;
+    int scaling;             /* kn_rope_scaling */
+    float factor;
+    float low_freq_factor, high_freq_factor;
+    int orig_ctx;
+} kn_rope_cfg;
+void kn_rope_inv_freq(const kn_rope_cfg *c, double *inv_freq /* [rope_dim/2] */);
+void kn_rope_cossin(const double *inv_freq, int rope_dim, int pos, float *cs /* [rope_dim] */);
+void kn_rope_apply(float *x, int n_head, int head_dim, int rope_dim, bool neox, const float *cs);
+
+/* Plain dot products used by attention. */
+float kn_dot_f32(const float *a, const float *b, int n);
+/* y += a * x */
+void kn_axpy_f32(float *y, float a, const float *x, int n);
+
+#endif

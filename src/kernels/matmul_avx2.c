@@ -1,0 +1,12 @@
+/* matmul_avx2.c — AVX2 + FMA + F16C row products (the bodies are in x86_body.h). */
+#include <immintrin.h>
+
+/* u8 x s8 -> 8 x i32: pairwise products summed to i16 (no overflow: |w| <= 128, |a| <= 127,
+ * 2 * 128 * 127 < 32768), then pairs of i16 summed to i32. */
+#define KN_DOT_U8S8(u, s) _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), _mm256_set1_epi16(1))
+
+#include "kernels/x86_body.h"
+
+static const kn_kernels k_avx2 = KN_TABLE_INIT("avx2");
+
+const kn_kernels *kn_kernels_avx2_table(void) { return &k_avx2; }

@@ -1,0 +1,256 @@
+/* ref.c — plain-C reference kernels: the oracle every SIMD variant is tested against, and the
+ * fallback on CPUs without AVX2. Written for clarity first; summation is in block order. */
+#include <math.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "kernels/kernels_impl.h"
+#include "quant/quant.h"
+
+/* ---- block readers (GGUF layouts; fields may be unaligned, hence memcpy) ---- */
+
+float kn_load_f16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return kn_fp16_to_fp32(h);
+}
+
+/* ---- activation quantization ---- */
+
+void kn_quantize_act(kn_act *a, const float *x, int n_tok, int n) {
+    int nb = n / KN_QBLOCK, sb = a->stride / KN_QBLOCK;
+    for (int t = 0; t < n_tok; t++) {
+        const float *xr = x + (size_t)t * n;
+        int8_t *q = a->q + (size_t)t * a->stride;
+        for (int b = 0; b < nb; b++) {
+            const float *xb = xr + b * KN_QBLOCK;
+            float amax = 0.0f;
+            for (int i = 0; i < KN_QBLOCK; i++) {
+                float v = fabsf(xb[i]);
+                if (v > amax) amax = v;
+            }
+            float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+            int sum = 0;
+            for (int i = 0; i < KN_QBLOCK; i++) {
+                int v = (int)roundf(xb[i] * id);
+                q[b * KN_QBLOCK + i] = (int8_t)v;
+                sum += v;
+            }
+            a->d[(size_t)t * sb + b] = d;
+            a->s[(size_t)t * sb + b] = d * (float)sum;
+        }
+    }
+}
+
+/* ---- row products ---- */
+
+static float dot_f32_rows(const float *w, const float *x, int n) {
+    /* Eight partial sums so the compiler keeps them in registers; the order is fixed, so the
+     * reference is deterministic. */
+    float s[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) s[j] += w[i + j] * x[i + j];
+    float r = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+    for (; i < n; i++) r += w[i] * x[i];
+    return r;
+}
+
+float kn_dot_f32(const float *a, const float *b, int n) { return dot_f32_rows(a, b, n); }
+
+void kn_axpy_f32(float *y, float a, const float *x, int n) {
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+static void rows_f32(const kn_wmat *w, int r0, int r1, const float *x, const kn_act *a, int n_tok,
+                     float *y, int ldy) {
+    (void)a;
+    for (int r = r0; r < r1; r++) {
+        const float *wr = (const float *)(const void *)(w->data + (size_t)r * w->row_bytes);
+        for (int t = 0; t < n_tok; t++)
+            y[(size_t)t * ldy + r] = dot_f32_rows(wr, x + (size_t)t * w->n_in, w->n_in);
+    }
+}
+
+static void rows_f16(const kn_wmat *w, int r0, int r1, const float *x, const kn_act *a, int n_tok,
+                     float *y, int ldy) {
+    (void)a;
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *wr = w->data + (size_t)r * w->row_bytes;
+        for (int t = 0; t < n_tok; t++) {
+            const float *xt = x + (size_t)t * w->n_in;
+            float s = 0.0f;
+            for (int i = 0; i < w->n_in; i++) s += kn_load_f16(wr + 2 * (size_t)i) * xt[i];
+            y[(size_t)t * ldy + r] = s;
+        }
+    }
+}
+
+/* Q4_0 block: f16 d | 16 bytes: element i in the low nibble of byte i, element i+16 in the high
+ * nibble; value = d * (nibble - 8). */
+static void rows_q4_0(const kn_wmat *w, int r0, int r1, const float *x, const kn_act *a, int n_tok,
+                      float *y, int ldy) {
+    (void)x;
+    int nb = w->n_in / KN_QBLOCK, sb = a->stride / KN_QBLOCK;
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *wr = w->data + (size_t)r * w->row_bytes;
+        for (int t = 0; t < n_tok; t++) {
+            const int8_t *q = a->q + (size_t)t * a->stride;
+            const float *ad = a->d + (size_t)t * sb;
+            float acc = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = wr + (size_t)b * 18;
+                const int8_t *qa = q + b * KN_QBLOCK;
+                int s = 0;
+                for (int i = 0; i < 16; i++) {
+                    s += ((blk[2 + i] & 0x0F) - 8) * qa[i];
+                    s += ((blk[2 + i] >> 4) - 8) * qa[i + 16];
+                }
+                acc += kn_load_f16(blk) * ad[b] * (float)s;
+            }
+            y[(size_t)t * ldy + r] = acc;
+        }
+    }
+}
+
+/* Q4_1 block: f16 d | f16 m | 16 nibble bytes as Q4_0; value = d * nibble + m. */
+static void rows_q4_1(const kn_wmat *w, int r0, int r1, const float *x, const kn_act *a, int n_tok,
+                      float *y, int ldy) {
+    (void)x;
+    int nb = w->n_in / KN_QBLOCK, sb = a->stride / KN_QBLOCK;
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *wr = w->data + (size_t)r * w->row_bytes;
+        for (int t = 0; t < n_tok; t++) {
+            const int8_t *q = a->q + (size_t)t * a->stride;
+            const float *ad = a->d + (size_t)t * sb, *as = a->s + (size_t)t * sb;
+            float acc = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = wr + (size_t)b * 20;
+                const int8_t *qa = q + b * KN_QBLOCK;
+                int s = 0;
+                for (int i = 0; i < 16; i++) {
+                    s += (blk[4 + i] & 0x0F) * qa[i];
+                    s += (blk[4 + i] >> 4) * qa[i + 16];
+                }
+                acc += kn_load_f16(blk) * ad[b] * (float)s + kn_load_f16(blk + 2) * as[b];
+            }
+            y[(size_t)t * ldy + r] = acc;
+        }
+    }
+}
+
+/* Q8_0 block: f16 d | 32 int8; value = d * q. */
+static void rows_q8_0(const kn_wmat *w, int r0, int r1, const float *x, const kn_act *a, int n_tok,
+                      float *y, int ldy) {
+    (void)x;
+    int nb = w->n_in / KN_QBLOCK, sb = a->stride / KN_QBLOCK;
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *wr = w->data + (size_t)r * w->row_bytes;
+        for (int t = 0; t < n_tok; t++) {
+            const int8_t *q = a->q + (size_t)t * a->stride;
+            const float *ad = a->d + (size_t)t * sb;
+            float acc = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = wr + (size_t)b * 34;
+                const int8_t *qa = q + b * KN_QBLOCK;
+                int s = 0;
+                for (int i = 0; i < KN_QBLOCK; i++) s += (int8_t)blk[2 + i] * qa[i];
+                acc += kn_load_f16(blk) * ad[b] * (float)s;
+            }
+            y[(size_t)t * ldy + r] = acc;
+        }
+    }
+}
+
+static const kn_kernels k_generic = {
+    .name = "generic",
+    .rows = {
+        [KN_TYPE_F32] = rows_f32,
+        [KN_TYPE_F16] = rows_f16,
+        [KN_TYPE_Q4_0] = rows_q4_0,
+        [KN_TYPE_Q4_1] = rows_q4_1,
+        [KN_TYPE_Q8_0] = rows_q8_0,
+    },
+};
+
+const kn_kernels *kn_kernels_generic(void) { return &k_generic; }
+
+bool kn_kernels_type_ok(uint32_t type) { return type < 32 && k_generic.rows[type] != NULL; }
+
+bool kn_type_wants_q8(uint32_t type) {
+    return type == KN_TYPE_Q4_0 || type == KN_TYPE_Q4_1 || type == KN_TYPE_Q8_0;
+}
+
+/* ---- plain ops ---- */
+
+void kn_rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
+    float ss = 0.0f;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    float scale = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
+}
+
+void kn_softmax(float *x, int n) {
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (x[i] > mx) mx = x[i];
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        sum += x[i];
+    }
+    float inv = 1.0f / sum;
+    for (int i = 0; i < n; i++) x[i] *= inv;
+}
+
+float kn_silu(float x) { return x / (1.0f + expf(-x)); }
+
+void kn_swiglu(float *g, const float *u, int n) {
+    for (int i = 0; i < n; i++) g[i] = kn_silu(g[i]) * u[i];
+}
+
+void kn_rope_inv_freq(const kn_rope_cfg *c, double *inv_freq) {
+    int half = c->rope_dim / 2;
+    for (int i = 0; i < half; i++) {
+        double f = pow((double)c->theta, -2.0 * i / (double)c->rope_dim);
+        if (c->scaling == 1 && c->factor > 0.0f) {
+            f /= c->factor;
+        } else if (c->scaling == 2 && c->factor > 0.0f) {
+            /* Llama 3: long wavelengths are slowed by `factor`, short ones kept, and the band in
+             * between blended (transformers' _compute_llama3_parameters). */
+            double lo_wavelen = c->orig_ctx / (double)c->low_freq_factor;
+            double hi_wavelen = c->orig_ctx / (double)c->high_freq_factor;
+            double wavelen = 2.0 * 3.14159265358979323846 / f;
+            if (wavelen > lo_wavelen) {
+                f /= c->factor;
+            } else if (wavelen >= hi_wavelen) {
+                double smooth = (c->orig_ctx / wavelen - c->low_freq_factor) /
+                                (c->high_freq_factor - c->low_freq_factor);
+                f = (1.0 - smooth) * f / c->factor + smooth * f;
+            }
+        }
+        inv_freq[i] = f;
+    }
+}
+
+void kn_rope_cossin(const double *inv_freq, int rope_dim, int pos, float *cs) {
+    for (int i = 0; i < rope_dim / 2; i++) {
+        double ang = (double)pos * inv_freq[i];
+        cs[2 * i] = (float)cos(ang);
+        cs[2 * i + 1] = (float)sin(ang);
+    }
+}
+
+void kn_rope_apply(float *x, int n_head, int head_dim, int rope_dim, bool neox, const float *cs) {
+    int half = rope_dim / 2;
+    for (int h = 0; h < n_head; h++) {
+        float *v = x + (size_t)h * head_dim;
+        for (int i = 0; i < half; i++) {
+            float c = cs[2 * i], s = cs[2 * i + 1];
+            int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
+            float a = v[i0], b = v[i1];
+            v[i0] = a * c - b * s;
+            v[i1] = a * s + b * c;
+        }
+    }
+}

@@ -1,0 +1,376 @@
+/* session.c — KV cache, scratch buffers and the forward pass of the three fixed-shape steps.
+ *
+ * One forward routine serves all three graphs: it runs R rows (tokens) through every layer,
+ * writing their keys and values into a "KV view" of [2][Hkv][W][D] with a slot and a position
+ * per row, then lets each row attend to every filled slot the mask allows. prefill and decode
+ * use the session's cache as the view (the layer's slice of [L,2,Hkv,W,D]); stateless uses a
+ * private one-layer view that starts empty each call, so it never touches the cache. */
+#include <math.h>
+#include <string.h>
+
+#include "quant/quant.h"
+#include "runtime/engine.h"
+
+struct kn_session {
+    const kn_model *m;
+    kn_session_params p;
+    const kn_kernels *k;
+    kn_pool *pool;
+    int max_rows;             /* R: C, or W when stateless is enabled */
+    int act_stride;           /* row stride of the quantized activations (multiple of 32) */
+
+    float *kv;                /* [L][2][Hkv][W][D] the cache */
+    int32_t *slot_pos;        /* [W] position held by each slot, -1 = empty (the mask) */
+    int n_slots;              /* slots [0, n_slots) may be filled */
+
+    float *sl_kv;             /* [2][Hkv][W][D] stateless: one layer, rebuilt every layer */
+    int32_t *sl_pos;          /* [W] */
+
+    float *x;                 /* [R][E] residual stream */
+    float *xb;                /* [R][max(E, H*D)] normed input / attention output */
+    float *xb2;               /* [R][E] projection output */
+    float *q;                 /* [R][H*D] */
+    float *kn;                /* [R][Hkv*D] new keys */
+    float *vn;                /* [R][Hkv*D] new values */
+    float *hb;                /* [R][F] gate, then SwiGLU */
+    float *hb2;               /* [R][F] up */
+    float *cs;                /* [R][rope_dim] cos/sin per row */
+    float *scores;            /* [threads][W] attention weights per worker */
+    float *logits;            /* [V] */
+    int32_t *rows_pos;        /* [R] position of each row */
+    int32_t *rows_slot;       /* [R] KV slot of each row */
+    int32_t *chunk_ids;       /* [C] staging for kn_session_prefill_all */
+    int32_t *chunk_pos;       /* [C] */
+    kn_act act;               /* q: [R][act_stride], d, s: [R][act_stride/32] */
+};
+
+kn_session_params kn_session_default_params(void) {
+    kn_session_params p = {1, true};
+    return p;
+}
+
+const kn_model *kn_session_model(const kn_session *s) { return s->m; }
+
+static void *alloc_f(size_t n, bool *ok) {
+    void *p = kn_malloc(n ? n : 1);
+    if (!p) *ok = false;
+    return p;
+}
+
+void kn_session_free(kn_session *s) {
+    if (!s) return;
+    kn_pool_free(s->pool);
+    void *bufs[] = {s->kv,  s->slot_pos, s->sl_kv,  s->sl_pos,   s->x,         s->xb,
+                    s->xb2, s->q,        s->kn,     s->vn,       s->hb,        s->hb2,
+                    s->cs,  s->scores,   s->logits, s->rows_pos, s->rows_slot, s->chunk_ids, s->chunk_pos, s->act.q,
+                    s->act.d, s->act.s};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kn_free(bufs[i]);
+    kn_free(s);
+}
+
+void kn_session_reset(kn_session *s) {
+    for (int i = 0; i < s->m->window; i++) s->slot_pos[i] = -1;
+    s->n_slots = 0;
+}
+
+kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_session **out,
+                           kiln_error *err) {
+    *out = NULL;
+    kn_session_params def = kn_session_default_params();
+    if (!p) p = &def;
+    if (p->threads < 1 || p->threads > 1024)
+        return kn_fail(err, KILN_ERR_INVALID_ARG, "threads must be between 1 and 1024, not %d",
+                       p->threads);
+    const kn_hparams *hp = &m->hp;
+    kn_session *s = kn_calloc(1, sizeof *s);
+    if (!s) return kn_fail(err, KILN_ERR_NOMEM, "out of memory creating a session");
+    s->m = m;
+    s->p = *p;
+    s->k = kn_kernels_get();
+    size_t W = (size_t)m->window, E = (size_t)hp->n_embd, D = (size_t)hp->head_dim;
+    size_t HD = (size_t)hp->n_head * D, KD = (size_t)hp->n_head_kv * D, F = (size_t)hp->n_ff;
+    size_t L = (size_t)hp->n_layer, V = (size_t)hp->n_vocab;
+    size_t R = (size_t)(p->stateless ? m->window : m->chunk);
+    size_t wide = E > HD ? E : HD;
+    size_t amax = wide > F ? wide : F;
+    s->max_rows = (int)R;
+    s->act_stride = (int)((amax + KN_QBLOCK - 1) / KN_QBLOCK * KN_QBLOCK);
+    size_t fs = sizeof(float);
+    bool ok = true;
+    s->kv = alloc_f(fs * L * 2 * KD * W, &ok);
+    s->slot_pos = alloc_f(sizeof(int32_t) * W, &ok);
+    if (p->stateless) {
+        s->sl_kv = alloc_f(fs * 2 * KD * W, &ok);
+        s->sl_pos = alloc_f(sizeof(int32_t) * W, &ok);
+    }
+    s->x = alloc_f(fs * R * E, &ok);
+    s->xb = alloc_f(fs * R * wide, &ok);
+    s->xb2 = alloc_f(fs * R * E, &ok);
+    s->q = alloc_f(fs * R * HD, &ok);
+    s->kn = alloc_f(fs * R * KD, &ok);
+    s->vn = alloc_f(fs * R * KD, &ok);
+    s->hb = alloc_f(fs * R * F, &ok);
+    s->hb2 = alloc_f(fs * R * F, &ok);
+    s->cs = alloc_f(fs * R * (size_t)hp->rope_dim, &ok);
+    s->scores = alloc_f(fs * (size_t)p->threads * W, &ok);
+    s->logits = alloc_f(fs * V, &ok);
+    s->rows_pos = alloc_f(sizeof(int32_t) * R, &ok);
+    s->rows_slot = alloc_f(sizeof(int32_t) * R, &ok);
+    s->chunk_ids = alloc_f(sizeof(int32_t) * (size_t)m->chunk, &ok);
+    s->chunk_pos = alloc_f(sizeof(int32_t) * (size_t)m->chunk, &ok);
+    s->act.stride = s->act_stride;
+    s->act.q = alloc_f(R * (size_t)s->act_stride, &ok);
+    s->act.d = alloc_f(fs * R * (size_t)s->act_stride / KN_QBLOCK, &ok);
+    s->act.s = alloc_f(fs * R * (size_t)s->act_stride / KN_QBLOCK, &ok);
+    if (ok && p->threads > 1 && !(s->pool = kn_pool_new(p->threads))) ok = false;
+    if (!ok) {
+        kn_session_free(s);
+        return kn_fail(err, KILN_ERR_NOMEM, "out of memory creating a session (window %d)",
+                       m->window);
+    }
+    memset(s->kv, 0, fs * L * 2 * KD * W);
+    kn_session_reset(s);
+    *out = s;
+    return KILN_OK;
+}
+
+/* ---- the forward pass ---- */
+
+typedef struct kv_view {
+    float *k;                 /* [Hkv][W][D] */
+    float *v;                 /* [Hkv][W][D] */
+    const int32_t *pos;       /* [W] */
+    int n_slots;
+} kv_view;
+
+typedef struct attn_job {
+    kn_session *s;
+    kv_view kv;
+    int n_rows;
+} attn_job;
+
+/* Each (row, head) pair is one unit of work: scores over the allowed slots, softmax, and the
+ * weighted sum of values into xb. */
+static void attn_task(void *ctx, int ith, int nth) {
+    const attn_job *j = ctx;
+    kn_session *s = j->s;
+    const kn_hparams *hp = &s->m->hp;
+    int H = hp->n_head, D = hp->head_dim, W = s->m->window, group = hp->n_head / hp->n_head_kv;
+    int swa = hp->sliding_window;
+    float scale = 1.0f / sqrtf((float)D);
+    float *sc = s->scores + (size_t)ith * W;
+    int units = j->n_rows * H;
+    int per = (units + nth - 1) / nth;
+    int u0 = ith * per, u1 = u0 + per < units ? u0 + per : units;
+    for (int u = u0; u < u1; u++) {
+        int r = u / H, h = u % H, kh = h / group;
+        int32_t p = s->rows_pos[r];
+        const float *qh = s->q + (size_t)r * H * D + (size_t)h * D;
+        const float *K = j->kv.k + (size_t)kh * W * D;
+        const float *V = j->kv.v + (size_t)kh * W * D;
+        float *o = s->xb + (size_t)r * H * D + (size_t)h * D;
+        float mx = -INFINITY;
+        for (int t = 0; t < j->kv.n_slots; t++) {
+            int32_t tp = j->kv.pos[t];
+            if (tp < 0 || tp > p || (swa > 0 && p - tp >= swa)) {
+                sc[t] = -INFINITY;
+                continue;
+            }
+            sc[t] = kn_dot_f32(qh, K + (size_t)t * D, D) * scale;
+            if (sc[t] > mx) mx = sc[t];
+        }
+        float sum = 0.0f;
+        for (int t = 0; t < j->kv.n_slots; t++) {
+            float e = sc[t] == -INFINITY ? 0.0f : expf(sc[t] - mx);
+            sc[t] = e;
+            sum += e;
+        }
+        float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+        memset(o, 0, sizeof(float) * (size_t)D);
+        for (int t = 0; t < j->kv.n_slots; t++)
+            if (sc[t] != 0.0f) kn_axpy_f32(o, sc[t] * inv, V + (size_t)t * D, D);
+    }
+}
+
+/* y = W x for n rows of x (n_in floats each), quantizing x first when W wants it. */
+static void mm(kn_session *s, const kn_wmat *w, const float *x, int n, float *y, bool quantized) {
+    if (kn_type_wants_q8(w->type) && !quantized) kn_quantize_act(&s->act, x, n, w->n_in);
+    kn_matmul(s->pool, s->k, w, x, &s->act, n, y, w->n_out);
+}
+
+static bool any_q8(const kn_wmat *a, const kn_wmat *b, const kn_wmat *c) {
+    return kn_type_wants_q8(a->type) || kn_type_wants_q8(b->type) ||
+           (c && kn_type_wants_q8(c->type));
+}
+
+static void add_bias(float *y, const float *b, int n_rows, int n) {
+    if (!b) return;
+    for (int r = 0; r < n_rows; r++)
+        for (int i = 0; i < n; i++) y[(size_t)r * n + i] += b[i];
+}
+
+/* Runs n rows (ids; rows_pos, rows_slot and the mask already set) through the model, into the
+ * cache or, when stateless, the private one-layer view; the logits of row out_row go to
+ * s->logits. */
+static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, int out_row) {
+    const kn_model *m = s->m;
+    const kn_hparams *hp = &m->hp;
+    int E = hp->n_embd, H = hp->n_head, Hkv = hp->n_head_kv, D = hp->head_dim, F = hp->n_ff;
+    int W = m->window, HD = H * D, KD = Hkv * D, RD = hp->rope_dim;
+    uint64_t erb = m->tok_embd.row_bytes;
+
+    for (int r = 0; r < n; r++) {
+        const uint8_t *row = m->tok_embd.data + (size_t)ids[r] * erb;
+        kn_dequantize(m->tok_embd.type, row, s->x + (size_t)r * E, E);
+        kn_rope_cossin(m->rope_inv_freq, RD, s->rows_pos[r], s->cs + (size_t)r * RD);
+    }
+    for (int l = 0; l < hp->n_layer; l++) {
+        const kn_layer *L = &m->layers[l];
+        kv_view kv;
+        if (stateless) {
+            kv.k = s->sl_kv;
+            kv.v = s->sl_kv + (size_t)KD * W;
+            kv.pos = s->sl_pos;
+            kv.n_slots = n;
+        } else {
+            kv.k = s->kv + (size_t)l * 2 * KD * W;
+            kv.v = kv.k + (size_t)KD * W;
+            kv.pos = s->slot_pos;
+            kv.n_slots = s->n_slots;
+        }
+        /* attention */
+        for (int r = 0; r < n; r++)
+            kn_rmsnorm(s->xb + (size_t)r * E, s->x + (size_t)r * E, L->attn_norm, E, hp->rms_eps);
+        /* One quantization of the normed input serves Q, K and V. */
+        bool q8 = any_q8(&L->wq, &L->wk, &L->wv);
+        if (q8) kn_quantize_act(&s->act, s->xb, n, E);
+        {
+            const kn_wmat *w3[3] = {&L->wq, &L->wk, &L->wv};
+            float *y3[3] = {s->q, s->kn, s->vn};
+            kn_matmul_multi(s->pool, s->k, 3, w3, s->xb, &s->act, n, y3);
+        }
+        add_bias(s->q, L->bq, n, HD);
+        add_bias(s->kn, L->bk, n, KD);
+        add_bias(s->vn, L->bv, n, KD);
+        for (int r = 0; r < n; r++) {
+            const float *cs = s->cs + (size_t)r * RD;
+            kn_rope_apply(s->q + (size_t)r * HD, H, D, RD, hp->rope_neox, cs);
+            kn_rope_apply(s->kn + (size_t)r * KD, Hkv, D, RD, hp->rope_neox, cs);
+            int slot = s->rows_slot[r];
+            for (int h = 0; h < Hkv; h++) {
+                memcpy(kv.k + ((size_t)h * W + slot) * D, s->kn + (size_t)r * KD + (size_t)h * D,
+                       sizeof(float) * (size_t)D);
+                memcpy(kv.v + ((size_t)h * W + slot) * D, s->vn + (size_t)r * KD + (size_t)h * D,
+                       sizeof(float) * (size_t)D);
+            }
+        }
+        attn_job aj = {s, kv, n};
+        if (n * H * kv.n_slots * D < 16384) attn_task(&aj, 0, 1);
+        else kn_pool_run(s->pool, attn_task, &aj);
+        mm(s, &L->wo, s->xb, n, s->xb2, false);
+        for (size_t i = 0; i < (size_t)n * E; i++) s->x[i] += s->xb2[i];
+
+        /* feed-forward */
+        for (int r = 0; r < n; r++)
+            kn_rmsnorm(s->xb + (size_t)r * E, s->x + (size_t)r * E, L->ffn_norm, E, hp->rms_eps);
+        q8 = any_q8(&L->gate, &L->up, NULL);
+        if (q8) kn_quantize_act(&s->act, s->xb, n, E);
+        {
+            const kn_wmat *w2[2] = {&L->gate, &L->up};
+            float *y2[2] = {s->hb, s->hb2};
+            kn_matmul_multi(s->pool, s->k, 2, w2, s->xb, &s->act, n, y2);
+        }
+        kn_swiglu(s->hb, s->hb2, n * F);
+        mm(s, &L->down, s->hb, n, s->xb2, false);
+        for (size_t i = 0; i < (size_t)n * E; i++) s->x[i] += s->xb2[i];
+    }
+    /* Only the row whose logits are asked for goes through the classifier. */
+    kn_rmsnorm(s->xb, s->x + (size_t)out_row * E, m->output_norm, E, hp->rms_eps);
+    mm(s, &m->output, s->xb, 1, s->logits, false);
+}
+
+static kiln_status check_ids(const kn_session *s, const int32_t *ids, int n, kiln_error *err) {
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= s->m->hp.n_vocab)
+            return kn_fail(err, KILN_ERR_INVALID_ARG, "token id %d is outside the vocabulary (%d)",
+                           (int)ids[i], s->m->hp.n_vocab);
+    return KILN_OK;
+}
+
+/* Rows that go to the cache: slot by position, mask entry set before attention so that rows
+ * of one chunk see each other causally. */
+static void place_rows(kn_session *s, const int32_t *positions, int n) {
+    for (int r = 0; r < n; r++) {
+        int slot = kn_kv_slot(s->m, positions[r]);
+        s->rows_pos[r] = positions[r];
+        s->rows_slot[r] = slot;
+        s->slot_pos[slot] = positions[r];
+        if (slot + 1 > s->n_slots) s->n_slots = slot + 1;
+    }
+}
+
+kiln_status kn_session_prefill(kn_session *s, const int32_t *ids, const int32_t *positions,
+                               int n_valid, const float **logits, kiln_error *err) {
+    if (n_valid < 1 || n_valid > s->m->chunk)
+        return kn_fail(err, KILN_ERR_INVALID_ARG, "prefill: %d valid tokens in a chunk of %d",
+                       n_valid, s->m->chunk);
+    kiln_status st = check_ids(s, ids, n_valid, err);
+    if (st) return st;
+    for (int i = 0; i < n_valid; i++)
+        if (positions[i] < 0)
+            return kn_fail(err, KILN_ERR_INVALID_ARG, "prefill: negative position %d",
+                           (int)positions[i]);
+    place_rows(s, positions, n_valid);
+    forward(s, ids, n_valid, false, n_valid - 1);
+    *logits = s->logits;
+    return KILN_OK;
+}
+
+kiln_status kn_session_decode(kn_session *s, int32_t id, int32_t position, const float **logits,
+                              kiln_error *err) {
+    kiln_status st = check_ids(s, &id, 1, err);
+    if (st) return st;
+    if (position < 0)
+        return kn_fail(err, KILN_ERR_INVALID_ARG, "decode: negative position %d", (int)position);
+    place_rows(s, &position, 1);
+    forward(s, &id, 1, false, 0);
+    *logits = s->logits;
+    return KILN_OK;
+}
+
+kiln_status kn_session_stateless(kn_session *s, const int32_t *ids, int n_valid,
+                                 const float **logits, kiln_error *err) {
+    if (!s->p.stateless)
+        return kn_fail(err, KILN_ERR_INVALID_ARG,
+                       "stateless: the session was created without stateless buffers");
+    if (n_valid < 1 || n_valid > s->m->window)
+        return kn_fail(err, KILN_ERR_INVALID_ARG, "stateless: %d valid tokens in a window of %d",
+                       n_valid, s->m->window);
+    kiln_status st = check_ids(s, ids, n_valid, err);
+    if (st) return st;
+    for (int r = 0; r < n_valid; r++) {
+        s->rows_pos[r] = r;
+        s->rows_slot[r] = r;
+        s->sl_pos[r] = r;
+    }
+    forward(s, ids, n_valid, true, n_valid - 1);
+    *logits = s->logits;
+    return KILN_OK;
+}
+
+kiln_status kn_session_prefill_all(kn_session *s, const int32_t *ids, int n, int pos0,
+                                   const float **logits, kiln_error *err) {
+    if (n < 1) return kn_fail(err, KILN_ERR_INVALID_ARG, "prefill: empty prompt");
+    int C = s->m->chunk;
+    for (int at = 0; at < n; at += C) {
+        int k = n - at < C ? n - at : C;
+        /* A whole [C] chunk, the tail padded, exactly as a fixed-shape backend wants it. */
+        for (int i = 0; i < C; i++) {
+            s->chunk_ids[i] = i < k ? ids[at + i] : 0;
+            s->chunk_pos[i] = pos0 + at + (i < k ? i : k - 1);
+        }
+        kiln_status st = kn_session_prefill(s, s->chunk_ids, s->chunk_pos, k, logits, err);
+        if (st) return st;
+    }
+    return KILN_OK;
+}

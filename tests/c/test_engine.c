@@ -1,0 +1,333 @@
+/* test_engine.c — the forward pass against independent references: stories260K's greedy ids and
+ * logits from llama2.c's run.c (../shared/models/stories260K), in kv mode with several chunk
+ * sizes and in stateless mode; SmolLM2 Q4_1 kv vs stateless; no allocation per token. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/base.h"
+#include "kt.h"
+#include "runtime/engine.h"
+
+#define STORIES "models/stories260K/stories260K.gguf"
+#define SMOLLM2 ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+/* Relative logit tolerance against run.c (fp32 both sides; only summation order and libm
+ * differ): |ours - ref| <= TOL_LOGIT_REL * max(|ref|, 1). */
+#define TOL_LOGIT_REL 1e-4
+
+typedef struct golden {
+    int prompt[64];
+    int n_prompt;
+    int next[512];            /* next[pos] = run.c's next token after the input at pos */
+    int n_steps;
+} golden;
+
+static bool read_golden(const char *rel, golden *g) {
+    FILE *f = fopen(kt_shared(rel), "r");
+    if (!f) return false;
+    memset(g, 0, sizeof *g);
+    char line[4096];
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "PROMPT", 6) == 0) {
+            char *p = line + 6, *e;
+            for (long v; (v = strtol(p, &e, 10)), e != p && g->n_prompt < 64; p = e)
+                g->prompt[g->n_prompt++] = (int)v;
+        } else if (strncmp(line, "ID", 2) == 0) {
+            int pos, in, nx;
+            if (sscanf(line + 2, "%d %d %d", &pos, &in, &nx) == 3 && pos >= 0 && pos < 512) {
+                g->next[pos] = nx;
+                if (pos + 1 > g->n_steps) g->n_steps = pos + 1;
+            }
+        }
+    }
+    fclose(f);
+    return g->n_prompt > 0 && g->n_steps > 0;
+}
+
+static kn_model *open_model(const char *path, int window, int chunk) {
+    kn_model_params mp = kn_model_default_params();
+    mp.window = window;
+    mp.chunk = chunk;
+    kn_model *m = NULL;
+    kiln_error err;
+    if (kn_model_open(path, &mp, &m, &err) != KILN_OK) {
+        fprintf(stderr, "    %s: %s\n", path, err.message);
+        return NULL;
+    }
+    return m;
+}
+
+/* Greedy generation, kv mode: the prompt in chunks, then decode steps. out[pos] is the argmax
+ * after the input at pos, for pos >= n_prompt - 1. Returns false on an engine error. */
+static bool run_kv(kn_session *s, const int *prompt, int n_prompt, int n_steps, int *out) {
+    kiln_error err;
+    int32_t ids[64];
+    for (int i = 0; i < n_prompt; i++) ids[i] = prompt[i];
+    const float *logits;
+    if (kn_session_prefill_all(s, ids, n_prompt, 0, &logits, &err)) return false;
+    int V = kn_session_model(s)->hp.n_vocab;
+    int tok = kn_argmax(logits, V);
+    out[n_prompt - 1] = tok;
+    for (int pos = n_prompt; pos < n_steps; pos++) {
+        if (kn_session_decode(s, tok, pos, &logits, &err)) return false;
+        tok = kn_argmax(logits, V);
+        out[pos] = tok;
+    }
+    return true;
+}
+
+/* The same, stateless: every step one padded [W] window. */
+static bool run_stateless(kn_session *s, const int *prompt, int n_prompt, int n_steps, int *out,
+                          int32_t *window_ids) {
+    const kn_model *m = kn_session_model(s);
+    kiln_error err;
+    for (int i = 0; i < m->window; i++) window_ids[i] = 0;
+    for (int i = 0; i < n_prompt; i++) window_ids[i] = prompt[i];
+    for (int pos = n_prompt - 1; pos < n_steps; pos++) {
+        const float *logits;
+        if (kn_session_stateless(s, window_ids, pos + 1, &logits, &err)) return false;
+        out[pos] = kn_argmax(logits, m->hp.n_vocab);
+        if (pos + 1 < m->window) window_ids[pos + 1] = out[pos];
+    }
+    return true;
+}
+
+static void check_golden(const char *rel) {
+    golden g;
+    CHECKF(read_golden(rel, &g), "cannot read %s", kt_shared(rel));
+    const int chunks[] = {1, 3, 128};
+    int out[512];
+    for (int ci = 0; ci < 3; ci++) {
+        kn_model *m = open_model(kt_shared(STORIES), 256, chunks[ci]);
+        CHECK(m != NULL);
+        CHECK_EQ_INT(m->chunk, chunks[ci]);
+        for (int th = 1; th <= (ci == 2 ? 2 : 1); th++) {
+            kn_session_params sp = kn_session_default_params();
+            sp.threads = th;
+            sp.stateless = ci == 0;
+            kn_session *s;
+            kiln_error err;
+            CHECKF(kn_session_new(m, &sp, &s, &err) == KILN_OK, "%s", err.message);
+            memset(out, -1, sizeof out);
+            CHECK(run_kv(s, g.prompt, g.n_prompt, g.n_steps, out));
+            for (int pos = g.n_prompt - 1; pos < g.n_steps; pos++)
+                CHECKF(out[pos] == g.next[pos], "%s kv C=%d threads=%d pos %d: %d, run.c %d", rel,
+                       chunks[ci], th, pos, out[pos], g.next[pos]);
+            if (sp.stateless) {
+                int32_t *win = malloc(sizeof(int32_t) * (size_t)m->window);
+                memset(out, -1, sizeof out);
+                bool ok = run_stateless(s, g.prompt, g.n_prompt, g.n_steps, out, win);
+                free(win);
+                CHECK(ok);
+                for (int pos = g.n_prompt - 1; pos < g.n_steps; pos++)
+                    CHECKF(out[pos] == g.next[pos], "%s stateless pos %d: %d, run.c %d", rel, pos,
+                           out[pos], g.next[pos]);
+            }
+            kn_session_free(s);
+        }
+        kn_model_free(m);
+    }
+}
+
+TEST(engine_stories_greedy_once_upon) { check_golden("models/stories260K/greedy_once_upon_64.ids"); }
+
+TEST(engine_stories_greedy_bos_256) { check_golden("models/stories260K/greedy_bos_256.ids"); }
+
+TEST(engine_stories_logits_pos0_3) {
+    FILE *f = fopen(kt_shared("models/stories260K/logits_once_upon_pos0-3.txt"), "r");
+    CHECKF(f != NULL, "cannot read the logits fixture");
+    static float ref[4][512];
+    int n = 0, pos, id;
+    float v;
+    while (fscanf(f, " L %d %d %f", &pos, &id, &v) == 3)
+        if (pos >= 0 && pos < 4 && id >= 0 && id < 512) {
+            ref[pos][id] = v;
+            n++;
+        }
+    fclose(f);
+    CHECK_EQ_INT(n, 4 * 512);
+    const int32_t prompt[4] = {1, 403, 407, 261};
+    for (int mode = 0; mode < 2; mode++) {
+        /* mode 0: one decode step per position; mode 1: one 4-token prefill per prefix. */
+        kn_model *m = open_model(kt_shared(STORIES), 64, 4);
+        CHECK(m != NULL);
+        kn_session *s;
+        kiln_error err;
+        CHECK(kn_session_new(m, NULL, &s, &err) == KILN_OK);
+        double worst = 0;
+        for (int p = 0; p < 4; p++) {
+            const float *lg;
+            if (mode == 0) {
+                CHECK(kn_session_decode(s, prompt[p], p, &lg, &err) == KILN_OK);
+            } else {
+                kn_session_reset(s);
+                int32_t pos4[4] = {0, 1, 2, 3};
+                CHECK(kn_session_prefill(s, prompt, pos4, p + 1, &lg, &err) == KILN_OK);
+            }
+            for (int i = 0; i < 512; i++) {
+                double d = fabs((double)lg[i] - ref[p][i]);
+                double lim = TOL_LOGIT_REL * (fabs(ref[p][i]) > 1 ? fabs(ref[p][i]) : 1);
+                if (d / lim > worst) worst = d / lim;
+                CHECKF(d <= lim, "mode %d pos %d logit %d: %.7g vs run.c %.7g", mode, p, i, lg[i],
+                       ref[p][i]);
+            }
+        }
+        kn_session_free(s);
+        kn_model_free(m);
+        if (getenv("KILN_TEST_VERBOSE"))
+            fprintf(stderr, "    worst |err|/tolerance %.3g\n", worst);
+    }
+}
+
+TEST(engine_no_allocation_per_token) {
+    kn_model *m = open_model(kt_shared(STORIES), 128, 8);
+    CHECK(m != NULL);
+    kn_session_params sp = kn_session_default_params();
+    sp.threads = 2;
+    kn_session *s;
+    kiln_error err;
+    CHECK(kn_session_new(m, &sp, &s, &err) == KILN_OK);
+    int32_t prompt[5] = {1, 403, 407, 261, 378};
+    int32_t win[128] = {0};
+    uint64_t before = kn_alloc_count();
+    const float *lg;
+    CHECK(kn_session_prefill_all(s, prompt, 5, 0, &lg, &err) == KILN_OK);
+    int tok = kn_argmax(lg, m->hp.n_vocab);
+    for (int pos = 5; pos < 5 + 64; pos++) {
+        CHECK(kn_session_decode(s, tok, pos, &lg, &err) == KILN_OK);
+        tok = kn_argmax(lg, m->hp.n_vocab);
+        win[pos] = tok;
+    }
+    memcpy(win, prompt, sizeof prompt);
+    CHECK(kn_session_stateless(s, win, 69, &lg, &err) == KILN_OK);
+    CHECK_EQ_INT(kn_alloc_count() - before, 0);
+    kn_session_free(s);
+    kn_model_free(m);
+}
+
+TEST(engine_bad_step_arguments) {
+    kn_model *m = open_model(kt_shared(STORIES), 16, 4);
+    CHECK(m != NULL);
+    kn_session_params sp = kn_session_default_params();
+    sp.stateless = false;
+    kn_session *s;
+    kiln_error err;
+    CHECK(kn_session_new(m, &sp, &s, &err) == KILN_OK);
+    const float *lg;
+    int32_t ids[4] = {1, 2, 3, 4}, pos[4] = {0, 1, 2, 3};
+    CHECK_EQ_INT(kn_session_prefill(s, ids, pos, 0, &lg, &err), KILN_ERR_INVALID_ARG);
+    CHECK_EQ_INT(kn_session_prefill(s, ids, pos, 5, &lg, &err), KILN_ERR_INVALID_ARG);
+    CHECK_EQ_INT(kn_session_decode(s, 512, 0, &lg, &err), KILN_ERR_INVALID_ARG);
+    CHECK_EQ_INT(kn_session_decode(s, -1, 0, &lg, &err), KILN_ERR_INVALID_ARG);
+    CHECK_EQ_INT(kn_session_decode(s, 1, -3, &lg, &err), KILN_ERR_INVALID_ARG);
+    CHECK_EQ_INT(kn_session_stateless(s, ids, 1, &lg, &err), KILN_ERR_INVALID_ARG);
+    sp.threads = 0;
+    kn_session *s2;
+    CHECK_EQ_INT(kn_session_new(m, &sp, &s2, &err), KILN_ERR_INVALID_ARG);
+    kn_session_free(s);
+    kn_model_free(m);
+    kn_model_params mp = kn_model_default_params();
+    mp.window = 4;
+    mp.chunk = 8;
+    kn_model *bad;
+    CHECK_EQ_INT(kn_model_open(kt_shared(STORIES), &mp, &bad, &err), KILN_ERR_INVALID_ARG);
+    CHECK_EQ_INT(kn_model_open("/nonexistent/model.gguf", NULL, &bad, &err), KILN_ERR_IO);
+}
+
+TEST(engine_window_slide_and_sliding_mask) {
+    /* Slot mapping: positions below W map to themselves; past W the sinks stay and the rest
+     * rolls. */
+    kn_model *m = open_model(kt_shared(STORIES), 16, 4);
+    CHECK(m != NULL);
+    CHECK_EQ_INT(m->sink, KN_DEFAULT_SINK);
+    CHECK_EQ_INT(kn_kv_slot(m, 15), 15);
+    CHECK_EQ_INT(kn_kv_slot(m, 16), 4);
+    CHECK_EQ_INT(kn_kv_slot(m, 27), 15);
+    CHECK_EQ_INT(kn_kv_slot(m, 28), 4);
+    /* Generation runs on past the window without error. */
+    kn_session *s;
+    kiln_error err;
+    CHECK(kn_session_new(m, NULL, &s, &err) == KILN_OK);
+    const float *lg;
+    int tok = 1;
+    for (int pos = 0; pos < 40; pos++) {
+        CHECK(kn_session_decode(s, tok, pos, &lg, &err) == KILN_OK);
+        tok = kn_argmax(lg, m->hp.n_vocab);
+        CHECK(lg[tok] == lg[tok]);
+    }
+    kn_session_free(s);
+    kn_model_free(m);
+
+    /* A Mistral-style sliding window as long as the sequence changes nothing; a short one
+     * changes the logits, identically in kv and stateless mode. */
+    kn_gguf *g;
+    CHECK(kn_gguf_open(kt_shared(STORIES), &g, &err) == KILN_OK);
+    kn_hparams hp;
+    CHECK(kn_hparams_from_gguf(g, &hp, &err) == KILN_OK);
+    int32_t ids[12] = {1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315};
+    float res[3][512], res_sl[3][512];
+    const int windows[3] = {0, 12, 3};
+    for (int wi = 0; wi < 3; wi++) {
+        hp.sliding_window = windows[wi];
+        kn_model_params mp = kn_model_default_params();
+        mp.window = 16;
+        mp.chunk = 5;
+        CHECK(kn_model_load(g, &hp, &mp, &m, &err) == KILN_OK);
+        CHECK(kn_session_new(m, NULL, &s, &err) == KILN_OK);
+        CHECK(kn_session_prefill_all(s, ids, 12, 0, &lg, &err) == KILN_OK);
+        memcpy(res[wi], lg, sizeof res[wi]);
+        int32_t win[16] = {0};
+        memcpy(win, ids, sizeof ids);
+        CHECK(kn_session_stateless(s, win, 12, &lg, &err) == KILN_OK);
+        memcpy(res_sl[wi], lg, sizeof res_sl[wi]);
+        kn_session_free(s);
+        kn_model_free(m);
+        CHECK(memcmp(res[wi], res_sl[wi], sizeof res[wi]) == 0);
+    }
+    kn_gguf_close(g);
+    CHECK(memcmp(res[0], res[1], sizeof res[0]) == 0);
+    CHECK(memcmp(res[0], res[2], sizeof res[0]) != 0);
+}
+
+TEST(engine_smollm2_kv_equals_stateless) {
+    const char *path = getenv("KILN_SMOLLM2");
+    if (!path || !*path) path = SMOLLM2;
+    FILE *f = fopen(path, "rb");
+    CHECKF(f != NULL, "%s is missing: run scripts/fetch_models.sh", path);
+    fclose(f);
+    kn_model *m = open_model(path, 64, 8);
+    CHECK(m != NULL);
+    CHECK_EQ_INT(m->hp.n_layer, 30);
+    CHECK_EQ_INT(m->hp.n_head, 9);
+    CHECK_EQ_INT(m->hp.n_head_kv, 3);
+    CHECK(m->hp.tied_embeddings);
+    CHECK_EQ_INT(m->output.type, 8 /* Q8_0 */);
+    CHECK_EQ_INT(m->layers[0].wq.type, 3 /* Q4_1 */);
+    /* "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n" */
+    const int prompt[] = {1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531,
+                          198};
+    int n_prompt = (int)(sizeof prompt / sizeof prompt[0]), n_steps = n_prompt + 10;
+    int kv[64], kv2[64], sl[64];
+    for (int th = 1; th <= 2; th++) {
+        kn_session_params sp = kn_session_default_params();
+        sp.threads = th;
+        kn_session *s;
+        kiln_error err;
+        CHECKF(kn_session_new(m, &sp, &s, &err) == KILN_OK, "%s", err.message);
+        CHECK(run_kv(s, prompt, n_prompt, n_steps, th == 1 ? kv : kv2));
+        if (th == 1) {
+            int32_t win[64];
+            CHECK(run_stateless(s, prompt, n_prompt, n_steps, sl, win));
+        }
+        kn_session_free(s);
+    }
+    for (int pos = n_prompt - 1; pos < n_steps; pos++) {
+        CHECKF(kv[pos] == sl[pos], "pos %d: kv %d, stateless %d", pos, kv[pos], sl[pos]);
+        CHECKF(kv[pos] == kv2[pos], "pos %d: 1 thread %d, 2 threads %d", pos, kv[pos], kv2[pos]);
+    }
+    if (getenv("KILN_TEST_VERBOSE")) {
+        for (int pos = n_prompt - 1; pos < n_steps; pos++) fprintf(stderr, " %d", kv[pos]);
+        fprintf(stderr, "\n");
+    }
+    kn_model_free(m);
+}

@@ -1,0 +1,349 @@
+/* test_kernels.c — every kernel variant against the plain-C reference, and the reference against
+ * exact float arithmetic, on awkward sizes with NaN-poisoned outputs. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/base.h"
+#include "kernels/kernels.h"
+#include "kt.h"
+#include "quant/quant.h"
+
+/* Named tolerances, relative to sum_i |w_i x_i| of the product (the scale of its rounding):
+ *  - VARIANT: SIMD vs reference on the same quantized activations; only float summation order
+ *    differs, so a few float ulps of the magnitude sum.
+ *  - ACT_Q8: reference vs exact float product of the dequantized weights: activation rounding,
+ *    at most half a step (max|x_block| / 254) per element, checked with that bound directly. */
+#define TOL_VARIANT 2e-6
+#define TOL_F32_FLOOR 1e-6
+
+static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
+static uint32_t rnd(void) {
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return (uint32_t)(g_rng >> 16);
+}
+static float rndf(void) { return (float)((int)(rnd() % 20001) - 10000) / 10000.0f; }
+
+static size_t block_bytes(uint32_t type) { return kn_type_get(type)->block_bytes; }
+
+/* Fills a random row of n elements in type's layout and writes its values to deq. */
+static void random_row(uint32_t type, int n, uint8_t *row, float *deq) {
+    if (type == KN_TYPE_F32) {
+        for (int i = 0; i < n; i++) {
+            deq[i] = rndf();
+            memcpy(row + 4 * (size_t)i, &deq[i], 4);
+        }
+        return;
+    }
+    if (type == KN_TYPE_F16) {
+        for (int i = 0; i < n; i++) {
+            uint16_t h = kn_fp32_to_fp16(rndf());
+            memcpy(row + 2 * (size_t)i, &h, 2);
+            deq[i] = kn_fp16_to_fp32(h);
+        }
+        return;
+    }
+    size_t bb = block_bytes(type);
+    for (int b = 0; b < n / 32; b++) {
+        uint8_t *blk = row + (size_t)b * bb;
+        float *o = deq + b * 32;
+        uint16_t dh = kn_fp32_to_fp16(0.001f + (float)(rnd() % 1000) / 20000.0f);
+        uint16_t mh = kn_fp32_to_fp16(-0.05f * (float)(rnd() % 100) / 100.0f);
+        float d = kn_fp16_to_fp32(dh), m = kn_fp16_to_fp32(mh);
+        memcpy(blk, &dh, 2);
+        if (type == KN_TYPE_Q8_0) {
+            for (int i = 0; i < 32; i++) {
+                int8_t q = (int8_t)(rnd() & 0xFF); /* includes -128 */
+                blk[2 + i] = (uint8_t)q;
+                o[i] = d * (float)q;
+            }
+            continue;
+        }
+        int off = type == KN_TYPE_Q4_1 ? 4 : 2;
+        if (type == KN_TYPE_Q4_1) memcpy(blk + 2, &mh, 2);
+        for (int i = 0; i < 16; i++) {
+            uint8_t byte = (uint8_t)(rnd() & 0xFF);
+            blk[off + i] = byte;
+            int lo = byte & 0x0F, hi = byte >> 4;
+            if (type == KN_TYPE_Q4_0) {
+                o[i] = d * (float)(lo - 8);
+                o[i + 16] = d * (float)(hi - 8);
+            } else {
+                o[i] = d * (float)lo + m;
+                o[i + 16] = d * (float)hi + m;
+            }
+        }
+    }
+}
+
+typedef struct prob {
+    uint32_t type;
+    int n_in, n_out, n_tok, ldy;
+    kn_wmat w;
+    uint8_t *wdata;
+    float *wdeq;   /* [n_out][n_in] */
+    float *x;      /* [n_tok][n_in] */
+    kn_act a;
+    int8_t *aq;
+    float *ad, *as;
+} prob;
+
+static bool prob_make(prob *p, uint32_t type, int n_in, int n_out, int n_tok) {
+    memset(p, 0, sizeof *p);
+    p->type = type;
+    p->n_in = n_in;
+    p->n_out = n_out;
+    p->n_tok = n_tok;
+    p->ldy = n_out + 5; /* gaps between token rows must stay untouched */
+    uint64_t rb;
+    if (!kn_row_bytes(type, n_in, &rb)) return false;
+    p->wdata = malloc(rb * (size_t)n_out + 64);
+    p->wdeq = malloc(sizeof(float) * (size_t)n_in * n_out);
+    p->x = malloc(sizeof(float) * (size_t)n_in * n_tok);
+    int stride = (n_in + 31) / 32 * 32 + 32; /* a stride larger than the row, on purpose */
+    p->aq = malloc((size_t)stride * n_tok);
+    p->ad = malloc(sizeof(float) * (size_t)(stride / 32) * n_tok);
+    p->as = malloc(sizeof(float) * (size_t)(stride / 32) * n_tok);
+    for (int r = 0; r < n_out; r++)
+        random_row(type, n_in, p->wdata + rb * (size_t)r, p->wdeq + (size_t)r * n_in);
+    for (int i = 0; i < n_in * n_tok; i++) p->x[i] = rndf() * (i % 7 == 0 ? 4.0f : 1.0f);
+    p->w = (kn_wmat){type, n_in, n_out, (size_t)rb, p->wdata};
+    p->a = (kn_act){p->aq, p->ad, p->as, stride};
+    if (kn_type_wants_q8(type)) kn_quantize_act(&p->a, p->x, n_tok, n_in);
+    return true;
+}
+
+static void prob_free(prob *p) {
+    free(p->wdata);
+    free(p->wdeq);
+    free(p->x);
+    free(p->aq);
+    free(p->ad);
+    free(p->as);
+}
+
+static float *poisoned(size_t n) {
+    float *y = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) y[i] = NAN;
+    return y;
+}
+
+/* Runs k on p into a fresh NaN-filled buffer; checks every output written and no gap touched. */
+static float *run_variant(const kn_kernels *k, kn_pool *pool, prob *p, bool *ok) {
+    size_t ny = (size_t)p->ldy * p->n_tok;
+    float *y = poisoned(ny);
+    kn_matmul(pool, k, &p->w, p->x, &p->a, p->n_tok, y, p->ldy);
+    *ok = true;
+    for (int t = 0; t < p->n_tok; t++)
+        for (int r = 0; r < p->ldy; r++) {
+            float v = y[(size_t)t * p->ldy + r];
+            if ((r < p->n_out) != !isnan(v)) *ok = false;
+        }
+    return y;
+}
+
+static const uint32_t k_types[] = {KN_TYPE_F32, KN_TYPE_F16, KN_TYPE_Q4_0, KN_TYPE_Q4_1,
+                                   KN_TYPE_Q8_0};
+
+TEST(kernels_variants_match_reference) {
+    const kn_kernels *variants[] = {kn_kernels_avx2(), kn_kernels_avx512(), kn_kernels_get()};
+    const int n_ins_q[] = {32, 96, 576, 1056, 1536};
+    const int n_ins_f[] = {1, 7, 33, 172, 576};
+    const int n_outs[] = {1, 3, 33, 172};
+    const int n_toks[] = {1, 2, 3, 4, 5, 9};
+    kn_pool *pool = kn_pool_new(3);
+    CHECK(pool != NULL);
+    int n_checked = 0;
+    for (size_t ti = 0; ti < sizeof k_types / sizeof k_types[0]; ti++) {
+        uint32_t type = k_types[ti];
+        bool q = kn_type_wants_q8(type);
+        for (int ii = 0; ii < 5; ii++)
+            for (int oi = 0; oi < 4; oi++)
+                for (int ki = 0; ki < 6; ki++) {
+                    prob p;
+                    int n_in = q ? n_ins_q[ii] : n_ins_f[ii];
+                    CHECK(prob_make(&p, type, n_in, n_outs[oi], n_toks[ki]));
+                    bool ok;
+                    float *ref = run_variant(kn_kernels_generic(), NULL, &p, &ok);
+                    CHECKF(ok, "generic %s %dx%d t%d: output not fully written",
+                           kn_type_name(type), p.n_out, n_in, p.n_tok);
+                    /* Reference vs exact arithmetic on the dequantized weights. */
+                    for (int t = 0; t < p.n_tok; t++)
+                        for (int r = 0; r < p.n_out; r++) {
+                            double exact = 0, mag = 0, bound = 0;
+                            const float *xt = p.x + (size_t)t * n_in;
+                            const float *wr = p.wdeq + (size_t)r * n_in;
+                            for (int i = 0; i < n_in; i++) {
+                                exact += (double)wr[i] * xt[i];
+                                mag += fabs((double)wr[i] * xt[i]);
+                            }
+                            if (q)
+                                for (int b = 0; b < n_in / 32; b++) {
+                                    double amax = 0, sw = 0;
+                                    for (int i = b * 32; i < b * 32 + 32; i++) {
+                                        if (fabs(xt[i]) > amax) amax = fabs(xt[i]);
+                                        sw += fabs(wr[i]);
+                                    }
+                                    bound += sw * amax / 254.0;
+                                }
+                            bound += 1e-5 * mag + TOL_F32_FLOOR;
+                            double got = ref[(size_t)t * p.ldy + r];
+                            CHECKF(fabs(got - exact) <= bound,
+                                   "generic %s %dx%d t%d [%d,%d]: %g vs exact %g (bound %g)",
+                                   kn_type_name(type), p.n_out, n_in, p.n_tok, t, r, got, exact,
+                                   bound);
+                        }
+                    for (int vi = 0; vi < 3; vi++) {
+                        if (!variants[vi]) continue;
+                        for (int th = 0; th < 2; th++) {
+                            float *y = run_variant(variants[vi], th ? pool : NULL, &p, &ok);
+                            CHECKF(ok, "%s %s %dx%d t%d: output not fully written (NaN left)",
+                                   variants[vi]->name, kn_type_name(type), p.n_out, n_in,
+                                   p.n_tok);
+                            for (int t = 0; t < p.n_tok; t++)
+                                for (int r = 0; r < p.n_out; r++) {
+                                    const float *xt = p.x + (size_t)t * n_in;
+                                    const float *wr = p.wdeq + (size_t)r * n_in;
+                                    double mag = 0;
+                                    for (int i = 0; i < n_in; i++)
+                                        mag += fabs((double)wr[i] * xt[i]);
+                                    size_t at = (size_t)t * p.ldy + r;
+                                    CHECKF(fabs((double)y[at] - ref[at]) <=
+                                               TOL_VARIANT * mag + TOL_F32_FLOOR,
+                                           "%s %s %dx%d t%d [%d,%d]: %g vs ref %g",
+                                           variants[vi]->name, kn_type_name(type), p.n_out, n_in,
+                                           p.n_tok, t, r, y[at], ref[at]);
+                                }
+                            free(y);
+                            n_checked++;
+                        }
+                    }
+                    free(ref);
+                    prob_free(&p);
+                }
+    }
+    kn_pool_free(pool);
+    CHECK(n_checked > 0);
+}
+
+TEST(kernels_threads_are_deterministic) {
+    /* Rows are split between workers, never a row's sum, so any thread count gives the same
+     * bits. */
+    prob p;
+    CHECK(prob_make(&p, KN_TYPE_Q4_1, 576, 1536, 3));
+    const kn_kernels *k = kn_kernels_get();
+    bool ok;
+    float *y1 = run_variant(k, NULL, &p, &ok);
+    CHECK(ok);
+    for (int n = 2; n <= 4; n++) {
+        kn_pool *pool = kn_pool_new(n);
+        CHECK(pool != NULL);
+        CHECK_EQ_INT(kn_pool_size(pool), n);
+        for (int rep = 0; rep < 20; rep++) {
+            float *y = run_variant(k, pool, &p, &ok);
+            CHECK(ok);
+            CHECK(memcmp(y, y1, sizeof(float) * (size_t)p.ldy * p.n_tok) == 0 ||
+                  !"thread count changed the result");
+            free(y);
+        }
+        kn_pool_free(pool);
+    }
+    free(y1);
+    prob_free(&p);
+}
+
+TEST(kernels_quantize_act_blocks) {
+    float x[64];
+    for (int i = 0; i < 64; i++) x[i] = (float)(i - 20) * 0.25f;
+    for (int i = 32; i < 64; i++) x[i] = 0.0f; /* an all-zero block must give d = 0, q = 0 */
+    int8_t q[64];
+    float d[2], s[2];
+    kn_act a = {q, d, s, 64};
+    kn_quantize_act(&a, x, 1, 64);
+    CHECK(fabsf(d[0] - 5.0f / 127.0f) < 1e-9f);
+    CHECK_EQ_INT(q[0], -127);
+    CHECK_EQ_INT(q[31], (int)roundf(2.75f / d[0]));
+    CHECK(d[1] == 0.0f && s[1] == 0.0f && q[40] == 0);
+    int sum = 0;
+    for (int i = 0; i < 32; i++) sum += q[i];
+    CHECK(fabsf(s[0] - d[0] * (float)sum) < 1e-6f);
+}
+
+TEST(kernels_ops_reference) {
+    /* RMSNorm: unit weights give mean square 1 (up to eps). */
+    float x[33], w[33], o[33];
+    for (int i = 0; i < 33; i++) {
+        x[i] = (float)(i % 5) - 2.0f + 0.1f;
+        w[i] = 1.0f;
+    }
+    kn_rmsnorm(o, x, w, 33, 0.0f);
+    double ms = 0;
+    for (int i = 0; i < 33; i++) ms += (double)o[i] * o[i];
+    CHECK(fabs(ms / 33 - 1.0) < 1e-5);
+
+    /* Softmax: sums to one, order kept, big inputs do not overflow. */
+    float sm[5] = {1000.0f, 1001.0f, 999.0f, -INFINITY, 1000.5f};
+    kn_softmax(sm, 5);
+    float tot = 0;
+    for (int i = 0; i < 5; i++) tot += sm[i];
+    CHECK(fabsf(tot - 1.0f) < 1e-6f && sm[3] == 0.0f && sm[1] > sm[4] && sm[4] > sm[0]);
+
+    /* SwiGLU. */
+    float g[2] = {0.0f, 2.0f}, u[2] = {3.0f, 0.5f};
+    kn_swiglu(g, u, 2);
+    CHECK(g[0] == 0.0f && fabsf(g[1] - 0.5f * 2.0f / (1.0f + expf(-2.0f))) < 1e-7f);
+
+    /* RoPE: both layouts against the formula, position 0 is the identity, norms kept. */
+    kn_rope_cfg c = {10000.0f, 8, 0, 1.0f, 1.0f, 4.0f, 8192};
+    double inv[4];
+    kn_rope_inv_freq(&c, inv);
+    CHECK(fabs(inv[1] - pow(10000.0, -2.0 / 8)) < 1e-15);
+    float cs[8];
+    float v[16], v0[16];
+    for (int i = 0; i < 16; i++) v[i] = v0[i] = (float)i * 0.1f - 0.7f;
+    kn_rope_cossin(inv, 8, 0, cs);
+    kn_rope_apply(v, 2, 8, 8, false, cs);
+    CHECK(memcmp(v, v0, sizeof v) == 0);
+    for (int neox = 0; neox < 2; neox++) {
+        memcpy(v, v0, sizeof v);
+        kn_rope_cossin(inv, 8, 7, cs);
+        kn_rope_apply(v, 2, 8, 8, neox, cs);
+        for (int h = 0; h < 2; h++)
+            for (int i = 0; i < 4; i++) {
+                int i0 = neox ? i : 2 * i, i1 = neox ? i + 4 : 2 * i + 1;
+                double ang = 7.0 * inv[i];
+                double a = v0[h * 8 + i0], b = v0[h * 8 + i1];
+                CHECK(fabs(v[h * 8 + i0] - (a * cos(ang) - b * sin(ang))) < 1e-6);
+                CHECK(fabs(v[h * 8 + i1] - (a * sin(ang) + b * cos(ang))) < 1e-6);
+            }
+    }
+    /* Linear scaling divides every frequency; Llama 3 keeps the fastest and divides the
+     * slowest (Llama 3.1: factor 8, low 1, high 4, original context 8192). */
+    kn_rope_cfg lin = {10000.0f, 8, 1, 4.0f, 1.0f, 4.0f, 8192};
+    double inv_lin[4];
+    kn_rope_inv_freq(&lin, inv_lin);
+    for (int i = 0; i < 4; i++) CHECK(fabs(inv_lin[i] - inv[i] / 4.0) < 1e-15);
+    kn_rope_cfg l3 = {500000.0f, 128, 2, 8.0f, 1.0f, 4.0f, 8192};
+    double inv3[64], inv3_plain[64];
+    kn_rope_inv_freq(&l3, inv3);
+    l3.scaling = 0;
+    kn_rope_inv_freq(&l3, inv3_plain);
+    CHECK(inv3[0] == inv3_plain[0]);
+    CHECK(fabs(inv3[63] - inv3_plain[63] / 8.0) < 1e-18);
+    int n_mid = 0;
+    for (int i = 0; i < 64; i++) {
+        CHECK(inv3[i] <= inv3_plain[i] && inv3[i] >= inv3_plain[i] / 8.0 * (1 - 1e-12));
+        if (inv3[i] < inv3_plain[i] && inv3[i] > inv3_plain[i] / 8.0 * (1 + 1e-9)) n_mid++;
+    }
+    CHECK(n_mid > 0);
+}
+
+TEST(kernels_dispatch_once) {
+    const kn_kernels *k = kn_kernels_get();
+    CHECK(k != NULL && k == kn_kernels_get());
+    CHECK(kn_kernels_type_ok(KN_TYPE_Q4_1) && !kn_kernels_type_ok(KN_TYPE_Q4_K));
+    for (size_t i = 0; i < sizeof k_types / sizeof k_types[0]; i++)
+        CHECK(k->rows[k_types[i]] != NULL);
+}
