@@ -1,0 +1,87 @@
+/* kn_ov_tool — drives the OpenVINO IR writer for tests/py/test_openvino_ir.py.
+ *
+ *   kn_ov_tool write OFFERING [GROUP]
+ *       writes openvino_model.xml/.bin (prefill graph) and openvino_decode.xml/.bin (decode
+ *       graph) into the offering; GROUP is the Q4_0 group size (0 = the offering's, -1 =
+ *       channel-wise).
+ *   kn_ov_tool native OFFERING N_GEN ID...
+ *       the native CPU engine as the oracle: feeds the prompt ids, prints the logits of the last
+ *       prompt token on a line "LOGITS v0 v1 ..." and N_GEN greedy ids on a line "IDS ...".
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backends/openvino/ir.h"
+#include "runtime/engine.h"
+
+static int fail(const kiln_error *err) {
+    fprintf(stderr, "kn_ov_tool: %s\n", err->message);
+    return 1;
+}
+
+static int cmd_write(const char *dir, int group) {
+    kiln_error err = {0};
+    char *path = kn_path_join(dir, "model.gguf");
+    kn_gguf *g = NULL;
+    kn_hparams hp;
+    kn_contract c;
+    kiln_status s = path ? kn_gguf_open(path, &g, &err) : KILN_ERR_NOMEM;
+    kn_free(path);
+    if (s == KILN_OK) s = kn_hparams_from_gguf(g, &hp, &err);
+    if (s == KILN_OK) s = kn_contract_from_gguf(g, &hp, &c, &err);
+    static const char *names[2][3] = {{"prefill", "openvino_model.xml", "openvino_model.bin"},
+                                      {"decode", "openvino_decode.xml", "openvino_decode.bin"}};
+    for (int i = 0; i < 2 && s == KILN_OK; i++) {
+        char *xml = kn_path_join(dir, names[i][1]), *bin = kn_path_join(dir, names[i][2]);
+        s = xml && bin ? kn_ov_write_ir_graph(g, &hp, &c, names[i][0], group, xml, bin, &err)
+                       : KILN_ERR_NOMEM;
+        kn_free(xml);
+        kn_free(bin);
+    }
+    kn_gguf_close(g);
+    return s == KILN_OK ? 0 : fail(&err);
+}
+
+static int cmd_native(const char *dir, int n_gen, int n, char **argv) {
+    kiln_error err = {0};
+    int32_t ids[512];
+    if (n < 1 || n > 512) {
+        fprintf(stderr, "kn_ov_tool: 1..512 prompt ids\n");
+        return 2;
+    }
+    for (int i = 0; i < n; i++) ids[i] = (int32_t)atoi(argv[i]);
+    char *path = kn_path_join(dir, "model.gguf");
+    kn_model_params mp = kn_model_default_params();
+    kn_session_params sp = kn_session_default_params();
+    kn_model *m = NULL;
+    kn_session *ss = NULL;
+    const float *logits = NULL;
+    kiln_status s = path ? kn_model_open(path, &mp, &m, &err) : KILN_ERR_NOMEM;
+    kn_free(path);
+    if (s == KILN_OK) s = kn_session_new(m, &sp, &ss, &err);
+    if (s == KILN_OK) s = kn_session_prefill_all(ss, ids, n, 0, &logits, &err);
+    if (s == KILN_OK) {
+        printf("LOGITS");
+        for (int i = 0; i < m->hp.n_vocab; i++) printf(" %.9g", logits[i]);
+        printf("\nIDS");
+        for (int i = 0; i < n_gen && s == KILN_OK; i++) {
+            int next = kn_argmax(logits, m->hp.n_vocab);
+            printf(" %d", next);
+            s = kn_session_decode(ss, next, n + i, &logits, &err);
+        }
+        printf("\n");
+    }
+    kn_session_free(ss);
+    kn_model_free(m);
+    return s == KILN_OK ? 0 : fail(&err);
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 3 && strcmp(argv[1], "write") == 0)
+        return cmd_write(argv[2], argc >= 4 ? atoi(argv[3]) : 0);
+    if (argc >= 5 && strcmp(argv[1], "native") == 0)
+        return cmd_native(argv[2], atoi(argv[3]), argc - 4, argv + 4);
+    fprintf(stderr, "usage: kn_ov_tool write OFFERING [GROUP] | native OFFERING N_GEN ID...\n");
+    return 2;
+}
