@@ -100,8 +100,19 @@ typedef enum kiln_quant {
 kiln_status kiln_quant_from_name(const char *name, kiln_quant *out);
 const char *kiln_quant_name(kiln_quant quant);
 
+typedef enum kiln_target {
+    KILN_TARGET_CPU = 0,          /* model.gguf + manifest.json */
+    KILN_TARGET_OPENVINO = 1,     /* also openvino_model.xml/.bin (prefill) and
+                                     openvino_decode.xml/.bin (decode), all shapes static */
+    KILN_TARGET_NPU = 2           /* OpenVINO for the NPU: as OPENVINO, and a non-quantized
+                                     source defaults to int4_sym_g128 */
+} kiln_target;
+
 typedef struct kiln_bake_params {
     kiln_quant quant;
+    kiln_target target;
+    int group_size;               /* OpenVINO int4 group: 0 = the scheme's, 128, or -1 (per
+                                     channel) where the stored blocks allow it */
     int window;                   /* W: KV-cache capacity in tokens (default 1024) */
     int chunk;                    /* C: prefill width (default 128); 1 <= C <= W */
     int sink;                     /* S: tokens kept by --overflow slide (default 4) */

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backends/openvino/ir.h"
 #include "quant/quant.h"
 
 kiln_bake_params kiln_bake_default_params(void) {
@@ -283,6 +284,29 @@ static kiln_status write_file(const char *path, const char *data, size_t n, kiln
     return ok ? KILN_OK : kn_fail(err, KILN_ERR_IO, "%s: write failed: %s", path, strerror(errno));
 }
 
+/* The OpenVINO IR of both cached graphs, from the model.gguf just written (so the IR holds
+ * exactly the offering's weights). */
+static kiln_status write_openvino(const char *model, const char *dir, const kiln_bake_params *p,
+                                  kiln_error *err) {
+    kn_gguf *g = NULL;
+    kn_hparams hp;
+    kn_contract c;
+    kiln_status s = kn_gguf_open(model, &g, err);
+    if (!s) s = kn_hparams_from_gguf(g, &hp, err);
+    if (!s) s = kn_contract_from_gguf(g, &hp, &c, err);
+    static const char *graphs[2][3] = {{"prefill", "openvino_model.xml", "openvino_model.bin"},
+                                       {"decode", "openvino_decode.xml", "openvino_decode.bin"}};
+    for (int i = 0; i < 2 && !s; i++) {
+        char *x = kn_path_join(dir, graphs[i][1]), *b = kn_path_join(dir, graphs[i][2]);
+        s = x && b ? kn_ov_write_ir_graph(g, &hp, &c, graphs[i][0], p->group_size, x, b, err)
+                   : kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+        kn_free(x);
+        kn_free(b);
+    }
+    kn_gguf_close(g);
+    return s;
+}
+
 /* An existing target may be replaced only if it is an offering kiln wrote. */
 static kiln_status check_target(const char *out_dir, bool *exists, kiln_error *err) {
     struct stat st;
@@ -309,6 +333,12 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
         return kn_fail(err, KILN_ERR_INVALID_ARG, "bake: source and output directory required");
     if ((unsigned)p->quant > KILN_QUANT_F16)
         return kn_fail(err, KILN_ERR_INVALID_ARG, "--quant: unknown scheme %d", (int)p->quant);
+    if ((unsigned)p->target > KILN_TARGET_NPU)
+        return kn_fail(err, KILN_ERR_INVALID_ARG, "--target: unknown target %d", (int)p->target);
+    if (p->group_size != 0 && p->group_size != -1 &&
+        (p->group_size < 32 || p->group_size > 4096 || p->group_size % 32))
+        return kn_fail(err, KILN_ERR_INVALID_ARG,
+                       "--group-size %d: use -1 (per channel) or a multiple of 32", p->group_size);
     bool exists;
     kiln_status s = check_target(out_dir, &exists, err);
     if (s) return s;
@@ -321,7 +351,9 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
         return kn_fail_prefix(err, "bake: ");
     }
     kiln_quant q = p->quant;
-    if (q == KILN_QUANT_DEFAULT) q = src->quantized ? KILN_QUANT_KEEP : KILN_QUANT_Q4_0;
+    if (q == KILN_QUANT_DEFAULT)
+        q = src->quantized ? KILN_QUANT_KEEP
+            : p->target == KILN_TARGET_NPU ? KILN_QUANT_INT4_SYM_G128 : KILN_QUANT_Q4_0;
 
     bake_ctx ctx = {0};
     ctx.src = src;
@@ -399,6 +431,8 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
     }
     fclose(f);
     f = NULL;
+
+    if (p->target != KILN_TARGET_CPU && (s = write_openvino(model, tmp, p, err))) goto done;
 
     /* Read the written file back and describe it: the manifest is what a reader sees. */
     bool valid = false;

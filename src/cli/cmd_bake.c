@@ -51,7 +51,8 @@ static void log_line(kiln_log_level level, const char *msg, void *user) {
 static void bake_usage(FILE *f) {
     fprintf(f,
             "usage: kiln bake SOURCE [-o DIR] [--quant SCHEME] [--window W] [--chunk C]\n"
-            "                 [--sink S] [--quiet]\n"
+            "                 [--sink S] [--target cpu|openvino|npu] [--group-size -1|128]\n"
+            "                 [--quiet]\n"
             "       kiln bake --model_id ORG/NAME [...]\n\n"
             "SOURCE is a .gguf file, a Hugging Face model folder (config.json, *.safetensors,\n"
             "tokenizer.json), or ORG/NAME looked up in the local Hugging Face cache.\n\n"
@@ -61,6 +62,11 @@ static void bake_usage(FILE *f) {
             "  --window W        KV-cache capacity in tokens (default 1024)\n"
             "  --chunk C         prefill chunk width, 1 <= C <= W (default 128)\n"
             "  --sink S          tokens kept by --overflow slide (default 4)\n"
+            "  --target T        cpu (default); openvino: also write openvino_model.xml/.bin\n"
+            "                    (prefill) and openvino_decode.xml/.bin (decode), static shapes;\n"
+            "                    npu: openvino, and int4_sym_g128 by default\n"
+            "  --group-size G    int4 group of the OpenVINO weights: -1 per channel or 128,\n"
+            "                    where the stored blocks allow it (default: the scheme's)\n"
             "  --quiet           no progress bar\n");
 }
 
@@ -89,6 +95,17 @@ int kiln_cli_bake(int argc, char **argv) {
                                "int4_sym_g128, f16)", v);
                 return 2;
             }
+        } else if (kiln_arg_value(argc, argv, &i, "--target", NULL, &v, &bad)) {
+            if (bad) return 2;
+            if (strcmp(v, "cpu") == 0) p.target = KILN_TARGET_CPU;
+            else if (strcmp(v, "openvino") == 0) p.target = KILN_TARGET_OPENVINO;
+            else if (strcmp(v, "npu") == 0) p.target = KILN_TARGET_NPU;
+            else {
+                kiln_cli_error("--target: '%s' is not cpu, openvino or npu", v);
+                return 2;
+            }
+        } else if (kiln_arg_value(argc, argv, &i, "--group-size", NULL, &v, &bad)) {
+            if (!bad && !kiln_arg_int("--group-size", v, -1, 4096, &p.group_size)) return 2;
         } else if (kiln_arg_value(argc, argv, &i, "--window", NULL, &v, &bad)) {
             if (!bad && !kiln_arg_int("--window", v, 1, 1 << 20, &p.window)) return 2;
         } else if (kiln_arg_value(argc, argv, &i, "--chunk", NULL, &v, &bad)) {

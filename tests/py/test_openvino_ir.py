@@ -374,3 +374,26 @@ def test_qwen2_neox_bias_untied(tmp_path):
     run.past[:] = 0
     run.prompt(ids[:5])
     np.testing.assert_allclose(run.decode(ids[5], 5), want[5], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("target", ["openvino", "npu"])
+def test_bake_target_writes_static_ir_matching_the_manifest(stories, tmp_path, target):
+    off = tmp_path / "off"
+    r = run_kiln("bake", stories, "-o", off, "--quiet", "--target", target, "--window", 64,
+                 "--chunk", 16)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((off / "manifest.json").read_text())
+    assert manifest["openvino"] == {"prefill": "openvino_model.xml",
+                                    "decode": "openvino_decode.xml"}
+    graphs = {g["name"]: g for g in manifest["contract"]["graphs"]}
+    core = ov.Core()
+    for name, xml in manifest["openvino"].items():
+        model = core.read_model(str(off / xml))
+        assert not model.is_dynamic()
+        got = {p.get_any_name(): list(p.get_partial_shape().to_shape()) for p in model.inputs}
+        want = {io["name"]: io["shape"] for io in graphs[name]["inputs"]}
+        assert got == want, name
+        outs = {p.get_any_name(): list(p.get_partial_shape().to_shape()) for p in model.outputs}
+        assert outs == {io["name"]: io["shape"] for io in graphs[name]["outputs"]}
+    if target == "npu":
+        assert manifest["quantization"]["scheme"] == "int4_sym_g128"
