@@ -273,12 +273,23 @@ typedef struct kiln_session_params {
     int threads;              /* >= 1; 0 = physical cores */
     kiln_mode mode;
     kiln_overflow overflow;
+    /* "auto" (default: NPU, then GPU through OpenVINO when the offering has its IR, else the
+     * native CPU), "cpu", "npu", "gpu" or "openvino:DEVICE". A named device that is not there
+     * is KILN_ERR_DEVICE, never a silent fallback. */
+    const char *device;
+    int no_fallback;          /* with "auto": a missing NPU is an error, not a fallback */
+    const char *openvino_lib; /* libopenvino_c path (else $KILN_OPENVINO_LIB, the openvino
+                                 Python wheel, the system) */
+    kiln_log_fn log;          /* told why each skipped device was skipped */
+    void *log_user;
 } kiln_session_params;
 
 kiln_session_params kiln_session_default_params(void);
 kiln_status kiln_session_new(kiln_model *model, const kiln_session_params *params,
                              kiln_session **out, kiln_error *err);
 void kiln_session_free(kiln_session *session);
+/* The device the session runs on: "cpu", "openvino:NPU", ... */
+const char *kiln_session_device(const kiln_session *session);
 /* Forgets the conversation: empties the KV cache. */
 void kiln_session_reset(kiln_session *session);
 
@@ -320,7 +331,8 @@ typedef struct kiln_metrics {
     double p50_ms, p95_ms;    /* per-token latency of decode steps */
     double total_ms;
     double peak_rss_mb;
-    const char *device;       /* "cpu" */
+    const char *device;       /* "cpu", "openvino:NPU", ... */
+    const char *fallback;     /* "" or what auto skipped, e.g. "npu,gpu" */
     const char *mode;         /* "kv" or "stateless" */
     const char *finish_reason;/* "stop" (EOS / end of turn / stop string), "length", "cancelled" */
     int threads;

@@ -99,6 +99,10 @@ static int parse_common(int argc, char **argv, int *i, run_opts *o) {
         }
     } else if (kiln_arg_value(argc, argv, i, "--device", NULL, &v, &bad)) {
         o->device = v;
+    } else if (kiln_arg_value(argc, argv, i, "--openvino-lib", NULL, &v, &bad)) {
+        o->sp.openvino_lib = v;
+    } else if (strcmp(argv[*i], "--no-fallback") == 0) {
+        o->sp.no_fallback = 1;
     } else if (kiln_arg_value(argc, argv, i, "--threads", "-t", &v, &bad)) {
         if (!bad && !kiln_arg_int("--threads", v, 1, 1024, &o->sp.threads)) return -1;
     } else if (kiln_arg_value(argc, argv, i, "--window", NULL, &v, &bad)) {
@@ -121,24 +125,16 @@ static void init_opts(run_opts *o) {
     o->device = "auto";
 }
 
-/* Only the native CPU backend exists in this build: cpu and auto run on it; naming an
- * accelerator is a device error (exit 3), never a silent fallback. */
-static int check_device(const char *dev) {
-    if (strcmp(dev, "auto") == 0 || strcmp(dev, "cpu") == 0) return 0;
-    if (strcmp(dev, "npu") == 0 || strcmp(dev, "gpu") == 0 || strncmp(dev, "openvino:", 9) == 0) {
-        kiln_cli_error("--device %s: not available (this build has the native CPU backend only; "
-                       "available: cpu)", dev);
-        return 3;
-    }
-    kiln_cli_error("--device: '%s' is not auto, cpu, npu, gpu or openvino:DEVICE", dev);
-    return 2;
+static void log_stderr(kiln_log_level level, const char *msg, void *user) {
+    (void)user;
+    if (level <= KILN_LOG_WARN) fprintf(stderr, "kiln: %s\n", msg);
 }
 
 static int open_all(run_opts *o, kiln_model **m, kiln_session **s) {
     kiln_error err;
-    int rc = check_device(o->device);
-    if (rc) return rc;
     o->mp.tokenizer = o->tokenizer;
+    o->sp.device = o->device;
+    o->sp.log = log_stderr;
     kiln_status st = kiln_model_open(o->model, &o->mp, m, &err);
     if (!st) st = kiln_session_new(*m, &o->sp, s, &err);
     if (st) {
@@ -174,12 +170,14 @@ static void print_ids(FILE *f, const int32_t *ids, int n) {
 }
 
 static void print_metrics_line(const kiln_metrics *m) {
+    char fb[96] = "";
+    if (m->fallback && *m->fallback) snprintf(fb, sizeof fb, " (fallback: skipped %s)", m->fallback);
     fprintf(stderr,
             "\n[kiln] prompt %d tok, generated %d tok | TTFT %.1f ms | prefill %.1f tok/s | "
-            "decode %.1f tok/s | latency p50 %.2f ms p95 %.2f ms | peak RSS %.0f MB | device %s "
+            "decode %.1f tok/s | latency p50 %.2f ms p95 %.2f ms | peak RSS %.0f MB | device %s%s "
             "| mode %s | threads %d | finish %s\n",
             m->prompt_tokens, m->generated_tokens, m->ttft_ms, m->prefill_tps, m->decode_tps,
-            m->p50_ms, m->p95_ms, m->peak_rss_mb, m->device, m->mode, m->threads,
+            m->p50_ms, m->p95_ms, m->peak_rss_mb, m->device, fb, m->mode, m->threads,
             m->finish_reason);
 }
 
@@ -203,7 +201,11 @@ static void run_usage(FILE *f) {
             "  --mode kv|stateless  static KV cache (default) or the old full-window scheme\n"
             "  --overflow stop|slide  at a full window: stop (finish 'length') or keep the sink\n"
             "                       tokens and roll the rest\n"
-            "  --device auto|cpu    (npu, gpu, openvino:DEV are not in this build: exit 3)\n"
+            "  --device D           auto (NPU, then GPU through OpenVINO when the offering has\n"
+            "                       its IR, else cpu) | cpu | npu | gpu | openvino:DEVICE;\n"
+            "                       a named device that is missing exits 3\n"
+            "  --no-fallback        with auto: a missing NPU is an error, not a fallback\n"
+            "  --openvino-lib PATH  libopenvino_c (else $KILN_OPENVINO_LIB, the openvino wheel)\n"
             "  --threads N          default: physical cores (-t)\n"
             "  --window W --chunk C contract for a source that is not an offering\n"
             "  --tokenizer_id ID    use another tokenizer (HF folder or cached ORG/NAME)\n"
@@ -277,6 +279,7 @@ int kiln_cli_run(int argc, char **argv) {
         print_ids(stdout, r.prompt_ids, r.n_prompt);
         printf(", \"tokens\": ");
         print_ids(stdout, r.ids, r.n_ids);
+        printf(", \"fallback\": \"%s\"", mt->fallback ? mt->fallback : "");
         printf(", \"finish_reason\": \"%s\", \"n_prompt\": %d, \"n_generated\": %d, "
                "\"ttft_ms\": %.3f, \"prefill_tps\": %.3f, \"decode_tps\": %.3f, "
                "\"latency_p50_ms\": %.3f, \"latency_p95_ms\": %.3f, \"total_ms\": %.3f, "
@@ -461,8 +464,7 @@ int kiln_cli_bench(int argc, char **argv) {
         kiln_cli_error("bench: no OFFERING given (kiln bench --help)");
         return 2;
     }
-    int rc = check_device(o.device);
-    if (rc) return rc;
+    int rc = 0;
     kiln_error err;
     kiln_model *m = NULL;
     kiln_status st = kiln_model_open(model, NULL, &m, &err);
@@ -472,13 +474,16 @@ int kiln_cli_bench(int argc, char **argv) {
     }
     if (json) printf("[\n");
     else
-        printf("| model | mode | threads | test | t/s |\n| --- | --- | ---: | ---: | ---: |\n");
+        printf("| model | backend | mode | threads | test | t/s |\n"
+               "| --- | --- | --- | ---: | ---: | ---: |\n");
     const char *name = strrchr(model, '/');
     name = name && name[1] ? name + 1 : model;
     int first = 1;
     for (int mi = 0; mi < n_modes && !rc; mi++)
         for (int ti = 0; ti < n_th && !rc; ti++) {
             kiln_session_params sp = kiln_session_default_params();
+            sp.device = o.device;
+            sp.log = log_stderr;
             sp.threads = th[ti];
             sp.mode = (kiln_mode)modes[mi];
             kiln_session *s = NULL;
@@ -515,15 +520,16 @@ int kiln_cli_bench(int argc, char **argv) {
                     if (json) {
                         printf("%s  {\"model\": ", first ? "" : ",\n");
                         json_str(stdout, name);
-                        printf(", \"backend\": \"cpu\", \"mode\": \"%s\", \"window\": %d, "
+                        printf(", \"backend\": \"%s\", \"mode\": \"%s\", \"window\": %d, "
                                "\"chunk\": %d, \"n_prompt\": %d, \"n_gen\": %d, "
                                "\"n_threads\": %d, \"repetitions\": %d, \"avg_ts\": %.3f, "
                                "\"stddev_ts\": %.3f}",
-                               mode, kiln_model_window(m), kiln_model_chunk(m),
+                               kiln_session_device(s), mode, kiln_model_window(m), kiln_model_chunk(m),
                                kind == 0 ? n : 0, kind == 1 ? n : 0, th[ti], reps, avg, sd);
                         first = 0;
                     } else {
-                        printf("| %s | %s | %d | %s%d | %.2f ± %.2f |\n", name, mode, th[ti],
+                        printf("| %s | %s | %s | %d | %s%d | %.2f ± %.2f |\n", name,
+                               kiln_session_device(s), mode, th[ti],
                                kind == 0 ? "pp" : "tg", n, avg, sd);
                     }
                     fflush(stdout);

@@ -11,6 +11,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "backends/backend.h"
 #include "base/base.h"
 #include "formats/source.h"
 #include "runtime/engine.h"
@@ -19,14 +20,16 @@
 
 struct kiln_model {
     kn_model *m;
+    char *dir;               /* the offering directory (IR, compiled-blob cache), or NULL */
     kn_tokenizer *tok;
     int max_token_bytes;     /* longest token text: sizes the text buffers */
 };
 
 struct kiln_session {
     kiln_model *model;
-    kn_session *s;
+    kn_backend *b;
     kiln_session_params p;
+    char fallback[64];       /* devices auto skipped */
     kn_sampler sampler;
     int32_t *win;            /* [W] stateless window */
     /* chat: what the KV cache holds, and the conversation so far */
@@ -49,6 +52,7 @@ kiln_session_params kiln_session_default_params(void) {
     kiln_session_params p;
     memset(&p, 0, sizeof p);
     p.threads = 1;
+    p.device = "auto";
     return p;
 }
 
@@ -126,6 +130,11 @@ kiln_status kiln_model_open(const char *path, const kiln_model_params *params, k
     }
     if (!s && !gguf) s = kn_fail(err, KILN_ERR_NOMEM, "out of memory");
     if (!s) s = kn_model_open(gguf, &mp, &km->m, err);
+    if (!s && !tmpdir) {
+        const char *slash = strrchr(gguf, '/');
+        km->dir = slash ? kn_strndup(gguf, (size_t)(slash - gguf)) : kn_strdup(".");
+        if (!km->dir) s = kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+    }
     if (!s) {
         if (p->tokenizer && *p->tokenizer) {
             char *dir = NULL;
@@ -166,6 +175,7 @@ void kiln_model_free(kiln_model *km) {
     if (!km) return;
     kn_tokenizer_free(km->tok);
     kn_model_free(km->m);
+    kn_free(km->dir);
     kn_free(km);
 }
 
@@ -193,6 +203,68 @@ static int physical_cores(void) {
     return n > 0 ? (int)n : 1;
 }
 
+static void say(const kiln_session_params *p, const char *fmt, const char *a, const char *b) {
+    if (!p->log) return;
+    char msg[900];
+    snprintf(msg, sizeof msg, fmt, a, b);
+    p->log(KILN_LOG_WARN, msg, p->log_user);
+}
+
+/* Device choice. Named devices are strict; auto walks NPU -> GPU -> CPU through OpenVINO when
+ * the offering carries its IR, saying why each one was skipped. */
+static kiln_status open_backend(kiln_session *ks, kiln_error *err) {
+    const kiln_session_params *p = &ks->p;
+    kiln_model *km = ks->model;
+    const char *dev = p->device && *p->device ? p->device : "auto";
+    kn_backend_params bp = {0};
+    bp.threads = p->threads;
+    bp.stateless = p->mode == KILN_MODE_STATELESS;
+    bp.offering_dir = km->dir;
+    bp.ov_lib = p->openvino_lib;
+    bp.log = p->log;
+    bp.log_user = p->log_user;
+    if (strcmp(dev, "cpu") == 0) return kn_backend_cpu_new(km->m, &bp, &ks->b, err);
+    const char *ov = NULL;
+    if (strcmp(dev, "npu") == 0) ov = "NPU";
+    else if (strcmp(dev, "gpu") == 0) ov = "GPU";
+    else if (strncmp(dev, "openvino:", 9) == 0 && dev[9]) ov = dev + 9;
+    if (ov) {
+        bp.ov_device = ov;
+        return kn_backend_openvino_new(km->m, &bp, &ks->b, err);
+    }
+    if (strcmp(dev, "auto") != 0)
+        return kn_fail(err, KILN_ERR_INVALID_ARG,
+                       "--device: '%s' is not auto, cpu, npu, gpu or openvino:DEVICE", dev);
+    /* An offering without IR can only run natively: nothing to try, nothing to say. */
+    char *xml = km->dir ? kn_path_join(km->dir, "openvino_model.xml") : NULL;
+    bool has_ir = xml && kn_is_file(xml);
+    kn_free(xml);
+    if (!has_ir) return kn_backend_cpu_new(km->m, &bp, &ks->b, err);
+    char *devices = NULL;
+    kiln_error e;
+    if (kn_openvino_devices(p->openvino_lib, &devices, &e) != KILN_OK) {
+        if (p->no_fallback)
+            return kn_fail(err, KILN_ERR_DEVICE, "%s (--no-fallback)", e.message);
+        snprintf(ks->fallback, sizeof ks->fallback, "npu,gpu");
+        say(p, "%s; falling back to %s", e.message, "the native cpu");
+        return kn_backend_cpu_new(km->m, &bp, &ks->b, err);
+    }
+    kn_free(devices);
+    static const char *order[2][2] = {{"NPU", "npu"}, {"GPU", "gpu"}};
+    for (int i = 0; i < 2; i++) {
+        bp.ov_device = order[i][0];
+        kiln_status s = kn_backend_openvino_new(km->m, &bp, &ks->b, &e);
+        if (!s) return KILN_OK;
+        if (s != KILN_ERR_DEVICE) return kn_fail(err, s, "%s", e.message);
+        if (i == 0 && p->no_fallback)
+            return kn_fail(err, KILN_ERR_DEVICE, "%s (--no-fallback)", e.message);
+        size_t n = strlen(ks->fallback);
+        snprintf(ks->fallback + n, sizeof ks->fallback - n, "%s%s", n ? "," : "", order[i][1]);
+        say(p, "%s; falling back to %s", e.message, i == 0 ? "gpu" : "the native cpu");
+    }
+    return kn_backend_cpu_new(km->m, &bp, &ks->b, err);
+}
+
 kiln_status kiln_session_new(kiln_model *km, const kiln_session_params *params,
                              kiln_session **out, kiln_error *err) {
     kn_error_clear(err);
@@ -209,11 +281,8 @@ kiln_status kiln_session_new(kiln_model *km, const kiln_session_params *params,
     ks->model = km;
     ks->p = *p;
     if (ks->p.threads == 0) ks->p.threads = physical_cores();
-    kn_session_params sp = kn_session_default_params();
-    sp.threads = ks->p.threads;
-    sp.stateless = p->mode == KILN_MODE_STATELESS;
     kiln_generate_params gp = kiln_generate_default_params();
-    kiln_status s = kn_session_new(km->m, &sp, &ks->s, err);
+    kiln_status s = open_backend(ks, err);
     if (!s) s = kn_sampler_init(&ks->sampler, km->m->hp.n_vocab, &gp.sampling, err);
     if (!s) {
         ks->win = kn_malloc((size_t)km->m->window * sizeof *ks->win);
@@ -241,12 +310,14 @@ void kiln_session_free(kiln_session *ks) {
     kn_free(ks->win);
     kn_free(ks->hist);
     kn_sampler_free(&ks->sampler);
-    kn_session_free(ks->s);
+    if (ks->b) ks->b->ops->free(ks->b);
     kn_free(ks);
 }
 
+const char *kiln_session_device(const kiln_session *ks) { return ks->b->device; }
+
 void kiln_session_reset(kiln_session *ks) {
-    kn_session_reset(ks->s);
+    ks->b->ops->reset(ks->b);
     ks->n_hist = 0;
     clear_msgs(ks);
 }
@@ -357,7 +428,8 @@ static kiln_status run_loop(kiln_session *ks, int past, const kiln_generate_para
 
     kiln_metrics *mt = &r->metrics;
     mt->prompt_tokens = n;
-    mt->device = "cpu";
+    mt->device = ks->b->device;
+    mt->fallback = ks->fallback;
     mt->mode = stateless ? "stateless" : "kv";
     mt->threads = ks->p.threads;
     mt->finish_reason = "length";
@@ -370,9 +442,9 @@ static kiln_status run_loop(kiln_session *ks, int past, const kiln_generate_para
         int from = n > W ? n - W : 0; /* slide: keep the most recent W */
         n_win = n - from;
         memcpy(ks->win, r->prompt_ids + from, (size_t)n_win * sizeof *ks->win);
-        s = kn_session_stateless(ks->s, ks->win, n_win, &logits, err);
+        s = ks->b->ops->stateless(ks->b, ks->win, n_win, &logits, err);
     } else {
-        s = kn_session_prefill_all(ks->s, r->prompt_ids, n, past, &logits, err);
+        s = ks->b->ops->prefill(ks->b, r->prompt_ids, n, past, &logits, err);
     }
     double t_prefill = kn_now_seconds();
     double t_prev = t_prefill;
@@ -429,10 +501,10 @@ static kiln_status run_loop(kiln_session *ks, int past, const kiln_generate_para
                 n_win--;
             }
             ks->win[n_win++] = id;
-            s = kn_session_stateless(ks->s, ks->win, n_win, &logits, err);
+            s = ks->b->ops->stateless(ks->b, ks->win, n_win, &logits, err);
         } else {
             if (pos >= W && !slide) break; /* every slot is taken */
-            s = kn_session_decode(ks->s, id, pos, &logits, err);
+            s = ks->b->ops->decode(ks->b, id, pos, &logits, err);
             if (!s && pos < W) ks->hist[pos] = id;
             pos++;
         }
@@ -589,7 +661,7 @@ kiln_status kiln_chat_turn(kiln_session *ks, const char *user_text,
         for (int i = common; i < (int)ids.n && i < ks->model->m->window; i++) ks->hist[i] = ids.ids[i];
     s = copy_prompt(out, ids.ids + common, (int)ids.n - common, err);
     kn_tokens_free(&ids);
-    if (!kv) kn_session_reset(ks->s);
+    if (!kv) ks->b->ops->reset(ks->b);
     if (!s) s = run_loop(ks, kv ? common : 0, p, out, err);
     if (!s) s = add_msg(ks, "assistant", out->text, err);
     if (s) kiln_result_free(out);
@@ -617,8 +689,8 @@ kiln_status kiln_bench_prefill(kiln_session *ks, int n, double *seconds, kiln_er
     const float *logits;
     double t0 = kn_now_seconds();
     kiln_status s = ks->p.mode == KILN_MODE_STATELESS
-                        ? kn_session_stateless(ks->s, ids, n, &logits, err)
-                        : kn_session_prefill_all(ks->s, ids, n, 0, &logits, err);
+                        ? ks->b->ops->stateless(ks->b, ids, n, &logits, err)
+                        : ks->b->ops->prefill(ks->b, ids, n, 0, &logits, err);
     *seconds = kn_now_seconds() - t0;
     kn_free(ids);
     return s;
@@ -637,8 +709,10 @@ kiln_status kiln_bench_decode(kiln_session *ks, int n, double *seconds, kiln_err
     kiln_status s = KILN_OK;
     double t0 = kn_now_seconds();
     for (int i = 0; i < n && !s; i++) {
-        if (ks->p.mode == KILN_MODE_STATELESS) s = kn_session_stateless(ks->s, ids, i + 1, &logits, err);
-        else s = kn_session_decode(ks->s, ids[i], i, &logits, err);
+        if (ks->p.mode == KILN_MODE_STATELESS)
+            s = ks->b->ops->stateless(ks->b, ids, i + 1, &logits, err);
+        else
+            s = ks->b->ops->decode(ks->b, ids[i], i, &logits, err);
     }
     *seconds = kn_now_seconds() - t0;
     kn_free(ids);
