@@ -124,6 +124,13 @@ typedef struct kiln_bake_params {
 
 kiln_bake_params kiln_bake_default_params(void);
 
+/* Locks an OpenVINO IR exported with dynamic dimensions (optimum-intel: input_ids,
+ * attention_mask, position_ids, beam_idx, past_key_values as 4-D inputs or as state) to the
+ * static window / chunk of params and writes it as an offering (openvino_model.xml/.bin +
+ * manifest.json). Any dynamic dimension kiln cannot place is an error naming the input. */
+kiln_status kiln_bake_from_ir(const char *xml, const char *out_dir,
+                              const kiln_bake_params *params, kiln_error *err);
+
 /*
  * Bakes SOURCE (a .gguf file, a Hugging Face model folder, or "ORG/NAME" looked up in the local
  * Hugging Face cache) into the offering directory OUT_DIR. The offering is written under a

@@ -315,13 +315,32 @@ static kiln_status check_target(const char *out_dir, bool *exists, kiln_error *e
     *exists = true;
     char *m = kn_path_join(out_dir, "manifest.json");
     char *g = kn_path_join(out_dir, "model.gguf");
-    bool offering = S_ISDIR(st.st_mode) && m && g && kn_is_file(m) && kn_is_file(g);
+    char *x = kn_path_join(out_dir, "openvino_model.xml");
+    bool offering = S_ISDIR(st.st_mode) && m && g && x && kn_is_file(m) &&
+                    (kn_is_file(g) || kn_is_file(x));
+    kn_free(x);
     kn_free(m);
     kn_free(g);
     if (!offering)
         return kn_fail(err, KILN_ERR_INVALID_ARG, "%s: exists and is not a kiln offering; "
                        "refusing to overwrite it", out_dir);
     return KILN_OK;
+}
+
+kiln_status kiln_bake_from_ir(const char *xml, const char *out_dir,
+                              const kiln_bake_params *params, kiln_error *err) {
+    kn_error_clear(err);
+    kiln_bake_params defaults = kiln_bake_default_params();
+    const kiln_bake_params *p = params ? params : &defaults;
+    if (!xml || !out_dir || !*out_dir)
+        return kn_fail(err, KILN_ERR_INVALID_ARG, "bake: IR and output directory required");
+    if (p->window < 1 || p->chunk < 1 || p->chunk > p->window)
+        return kn_fail(err, KILN_ERR_INVALID_ARG, "chunk %d must be in [1, window=%d]", p->chunk,
+                       p->window);
+    bool exists;
+    kiln_status s = check_target(out_dir, &exists, err);
+    if (s) return s;
+    return kn_bake_from_ir(xml, out_dir, p, err);
 }
 
 kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_params *params,

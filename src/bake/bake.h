@@ -26,4 +26,8 @@ uint32_t kn_bake_out_type(const kn_src_tensor *t, kiln_quant quant, int *group);
 /* Writes the tokenizer of a Hugging Face source (tokenizer.json, tokenizer_config.json) as GGUF
  * tokenizer.* keys, plus its chat template. */
 kiln_status kn_bake_hf_tokenizer(const kn_source *src, kn_gguf_writer *w, kiln_error *err);
+/* `kiln bake --from-ir`: an OpenVINO IR with dynamic inputs locked to window W / chunk C
+ * (see from_ir.c for the rules), written as an offering with its manifest. */
+kiln_status kn_bake_from_ir(const char *xml, const char *out_dir, const kiln_bake_params *p,
+                            kiln_error *err);
 #endif

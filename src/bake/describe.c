@@ -1,4 +1,5 @@
 /* describe.c — manifest.json and `kiln inspect`: one description, as JSON or as text. */
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -448,12 +449,69 @@ static char *offering_model_path(const char *path) {
     return NULL;
 }
 
+/* An offering baked --from-ir has no model.gguf: its manifest is the description. */
+static kiln_status describe_ir_offering(const char *dir, kiln_describe_format fmt, kn_buf *b,
+                                        kiln_error *err) {
+    char *mp = kn_path_join(dir, "manifest.json");
+    char *text = NULL;
+    kiln_status s = mp ? kn_read_text(mp, 64u << 20, &text, NULL, err)
+                       : kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+    cJSON *j = s ? NULL : cJSON_Parse(text);
+    if (!s && !j) s = kn_fail(err, KILN_ERR_FORMAT, "%s: not valid JSON", mp);
+    if (!s && fmt == KILN_DESCRIBE_JSON) {
+        kn_buf_append(b, text, strlen(text));
+    } else if (!s) {
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "contract");
+        kn_buf_printf(b, "offering %s (OpenVINO IR locked by --from-ir)\n\nstatic contract: "
+                         "window W=%d, chunk C=%d, batch 1\n", dir,
+                      cJSON_GetObjectItemCaseSensitive(c, "window")
+                          ? cJSON_GetObjectItemCaseSensitive(c, "window")->valueint : 0,
+                      cJSON_GetObjectItemCaseSensitive(c, "chunk")
+                          ? cJSON_GetObjectItemCaseSensitive(c, "chunk")->valueint : 0);
+        const cJSON *g = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(c, "graphs"), 0);
+        const cJSON *in;
+        cJSON_ArrayForEach(in, cJSON_GetObjectItemCaseSensitive(g, "inputs")) {
+            const cJSON *nm = cJSON_GetObjectItemCaseSensitive(in, "name");
+            const cJSON *dt = cJSON_GetObjectItemCaseSensitive(in, "dtype");
+            kn_buf_printf(b, "    input  %-28s %-4s [", cJSON_IsString(nm) ? nm->valuestring : "?",
+                          cJSON_IsString(dt) ? dt->valuestring : "?");
+            const cJSON *d;
+            int k = 0;
+            cJSON_ArrayForEach(d, cJSON_GetObjectItemCaseSensitive(in, "shape"))
+                kn_buf_printf(b, "%s%d", k++ ? ", " : "", d->valueint);
+            kn_buf_printf(b, "]\n");
+        }
+        kn_buf_printf(b, "\nvalidation: ok\n  [ok] every input static\n");
+    }
+    cJSON_Delete(j);
+    kn_free(text);
+    kn_free(mp);
+    return s;
+}
+
 kiln_status kiln_describe(const char *path, kiln_describe_format fmt, char **out,
                           kiln_error *err) {
     kn_error_clear(err);
     *out = NULL;
     kn_buf b = {0};
     kiln_status s;
+    if (kn_is_dir(path)) {
+        char *g = kn_path_join(path, "model.gguf"), *x = kn_path_join(path, "openvino_model.xml");
+        char *m = kn_path_join(path, "manifest.json");
+        bool ir_only = g && x && m && !kn_is_file(g) && kn_is_file(x) && kn_is_file(m);
+        kn_free(g);
+        kn_free(x);
+        kn_free(m);
+        if (ir_only) {
+            s = describe_ir_offering(path, fmt, &b, err);
+            if (s) {
+                kn_buf_free(&b);
+                return s;
+            }
+            *out = b.data;
+            return KILN_OK;
+        }
+    }
     char *model = offering_model_path(path);
     if (model) {
         bool valid;

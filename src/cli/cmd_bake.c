@@ -53,7 +53,8 @@ static void bake_usage(FILE *f) {
             "usage: kiln bake SOURCE [-o DIR] [--quant SCHEME] [--window W] [--chunk C]\n"
             "                 [--sink S] [--target cpu|openvino|npu] [--group-size -1|128]\n"
             "                 [--quiet]\n"
-            "       kiln bake --model_id ORG/NAME [...]\n\n"
+            "       kiln bake --model_id ORG/NAME [...]\n"
+            "       kiln bake --from-ir openvino_model.xml [-o DIR] [--window W] [--chunk C]\n\n"
             "SOURCE is a .gguf file, a Hugging Face model folder (config.json, *.safetensors,\n"
             "tokenizer.json), or ORG/NAME looked up in the local Hugging Face cache.\n\n"
             "  -o, --output DIR  offering directory (default offering_int4_binary)\n"
@@ -67,13 +68,16 @@ static void bake_usage(FILE *f) {
             "                    npu: openvino, and int4_sym_g128 by default\n"
             "  --group-size G    int4 group of the OpenVINO weights: -1 per channel or 128,\n"
             "                    where the stored blocks allow it (default: the scheme's)\n"
+            "  --from-ir XML     lock an OpenVINO IR exported with dynamic shapes (optimum-intel:\n"
+            "                    input_ids, attention_mask, position_ids, beam_idx, 4-D past KV)\n"
+            "                    to [1,C] tokens, [1,W+C] mask, [1,H,W,D] past KV\n"
             "  --quiet           no progress bar\n");
 }
 
 int kiln_cli_bake(int argc, char **argv) {
     kiln_bake_params p = kiln_bake_default_params();
     const char *source = NULL, *out = "offering_int4_binary", *v = NULL;
-    bool bad = false, quiet = false;
+    bool bad = false, quiet = false, from_ir = false;
     for (int i = 1; i < argc && !bad; i++) {
         const char *a = argv[i];
         if (kiln_arg_is_help(a)) {
@@ -88,6 +92,13 @@ int kiln_cli_bake(int argc, char **argv) {
                 return 2;
             }
             source = v;
+        } else if (kiln_arg_value(argc, argv, &i, "--from-ir", NULL, &v, &bad)) {
+            if (!bad && source) {
+                kiln_cli_error("bake: give SOURCE or --from-ir, not both");
+                return 2;
+            }
+            source = v;
+            from_ir = true;
         } else if (kiln_arg_value(argc, argv, &i, "--quant", NULL, &v, &bad)) {
             if (!bad && (kiln_quant_from_name(v, &p.quant) != KILN_OK ||
                          p.quant == KILN_QUANT_DEFAULT)) {
@@ -149,7 +160,8 @@ int kiln_cli_bake(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     kiln_error err;
-    kiln_status s = kiln_bake(source, out, &p, &err);
+    kiln_status s = from_ir ? kiln_bake_from_ir(source, out, &p, &err)
+                            : kiln_bake(source, out, &p, &err);
     if (b.drawn) fputc('\n', stderr);
     if (s != KILN_OK) {
         kiln_cli_error("%s", err.message);
