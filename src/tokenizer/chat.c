@@ -1,11 +1,15 @@
-/* chat.c — chat templates: the built-in formats kiln renders, and recognising which one a
- * model's Jinja template (tokenizer.chat_template) is, by the markers it contains, as llama.cpp's
- * llm_chat_detect_template does. A template matching none is an error that names it; the
- * caller can then pick a format by name. Rendered text carries the BOS text where the original
- * template does, so it is tokenized with special-token parsing and without adding BOS. */
+/* chat.c — chat templates. A model's Jinja template (tokenizer.chat_template) is rendered by
+ * kiln's Jinja-subset interpreter (jinja.c), so prompts equal Hugging Face's
+ * apply_chat_template. Only when the template uses Jinja that the interpreter does not
+ * implement does kiln fall back to the built-in formats below, recognised by the markers the
+ * template contains (as llama.cpp's llm_chat_detect_template does); a template matching none is
+ * an error that names it, and the caller can then pick a format by name. Rendered text carries
+ * the BOS text where the original template does, so it is tokenized with special-token parsing
+ * and without adding BOS. */
 #include <stdio.h>
 #include <string.h>
 
+#include "tokenizer/jinja.h"
 #include "tokenizer/tok_impl.h"
 
 typedef enum chat_fmt {
@@ -174,13 +178,23 @@ kiln_status kn_chat_render_template(const char *tmpl, const char *bos, const cha
                                     const kn_chat_msg *msgs, size_t n, bool add_generation_prompt,
                                     char **out, kiln_error *err) {
     *out = NULL;
+    kn_jinja_vars v = {msgs, n, add_generation_prompt, bos ? bos : "", eos ? eos : ""};
+    kiln_error jerr;
+    kn_error_clear(&jerr);
+    kiln_status st = kn_jinja_render(tmpl, &v, out, &jerr);
+    if (st != KILN_ERR_UNSUPPORTED) {
+        if (st != KILN_OK && err) *err = jerr;
+        return st;
+    }
+    /* valid Jinja beyond the subset: a recognised format is the next best thing */
     chat_fmt f = detect(tmpl);
     if (f == FMT_NONE)
-        return kn_fail(err, KILN_ERR_UNSUPPORTED, "chat template not recognised: \"%.80s%s\" "
-                       "(choose one with --chat-template chatml|llama2|mistral|zephyr|"
-                       "neural-chat|llama3|gemma|phi3)", tmpl ? tmpl : "", tmpl && strlen(tmpl) > 80 ? "..." : "");
+        return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s; and the template is not one kiln recognises: "
+                       "\"%.60s%s\" (choose one with --chat-template chatml|llama2|mistral|zephyr|"
+                       "neural-chat|llama3|gemma|phi3)", jerr.message, tmpl ? tmpl : "",
+                       tmpl && strlen(tmpl) > 60 ? "..." : "");
     kn_buf b = {0};
-    kiln_status st = render(f, bos ? bos : "", eos ? eos : "", msgs, n, add_generation_prompt, &b, err);
+    st = render(f, bos ? bos : "", eos ? eos : "", msgs, n, add_generation_prompt, &b, err);
     if (st != KILN_OK) {
         kn_buf_free(&b);
         return st;

@@ -1,0 +1,34 @@
+/* jinja.h — kiln's Jinja-subset interpreter for chat templates (tokenizer.chat_template).
+ *
+ * It renders the way Hugging Face's apply_chat_template does: jinja2's
+ * ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True) with the loopcontrols
+ * extension, a raise_exception() global and transformers' own tojson filter (ensure_ascii off).
+ * The variables are messages (role/content dicts), add_generation_prompt, bos_token, eos_token,
+ * and tools/documents set to None, as transformers passes them.
+ *
+ * Errors: KILN_ERR_FORMAT for a template that does not parse; KILN_ERR_UNSUPPORTED for valid
+ * Jinja that kiln does not implement (the caller may then fall back to a built-in format);
+ * KILN_ERR_INVALID_ARG for raise_exception() (its message) and for render-time errors (a type
+ * error, an undefined value used, a limit exceeded); KILN_ERR_NOMEM. */
+#ifndef KN_JINJA_H
+#define KN_JINJA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "base/base.h"
+#include "tokenizer/tokenizer.h"
+
+typedef struct kn_jinja_vars {
+    const kn_chat_msg *msgs;
+    size_t n;
+    bool add_generation_prompt;
+    const char *bos_token; /* NULL: undefined */
+    const char *eos_token;
+} kn_jinja_vars;
+
+/* Renders tmpl; *out is NUL-terminated, freed with kn_free (NULL on failure). */
+kiln_status kn_jinja_render(const char *tmpl, const kn_jinja_vars *vars, char **out,
+                            kiln_error *err);
+
+#endif
