@@ -235,11 +235,12 @@ static kiln_status open_backend(kiln_session *ks, kiln_error *err) {
     if (strcmp(dev, "auto") != 0)
         return kn_fail(err, KILN_ERR_INVALID_ARG,
                        "--device: '%s' is not auto, cpu, npu, gpu or openvino:DEVICE", dev);
-    /* An offering without IR can only run natively: nothing to try, nothing to say. */
+    /* An offering without IR can only run natively, and the IR has no stateless graph:
+     * nothing to try, nothing to say. */
     char *xml = km->dir ? kn_path_join(km->dir, "openvino_model.xml") : NULL;
     bool has_ir = xml && kn_is_file(xml);
     kn_free(xml);
-    if (!has_ir) return kn_backend_cpu_new(km->m, &bp, &ks->b, err);
+    if (!has_ir || bp.stateless) return kn_backend_cpu_new(km->m, &bp, &ks->b, err);
     char *devices = NULL;
     kiln_error e;
     if (kn_openvino_devices(p->openvino_lib, &devices, &e) != KILN_OK) {
@@ -255,7 +256,9 @@ static kiln_status open_backend(kiln_session *ks, kiln_error *err) {
         bp.ov_device = order[i][0];
         kiln_status s = kn_backend_openvino_new(km->m, &bp, &ks->b, &e);
         if (!s) return KILN_OK;
-        if (s != KILN_ERR_DEVICE) return kn_fail(err, s, "%s", e.message);
+        /* auto falls back on any failure of a device (absent, or its compiler refusing the
+         * graph); out of memory is not a device problem */
+        if (s == KILN_ERR_NOMEM) return kn_fail(err, s, "%s", e.message);
         if (i == 0 && p->no_fallback)
             return kn_fail(err, KILN_ERR_DEVICE, "%s (--no-fallback)", e.message);
         size_t n = strlen(ks->fallback);
