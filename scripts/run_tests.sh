@@ -13,6 +13,9 @@ if [ -z "$KILN_SHARED" ] || [ ! -d "$KILN_SHARED/models" ]; then
   echo "0 passed, 1 failed"
   exit 1
 fi
+if grep -q '^KILN_SANITIZE:BOOL=ON' "$KILN_BUILD/CMakeCache.txt" 2>/dev/null; then
+  export KILN_SANITIZED=1
+fi
 c_pass=0 c_fail=0 p_pass=0 p_fail=0
 log=$(mktemp)
 "$KILN_BUILD/kiln_tests" 2>&1 | tee "$log"

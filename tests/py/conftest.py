@@ -22,8 +22,22 @@ def kiln_bin() -> Path:
     return p
 
 
+def sanitizer_env(env=None):
+    """Environment for a kiln child process. Under ASan (KILN_SANITIZED=1, set by
+    scripts/run_tests.sh for a sanitizer build) OpenVINO's TBB dlopens with RTLD_DEEPBIND, which
+    the sanitizer runtime rejects unless it and libstdc++ are preloaded in that order."""
+    env = dict(os.environ if env is None else env)
+    if os.environ.get("KILN_SANITIZED") == "1":
+        libs = [subprocess.run(["gcc", f"-print-file-name={n}"], capture_output=True,
+                               text=True).stdout.strip() for n in ("libasan.so", "libstdc++.so.6")]
+        env["LD_PRELOAD"] = " ".join(libs)
+        env["TBB_ENABLE_SANITIZERS"] = "1"
+    return env
+
+
 def run_kiln(*args, check=False, **kw):
     """Runs the kiln command; returns CompletedProcess with text stdout/stderr."""
+    kw["env"] = sanitizer_env(kw.get("env"))
     r = subprocess.run([str(kiln_bin()), *map(str, args)], capture_output=True, text=True,
                        timeout=kw.pop("timeout", 600), **kw)
     if check and r.returncode != 0:
