@@ -289,6 +289,9 @@ typedef struct kiln_session_params {
                                  Python wheel, the system) */
     kiln_log_fn log;          /* told why each skipped device was skipped */
     void *log_user;
+    /* Start-up self-check of an accelerator: one short prompt on the device and on the native
+     * CPU, logits compared; beyond tolerance the device is refused (auto falls back). */
+    int verify;
 } kiln_session_params;
 
 kiln_session_params kiln_session_default_params(void);

@@ -103,6 +103,8 @@ static int parse_common(int argc, char **argv, int *i, run_opts *o) {
         o->sp.openvino_lib = v;
     } else if (strcmp(argv[*i], "--no-fallback") == 0) {
         o->sp.no_fallback = 1;
+    } else if (strcmp(argv[*i], "--verify") == 0) {
+        o->sp.verify = 1;
     } else if (kiln_arg_value(argc, argv, i, "--threads", "-t", &v, &bad)) {
         if (!bad && !kiln_arg_int("--threads", v, 1, 1024, &o->sp.threads)) return -1;
     } else if (kiln_arg_value(argc, argv, i, "--window", NULL, &v, &bad)) {
@@ -127,7 +129,7 @@ static void init_opts(run_opts *o) {
 
 static void log_stderr(kiln_log_level level, const char *msg, void *user) {
     (void)user;
-    if (level <= KILN_LOG_WARN) fprintf(stderr, "kiln: %s\n", msg);
+    if (level <= KILN_LOG_INFO) fprintf(stderr, "kiln: %s\n", msg);
 }
 
 static int open_all(run_opts *o, kiln_model **m, kiln_session **s) {
@@ -205,6 +207,8 @@ static void run_usage(FILE *f) {
             "                       its IR, else cpu) | cpu | npu | gpu | openvino:DEVICE;\n"
             "                       a named device that is missing exits 3\n"
             "  --no-fallback        with auto: a missing NPU is an error, not a fallback\n"
+            "  --verify             check the device against the native cpu on a short prompt\n"
+            "                       first; refuse it (auto: fall back) if the logits diverge\n"
             "  --openvino-lib PATH  libopenvino_c (else $KILN_OPENVINO_LIB, the openvino wheel)\n"
             "  --threads N          default: physical cores (-t)\n"
             "  --window W --chunk C contract for a source that is not an offering\n"

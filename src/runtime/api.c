@@ -268,6 +268,52 @@ static kiln_status open_backend(kiln_session *ks, kiln_error *err) {
     return kn_backend_cpu_new(km->m, &bp, &ks->b, err);
 }
 
+/* --verify: the same short prompt through the chosen backend and the native one. The
+ * tolerance allows what int4 weights with 8-bit activations (native) against f32 activations
+ * (OpenVINO) differ by — about 1 logit on SmolLM2 — as 10% of the logit range, and requires the
+ * same top token unless the native top two are closer than that. Garbled output (wrong weights,
+ * a broken compile) is off by the whole range. */
+static kiln_status verify_backend(kiln_session *ks, double *max_err, double *tol,
+                                  kiln_error *err) {
+    const kn_model *m = ks->model->m;
+    int n = m->chunk < 8 ? m->chunk : 8;
+    int32_t ids[8];
+    int32_t bos = kn_tokenizer_bos(ks->model->tok);
+    for (int i = 0; i < n; i++) ids[i] = (int32_t)((i == 0 && bos >= 0) ? bos : (1000 + 7 * i) % m->hp.n_vocab);
+    kn_backend_params bp = {0};
+    bp.threads = ks->p.threads;
+    kn_backend *cpu = NULL;
+    const float *a = NULL, *b = NULL;
+    kiln_status s = kn_backend_cpu_new(m, &bp, &cpu, err);
+    if (!s) s = cpu->ops->prefill(cpu, ids, n, 0, &a, err);
+    if (!s) s = ks->b->ops->prefill(ks->b, ids, n, 0, &b, err);
+    if (!s) {
+        int V = m->hp.n_vocab, top_a = 0, top_b = 0, second = -1;
+        float lo = a[0], hi = a[0];
+        double e = 0;
+        for (int i = 0; i < V; i++) {
+            if (a[i] < lo) lo = a[i];
+            if (a[i] > hi) hi = a[i];
+            double d = fabs((double)a[i] - b[i]);
+            if (!(d <= e)) e = d; /* NaN counts as divergence */
+            if (a[i] > a[top_a]) top_a = i;
+            if (b[i] > b[top_b]) top_b = i;
+        }
+        for (int i = 0; i < V; i++)
+            if (i != top_a && (second < 0 || a[i] > a[second])) second = i;
+        *max_err = e;
+        *tol = 0.1 * (hi - lo);
+        bool near_tie = second >= 0 && a[top_a] - a[second] < *tol;
+        if (!(e <= *tol) || (top_a != top_b && !near_tie))
+            s = kn_fail(err, KILN_ERR_DEVICE, "%s: --verify failed: max |logit difference| %.3g "
+                        "against the native cpu (tolerance %.3g), top token %d vs %d",
+                        ks->b->device, e, *tol, top_b, top_a);
+    }
+    ks->b->ops->reset(ks->b);
+    if (cpu) cpu->ops->free(cpu);
+    return s;
+}
+
 kiln_status kiln_session_new(kiln_model *km, const kiln_session_params *params,
                              kiln_session **out, kiln_error *err) {
     kn_error_clear(err);
@@ -286,6 +332,30 @@ kiln_status kiln_session_new(kiln_model *km, const kiln_session_params *params,
     if (ks->p.threads == 0) ks->p.threads = physical_cores();
     kiln_generate_params gp = kiln_generate_default_params();
     kiln_status s = open_backend(ks, err);
+    if (!s && p->verify && strcmp(ks->b->device, "cpu") != 0) {
+        double e = 0, tol = 0;
+        kiln_error ve;
+        kiln_status vs = verify_backend(ks, &e, &tol, &ve);
+        bool is_auto = !p->device || !*p->device || strcmp(p->device, "auto") == 0;
+        if (vs == KILN_ERR_DEVICE && is_auto && !p->no_fallback) {
+            say(p, "%s; falling back to %s", ve.message, "the native cpu");
+            size_t n = strlen(ks->fallback);
+            snprintf(ks->fallback + n, sizeof ks->fallback - n, "%s%s", n ? "," : "",
+                     ks->b->device);
+            ks->b->ops->free(ks->b);
+            ks->b = NULL;
+            kn_backend_params bp = {0};
+            bp.threads = ks->p.threads;
+            s = kn_backend_cpu_new(km->m, &bp, &ks->b, err);
+        } else if (vs) {
+            s = kn_fail(err, vs, "%s", ve.message);
+        } else if (p->log) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "%s: --verify ok (max |logit difference| %.3g against the "
+                     "native cpu, tolerance %.3g)", ks->b->device, e, tol);
+            p->log(KILN_LOG_INFO, msg, p->log_user);
+        }
+    }
     if (!s) s = kn_sampler_init(&ks->sampler, km->m->hp.n_vocab, &gp.sampling, err);
     if (!s) {
         ks->win = kn_malloc((size_t)km->m->window * sizeof *ks->win);

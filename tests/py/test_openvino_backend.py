@@ -213,3 +213,35 @@ def test_smollm2_against_float64_oracle_and_native(smol_ir):
             row = logits[n - 1 + i]
             assert abs(row[a] - row[b]) < 2 * 0.91, (i, a, b, row[a] - row[b])
             break
+
+
+def test_verify_refuses_a_device_that_diverges(stories, tmp_path):
+    """--verify compares the device with the native cpu on a short prompt: an IR whose weights
+    are not the offering's (here: another bake with the output matrix perturbed) is refused by
+    an explicit device (exit 3)."""
+    import shutil
+    from test_bad_input import write_gguf
+
+    def perturb(n, a):
+        if n == "output.weight":
+            a = a + np.random.default_rng(0).standard_normal(a.shape).astype(a.dtype) * 0.5
+        return n, a
+
+    bent = tmp_path / "bent.gguf"
+    write_gguf(bent, perturb)
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for src, off in ((stories, good), (bent, bad)):
+        r = run_kiln("bake", src, "-o", off, "--quiet", "--quant", "keep", "--target", "openvino",
+                     "--window", 64, "--chunk", 16)
+        assert r.returncode == 0, r.stderr
+    ok = run(good, "--raw", "--prompt", PROMPT, "--max-tokens", 4, "--device", "openvino:CPU",
+             "--verify")
+    assert ok.returncode == 0 and "--verify ok" in ok.stderr, ok.stderr
+    for f in good.glob("openvino_*"):
+        shutil.copy(bad / f.name, f)
+    r = run(good, "--raw", "--prompt", PROMPT, "--max-tokens", 4, "--device", "openvino:CPU",
+            "--verify")
+    assert r.returncode == 3 and "--verify failed" in r.stderr, r.stderr
+    # auto tries only NPU and GPU through OpenVINO (absent here) before the native cpu
+    doc = run_json(good, "--raw", "--prompt", PROMPT, "--max-tokens", 4, "--verify")
+    assert doc["device"] == "cpu" and doc["fallback"] == "npu,gpu"
