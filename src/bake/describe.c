@@ -514,8 +514,15 @@ kiln_status kiln_describe(const char *path, kiln_describe_format fmt, char **out
     }
     char *model = offering_model_path(path);
     if (model) {
-        bool valid;
+        bool valid = true;
         s = kn_describe_offering(model, fmt, &b, &valid, err);
+        if (!s && !valid) {
+            /* the description is still handed out: it says which check failed */
+            kn_fail(err, KILN_ERR_FORMAT, "%s: the offering fails validation", model);
+            kn_free(model);
+            *out = b.data;
+            return KILN_ERR_FORMAT;
+        }
         kn_free(model);
     } else {
         kn_source *src = NULL;

@@ -202,11 +202,11 @@ int kiln_cli_inspect(int argc, char **argv) {
     char *text = NULL;
     kiln_error err;
     kiln_status s = kiln_describe(path, json ? KILN_DESCRIBE_JSON : KILN_DESCRIBE_TEXT, &text, &err);
+    if (text) fputs(text, stdout);
+    kiln_free(text);
     if (s) {
         kiln_cli_error("%s", err.message);
         return kiln_exit_code(s);
     }
-    fputs(text, stdout);
-    kiln_free(text);
     return 0;
 }

@@ -295,3 +295,24 @@ def test_every_command_has_help():
         assert r.returncode == 0 and "usage: kiln " + cmd in r.stdout
     assert run_kiln("--help").returncode == 0
     assert run_kiln("frobnicate").returncode == 2
+
+
+def test_inspect_reports_a_corrupted_offering(stories, tmp_path):
+    """A weight turned NaN after the bake: inspect prints the verdict naming the tensor and
+    exits 2."""
+    import gguf
+    out = tmp_path / "off"
+    assert run_kiln("bake", stories, "-o", out, "--quant", "keep", "--quiet").returncode == 0
+    r = gguf.GGUFReader(str(out / "model.gguf"))
+    t = next(t for t in r.tensors if t.name == "blk.1.attn_v.weight")
+    off = int(t.data_offset)
+    data = bytearray((out / "model.gguf").read_bytes())
+    data[off:off + 4] = np.float32(np.nan).tobytes()
+    (out / "model.gguf").write_bytes(bytes(data))
+    res = run_kiln("inspect", out, "--json")
+    assert res.returncode == 2, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["validation"]["ok"] is False
+    bad = [c for c in doc["validation"]["checks"] if not c["ok"]]
+    assert bad and "blk.1.attn_v.weight" in bad[0]["detail"]
+    assert "fails validation" in res.stderr
