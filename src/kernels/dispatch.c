@@ -7,26 +7,45 @@
 #include "kernels/kernels.h"
 #include "kernels/kernels_impl.h"
 
-static bool cpu_has_avx2(void) {
 #if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
-#else
-    return false;
-#endif
+#include <cpuid.h>
+
+/* CPUID, not __builtin_cpu_supports: clang 14 rejects "f16c" there, and the builtin does not
+ * say whether the OS saves the wide registers, which XGETBV does. */
+typedef struct cpu_feats {
+    bool avx2, avx512;
+} cpu_feats;
+
+static unsigned long long xgetbv0(void) {
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((unsigned long long)hi << 32) | lo;
 }
 
-static bool cpu_has_avx512(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    return cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
-           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
-#else
-    return false;
-#endif
+static cpu_feats cpu_feats_read(void) {
+    cpu_feats f = {false, false};
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(1, 0, &a, &b, &c, &d)) return f;
+    bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28),
+         f16c = c & (1u << 29);
+    if (!osxsave || !avx) return f;
+    unsigned long long xcr0 = xgetbv0();
+    bool os_ymm = (xcr0 & 0x6) == 0x6;           /* SSE and AVX state */
+    bool os_zmm = (xcr0 & 0xE6) == 0xE6;         /* plus opmask and both halves of ZMM */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
+    bool avx2 = b & (1u << 5), avx512f = b & (1u << 16), avx512dq = b & (1u << 17),
+         avx512bw = b & (1u << 30), avx512vl = b & (1u << 31), vnni = c & (1u << 11);
+    f.avx2 = os_ymm && avx2 && fma && f16c;
+    f.avx512 = f.avx2 && os_zmm && avx512f && avx512dq && avx512bw && avx512vl && vnni;
+    return f;
 }
+
+static bool cpu_has_avx2(void) { return cpu_feats_read().avx2; }
+static bool cpu_has_avx512(void) { return cpu_feats_read().avx512; }
+#else
+static bool cpu_has_avx2(void) { return false; }
+static bool cpu_has_avx512(void) { return false; }
+#endif
 
 const kn_kernels *kn_kernels_avx2(void) { return cpu_has_avx2() ? kn_kernels_avx2_table() : NULL; }
 

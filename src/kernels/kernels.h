@@ -1,24 +1,42 @@
 /* kernels.h — the compute kernels of the CPU forward pass, and the thread pool that runs them.
  *
  * Every op has a plain-C reference (ref.c). The products of a weight matrix with activations
- * (the only ops that matter for speed) also have AVX2 and AVX-512 VNNI variants in their own
- * files (*_avx2.c, *_avx512.c, compiled with their own ISA flags); one table of function
- * pointers is chosen once from CPUID (kn_kernels_get) and never changes afterwards.
+ * (most of the time) also have AVX2 and AVX-512 VNNI variants in their own files (*_avx2.c,
+ * *_avx512.c, compiled with their own ISA flags), and so do activation quantization and
+ * attention on AVX-512; one table of function pointers is chosen once from CPUID
+ * (kn_kernels_get) and never changes afterwards.
  *
  * Products. A weight matrix W is n_out rows of n_in elements, each row stored in GGUF's block
  * layout for its type (F32, F16, Q4_0, Q4_1, Q8_0). y[t][r] = dot(W[r], x[t]) for tokens t.
- *   - F32 / F16 weights take the activations as F32 (exact up to summation order).
+ *   - F32 / F16 weights take the activations as F32.
  *   - Q4_0 / Q4_1 / Q8_0 weights take the activations quantized to 8 bits per block of 32
- *     (kn_quantize_act: d = max|x| / 127, q = round(x / d), as ggml's Q8_0 / Q8_1 but with an F32
- *     scale). The integer dot of a block is exact in every variant, so variants differ from the
- *     reference only by float summation order (~1e-6 relative of sum |w||x|). The activation
- *     rounding error, which all variants share, is at most d/2 per element, i.e. a relative
- *     error of the product below 0.5/127 * sum|w||x| / |y| — the same as llama.cpp's CPU path.
+ *     (kn_quantize_act: d = max|x| / 127, q = x / d rounded to nearest even, as ggml's Q8_0 /
+ *     Q8_1 but with an F32 scale). Every variant quantizes to the same bits.
+ *
+ * Error bounds (tests/c/test_kernels.c checks each with a named tolerance):
+ *   - Activation rounding, shared by all variants: at most d/2 = max|x_block| / 254 per
+ *     element, so |y - exact| <= sum over blocks of (sum|w| in the block) * max|x_block| / 254
+ *     (the same as llama.cpp's CPU path); none for F32 / F16.
+ *   - Reference vs exact arithmetic on the same inputs: float summation, <= 1e-5 * sum|w x|.
+ *   - A SIMD variant vs the reference: the integer dot of every block is exact in all of them,
+ *     so they differ only in the order and grouping of float additions (and FMA contraction):
+ *     <= 2e-6 * sum|w x| + 1e-6 (TOL_VARIANT). Attention: the exponential (expf vs a 2-ulp
+ *     polynomial) and summation order, <= 2e-6 * max|v| (TOL_ATTN).
+ *   Results are not bitwise equal across variants; within one variant they are bitwise
+ *   reproducible, see below.
+ *
+ * Batch invariance. Within a variant, each output element is computed by the same sequence of
+ * float operations whatever the number of tokens in the call and however the rows are divided
+ * among threads: a token's product never mixes with another token's, a row is never split, and
+ * the loop structure is the same for a tile of 1 and of 4 tokens. Quantization, RMSNorm,
+ * RoPE and attention are per token. So a decode step, a prefill chunk of any size and a
+ * stateless window give the same logits bit for bit, and greedy generation does not fork
+ * between them on a near-tie.
  *
  * Usage:
  *     const kn_kernels *k = kn_kernels_get();          // once; cheap afterwards
- *     kn_act a = {...buffers sized with kn_act_bytes...};
- *     kn_quantize_act(&a, x, n_tok, n_in);             // only needed for quantized weights
+ *     kn_act a = {q, d, s, stride};                     // q: [n_tok][stride], d, s: [n_tok][stride/32]
+ *     k->quantize(&a, x, n_tok, n_in);                 // only needed for quantized weights
  *     kn_matmul(pool, k, &w, x, &a, n_tok, y, ldy);     // y[t * ldy + r]
  */
 #ifndef KN_KERNELS_H
@@ -53,9 +71,23 @@ typedef struct kn_act {
 typedef void (*kn_rows_fn)(const kn_wmat *w, int r0, int r1, const float *x, const kn_act *a,
                            int n_tok, float *y, int ldy);
 
+/* Quantizes n_tok rows of n elements (n a multiple of 32) of x (rows n apart) into a. Every
+ * variant gives the same bits as kn_quantize_act. */
+typedef void (*kn_quant_fn)(kn_act *a, const float *x, int n_tok, int n);
+
+/* Attention of one query head q[d] over one KV head's n_slots cached keys k[n_slots][d] and
+ * values v[n_slots][d]: slot t takes part when 0 <= slot_pos[t] <= pos and, with a sliding
+ * window swa > 0, pos - slot_pos[t] < swa. out[d] = softmax(q.k / sqrt(d)) . v; scores is
+ * [n_slots] scratch. A slot outside the mask adds nothing and changes no rounding, so the result
+ * does not depend on how many masked slots follow (decode vs a whole window). */
+typedef void (*kn_attn_fn)(const float *q, const float *k, const float *v, const int32_t *slot_pos,
+                           int n_slots, int32_t pos, int swa, int d, float *scores, float *out);
+
 typedef struct kn_kernels {
     const char *name;               /* "generic", "avx2", "avx512vnni" */
     kn_rows_fn rows[32];            /* by kn_type; NULL where unsupported */
+    kn_quant_fn quantize;
+    kn_attn_fn attn;
 } kn_kernels;
 
 /* The variant for this CPU, chosen once (thread-safe after the first call returns). Setting the
@@ -72,7 +104,7 @@ bool kn_kernels_type_ok(uint32_t type);
 /* Whether this weight type wants quantized activations. */
 bool kn_type_wants_q8(uint32_t type);
 
-/* Quantizes n_tok rows of n elements (n a multiple of 32) of x (rows n apart). */
+/* The reference kn_quant_fn (the table's quantize is the fast one, with the same bits). */
 void kn_quantize_act(kn_act *a, const float *x, int n_tok, int n);
 
 /* ---- thread pool ----
@@ -80,14 +112,16 @@ void kn_quantize_act(kn_act *a, const float *x, int n_tok, int n);
  * atomic generation counter before sleeping, since a decode step issues hundreds of small jobs
  * and waking a sleeping thread costs more than most of them. */
 typedef struct kn_pool kn_pool;
-typedef void (*kn_task_fn)(void *ctx, int ith, int nth);
+/* Item i of n, run by thread `worker` (< kn_pool_size; for per-thread scratch). */
+typedef void (*kn_task_fn)(void *ctx, int i, int n, int worker);
 
 /* NULL when threads cannot be started or memory is short. n_threads >= 1. */
 kn_pool *kn_pool_new(int n_threads);
 void kn_pool_free(kn_pool *p);
 int kn_pool_size(const kn_pool *p); /* 1 for a NULL pool */
-/* Runs fn(ctx, i, n) for every i < n = kn_pool_size(p) and returns when all are done. */
-void kn_pool_run(kn_pool *p, kn_task_fn fn, void *ctx);
+/* Runs fn(ctx, i, n_items, worker) once for every i < n_items, on whichever threads are free
+ * (items are taken in order from a shared counter), and returns when all are done. */
+void kn_pool_run(kn_pool *p, kn_task_fn fn, void *ctx, int n_items);
 
 /* The product over the pool: rows split between workers. a may be NULL for F32/F16 weights,
  * and must already hold kn_quantize_act(x) for quantized ones. */
@@ -99,7 +133,7 @@ void kn_matmul(kn_pool *pool, const kn_kernels *k, const kn_wmat *w, const float
 void kn_matmul_multi(kn_pool *pool, const kn_kernels *k, int n_mats, const kn_wmat *const *w,
                      const float *x, const kn_act *a, int n_tok, float *const *y);
 
-/* ---- plain ops (reference only; not a measurable share of the time) ---- */
+/* ---- plain ops (reference only; a small share of the time, all per token) ---- */
 
 /* out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]; out may alias x. */
 void kn_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
@@ -125,9 +159,11 @@ void kn_rope_inv_freq(const kn_rope_cfg *c, double *inv_freq /* [rope_dim/2] */)
 void kn_rope_cossin(const double *inv_freq, int rope_dim, int pos, float *cs /* [rope_dim] */);
 void kn_rope_apply(float *x, int n_head, int head_dim, int rope_dim, bool neox, const float *cs);
 
-/* Plain dot products used by attention. */
+/* Plain dot product and y += a * x (the reference attention's pieces). */
 float kn_dot_f32(const float *a, const float *b, int n);
-/* y += a * x */
 void kn_axpy_f32(float *y, float a, const float *x, int n);
+/* The reference kn_attn_fn. */
+void kn_attn_ref(const float *q, const float *k, const float *v, const int32_t *slot_pos,
+                 int n_slots, int32_t pos, int swa, int d, float *scores, float *out);
 
 #endif

@@ -13,4 +13,9 @@ float kn_load_f16(const uint8_t *p);
 const kn_kernels *kn_kernels_avx2_table(void);
 const kn_kernels *kn_kernels_avx512_table(void);
 
+/* ops_avx512.c */
+void kn_quantize_avx512(kn_act *a, const float *x, int n_tok, int n);
+void kn_attn_avx512(const float *q, const float *k, const float *v, const int32_t *slot_pos,
+                    int n_slots, int32_t pos, int swa, int d, float *scores, float *out);
+
 #endif

@@ -2,8 +2,14 @@
  *
  * A decode step of a 30-layer model issues a few hundred jobs of tens of microseconds each, so
  * a job must start in well under a microsecond: workers spin on a generation counter for a while
- * (a few microseconds, then yielding the core) and only then sleep on a condition variable. The
- * caller's thread takes part as worker 0 and waits the same way until the others are done. */
+ * (then yield the core, then sleep on a condition variable). The caller's thread takes part as
+ * worker 0.
+ *
+ * A job is n items taken from an atomic counter, not one fixed share per thread: on a machine
+ * shared with other processes a worker is often off its core for milliseconds, and with fixed
+ * shares every job would wait for it; here the threads that run simply take its items. The
+ * caller returns once every item is done, whether or not every worker has looked at the job.
+ * Which thread runs an item never changes what the item computes. */
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -22,9 +28,13 @@ struct kn_pool {
     int n;                        /* workers, the caller included */
     pthread_t *threads;           /* [n - 1] */
     int n_started;
-    atomic_uint gen;              /* bumped once per job */
-    atomic_int pending;           /* workers (other than the caller) still running the job */
+    /* Even: a job is published (fields below stable); odd: the caller is replacing it. */
+    atomic_uint gen;
+    atomic_int active;            /* workers (other than the caller) reading the current job */
+    atomic_int next;              /* next item to take */
+    atomic_int done;              /* items finished */
     atomic_bool stop;
+    int n_items;
     kn_task_fn fn;
     void *ctx;
     pthread_mutex_t mu;
@@ -42,6 +52,15 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+/* Takes items of the current job until none is left. */
+static void take_items(kn_pool *p, int ith) {
+    int n = p->n_items;
+    for (int i; (i = atomic_fetch_add(&p->next, 1)) < n;) {
+        p->fn(p->ctx, i, n, ith);
+        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+    }
+}
+
 static void *worker_main(void *arg) {
     kn_pool *p = ((worker_arg *)arg)->pool;
     int ith = ((worker_arg *)arg)->ith;
@@ -50,23 +69,28 @@ static void *worker_main(void *arg) {
     for (;;) {
         unsigned g;
         int spins = 0;
-        while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
-               !atomic_load_explicit(&p->stop, memory_order_acquire) &&
-               spins < KN_SPIN_ITERS + KN_YIELD_ITERS) {
-            if (spins < KN_SPIN_ITERS) cpu_relax();
-            else sched_yield();
+        while (((g = atomic_load(&p->gen)) == seen || (g & 1)) && !atomic_load(&p->stop)) {
+            if (spins < KN_SPIN_ITERS) {
+                cpu_relax();
+            } else if (spins < KN_SPIN_ITERS + KN_YIELD_ITERS) {
+                sched_yield();
+            } else {
+                pthread_mutex_lock(&p->mu);
+                while (((g = atomic_load(&p->gen)) == seen || (g & 1)) && !atomic_load(&p->stop))
+                    pthread_cond_wait(&p->cv, &p->mu);
+                pthread_mutex_unlock(&p->mu);
+            }
             spins++;
         }
-        if (g == seen && !atomic_load(&p->stop)) {
-            pthread_mutex_lock(&p->mu);
-            while ((g = atomic_load(&p->gen)) == seen && !atomic_load(&p->stop))
-                pthread_cond_wait(&p->cv, &p->mu);
-            pthread_mutex_unlock(&p->mu);
-        }
         if (atomic_load(&p->stop)) break;
-        seen = g;
-        p->fn(p->ctx, ith, p->n);
-        atomic_fetch_sub_explicit(&p->pending, 1, memory_order_release);
+        /* Announce, then check the job is still the one seen: the caller does not touch the
+         * fields while anyone is active, and a newer generation means look again. */
+        atomic_fetch_add(&p->active, 1);
+        if (atomic_load(&p->gen) == g) {
+            take_items(p, ith);
+            seen = g;
+        }
+        atomic_fetch_sub(&p->active, 1);
     }
     return NULL;
 }
@@ -77,7 +101,9 @@ kn_pool *kn_pool_new(int n_threads) {
     if (!p) return NULL;
     p->n = n_threads;
     atomic_init(&p->gen, 0);
-    atomic_init(&p->pending, 0);
+    atomic_init(&p->active, 0);
+    atomic_init(&p->next, 0);
+    atomic_init(&p->done, 0);
     atomic_init(&p->stop, false);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
@@ -117,24 +143,35 @@ void kn_pool_free(kn_pool *p) {
 
 int kn_pool_size(const kn_pool *p) { return p ? p->n : 1; }
 
-void kn_pool_run(kn_pool *p, kn_task_fn fn, void *ctx) {
-    if (!p || p->n == 1) {
-        fn(ctx, 0, 1);
-        return;
-    }
-    p->fn = fn;
-    p->ctx = ctx;
-    atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
-    /* The mutex orders this bump against a worker that is about to sleep, so none misses it. */
-    pthread_mutex_lock(&p->mu);
-    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
-    pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-    fn(ctx, 0, p->n);
-    for (int spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire) != 0; spins++) {
+static void wait_for(atomic_int *v, int want) {
+    for (int spins = 0; atomic_load_explicit(v, memory_order_acquire) != want; spins++) {
         if (spins < KN_SPIN_ITERS) cpu_relax();
         else sched_yield();
     }
+}
+
+void kn_pool_run(kn_pool *p, kn_task_fn fn, void *ctx, int n_items) {
+    if (n_items <= 0) return;
+    if (!p || p->n == 1 || n_items == 1) {
+        for (int i = 0; i < n_items; i++) fn(ctx, i, n_items, 0);
+        return;
+    }
+    /* Close the previous job (odd generation), wait until no late worker still reads it, then
+     * publish this one (even). */
+    atomic_fetch_add(&p->gen, 1);
+    wait_for(&p->active, 0);
+    p->fn = fn;
+    p->ctx = ctx;
+    p->n_items = n_items;
+    atomic_store(&p->next, 0);
+    atomic_store(&p->done, 0);
+    /* The mutex orders this bump against a worker that is about to sleep, so none misses it. */
+    pthread_mutex_lock(&p->mu);
+    atomic_fetch_add(&p->gen, 1);
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    take_items(p, 0);
+    wait_for(&p->done, n_items);
 }
 
 /* ---- the product ---- */
@@ -147,66 +184,64 @@ typedef struct matmul_job {
     const kn_act *a;
     int n_tok;
     float *const *y;
+    const int *ldy;           /* per matrix; NULL = its n_out */
     int total_rows;
+    int chunk;                /* rows per item, a multiple of 4 */
 } matmul_job;
 
-/* The matrices' rows are one concatenated range split into contiguous pieces, in multiples of 4
- * rows; a piece may span two matrices. */
-static void matmul_task(void *ctx, int ith, int nth) {
+/* The matrices' rows are one concatenated range cut into items of `chunk` rows; an item may
+ * span two matrices. A row is always computed whole by one call, so neither the cut nor the
+ * thread that takes an item can change a result. */
+static void matmul_item(void *ctx, int item, int n_items, int worker) {
+    (void)n_items;
+    (void)worker;
     const matmul_job *j = ctx;
-    int per = (j->total_rows + nth - 1) / nth;
-    per = (per + 3) & ~3;
-    int g0 = ith * per, g1 = g0 + per < j->total_rows ? g0 + per : j->total_rows;
+    int g0 = item * j->chunk, g1 = g0 + j->chunk < j->total_rows ? g0 + j->chunk : j->total_rows;
     int base = 0;
     for (int i = 0; i < j->n_mats && g0 < g1; i++) {
         const kn_wmat *w = j->w[i];
         int r0 = g0 - base, r1 = g1 - base;
         if (r0 < 0) r0 = 0;
         if (r1 > w->n_out) r1 = w->n_out;
-        if (r0 < r1) j->k->rows[w->type](w, r0, r1, j->x, j->a, j->n_tok, j->y[i], w->n_out);
+        if (r0 < r1)
+            j->k->rows[w->type](w, r0, r1, j->x, j->a, j->n_tok, j->y[i],
+                                j->ldy ? j->ldy[i] : w->n_out);
         base += w->n_out;
     }
 }
 
-void kn_matmul_multi(kn_pool *pool, const kn_kernels *k, int n_mats, const kn_wmat *const *w,
-                     const float *x, const kn_act *a, int n_tok, float *const *y) {
-    matmul_job j = {k, n_mats, w, x, a, n_tok, y, 0};
+static void matmul_run(kn_pool *pool, matmul_job *j) {
     int64_t work = 0;
-    for (int i = 0; i < n_mats; i++) {
-        j.total_rows += w[i]->n_out;
-        work += (int64_t)w[i]->n_out * w[i]->n_in * n_tok;
+    for (int i = 0; i < j->n_mats; i++) {
+        j->total_rows += j->w[i]->n_out;
+        work += (int64_t)j->w[i]->n_out * j->w[i]->n_in * j->n_tok;
     }
-    /* Below ~64k multiply-adds a job costs more to hand out than to do. */
-    if (work < 65536 || kn_pool_size(pool) == 1)
-        matmul_task(&j, 0, 1);
-    else
-        kn_pool_run(pool, matmul_task, &j);
+    int nth = kn_pool_size(pool);
+    /* Below ~64k multiply-adds a job costs more to hand out than to do. Otherwise about 8
+     * items per thread, so a thread that loses its core for a while leaves little behind, but
+     * at least 16 rows each so taking an item stays cheap next to doing it. */
+    if (work < 65536 || nth == 1) {
+        j->chunk = j->total_rows;
+        matmul_item(j, 0, 1, 0);
+        return;
+    }
+    int chunk = (j->total_rows + 8 * nth - 1) / (8 * nth);
+    if (chunk < 16) chunk = 16;
+    j->chunk = (chunk + 3) & ~3;
+    kn_pool_run(pool, matmul_item, j, (j->total_rows + j->chunk - 1) / j->chunk);
 }
 
-typedef struct matmul1_job {
-    const kn_kernels *k;
-    const kn_wmat *w;
-    const float *x;
-    const kn_act *a;
-    int n_tok;
-    float *y;
-    int ldy;
-} matmul1_job;
-
-static void matmul1_task(void *ctx, int ith, int nth) {
-    const matmul1_job *j = ctx;
-    int n = j->w->n_out;
-    int per = (n + nth - 1) / nth;
-    per = (per + 3) & ~3;
-    int r0 = ith * per, r1 = r0 + per < n ? r0 + per : n;
-    if (r0 < r1) j->k->rows[j->w->type](j->w, r0, r1, j->x, j->a, j->n_tok, j->y, j->ldy);
+void kn_matmul_multi(kn_pool *pool, const kn_kernels *k, int n_mats, const kn_wmat *const *w,
+                     const float *x, const kn_act *a, int n_tok, float *const *y) {
+    matmul_job j = {k, n_mats, w, x, a, n_tok, y, NULL, 0, 0};
+    matmul_run(pool, &j);
 }
 
 void kn_matmul(kn_pool *pool, const kn_kernels *k, const kn_wmat *w, const float *x,
                const kn_act *a, int n_tok, float *y, int ldy) {
-    matmul1_job j = {k, w, x, a, n_tok, y, ldy};
-    if ((int64_t)w->n_out * w->n_in * n_tok < 65536 || kn_pool_size(pool) == 1)
-        matmul1_task(&j, 0, 1);
-    else
-        kn_pool_run(pool, matmul1_task, &j);
+    const kn_wmat *w1[1] = {w};
+    float *y1[1] = {y};
+    int ldy1[1] = {ldy};
+    matmul_job j = {k, 1, w1, x, a, n_tok, y1, ldy1, 0, 0};
+    matmul_run(pool, &j);
 }

@@ -32,9 +32,14 @@ void kn_quantize_act(kn_act *a, const float *x, int n_tok, int n) {
             float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
             int sum = 0;
             for (int i = 0; i < KN_QBLOCK; i++) {
-                int v = (int)roundf(xb[i] * id);
-                q[b * KN_QBLOCK + i] = (int8_t)v;
-                sum += v;
+                /* Round to nearest even by the 1.5 * 2^23 trick (|v| <= 127): no libm call in
+                 * the loop, and the same rounding as the SIMD conversions. A separate statement
+                 * so that no compiler fuses the product into the addition. */
+                float v = xb[i] * id;
+                v = (v + 12582912.0f) - 12582912.0f;
+                int iv = (int)v;
+                q[b * KN_QBLOCK + i] = (int8_t)iv;
+                sum += iv;
             }
             a->d[(size_t)t * sb + b] = d;
             a->s[(size_t)t * sb + b] = d * (float)sum;
@@ -162,6 +167,35 @@ static void rows_q8_0(const kn_wmat *w, int r0, int r1, const float *x, const kn
     }
 }
 
+/* Scores of the allowed slots, softmax, weighted sum of values. Loops stop after the last
+ * allowed slot, which changes nothing (later slots would add exact zeros) but the time. */
+void kn_attn_ref(const float *q, const float *k, const float *v, const int32_t *slot_pos,
+                 int n_slots, int32_t pos, int swa, int d, float *sc, float *out) {
+    float scale = 1.0f / sqrtf((float)d);
+    float mx = -INFINITY;
+    int end = 0;
+    for (int t = 0; t < n_slots; t++) {
+        int32_t tp = slot_pos[t];
+        if (tp < 0 || tp > pos || (swa > 0 && pos - tp >= swa)) {
+            sc[t] = -INFINITY;
+            continue;
+        }
+        sc[t] = kn_dot_f32(q, k + (size_t)t * d, d) * scale;
+        if (sc[t] > mx) mx = sc[t];
+        end = t + 1;
+    }
+    float sum = 0.0f;
+    for (int t = 0; t < end; t++) {
+        float e = sc[t] == -INFINITY ? 0.0f : expf(sc[t] - mx);
+        sc[t] = e;
+        sum += e;
+    }
+    float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    memset(out, 0, sizeof(float) * (size_t)d);
+    for (int t = 0; t < end; t++)
+        if (sc[t] != 0.0f) kn_axpy_f32(out, sc[t] * inv, v + (size_t)t * d, d);
+}
+
 static const kn_kernels k_generic = {
     .name = "generic",
     .rows = {
@@ -171,6 +205,8 @@ static const kn_kernels k_generic = {
         [KN_TYPE_Q4_1] = rows_q4_1,
         [KN_TYPE_Q8_0] = rows_q8_0,
     },
+    .quantize = kn_quantize_act,
+    .attn = kn_attn_ref,
 };
 
 const kn_kernels *kn_kernels_generic(void) { return &k_generic; }

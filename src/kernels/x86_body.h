@@ -5,7 +5,9 @@
  * A block of 32 is one 256-bit vector. Each row is multiplied with up to 4 tokens at once so a
  * weight block is unpacked once per 4 tokens (prefill); a decode step is the 1-token case.
  * Signed x signed products use the sign trick (|w| as u8 times sign(w) * a as s8), so every
- * block's integer dot is exact; only the float accumulation order differs from ref.c. */
+ * block's integer dot is exact; only the float accumulation order differs from ref.c. Each
+ * token has its own accumulators and the same steps whether the tile holds 1 or 4 tokens, so a
+ * result does not depend on the batch (see kernels.h). */
 #ifndef KN_DOT_U8S8
 #error "define KN_DOT_U8S8 before including x86_body.h"
 #endif
@@ -142,9 +144,13 @@ KN_TILE(tile_q8_0, step_q8_0, 34)
         }                                                                                       \
     }
 
+/* A file with its own quantized products (matmul_avx512.c) defines KN_X86_OWN_QUANT and takes
+ * only the float ones and the helpers from here. */
+#ifndef KN_X86_OWN_QUANT
 KN_ROWS_Q(rows_q4_0, tile_q4_0)
 KN_ROWS_Q(rows_q4_1, tile_q4_1)
 KN_ROWS_Q(rows_q8_0, tile_q8_0)
+#endif
 
 KN_AI __m256 load8_f16(const uint8_t *p) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
@@ -196,4 +202,6 @@ KN_ROWS_F(rows_f16, load8_f16, 2, f16_at)
             [KN_TYPE_Q4_1] = rows_q4_1,                                                         \
             [KN_TYPE_Q8_0] = rows_q8_0,                                                         \
         },                                                                                      \
+        .quantize = kn_quantize_act,                                                            \
+        .attn = kn_attn_ref,                                                                    \
     }

@@ -24,6 +24,10 @@
  * the [W] mask input of the contract. Padded prefill rows are skipped by the CPU backend since
  * nothing reads them; the output equals a full [1,C] evaluation with the padding masked.
  *
+ * The three steps agree bit for bit: a token's logits do not depend on the chunk size, on
+ * decode vs prefill vs stateless, or on the thread count (the kernels are batch-invariant, see
+ * kernels/kernels.h), so greedy generation gives the same tokens in every mode.
+ *
  * Nothing in the steps allocates, opens files or resizes a buffer (tests/c/test_engine.c counts
  * kn_malloc calls over a 64-token generation).
  *

@@ -149,52 +149,25 @@ typedef struct attn_job {
     int n_rows;
 } attn_job;
 
-/* Each (row, head) pair is one unit of work: scores over the allowed slots, softmax, and the
- * weighted sum of values into xb. */
-static void attn_task(void *ctx, int ith, int nth) {
+/* Item u is the pair (row u / H, head u % H): scores over the allowed slots, softmax, and the
+ * weighted sum of values into xb. Nothing in it depends on the other rows, so a row gives the
+ * same bits in a decode step as inside a prefill chunk or a stateless window. */
+static void attn_item(void *ctx, int u, int n_items, int worker) {
+    (void)n_items;
     const attn_job *j = ctx;
     kn_session *s = j->s;
     const kn_hparams *hp = &s->m->hp;
     int H = hp->n_head, D = hp->head_dim, W = s->m->window, group = hp->n_head / hp->n_head_kv;
-    int swa = hp->sliding_window;
-    float scale = 1.0f / sqrtf((float)D);
-    float *sc = s->scores + (size_t)ith * W;
-    int units = j->n_rows * H;
-    int per = (units + nth - 1) / nth;
-    int u0 = ith * per, u1 = u0 + per < units ? u0 + per : units;
-    for (int u = u0; u < u1; u++) {
-        int r = u / H, h = u % H, kh = h / group;
-        int32_t p = s->rows_pos[r];
-        const float *qh = s->q + (size_t)r * H * D + (size_t)h * D;
-        const float *K = j->kv.k + (size_t)kh * W * D;
-        const float *V = j->kv.v + (size_t)kh * W * D;
-        float *o = s->xb + (size_t)r * H * D + (size_t)h * D;
-        float mx = -INFINITY;
-        for (int t = 0; t < j->kv.n_slots; t++) {
-            int32_t tp = j->kv.pos[t];
-            if (tp < 0 || tp > p || (swa > 0 && p - tp >= swa)) {
-                sc[t] = -INFINITY;
-                continue;
-            }
-            sc[t] = kn_dot_f32(qh, K + (size_t)t * D, D) * scale;
-            if (sc[t] > mx) mx = sc[t];
-        }
-        float sum = 0.0f;
-        for (int t = 0; t < j->kv.n_slots; t++) {
-            float e = sc[t] == -INFINITY ? 0.0f : expf(sc[t] - mx);
-            sc[t] = e;
-            sum += e;
-        }
-        float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-        memset(o, 0, sizeof(float) * (size_t)D);
-        for (int t = 0; t < j->kv.n_slots; t++)
-            if (sc[t] != 0.0f) kn_axpy_f32(o, sc[t] * inv, V + (size_t)t * D, D);
-    }
+    int r = u / H, h = u % H, kh = h / group;
+    s->k->attn(s->q + (size_t)r * H * D + (size_t)h * D, j->kv.k + (size_t)kh * W * D,
+               j->kv.v + (size_t)kh * W * D, j->kv.pos, j->kv.n_slots, s->rows_pos[r],
+               hp->sliding_window, D, s->scores + (size_t)worker * W,
+               s->xb + (size_t)r * H * D + (size_t)h * D);
 }
 
 /* y = W x for n rows of x (n_in floats each), quantizing x first when W wants it. */
 static void mm(kn_session *s, const kn_wmat *w, const float *x, int n, float *y, bool quantized) {
-    if (kn_type_wants_q8(w->type) && !quantized) kn_quantize_act(&s->act, x, n, w->n_in);
+    if (kn_type_wants_q8(w->type) && !quantized) s->k->quantize(&s->act, x, n, w->n_in);
     kn_matmul(s->pool, s->k, w, x, &s->act, n, y, w->n_out);
 }
 
@@ -243,7 +216,7 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, in
             kn_rmsnorm(s->xb + (size_t)r * E, s->x + (size_t)r * E, L->attn_norm, E, hp->rms_eps);
         /* One quantization of the normed input serves Q, K and V. */
         bool q8 = any_q8(&L->wq, &L->wk, &L->wv);
-        if (q8) kn_quantize_act(&s->act, s->xb, n, E);
+        if (q8) s->k->quantize(&s->act, s->xb, n, E);
         {
             const kn_wmat *w3[3] = {&L->wq, &L->wk, &L->wv};
             float *y3[3] = {s->q, s->kn, s->vn};
@@ -265,8 +238,7 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, in
             }
         }
         attn_job aj = {s, kv, n};
-        if (n * H * kv.n_slots * D < 16384) attn_task(&aj, 0, 1);
-        else kn_pool_run(s->pool, attn_task, &aj);
+        kn_pool_run(n * H * kv.n_slots * D < 16384 ? NULL : s->pool, attn_item, &aj, n * H);
         mm(s, &L->wo, s->xb, n, s->xb2, false);
         for (size_t i = 0; i < (size_t)n * E; i++) s->x[i] += s->xb2[i];
 
@@ -274,7 +246,7 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, in
         for (int r = 0; r < n; r++)
             kn_rmsnorm(s->xb + (size_t)r * E, s->x + (size_t)r * E, L->ffn_norm, E, hp->rms_eps);
         q8 = any_q8(&L->gate, &L->up, NULL);
-        if (q8) kn_quantize_act(&s->act, s->xb, n, E);
+        if (q8) s->k->quantize(&s->act, s->xb, n, E);
         {
             const kn_wmat *w2[2] = {&L->gate, &L->up};
             float *y2[2] = {s->hb, s->hb2};

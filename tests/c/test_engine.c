@@ -1,6 +1,7 @@
 /* test_engine.c — the forward pass against independent references: stories260K's greedy ids and
  * logits from llama2.c's run.c (../shared/models/stories260K), in kv mode with several chunk
- * sizes and in stateless mode; SmolLM2 Q4_1 kv vs stateless; no allocation per token. */
+ * sizes and in stateless mode; kv, stateless, chunk sizes and thread counts agreeing bit for bit
+ * on stories260K and SmolLM2 Q4_1; no allocation per token. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,19 @@
 /* Relative logit tolerance against run.c (fp32 both sides; only summation order and libm
  * differ): |ours - ref| <= TOL_LOGIT_REL * max(|ref|, 1). */
 #define TOL_LOGIT_REL 1e-4
+
+/* Sanitizer builds are unoptimized and ~30x slower in the kernels; there the SmolLM2 stateless
+ * run (a whole window per step) checks fewer steps so the suite stays within CI's time. */
+#if defined(__SANITIZE_ADDRESS__)
+#define KT_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KT_SANITIZED 1
+#endif
+#endif
+#ifndef KT_SANITIZED
+#define KT_SANITIZED 0
+#endif
 
 typedef struct golden {
     int prompt[64];
@@ -289,45 +303,137 @@ TEST(engine_window_slide_and_sliding_mask) {
     CHECK(memcmp(res[0], res[2], sizeof res[0]) != 0);
 }
 
-TEST(engine_smollm2_kv_equals_stateless) {
+static const char *smollm2_path(void) {
     const char *path = getenv("KILN_SMOLLM2");
-    if (!path || !*path) path = SMOLLM2;
+    return path && *path ? path : SMOLLM2;
+}
+
+/* "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n" */
+static const int k_smol_prompt[] = {1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1,
+                                    520, 9531, 198};
+static const int k_stories_prompt[] = {1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315};
+
+/* The logits of a prompt's last token through kn_session_prefill_all with chunk C into out. */
+static bool prompt_logits(const char *path, int window, int chunk, int threads, bool stateless,
+                          const int *prompt, int n, float *out) {
+    kn_model *m = open_model(path, window, chunk);
+    if (!m) return false;
+    kn_session_params sp = kn_session_default_params();
+    sp.threads = threads;
+    kn_session *s;
+    kiln_error err;
+    bool ok = kn_session_new(m, &sp, &s, &err) == KILN_OK;
+    int32_t ids[128] = {0};
+    for (int i = 0; i < n; i++) ids[i] = prompt[i];
+    const float *lg = NULL;
+    if (ok && stateless) ok = kn_session_stateless(s, ids, n, &lg, &err) == KILN_OK;
+    else if (ok) ok = kn_session_prefill_all(s, ids, n, 0, &lg, &err) == KILN_OK;
+    if (ok) memcpy(out, lg, sizeof(float) * (size_t)m->hp.n_vocab);
+    kn_session_free(s);
+    kn_model_free(m);
+    return ok;
+}
+
+/* Batch invariance, bit for bit: the last prompt token's logits are the same whether the
+ * prompt goes through in one chunk of 128, token by token (C = 1) or as a stateless window, on
+ * one thread or two; greedy generation of 32 tokens then agrees across kv / stateless and
+ * threads 1 / 2. The kernels compute each output from its own token only, in a fixed order,
+ * so nothing here may differ in any bit. */
+static void check_modes_agree(const char *path, const int *prompt, int n_prompt,
+                              bool stateless_two_threads, int stateless_steps) {
     FILE *f = fopen(path, "rb");
     CHECKF(f != NULL, "%s is missing: run scripts/fetch_models.sh", path);
     fclose(f);
-    kn_model *m = open_model(path, 64, 8);
+    kn_model *m = open_model(path, 128, 128);
     CHECK(m != NULL);
+    int V = m->hp.n_vocab;
+    kn_model_free(m);
+    float *a = malloc(sizeof(float) * (size_t)V), *b = malloc(sizeof(float) * (size_t)V);
+    CHECK(prompt_logits(path, 128, 128, 1, false, prompt, n_prompt, a));
+    const struct {
+        int chunk, threads;
+        bool stateless;
+        const char *what;
+    } others[] = {{1, 1, false, "C=1"},
+                  {128, 2, false, "C=128, 2 threads"},
+                  {128, 1, true, "stateless"},
+                  {1, 2, true, "stateless, 2 threads"}};
+    for (int i = 0; i < 4; i++) {
+        bool ok = prompt_logits(path, 128, others[i].chunk, others[i].threads,
+                                others[i].stateless, prompt, n_prompt, b);
+        int first = -1;
+        float va = 0, vb = 0;
+        for (int j = 0; ok && j < V && first < 0; j++)
+            if (memcmp(&a[j], &b[j], sizeof(float)) != 0) {
+                first = j;
+                va = a[j];
+                vb = b[j];
+            }
+        if (!ok || first >= 0) {
+            free(a);
+            free(b);
+        }
+        CHECKF(ok, "%s: %s failed", path, others[i].what);
+        CHECKF(first < 0, "%s: logit %d of C=128 and %s differ: %.9g vs %.9g", path, first,
+               others[i].what, va, vb);
+    }
+    free(a);
+    free(b);
+
+    m = open_model(path, 128, 8);
+    CHECK(m != NULL);
+    int n_steps = n_prompt + 32;
+    int out[4][64] = {{0}};
+    for (int run = 0; run < 4; run++) {
+        int th = run % 2 ? 2 : 1;
+        bool sl = run >= 2;
+        if (sl && th == 2 && !stateless_two_threads) {
+            memcpy(out[run], out[2], sizeof out[run]);
+            continue;
+        }
+        kn_session_params sp = kn_session_default_params();
+        sp.threads = th;
+        kn_session *s;
+        kiln_error err;
+        CHECKF(kn_session_new(m, &sp, &s, &err) == KILN_OK, "%s", err.message);
+        int32_t win[128];
+        if (run > 0) memcpy(out[run], out[0], sizeof out[run]); /* steps a run leaves out */
+        bool ok = sl ? run_stateless(s, prompt, n_prompt, n_prompt + stateless_steps, out[run],
+                                     win)
+                     : run_kv(s, prompt, n_prompt, n_steps, out[run]);
+        kn_session_free(s);
+        CHECK(ok);
+    }
+    kn_model_free(m);
+    for (int pos = n_prompt - 1; pos < n_steps; pos++)
+        for (int run = 1; run < 4; run++)
+            CHECKF(out[run][pos] == out[0][pos], "%s pos %d: kv %d, %s with %d threads %d", path,
+                   pos, out[0][pos], run >= 2 ? "stateless" : "kv", run % 2 ? 2 : 1,
+                   out[run][pos]);
+    if (getenv("KILN_TEST_VERBOSE")) {
+        for (int pos = n_prompt - 1; pos < n_steps; pos++) fprintf(stderr, " %d", out[0][pos]);
+        fprintf(stderr, "\n");
+    }
+}
+
+TEST(engine_stories_modes_agree) {
+    check_modes_agree(kt_shared(STORIES), k_stories_prompt,
+                      (int)(sizeof k_stories_prompt / sizeof k_stories_prompt[0]), true, 32);
+}
+
+TEST(engine_smollm2_modes_agree) {
+    const char *path = smollm2_path();
+    kn_model *m = open_model(path, 64, 8);
+    CHECKF(m != NULL, "%s is missing: run scripts/fetch_models.sh", path);
     CHECK_EQ_INT(m->hp.n_layer, 30);
     CHECK_EQ_INT(m->hp.n_head, 9);
     CHECK_EQ_INT(m->hp.n_head_kv, 3);
     CHECK(m->hp.tied_embeddings);
     CHECK_EQ_INT(m->output.type, 8 /* Q8_0 */);
     CHECK_EQ_INT(m->layers[0].wq.type, 3 /* Q4_1 */);
-    /* "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n" */
-    const int prompt[] = {1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531,
-                          198};
-    int n_prompt = (int)(sizeof prompt / sizeof prompt[0]), n_steps = n_prompt + 10;
-    int kv[64], kv2[64], sl[64];
-    for (int th = 1; th <= 2; th++) {
-        kn_session_params sp = kn_session_default_params();
-        sp.threads = th;
-        kn_session *s;
-        kiln_error err;
-        CHECKF(kn_session_new(m, &sp, &s, &err) == KILN_OK, "%s", err.message);
-        CHECK(run_kv(s, prompt, n_prompt, n_steps, th == 1 ? kv : kv2));
-        if (th == 1) {
-            int32_t win[64];
-            CHECK(run_stateless(s, prompt, n_prompt, n_steps, sl, win));
-        }
-        kn_session_free(s);
-    }
-    for (int pos = n_prompt - 1; pos < n_steps; pos++) {
-        CHECKF(kv[pos] == sl[pos], "pos %d: kv %d, stateless %d", pos, kv[pos], sl[pos]);
-        CHECKF(kv[pos] == kv2[pos], "pos %d: 1 thread %d, 2 threads %d", pos, kv[pos], kv2[pos]);
-    }
-    if (getenv("KILN_TEST_VERBOSE")) {
-        for (int pos = n_prompt - 1; pos < n_steps; pos++) fprintf(stderr, " %d", kv[pos]);
-        fprintf(stderr, "\n");
-    }
     kn_model_free(m);
+    /* Stateless with two threads is left out: every step is a whole window, and the
+     * two-thread kv run and the stateless run already cover both halves. */
+    check_modes_agree(path, k_smol_prompt, (int)(sizeof k_smol_prompt / sizeof k_smol_prompt[0]),
+                      false, KT_SANITIZED ? 6 : 32);
 }

@@ -1,6 +1,8 @@
 /* test_kernels.c — every kernel variant against the plain-C reference, and the reference against
- * exact float arithmetic, on awkward sizes with NaN-poisoned outputs. */
+ * exact float arithmetic, on awkward sizes with NaN-poisoned outputs; each variant's results
+ * independent of the batch and of the threads (bit for bit). */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +18,9 @@
  *    at most half a step (max|x_block| / 254) per element, checked with that bound directly. */
 #define TOL_VARIANT 2e-6
 #define TOL_F32_FLOOR 1e-6
+/* Attention output of a SIMD variant vs the reference, relative to max |v|: the softmax weights
+ * differ by the exponential (expf vs a 2-ulp polynomial) and summation order, a few ulps each. */
+#define TOL_ATTN 2e-6
 
 static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
 static uint32_t rnd(void) {
@@ -346,4 +351,177 @@ TEST(kernels_dispatch_once) {
     CHECK(kn_kernels_type_ok(KN_TYPE_Q4_1) && !kn_kernels_type_ok(KN_TYPE_Q4_K));
     for (size_t i = 0; i < sizeof k_types / sizeof k_types[0]; i++)
         CHECK(k->rows[k_types[i]] != NULL);
+}
+
+static const kn_kernels *const *all_variants(int *n) {
+    static const kn_kernels *v[3];
+    v[0] = kn_kernels_generic();
+    v[1] = kn_kernels_avx2();
+    v[2] = kn_kernels_avx512();
+    *n = 3;
+    return v;
+}
+
+TEST(kernels_batch_invariant) {
+    /* Token t computed in a batch of n (n = 1..9, with and without threads) has the same bits
+     * as token t computed alone: what makes a decode step agree with prefill and stateless. */
+    const int n_ins_q[] = {96, 576, 1056}; /* 3, 18 and 33 blocks: odd pairs and a lone block */
+    const int n_ins_f[] = {7, 33, 576};
+    int nv;
+    const kn_kernels *const *v = all_variants(&nv);
+    kn_pool *pool = kn_pool_new(3);
+    CHECK(pool != NULL);
+    for (size_t ti = 0; ti < sizeof k_types / sizeof k_types[0]; ti++)
+        for (int ii = 0; ii < 3; ii++) {
+            uint32_t type = k_types[ti];
+            int n_in = kn_type_wants_q8(type) ? n_ins_q[ii] : n_ins_f[ii];
+            prob p;
+            CHECK(prob_make(&p, type, n_in, 37, 9));
+            int sb = p.a.stride / 32;
+            for (int vi = 0; vi < nv; vi++) {
+                if (!v[vi]) continue;
+                float alone[9][37];
+                for (int t = 0; t < 9; t++) {
+                    kn_act a1 = {p.a.q + (size_t)t * p.a.stride, p.a.d + (size_t)t * sb,
+                                 p.a.s + (size_t)t * sb, p.a.stride};
+                    kn_matmul(NULL, v[vi], &p.w, p.x + (size_t)t * n_in, &a1, 1, alone[t], 37);
+                }
+                float *y = malloc(sizeof(float) * 9 * 37);
+                for (int n = 1; n <= 9; n++)
+                    for (int th = 0; th < 2; th++) {
+                        kn_matmul(th ? pool : NULL, v[vi], &p.w, p.x, &p.a, n, y, 37);
+                        for (int t = 0; t < n; t++)
+                            CHECKF(memcmp(y + t * 37, alone[t], sizeof alone[t]) == 0,
+                                   "%s %s n_in %d: token %d of a batch of %d (threads %d) "
+                                   "differs from it alone",
+                                   v[vi]->name, kn_type_name(type), n_in, t, n, th ? 3 : 1);
+                    }
+                free(y);
+            }
+            prob_free(&p);
+        }
+    kn_pool_free(pool);
+}
+
+TEST(kernels_quantize_variants_bitwise) {
+    /* Every variant's quantize gives kn_quantize_act's bits, ties included (round half to
+     * even: with max 127 the step is 1, so 2.5 -> 2, -3.5 -> -4, 0.5 -> 0). */
+    enum { N = 32 * 37, T = 3 };
+    static float x[T * N];
+    for (int i = 0; i < T * N; i++) x[i] = rndf() * (i % 11 == 0 ? 30.0f : 1.0f);
+    for (int i = 32; i < 64; i++) x[i] = 0.0f;
+    const float ties[] = {127.0f, 2.5f, -3.5f, 0.5f, -0.5f, 126.5f, -127.0f, 1.5f};
+    memcpy(x + 64, ties, sizeof ties);
+    int stride = N + 32, sb = stride / 32;
+    int8_t *q0 = malloc((size_t)stride * T), *q1 = malloc((size_t)stride * T);
+    float *f0 = calloc((size_t)4 * sb * T, sizeof(float)), *f1 = calloc((size_t)4 * sb * T, sizeof(float));
+    memset(q0, 0, (size_t)stride * T);
+    memset(q1, 0, (size_t)stride * T);
+    kn_act ref = {q0, f0, f0 + 2 * sb * T, stride};
+    kn_quantize_act(&ref, x, T, N);
+    CHECK(q0[64] == 127 && q0[65] == 2 && q0[66] == -4 && q0[67] == 0 && q0[68] == 0 &&
+          q0[69] == 126 && q0[71] == 2);
+    int nv;
+    const kn_kernels *const *v = all_variants(&nv);
+    for (int vi = 0; vi < nv; vi++) {
+        if (!v[vi]) continue;
+        memset(q1, 0, (size_t)stride * T);
+        memset(f1, 0, sizeof(float) * 4 * sb * T);
+        kn_act a = {q1, f1, f1 + 2 * sb * T, stride};
+        v[vi]->quantize(&a, x, T, N);
+        CHECKF(memcmp(q0, q1, (size_t)stride * T) == 0 &&
+                   memcmp(f0, f1, sizeof(float) * 4 * sb * T) == 0,
+               "%s: quantized activations differ from the reference", v[vi]->name);
+    }
+    free(q0);
+    free(q1);
+    free(f0);
+    free(f1);
+}
+
+TEST(kernels_attention_variants) {
+    /* Each variant against the reference (TOL_ATTN), on head sizes that are and are not
+     * multiples of 16; and, within each variant, the bits do not depend on how many masked
+     * slots follow the last allowed one (a decode step sees slots 0..p, a stateless window
+     * sees them all with the future masked). */
+    const int dims[] = {8, 17, 64, 80, 128};
+    enum { S = 41 };
+    int nv;
+    const kn_kernels *const *v = all_variants(&nv);
+    for (int di = 0; di < 5; di++) {
+        int d = dims[di];
+        float *q = malloc(sizeof(float) * d), *k = malloc(sizeof(float) * S * d),
+              *val = malloc(sizeof(float) * S * d), sc[S], *ref = malloc(sizeof(float) * d),
+              *o1 = malloc(sizeof(float) * d), *o2 = malloc(sizeof(float) * d);
+        for (int i = 0; i < d; i++) q[i] = rndf() * 2.0f;
+        for (int i = 0; i < S * d; i++) {
+            k[i] = rndf() * 2.0f;
+            val[i] = rndf();
+        }
+        int32_t spos[S];
+        for (int t = 0; t < S; t++) spos[t] = t % 7 == 3 ? -1 : t; /* a few empty slots */
+        for (int32_t p = 0; p < S; p++)
+            for (int swa = 0; swa <= 5; swa += 5) {
+                kn_attn_ref(q, k, val, spos, S, p, swa, d, sc, ref);
+                double vmax = 1.0;
+                for (int vi = 0; vi < nv; vi++) {
+                    if (!v[vi]) continue;
+                    v[vi]->attn(q, k, val, spos, S, p, swa, d, sc, o1);
+                    v[vi]->attn(q, k, val, spos, p + 1, p, swa, d, sc, o2);
+                    CHECKF(memcmp(o1, o2, sizeof(float) * d) == 0,
+                           "%s d %d pos %d: masked slots after pos changed the result",
+                           v[vi]->name, d, p);
+                    for (int i = 0; i < d; i++)
+                        CHECKF(fabs((double)o1[i] - ref[i]) <= TOL_ATTN * vmax,
+                               "%s d %d pos %d swa %d [%d]: %.9g vs ref %.9g", v[vi]->name, d,
+                               p, swa, i, o1[i], ref[i]);
+                }
+            }
+        /* Nothing allowed: zeros, not NaN. */
+        int32_t none[S];
+        for (int t = 0; t < S; t++) none[t] = -1;
+        for (int vi = 0; vi < nv; vi++)
+            if (v[vi]) {
+                v[vi]->attn(q, k, val, none, S, 5, 0, d, sc, o1);
+                for (int i = 0; i < d; i++) CHECK(o1[i] == 0.0f);
+            }
+        free(q);
+        free(k);
+        free(val);
+        free(ref);
+        free(o1);
+        free(o2);
+    }
+}
+
+typedef struct pool_count {
+    _Atomic int hits[97];
+    _Atomic int bad_worker;
+    int n_workers, n_items;
+} pool_count;
+
+static void pool_count_item(void *ctx, int i, int n, int worker) {
+    pool_count *c = ctx;
+    if (n != c->n_items || worker < 0 || worker >= c->n_workers) c->bad_worker = 1;
+    c->hits[i]++;
+}
+
+TEST(kernels_pool_runs_each_item_once) {
+    /* Thousands of back-to-back jobs of many small items: every item exactly once, worker ids
+     * in range, no job leaking into the next (the counters live on this stack frame). */
+    for (int nth = 1; nth <= 4; nth++) {
+        kn_pool *pool = kn_pool_new(nth);
+        CHECK(pool != NULL);
+        for (int rep = 0; rep < 2000; rep++) {
+            pool_count c;
+            memset(&c, 0, sizeof c);
+            c.n_workers = nth;
+            c.n_items = rep % 3 == 0 ? 1 : 97;
+            kn_pool_run(pool, pool_count_item, &c, c.n_items);
+            int want_all = rep % 3 == 0 ? 0 : 1;
+            CHECK(c.hits[0] == 1 && c.bad_worker == 0);
+            for (int i = 1; i < 97; i++) CHECK(c.hits[i] == want_all);
+        }
+        kn_pool_free(pool);
+    }
 }
