@@ -84,9 +84,12 @@ def main():
         logits = np.ctypeslib.as_array(ptr, shape=(n_vocab,)).astype(np.float32).copy()
         all_logits.append(logits)
         top10 = [int(i) for i in np.argsort(-logits, kind="stable")[:10]]
-        greedy, pos = [], n
+        greedy, gaps, pos = [], [], n
         tok = int(np.argmax(logits))
+        lg = logits
         for _ in range(32):
+            top2 = np.sort(lg)[-2:]
+            gaps.append(round(float(top2[1] - top2[0]), 5))  # how close llama.cpp's own call was
             greedy.append(tok)
             one = (L.llama_token * 1)(tok)
             assert L.llama_decode(ctx, L.llama_batch_get_one(one, 1)) == 0
@@ -94,7 +97,8 @@ def main():
             lg = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
             tok = int(np.argmax(lg))
         L.llama_free(ctx)
-        out.append({"text": text, "ids": ids, "top10": top10, "greedy32": greedy})
+        out.append({"text": text, "ids": ids, "top10": top10, "greedy32": greedy,
+                    "gap32": gaps})
     data = ROOT / "tests" / "data"
     np.save(data / "smollm2_llamacpp_logits.npy", np.stack(all_logits))
     meta = {

@@ -10,8 +10,9 @@
  * layout for its type (F32, F16, Q4_0, Q4_1, Q8_0). y[t][r] = dot(W[r], x[t]) for tokens t.
  *   - F32 / F16 weights take the activations as F32.
  *   - Q4_0 / Q4_1 / Q8_0 weights take the activations quantized to 8 bits per block of 32
- *     (kn_quantize_act: d = max|x| / 127, q = x / d rounded to nearest even, as ggml's Q8_0 /
- *     Q8_1 but with an F32 scale). Every variant quantizes to the same bits.
+ *     (kn_quantize_act) exactly as ggml's x86 Q8_0 / Q8_1 do: q = x * (127 / max|x|) rounded
+ *     to nearest even, the scale d = max|x| / 127 and Q4_1's offset d * sum(q) rounded to F16.
+ *     Every variant quantizes to the same bits.
  *
  * Error bounds (tests/c/test_kernels.c checks each with a named tolerance):
  *   - Activation rounding, shared by all variants: at most d/2 = max|x_block| / 254 per

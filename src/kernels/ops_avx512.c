@@ -7,6 +7,7 @@
 
 #include "kernels/kernels.h"
 #include "kernels/kernels_impl.h"
+#include "quant/quant.h"
 
 /* The same bits as kn_quantize_act: the max of |x| is exact, d and 1/d are the same IEEE
  * operations, and vcvtps2dq rounds to nearest even as the reference's 2^23 trick does. */
@@ -21,7 +22,7 @@ void kn_quantize_avx512(kn_act *a, const float *x, int n_tok, int n) {
             __m512 v1 = _mm512_loadu_ps(xr + b * KN_QBLOCK + 16);
             float amax = _mm512_reduce_max_ps(
                 _mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_andnot_ps(sign, v1)));
-            float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+            float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
             __m512 vid = _mm512_set1_ps(id);
             __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, vid));
             __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, vid));
@@ -29,8 +30,8 @@ void kn_quantize_avx512(kn_act *a, const float *x, int n_tok, int n) {
             _mm_storeu_si128((__m128i *)(void *)(q + b * KN_QBLOCK + 16),
                              _mm512_cvtepi32_epi8(q1));
             int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-            a->d[(size_t)t * sb + b] = d;
-            a->s[(size_t)t * sb + b] = d * (float)sum;
+            a->d[(size_t)t * sb + b] = kn_fp16_to_fp32(kn_fp32_to_fp16(d));
+            a->s[(size_t)t * sb + b] = kn_fp16_to_fp32(kn_fp32_to_fp16(d * (float)sum));
         }
     }
 }

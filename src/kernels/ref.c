@@ -29,7 +29,10 @@ void kn_quantize_act(kn_act *a, const float *x, int n_tok, int n) {
                 float v = fabsf(xb[i]);
                 if (v > amax) amax = v;
             }
-            float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+            /* ggml's x86 Q8_0/Q8_1 activations exactly: q = x * (127 / amax) rounded to
+             * nearest even, the scale d = amax / 127 and the offset d * sum(q) kept as F16, so
+             * the products agree with llama.cpp's to float summation order. */
+            float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
             int sum = 0;
             for (int i = 0; i < KN_QBLOCK; i++) {
                 /* Round to nearest even by the 1.5 * 2^23 trick (|v| <= 127): no libm call in
@@ -41,8 +44,8 @@ void kn_quantize_act(kn_act *a, const float *x, int n_tok, int n) {
                 q[b * KN_QBLOCK + i] = (int8_t)iv;
                 sum += iv;
             }
-            a->d[(size_t)t * sb + b] = d;
-            a->s[(size_t)t * sb + b] = d * (float)sum;
+            a->d[(size_t)t * sb + b] = kn_fp16_to_fp32(kn_fp32_to_fp16(d));
+            a->s[(size_t)t * sb + b] = kn_fp16_to_fp32(kn_fp32_to_fp16(d * (float)sum));
         }
     }
 }

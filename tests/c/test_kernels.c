@@ -267,13 +267,16 @@ TEST(kernels_quantize_act_blocks) {
     float d[2], s[2];
     kn_act a = {q, d, s, 64};
     kn_quantize_act(&a, x, 1, 64);
-    CHECK(fabsf(d[0] - 5.0f / 127.0f) < 1e-9f);
+    /* ggml's x86 rounding: q = x * (127 / amax) to nearest even; d and d * sum(q) stored as
+     * F16 (d here is that F16 value widened back). */
+    CHECK(d[0] == kn_fp16_to_fp32(kn_fp32_to_fp16(5.0f / 127.0f)));
     CHECK_EQ_INT(q[0], -127);
-    CHECK_EQ_INT(q[31], (int)roundf(2.75f / d[0]));
+    CHECK_EQ_INT(q[31], (int)lrintf(2.75f * (127.0f / 5.0f)));
+    CHECK_EQ_INT(q[21], (int)lrintf(0.25f * (127.0f / 5.0f)));
     CHECK(d[1] == 0.0f && s[1] == 0.0f && q[40] == 0);
     int sum = 0;
     for (int i = 0; i < 32; i++) sum += q[i];
-    CHECK(fabsf(s[0] - d[0] * (float)sum) < 1e-6f);
+    CHECK(s[0] == kn_fp16_to_fp32(kn_fp32_to_fp16(5.0f / 127.0f * (float)sum)));
 }
 
 TEST(kernels_ops_reference) {

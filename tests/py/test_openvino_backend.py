@@ -187,32 +187,30 @@ def test_smollm2_second_start_uses_the_cache(smol_ir):
 
 
 def test_smollm2_against_float64_oracle_and_native(smol_ir):
+    """OpenVINO's CPU plugin runs the IR in f32, so it follows the float64 oracle except on
+    exact ties (1e-3). The native engine rounds activations to 8 bits (as llama.cpp does), up to
+    ~0.9 logits off the oracle: where it parts from OpenVINO, the oracle must show the two tokens
+    within that noise (2 x 0.91) — a near-tie, not a wrong model."""
     from test_openvino_ir import numpy_forward
 
-    france = [run_json(smol_ir, "--prompt", "What is the capital of France?", "--max-tokens",
-                       16, "--device", d)["tokens"] for d in ("openvino:CPU", "cpu")]
-    # measured: both "The capital of France is Paris." (8 tokens, then end of turn); the
-    # first token's oracle margin is far above the native rounding
-    assert france[0][:1] == france[1][:1]
-
-    prompt = "Tell me a short story about a dragon."
-    ov = run_json(smol_ir, "--prompt", prompt, "--max-tokens", 32, "--device", "openvino:CPU")
-    nat = run_json(smol_ir, "--prompt", prompt, "--max-tokens", 32, "--device", "cpu")
-    assert ov["prompt_tokens"] == nat["prompt_tokens"]
-    n = len(ov["prompt_tokens"])
-    seq = ov["prompt_tokens"] + ov["tokens"]
-    logits = numpy_forward(smol_ir / "model.gguf", seq[:-1])
-    for i, tok in enumerate(ov["tokens"]):
-        row = logits[n - 1 + i]
-        best = int(np.argmax(row))
-        if best != tok:
-            assert row[best] - row[tok] < 1e-3, (i, best, tok)
-            break
-    for i, (a, b) in enumerate(zip(ov["tokens"], nat["tokens"])):
-        if a != b:
+    for prompt in ("What is the capital of France?", "Tell me a short story about a dragon."):
+        ov = run_json(smol_ir, "--prompt", prompt, "--max-tokens", 24, "--device", "openvino:CPU")
+        nat = run_json(smol_ir, "--prompt", prompt, "--max-tokens", 24, "--device", "cpu")
+        assert ov["prompt_tokens"] == nat["prompt_tokens"]
+        n = len(ov["prompt_tokens"])
+        seq = ov["prompt_tokens"] + ov["tokens"]
+        logits = numpy_forward(smol_ir / "model.gguf", seq[:-1])
+        for i, tok in enumerate(ov["tokens"]):
             row = logits[n - 1 + i]
-            assert abs(row[a] - row[b]) < 2 * 0.91, (i, a, b, row[a] - row[b])
-            break
+            best = int(np.argmax(row))
+            if best != tok:
+                assert row[best] - row[tok] < 1e-3, (prompt, i, best, tok)
+                break
+        for i, (a, b) in enumerate(zip(ov["tokens"], nat["tokens"])):
+            if a != b:
+                row = logits[n - 1 + i]
+                assert abs(row[a] - row[b]) < 2 * 0.91, (prompt, i, a, b, row[a] - row[b])
+                break
 
 
 def test_verify_refuses_a_device_that_diverges(stories, tmp_path):
