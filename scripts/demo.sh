@@ -12,7 +12,8 @@ echo "== kiln bake $gguf -o offering_int4_binary"
 echo "== kiln inspect offering_int4_binary"
 "$kiln" inspect offering_int4_binary | sed -n '1,40p'
 # SmolLM2's template inserts a default system line that makes this 135M model ramble; a plain
-# one keeps its answer on topic (greedy, so the demo is the same every time).
-echo "== kiln run offering_int4_binary --system 'You are a helpful assistant.' --prompt 'List the planets.'"
+# one and a mild repetition penalty (llama-cli's old default, 1.1) keep its answer on topic.
+# Greedy, so the demo says the same thing every time.
+echo "== kiln run offering_int4_binary --system 'You are a helpful assistant.' --prompt 'List the planets.' --repeat-penalty 1.1"
 "$kiln" run offering_int4_binary --system "You are a helpful assistant." \
-  --prompt "List the planets." --max-tokens 96
+  --prompt "List the planets." --repeat-penalty 1.1 --max-tokens 96

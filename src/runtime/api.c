@@ -498,6 +498,11 @@ static kiln_status run_loop(kiln_session *ks, int past, const kiln_generate_para
     for (int i = 0; i < n; i++) kn_sampler_accept(&ks->sampler, r->prompt_ids[i]);
     kn_detok_stream ds;
     kn_detok_stream_init(&ds, tok, 0);
+    if (!kn_detok_stream_reserve(&ds)) {
+        kn_free(lat);
+        kn_buf_free(&piece);
+        return kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+    }
 
     kiln_metrics *mt = &r->metrics;
     mt->prompt_tokens = n;
@@ -612,6 +617,7 @@ static kiln_status run_loop(kiln_session *ks, int past, const kiln_generate_para
     ks->n_hist = pos < W ? pos : W;
     kn_free(lat);
     kn_buf_free(&piece);
+    kn_detok_stream_free(&ds);
     return s;
 }
 

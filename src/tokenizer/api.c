@@ -132,7 +132,11 @@ kiln_status kiln_detok_stream_finish(kiln_detok_stream *s, char **text, kiln_err
     return take_buf(&b, text, err);
 }
 
-void kiln_detok_stream_free(kiln_detok_stream *s) { kn_free(s); }
+void kiln_detok_stream_free(kiln_detok_stream *s) {
+    if (!s) return;
+    kn_detok_stream_free(&s->s);
+    kn_free(s);
+}
 
 uint32_t kiln_tokenizer_n_vocab(const kiln_tokenizer *tok) {
     return kn_tokenizer_n_vocab((const kn_tokenizer *)tok);

@@ -127,23 +127,41 @@ void kn_detok_stream_init(kn_detok_stream *s, const kn_tokenizer *t, unsigned fl
     s->flags = flags;
 }
 
+bool kn_detok_stream_reserve(kn_detok_stream *s) {
+    size_t longest = 0;
+    for (uint32_t i = 0; i < s->t->n_vocab; i++) {
+        size_t len = 0;
+        kn_tokenizer_token_text(s->t, (int32_t)i, &len);
+        if (len > longest) longest = len;
+    }
+    /* a token's text can expand (byte tokens to U+FFFD, pieces to spaces); 4x is ample */
+    size_t want = longest * 4 + sizeof s->pend + 16;
+    if (s->scratch.cap >= want) return true;
+    char *d = kn_realloc(s->scratch.data, want);
+    if (!d) return false;
+    s->scratch.data = d;
+    s->scratch.cap = want;
+    return true;
+}
+
+void kn_detok_stream_free(kn_detok_stream *s) { kn_buf_free(&s->scratch); }
+
 kiln_status kn_detok_stream_push(kn_detok_stream *s, int32_t id, kn_buf *out, kiln_error *err) {
     const kn_tokenizer *t = s->t;
     if (id < 0 || (uint32_t)id >= t->n_vocab)
         return kn_fail(err, KILN_ERR_INVALID_ARG, "token id %d is out of range (vocabulary of %u)",
                        (int)id, t->n_vocab);
-    kn_buf piece = {0};
-    if (s->npend) kn_buf_append(&piece, (const char *)s->pend, s->npend);
+    /* the token's bytes, after any held-back ones, in the stream's reused scratch */
+    s->scratch.len = 0;
+    if (s->npend) kn_buf_append(&s->scratch, (const char *)s->pend, s->npend);
     size_t held = s->npend;
-    token_bytes(t, id, s->flags, &piece);
-    if (piece.oom) {
-        kn_buf_free(&piece);
+    token_bytes(t, id, s->flags, &s->scratch);
+    if (s->scratch.oom) {
+        kn_buf_free(&s->scratch);
         return kn_fail(err, KILN_ERR_NOMEM, "out of memory while decoding");
     }
-    if (piece.len == 0) {
-        kn_buf_free(&piece);
-        return KILN_OK;
-    }
+    const kn_buf piece = s->scratch;
+    if (piece.len == 0) return KILN_OK;
     size_t start = 0;
     if (!s->started && piece.len > held) {
         for (int k = 0; k < t->dec_strip_lead && start < piece.len && piece.data[start] == ' '; k++)
@@ -155,7 +173,6 @@ kiln_status kn_detok_stream_push(kn_detok_stream *s, int32_t id, kn_buf *out, ki
     s->npend = n - used;
     if (s->npend > sizeof s->pend) s->npend = 0; /* cannot happen: an incomplete tail is < 4 */
     memcpy(s->pend, piece.data + start + used, s->npend);
-    kn_buf_free(&piece);
     if (out->oom) return kn_fail(err, KILN_ERR_NOMEM, "out of memory while decoding");
     return KILN_OK;
 }
@@ -163,6 +180,7 @@ kiln_status kn_detok_stream_push(kn_detok_stream *s, int32_t id, kn_buf *out, ki
 void kn_detok_stream_flush(kn_detok_stream *s, kn_buf *out) {
     if (s->npend) kn_utf8_sanitize(s->pend, s->npend, true, out);
     s->npend = 0;
+    kn_detok_stream_free(s); /* the stream has ended; a later push simply grows it again */
 }
 
 kiln_status kn_detokenize(const kn_tokenizer *t, const int32_t *ids, size_t n, unsigned flags,
@@ -171,7 +189,10 @@ kiln_status kn_detokenize(const kn_tokenizer *t, const int32_t *ids, size_t n, u
     kn_detok_stream_init(&s, t, flags);
     for (size_t i = 0; i < n; i++) {
         kiln_status st = kn_detok_stream_push(&s, ids[i], out, err);
-        if (st != KILN_OK) return st;
+        if (st != KILN_OK) {
+            kn_detok_stream_free(&s);
+            return st;
+        }
     }
     kn_detok_stream_flush(&s, out);
     if (out->oom) return kn_fail(err, KILN_ERR_NOMEM, "out of memory while decoding");

@@ -132,11 +132,18 @@ typedef struct kn_detok_stream {
     bool started;          /* some text has been produced (for the leading-space strip) */
     uint8_t pend[8];       /* an incomplete UTF-8 sequence held back */
     size_t npend;
+    kn_buf scratch;        /* one token's bytes; reused, so pushing does not allocate once it
+                              has grown to the longest token (kn_detok_stream_reserve) */
 } kn_detok_stream;
 
 void kn_detok_stream_init(kn_detok_stream *s, const kn_tokenizer *t, unsigned flags);
+/* Sizes the scratch for the longest token up front (a generation loop calls it before its
+ * first step); false on OOM. */
+bool kn_detok_stream_reserve(kn_detok_stream *s);
+void kn_detok_stream_free(kn_detok_stream *s);
 kiln_status kn_detok_stream_push(kn_detok_stream *s, int32_t id, kn_buf *out, kiln_error *err);
-/* Ends the stream: a held-back incomplete character becomes U+FFFD. */
+/* Ends the stream: a held-back incomplete character becomes U+FFFD; the scratch is released
+ * (kn_detok_stream_free is only needed for a stream abandoned without a flush). */
 void kn_detok_stream_flush(kn_detok_stream *s, kn_buf *out);
 
 /* Appends src to out with invalid UTF-8 replaced by U+FFFD. With final false, an incomplete

@@ -177,7 +177,8 @@ def test_devices_without_accelerators(stories_offering):
 def test_smollm2_chat_answers_planets(smollm_gguf, tmp_path):
     off = tmp_path / "smol"
     assert run_kiln("bake", smollm_gguf, "-o", off, "--quiet", "--window", 256).returncode == 0
-    ask = ("--system", "You are a helpful assistant.", "--prompt", "List the planets.")
+    ask = ("--system", "You are a helpful assistant.", "--prompt", "List the planets.",
+           "--repeat-penalty", "1.1")
     doc = run_json(off, *ask, "--max-tokens", 48, "-t", 2)
     text = doc["text"]
     planets = ("Mercury", "Venus", "Earth", "Mars", "Jupiter", "Saturn", "Uranus", "Neptune")
@@ -203,3 +204,25 @@ def test_help_for_runtime_commands():
     for cmd in ("run", "chat", "bench"):
         r = run_kiln(cmd, "--help")
         assert r.returncode == 0 and f"usage: kiln {cmd}" in r.stdout
+
+
+def test_chat_keeps_the_cache_between_turns(smollm_gguf, tmp_path):
+    """Two turns, /reset, one more: the second turn prefills only its own tokens (the history
+    stays in the KV cache); after /reset the whole conversation is new again."""
+    import subprocess
+    from conftest import kiln_bin, sanitizer_env
+    off = tmp_path / "smol"
+    assert run_kiln("bake", smollm_gguf, "-o", off, "--quiet", "--window", 512).returncode == 0
+    turns = "What is 2+2?\nAnd 3+3?\n/reset\nAnd 3+3?\n/quit\n"
+    r = subprocess.run([str(kiln_bin()), "chat", str(off), "--max-tokens", "12", "-t", "2",
+                        "--system", "You are a helpful assistant."], input=turns,
+                       capture_output=True, text=True, timeout=300, env=sanitizer_env())
+    assert r.returncode == 0, r.stderr
+    prompts = [int(l.split("prompt ")[1].split(" tok")[0]) for l in r.stderr.splitlines()
+               if l.startswith("[kiln] prompt")]
+    assert len(prompts) == 3, r.stderr
+    first, second, after_reset = prompts
+    # turn 2 feeds only "<|im_end|>\n<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n"
+    # and whatever of the answer re-tokenized differently: far less than the whole conversation
+    assert second < first
+    assert after_reset > second and "conversation reset" in r.stdout
