@@ -294,9 +294,11 @@ static kiln_status write_openvino(const char *model, const char *dir, const kiln
     kiln_status s = kn_gguf_open(model, &g, err);
     if (!s) s = kn_hparams_from_gguf(g, &hp, err);
     if (!s) s = kn_contract_from_gguf(g, &hp, &c, err);
-    static const char *graphs[2][3] = {{"prefill", "openvino_model.xml", "openvino_model.bin"},
-                                       {"decode", "openvino_decode.xml", "openvino_decode.bin"}};
-    for (int i = 0; i < 2 && !s; i++) {
+    static const char *graphs[3][3] = {
+        {"prefill", "openvino_model.xml", "openvino_model.bin"},
+        {"decode", "openvino_decode.xml", "openvino_decode.bin"},
+        {"stateless", "openvino_stateless.xml", "openvino_stateless.bin"}};
+    for (int i = 0; i < 3 && !s; i++) {
         char *x = kn_path_join(dir, graphs[i][1]), *b = kn_path_join(dir, graphs[i][2]);
         s = x && b ? kn_ov_write_ir_graph(g, &hp, &c, graphs[i][0], p->group_size, x, b, err)
                    : kn_fail(err, KILN_ERR_NOMEM, "out of memory");

@@ -36,7 +36,7 @@ typedef struct desc {
     int64_t bos, eos;
     bool chat_template, hf_json;
     kn_str provenance;           /* JSON text, or empty */
-    bool ov_prefill, ov_decode;  /* OpenVINO IR files beside model.gguf */
+    bool ov_prefill, ov_decode, ov_stateless; /* OpenVINO IR files beside model.gguf */
     /* validation */
     int n_checks;
     const char *check_name[MAX_CHECKS];
@@ -155,10 +155,11 @@ static void render_json(const desc *d, kn_buf *b) {
                   d->hf_json ? "true" : "false");
     if (d->offering) {
         kn_buf_printf(b, "  \"openvino\": ");
-        if (d->ov_prefill || d->ov_decode)
-            kn_buf_printf(b, "{\"prefill\": %s, \"decode\": %s},\n",
+        if (d->ov_prefill || d->ov_decode || d->ov_stateless)
+            kn_buf_printf(b, "{\"prefill\": %s, \"decode\": %s, \"stateless\": %s},\n",
                           d->ov_prefill ? "\"openvino_model.xml\"" : "null",
-                          d->ov_decode ? "\"openvino_decode.xml\"" : "null");
+                          d->ov_decode ? "\"openvino_decode.xml\"" : "null",
+                          d->ov_stateless ? "\"openvino_stateless.xml\"" : "null");
         else
             kn_buf_printf(b, "null,\n");
     }
@@ -225,11 +226,11 @@ static void render_text(const desc *d, kn_buf *b) {
     kn_buf_printf(b, ", %lld tokens, %lld merges, bos %lld, eos %lld, chat template %s\n",
                   (long long)d->n_tokens, (long long)d->n_merges, (long long)d->bos,
                   (long long)d->eos, d->chat_template ? "yes" : "no");
-    if (d->ov_prefill || d->ov_decode)
-        kn_buf_printf(b, "\nopenvino IR: %s%s%s (static shapes)\n",
-                      d->ov_prefill ? "openvino_model.xml (prefill)" : "",
-                      d->ov_prefill && d->ov_decode ? ", " : "",
-                      d->ov_decode ? "openvino_decode.xml (decode)" : "");
+    if (d->ov_prefill || d->ov_decode || d->ov_stateless)
+        kn_buf_printf(b, "\nopenvino IR (static shapes):%s%s%s\n",
+                      d->ov_prefill ? " openvino_model.xml (prefill)" : "",
+                      d->ov_decode ? " openvino_decode.xml (decode)" : "",
+                      d->ov_stateless ? " openvino_stateless.xml (stateless)" : "");
     if (d->provenance.len)
         kn_buf_printf(b, "\nprovenance: %.*s\n", (int)d->provenance.len, d->provenance.ptr);
     kn_buf_printf(b, "\nvalidation: %s\n", desc_valid(d) ? "ok" : "FAILED");
@@ -340,10 +341,13 @@ kiln_status kn_describe_offering(const char *model_path, kiln_describe_format fm
         char *dir = slash ? kn_strndup(model_path, (size_t)(slash - model_path)) : kn_strdup(".");
         char *x1 = dir ? kn_path_join(dir, "openvino_model.xml") : NULL;
         char *x2 = dir ? kn_path_join(dir, "openvino_decode.xml") : NULL;
+        char *x3 = dir ? kn_path_join(dir, "openvino_stateless.xml") : NULL;
         d.ov_prefill = x1 && kn_is_file(x1);
         d.ov_decode = x2 && kn_is_file(x2);
+        d.ov_stateless = x3 && kn_is_file(x3);
         kn_free(x1);
         kn_free(x2);
+        kn_free(x3);
         kn_free(dir);
     }
     d.t = kn_calloc((size_t)g->n_tensors + 1, sizeof *d.t);

@@ -235,12 +235,14 @@ static kiln_status open_backend(kiln_session *ks, kiln_error *err) {
     if (strcmp(dev, "auto") != 0)
         return kn_fail(err, KILN_ERR_INVALID_ARG,
                        "--device: '%s' is not auto, cpu, npu, gpu or openvino:DEVICE", dev);
-    /* An offering without IR can only run natively, and the IR has no stateless graph:
-     * nothing to try, nothing to say. */
-    char *xml = km->dir ? kn_path_join(km->dir, "openvino_model.xml") : NULL;
+    /* An offering without the IR of the graphs this mode uses can only run natively: nothing
+     * to try, nothing to say. */
+    char *xml = km->dir ? kn_path_join(km->dir, bp.stateless ? "openvino_stateless.xml"
+                                                              : "openvino_model.xml")
+                        : NULL;
     bool has_ir = xml && kn_is_file(xml);
     kn_free(xml);
-    if (!has_ir || bp.stateless) return kn_backend_cpu_new(km->m, &bp, &ks->b, err);
+    if (!has_ir) return kn_backend_cpu_new(km->m, &bp, &ks->b, err);
     char *devices = NULL;
     kiln_error e;
     if (kn_openvino_devices(p->openvino_lib, &devices, &e) != KILN_OK) {

@@ -140,10 +140,72 @@ def test_missing_devices_and_fallback(stories_ir, stories):
             "openvino:CPU")
     assert r.returncode == 3 and "--target openvino" in r.stderr
 
-    # the IR has no stateless graph
-    r = run(stories_ir, "--raw", "--prompt", PROMPT, "--max-tokens", 2, "--device",
-            "openvino:CPU", "--mode", "stateless")
-    assert r.returncode != 0 and "stateless" in r.stderr
+
+def test_stateless_without_its_ir(stories_ir, tmp_path):
+    """An offering baked before the stateless graph existed: --mode stateless on an OpenVINO
+    device is exit 3 naming the missing file; auto runs it natively; kv mode is unaffected."""
+    import shutil
+    old = tmp_path / "old"
+    shutil.copytree(stories_ir, old, ignore=shutil.ignore_patterns(".kiln-cache",
+                                                                   "openvino_stateless.*"))
+    r = run(old, "--raw", "--prompt", PROMPT, "--max-tokens", 2, "--device", "openvino:CPU",
+            "--mode", "stateless")
+    assert r.returncode == 3 and "no openvino_stateless.xml" in r.stderr, r.stderr
+    assert run_json(old, "--raw", "--prompt", PROMPT, "--max-tokens", 2, "--mode",
+                    "stateless")["device"] == "cpu"
+    assert run_json(old, "--raw", "--prompt", PROMPT, "--max-tokens", 2, "--device",
+                    "openvino:CPU")["device"] == "openvino:CPU"
+
+
+@pytest.fixture(scope="module")
+def stories_w64(stories, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ovs") / "off"
+    r = run_kiln("bake", stories, "-o", out, "--quant", "keep", "--target", "openvino",
+                 "--window", 64, "--chunk", 16, "--quiet")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_stateless_graph_matches_llama2c_kv_and_native(stories_w64):
+    """openvino_stateless.xml: the prompt and 59 generated tokens fill the 64-token window
+    exactly; every step reruns the whole padded window. Same ids as llama2.c, as the kv graphs
+    and as the native stateless engine; the backend compiles only the stateless graph."""
+    prompt, want = golden_ids()
+    want = want[:64 - len(prompt)]
+    assert len(want) == 59
+    args = ("--raw", "--prompt", PROMPT, "--max-tokens", len(want))
+    sl = run(stories_w64, "--json", *args, "--mode", "stateless", "--device", "openvino:CPU")
+    assert sl.returncode == 0, sl.stderr
+    assert "openvino_stateless.xml ready" in sl.stderr
+    assert "openvino_model.xml" not in sl.stderr and "openvino_decode.xml" not in sl.stderr
+    doc = json.loads(sl.stdout)
+    assert doc["device"] == "openvino:CPU" and doc["mode"] == "stateless"
+    assert doc["prompt_tokens"] == prompt
+    assert doc["tokens"] == want
+    kv = run_json(stories_w64, *args, "--mode", "kv", "--device", "openvino:CPU")
+    native = run_json(stories_w64, *args, "--mode", "stateless", "--device", "cpu")
+    assert kv["tokens"] == want and native["tokens"] == want
+
+
+def test_stateless_graph_slides_like_native(stories_w64):
+    """A prompt longer than the window, then generation under --overflow slide: the window
+    keeps the sink tokens and drops the oldest after them, the same on both backends."""
+    long = ("Once upon a time there was a little girl named Lily who loved to play in the park "
+            "with her friends. One day she saw a big red ball and she wanted to play with it. "
+            "She ran to the ball and kicked it very hard and it flew over the fence")
+    args = ("--raw", "--prompt", long, "--max-tokens", 24, "--overflow", "slide", "--mode",
+            "stateless")
+    a = run_json(stories_w64, *args, "--device", "cpu")
+    b = run_json(stories_w64, *args, "--device", "openvino:CPU")
+    assert len(a["prompt_tokens"]) > 64
+    assert b["tokens"] == a["tokens"]
+
+
+def test_stateless_verify(stories_w64):
+    """--verify drives the backend's prefill; opened for stateless it runs that as a window."""
+    r = run(stories_w64, "--raw", "--prompt", PROMPT, "--max-tokens", 2, "--device",
+            "openvino:CPU", "--mode", "stateless", "--verify")
+    assert r.returncode == 0 and "--verify ok" in r.stderr, r.stderr
 
 
 def test_openvino_unloadable(stories_ir):

@@ -143,6 +143,9 @@ def numpy_forward(path, ids):
         return y + w[name + ".bias"] if name + ".bias" in w else y
 
     causal = np.triu(np.full((n, n), -np.inf), 1)
+    swa = f("attention.sliding_window") if f"{a}.attention.sliding_window" in r.fields else 0
+    if swa:  # a query at i sees keys i - swa < j <= i
+        causal += np.tril(np.full((n, n), -np.inf), -swa)
     x = w["token_embd.weight"][ids]
     for l in range(L):
         p = f"blk.{l}."
@@ -241,6 +244,33 @@ def test_stories_ir_is_static(stories_keep):
     graphs = manifest_graphs(stories_keep)
     assert_static(stories_keep / "openvino_model.xml", graphs["prefill"])
     assert_static(stories_keep / "openvino_decode.xml", graphs["decode"])
+    assert_static(stories_keep / "openvino_stateless.xml", graphs["stateless"])
+
+
+class Stateless:
+    """openvino_stateless.xml: one window of W ids, padded with 0 and mask 0."""
+
+    def __init__(self, off):
+        core = ov.Core()
+        self.m = core.compile_model(core.read_model(off / "openvino_stateless.xml"), "CPU", EXACT)
+        self.W = self.m.input("input_ids").get_shape()[1]
+
+    def __call__(self, ids, pad=0):
+        x = np.full((1, self.W), pad, np.int32)
+        x[0, :len(ids)] = ids
+        mask = np.zeros((1, self.W), np.int32)
+        mask[0, :len(ids)] = 1
+        return self.m({"input_ids": x, "attention_mask": mask})["logits"][0]
+
+
+def test_stories_stateless_logits_match_llama2c(stories_keep):
+    prompt, ref, _ = golden()
+    run = Stateless(stories_keep)
+    for pos, want in ref.items():
+        got = run(prompt[:pos + 1])
+        np.testing.assert_allclose(got[:len(want)], want, rtol=1e-4, atol=1e-4)
+        # the padding ids are masked out: any valid id gives the same logits
+        np.testing.assert_array_equal(run(prompt[:pos + 1], pad=7), got)
 
 
 def test_stories_logits_match_llama2c(stories_keep):
@@ -317,7 +347,7 @@ def test_smollm2_ir(smol):
 
 # ---- Qwen2: NeoX RoPE, q/k/v biases, untied classifier (a small random model) ----
 
-def write_qwen2(path, L=2, E=64, H=4, Hkv=2, F=96, V=300, window=16, chunk=4):
+def write_qwen2(path, L=2, E=64, H=4, Hkv=2, F=96, V=300, window=16, chunk=4, swa=0):
     rng = np.random.default_rng(7)
     w = gguf.GGUFWriter(str(path), "qwen2")
     w.add_block_count(L)
@@ -331,6 +361,8 @@ def write_qwen2(path, L=2, E=64, H=4, Hkv=2, F=96, V=300, window=16, chunk=4):
     w.add_uint32("kiln.contract.window", window)
     w.add_uint32("kiln.contract.chunk", chunk)
     w.add_uint32("kiln.contract.sink", 2)
+    if swa:
+        w.add_uint32("qwen2.attention.sliding_window", swa)
     D = E // H
 
     def t(name, *shape, scale=0.2, off=0.0):
@@ -374,6 +406,24 @@ def test_qwen2_neox_bias_untied(tmp_path):
     run.past[:] = 0
     run.prompt(ids[:5])
     np.testing.assert_allclose(run.decode(ids[5], 5), want[5], rtol=1e-4, atol=1e-4)
+    # and the stateless graph (W = 16) over every prefix
+    sl = Stateless(tmp_path)
+    for n in range(1, len(ids) + 1):
+        np.testing.assert_allclose(sl(ids[:n]), want[n - 1], rtol=1e-4, atol=1e-4)
+
+
+def test_stateless_sliding_window(tmp_path):
+    """A sliding window of 3 in the stateless graph's own mask; the padding rows, more than 3
+    past the last real token, must not turn NaN (they would poison the next layer)."""
+    write_qwen2(tmp_path / "model.gguf", swa=3)
+    tool("write", tmp_path)
+    ids = [5, 17, 250, 3, 99, 42]
+    want = numpy_forward(tmp_path / "model.gguf", ids)
+    write_qwen2(tmp_path / "full.gguf")  # the same weights without the window
+    assert np.abs(want[5] - numpy_forward(tmp_path / "full.gguf", ids)[5]).max() > 0.1
+    sl = Stateless(tmp_path)
+    for n in range(1, len(ids) + 1):
+        np.testing.assert_allclose(sl(ids[:n]), want[n - 1], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("target", ["openvino", "npu"])
@@ -383,16 +433,22 @@ def test_bake_target_writes_static_ir_matching_the_manifest(stories, tmp_path, t
                  "--chunk", 16)
     assert r.returncode == 0, r.stderr
     manifest = json.loads((off / "manifest.json").read_text())
-    assert manifest["openvino"] == {"prefill": "openvino_model.xml",
-                                    "decode": "openvino_decode.xml"}
+    files = {"prefill": "openvino_model.xml", "decode": "openvino_decode.xml",
+             "stateless": "openvino_stateless.xml"}
+    assert manifest["openvino"] == files
     graphs = {g["name"]: g for g in manifest["contract"]["graphs"]}
+    assert set(graphs) == set(files)
     core = ov.Core()
-    for name, xml in manifest["openvino"].items():
+    for name, xml in files.items():
         model = core.read_model(str(off / xml))
         assert not model.is_dynamic()
-        got = {p.get_any_name(): list(p.get_partial_shape().to_shape()) for p in model.inputs}
-        want = {io["name"]: io["shape"] for io in graphs[name]["inputs"]}
+        assert all(p.get_partial_shape().is_static for p in model.inputs), name
+        got = [(p.get_any_name(), list(p.get_partial_shape().to_shape())) for p in model.inputs]
+        want = [(io["name"], io["shape"]) for io in graphs[name]["inputs"]]
         assert got == want, name
+        types = {p.get_any_name(): p.get_element_type() for p in model.inputs}
+        assert types == {io["name"]: {"i32": ov.Type.i32, "f32": ov.Type.f32}[io["dtype"]]
+                         for io in graphs[name]["inputs"]}, name
         outs = {p.get_any_name(): list(p.get_partial_shape().to_shape()) for p in model.outputs}
         assert outs == {io["name"]: io["shape"] for io in graphs[name]["outputs"]}
     if target == "npu":

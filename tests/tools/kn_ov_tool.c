@@ -1,9 +1,9 @@
 /* kn_ov_tool — drives the OpenVINO IR writer for tests/py/test_openvino_ir.py.
  *
  *   kn_ov_tool write OFFERING [GROUP]
- *       writes openvino_model.xml/.bin (prefill graph) and openvino_decode.xml/.bin (decode
- *       graph) into the offering; GROUP is the Q4_0 group size (0 = the offering's, -1 =
- *       channel-wise).
+ *       writes openvino_model.xml/.bin (prefill graph), openvino_decode.xml/.bin (decode
+ *       graph) and openvino_stateless.xml/.bin (stateless graph) into the offering; GROUP is
+ *       the Q4_0 group size (0 = the offering's, -1 = channel-wise).
  *   kn_ov_tool native OFFERING N_GEN ID...
  *       the native CPU engine as the oracle: feeds the prompt ids, prints the logits of the last
  *       prompt token on a line "LOGITS v0 v1 ..." and N_GEN greedy ids on a line "IDS ...".
@@ -30,9 +30,11 @@ static int cmd_write(const char *dir, int group) {
     kn_free(path);
     if (s == KILN_OK) s = kn_hparams_from_gguf(g, &hp, &err);
     if (s == KILN_OK) s = kn_contract_from_gguf(g, &hp, &c, &err);
-    static const char *names[2][3] = {{"prefill", "openvino_model.xml", "openvino_model.bin"},
-                                      {"decode", "openvino_decode.xml", "openvino_decode.bin"}};
-    for (int i = 0; i < 2 && s == KILN_OK; i++) {
+    static const char *names[3][3] = {
+        {"prefill", "openvino_model.xml", "openvino_model.bin"},
+        {"decode", "openvino_decode.xml", "openvino_decode.bin"},
+        {"stateless", "openvino_stateless.xml", "openvino_stateless.bin"}};
+    for (int i = 0; i < 3 && s == KILN_OK; i++) {
         char *xml = kn_path_join(dir, names[i][1]), *bin = kn_path_join(dir, names[i][2]);
         s = xml && bin ? kn_ov_write_ir_graph(g, &hp, &c, names[i][0], group, xml, bin, &err)
                        : KILN_ERR_NOMEM;

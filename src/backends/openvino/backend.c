@@ -1,6 +1,7 @@
 /* backend.c — the OpenVINO backend: the offering's static IR (openvino_model.xml = prefill
  * [1,C], openvino_decode.xml = decode [1,1]; docs/OPENVINO.md) compiled for one OpenVINO
- * device and driven with a host-side KV cache.
+ * device and driven with a host-side KV cache; or, opened for --mode stateless, only
+ * openvino_stateless.xml (one padded [1,W] window, no cache).
  *
  * The graphs never write the cache: each call reads past_kv [L,2,Hkv,W,D] and returns the T
  * new rows new_kv [L,2,Hkv,T,D], which this file copies into the slots the native engine would
@@ -11,6 +12,12 @@
  *
  * Every buffer (cache, inputs, outputs) is allocated once at open and wrapped once in an
  * ov_tensor set on both infer requests; a step only writes host memory and calls infer.
+ *
+ * The stateless graph takes input_ids i32 [1,W] and attention_mask i32 [1,W] (1 = real) and
+ * returns the logits of the last real token; the window is padded with id 0 and mask 0 (the
+ * mask makes the padding ids irrelevant). A backend opened for it compiles nothing else: its
+ * prefill and decode run the same window over the tokens so far (positions 0..W-1 only), which
+ * is all --verify and a fresh-cache prefill need.
  */
 #include <errno.h>
 #include <math.h>
@@ -42,6 +49,8 @@ typedef struct ov_backend {
     int W;                           /* the IR's cache slots (>= m->window: a caller may lower W) */
     int C;                           /* the IR's prefill width */
     ov_graph pre, dec;
+    ov_graph sl;                     /* stateless mode: the only compiled graph */
+    bool stateless;                  /* opened for --mode stateless */
     /* host buffers, shared by both graphs (they never run at once) */
     float *past_kv;                  /* [L,2,Hkv,W,D] */
     float *new_kv;                   /* [L,2,Hkv,C,D]; decode uses the first [L,2,Hkv,1,D] */
@@ -54,6 +63,11 @@ typedef struct ov_backend {
     int32_t *slot_pos;               /* [W] position held by each slot, -1 = empty */
     int32_t *slot_row;               /* [W] the call's row that takes the slot, -1 = none */
     int32_t *row_slot;               /* [C] */
+    /* stateless mode */
+    int SW;                          /* the stateless IR's window */
+    int32_t *sl_ids;                 /* [SW] the window: tokens at positions 0..sl_len-1 */
+    int32_t *sl_mask;                /* [SW] 1 for real tokens */
+    int sl_len;
 } ov_backend;
 
 /* ---- small helpers ---------------------------------------------------------------------- */
@@ -184,13 +198,16 @@ static ov_status compile(ov_backend *b, const char *xml, const char *dev, const 
 /* OpenVINO keys a cached blob of compile_model_from_file by the file's path and the
  * properties only, not by its contents, so a re-bake in place would load the old blob. The
  * cache folder is therefore named after the IR: the XML text and the .bin files' size and
- * modification time. */
-static kiln_status cache_dir_for(const char *dir, const char *const files[4], char **out,
+ * modification time, of every graph the offering has (absent files are skipped, so an offering
+ * without the stateless graph keeps the folder name it had before that graph existed). */
+#define N_FILES 6
+
+static kiln_status cache_dir_for(const char *dir, const char *const files[N_FILES], char **out,
                                  kiln_error *err) {
     *out = NULL;
     kn_sha256 h;
     kn_sha256_init(&h);
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < N_FILES; i++) {
         char *path = kn_path_join(dir, files[i]);
         if (!path) return kn_fail(err, KILN_ERR_NOMEM, "out of memory");
         struct stat st;
@@ -363,6 +380,61 @@ static kiln_status wrap_tensors(ov_backend *b, ov_graph *g, ov_etype f32, ov_ety
     return KILN_OK;
 }
 
+/* The stateless graph: input_ids i32 [1,W], attention_mask i32 [1,W] -> logits f32 [1,V], no
+ * cache; W at least the model's window. Learns the element-type codes as bind_graph does. */
+static kiln_status bind_stateless(ov_backend *b, const char *file, ov_etype *f32, ov_etype *i32,
+                                  kiln_error *err) {
+    static const int ports[3] = {IN_IDS, IN_MASK, OUT_LOGITS};
+    port_info pi[3];
+    kiln_status s;
+    for (int k = 0; k < 3; k++) {
+        if ((s = read_port(b, b->sl.cm, ports[k], ports[k] < OUT_LOGITS, &pi[k], err))) return s;
+        if (!pi[k].present)
+            return kn_fail(err, KILN_ERR_FORMAT, "%s: no %s %s", file,
+                           ports[k] < OUT_LOGITS ? "input" : "output", k_port_name[ports[k]]);
+    }
+    port_info past;
+    if ((s = read_port(b, b->sl.cm, IN_PAST, true, &past, err))) return s;
+    if (past.present)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: has a past_kv input: not a stateless graph",
+                       file);
+    if (pi[0].rank != 2 || pi[0].dims[1] < 1 || pi[0].dims[1] > 65536)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: input_ids is not [1,W]", file);
+    b->SW = (int)pi[0].dims[1];
+    b->sl.T = b->SW;
+    if (b->SW < b->m->window)
+        return kn_fail(err, KILN_ERR_FORMAT,
+                       "%s: the IR's window is %d tokens, the model's is %d (re-bake with "
+                       "--target openvino)", file, b->SW, b->m->window);
+    const int64_t sh_win[2] = {1, b->SW}, sh_logits[2] = {1, b->V};
+    if ((s = expect_shape(&pi[0], file, "input_ids", sh_win, 2, err)) ||
+        (s = expect_shape(&pi[1], file, "attention_mask", sh_win, 2, err)) ||
+        (s = expect_shape(&pi[2], file, "logits", sh_logits, 2, err)))
+        return s;
+    *i32 = pi[0].type;
+    *f32 = pi[2].type;
+    if (*i32 == *f32 || pi[1].type != *i32)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: input_ids and attention_mask should be i32, "
+                       "logits f32", file);
+    return KILN_OK;
+}
+
+static kiln_status wrap_stateless(ov_backend *b, ov_etype f32, ov_etype i32, kiln_error *err) {
+    int64_t sh_win[2] = {1, b->SW}, sh_logits[2] = {1, b->V};
+    static const int ports[3] = {IN_IDS, IN_MASK, OUT_LOGITS};
+    void *host[3] = {b->sl_ids, b->sl_mask, b->logits};
+    for (int k = 0; k < 3; k++) {
+        ov_shape sh = {2, k == 2 ? sh_logits : sh_win};
+        ov_status st = b->api.tensor_create_from_host_ptr(k == 2 ? f32 : i32, sh, host[k],
+                                                          &b->sl.t[ports[k]]);
+        if (!st)
+            st = b->api.infer_request_set_tensor(b->sl.req, k_port_name[ports[k]],
+                                                 b->sl.t[ports[k]]);
+        if (st) return ov_fail(b, err, KILN_ERR_INTERNAL, st, k_port_name[ports[k]]);
+    }
+    return KILN_OK;
+}
+
 /* ---- the steps ---------------------------------------------------------------------------- */
 
 /* Runs graph g on n real tokens (ids and pos in b->ids / b->pos, rows n..T-1 padding) and
@@ -425,6 +497,53 @@ static kiln_status check_id(const ov_backend *b, int32_t id, kiln_error *err) {
     return KILN_OK;
 }
 
+/* The stateless graph over the first n tokens of b->sl_ids (the rest padding). */
+static kiln_status run_window(ov_backend *b, int n, const float **logits, kiln_error *err) {
+    for (int i = 0; i < b->SW; i++) {
+        if (i >= n) b->sl_ids[i] = 0;
+        b->sl_mask[i] = i < n;
+    }
+    b->sl_len = n;
+    ov_status st = b->api.infer_request_infer(b->sl.req);
+    if (st) {
+        b->sl_len = 0;
+        return ov_fail(b, err, KILN_ERR_INTERNAL, st, "infer");
+    }
+    *logits = b->logits;
+    return KILN_OK;
+}
+
+/* Stateless mode has no cache: tokens n at position pos0 extend the window when they follow
+ * the tokens already in it and fit. */
+static kiln_status window_append(ov_backend *b, const int32_t *ids, int n, int pos0,
+                                 const float **logits, kiln_error *err) {
+    if (pos0 != b->sl_len || n > b->SW - pos0)
+        return kn_fail(err, KILN_ERR_UNSUPPORTED,
+                       "%s: opened for --mode stateless, which runs tokens at positions 0..%d "
+                       "as one window (asked for %d at position %d after %d)", b->base.device,
+                       b->SW - 1, n, pos0, b->sl_len);
+    memmove(b->sl_ids + pos0, ids, sizeof(int32_t) * (size_t)n);
+    return run_window(b, pos0 + n, logits, err);
+}
+
+static kiln_status ov_stateless(kn_backend *base, const int32_t *ids, int n_valid,
+                                const float **logits, kiln_error *err) {
+    ov_backend *b = (ov_backend *)base;
+    if (!b->stateless)
+        return kn_fail(err, KILN_ERR_UNSUPPORTED,
+                       "%s: the backend was opened without the stateless graph (open it for "
+                       "--mode stateless)", base->device);
+    if (n_valid < 1 || n_valid > b->SW)
+        return kn_fail(err, KILN_ERR_INVALID_ARG, "stateless: %d valid tokens in a window of %d",
+                       n_valid, b->SW);
+    for (int i = 0; i < n_valid; i++) {
+        kiln_status s = check_id(b, ids[i], err);
+        if (s) return s;
+    }
+    b->sl_len = 0;
+    return window_append(b, ids, n_valid, 0, logits, err);
+}
+
 static kiln_status ov_prefill(kn_backend *base, const int32_t *ids, int n, int pos0,
                               const float **logits, kiln_error *err) {
     ov_backend *b = (ov_backend *)base;
@@ -434,6 +553,7 @@ static kiln_status ov_prefill(kn_backend *base, const int32_t *ids, int n, int p
         kiln_status s = check_id(b, ids[i], err);
         if (s) return s;
     }
+    if (b->stateless) return window_append(b, ids, n, pos0, logits, err);
     const int C = b->C;
     for (int at = 0; at < n; at += C) {
         int k = n - at < C ? n - at : C;
@@ -455,6 +575,7 @@ static kiln_status ov_decode(kn_backend *base, int32_t id, int32_t position,
     kiln_status s = check_id(b, id, err);
     if (s) return s;
     if (position < 0) return kn_fail(err, KILN_ERR_INVALID_ARG, "decode: negative position");
+    if (b->stateless) return window_append(b, &id, 1, position, logits, err);
     b->ids[0] = id;
     b->pos[0] = position;
     if ((s = run_graph(b, &b->dec, 1, err))) return s;
@@ -462,18 +583,10 @@ static kiln_status ov_decode(kn_backend *base, int32_t id, int32_t position,
     return KILN_OK;
 }
 
-static kiln_status ov_stateless(kn_backend *base, const int32_t *ids, int n_valid,
-                                const float **logits, kiln_error *err) {
-    (void)ids;
-    (void)n_valid;
-    (void)logits;
-    return kn_fail(err, KILN_ERR_UNSUPPORTED,
-                   "%s: the offering's OpenVINO IR has no stateless graph (use --mode kv, or "
-                   "--device cpu for stateless)", base->device);
-}
-
 static void ov_reset(kn_backend *base) {
     ov_backend *b = (ov_backend *)base;
+    b->sl_len = 0;
+    if (!b->past_kv) return; /* stateless mode: no cache */
     for (int s = 0; s < b->W; s++) b->slot_pos[s] = -1;
     /* unfilled slots stay finite: masked columns still multiply their V rows by 0 */
     memset(b->past_kv, 0, sizeof(float) * (size_t)b->L * 2 * (size_t)b->Hkv * (size_t)b->W *
@@ -491,6 +604,7 @@ static void ov_backend_free(kn_backend *base) {
     ov_backend *b = (ov_backend *)base;
     if (!b) return;
     if (b->api.lib) {
+        free_graph(b, &b->sl);
         free_graph(b, &b->dec);
         free_graph(b, &b->pre);
         if (b->core) b->api.core_free(b->core);
@@ -504,6 +618,8 @@ static void ov_backend_free(kn_backend *base) {
     kn_free(b->slot_pos);
     kn_free(b->slot_row);
     kn_free(b->row_slot);
+    kn_free(b->sl_ids);
+    kn_free(b->sl_mask);
     kn_free(b);
 }
 
@@ -532,6 +648,15 @@ static kiln_status compile_graph(ov_backend *b, const kn_backend_params *p, cons
     return KILN_OK;
 }
 
+static kiln_status alloc_stateless(ov_backend *b, kiln_error *err) {
+    b->logits = kn_calloc((size_t)b->V, sizeof(float));
+    b->sl_ids = kn_calloc((size_t)b->SW, sizeof(int32_t));
+    b->sl_mask = kn_calloc((size_t)b->SW, sizeof(int32_t));
+    if (!b->logits || !b->sl_ids || !b->sl_mask)
+        return kn_fail(err, KILN_ERR_NOMEM, "openvino: out of memory");
+    return KILN_OK;
+}
+
 static kiln_status alloc_buffers(ov_backend *b, kiln_error *err) {
     const size_t W = (size_t)b->W, C = (size_t)b->C, planes = (size_t)b->L * 2 * (size_t)b->Hkv;
     b->past_kv = kn_malloc(sizeof(float) * planes * W * (size_t)b->D);
@@ -556,18 +681,27 @@ static kiln_status alloc_buffers(ov_backend *b, kiln_error *err) {
 static kiln_status open_ov(ov_backend *b, const kn_model *m, const kn_backend_params *p,
                            kiln_error *err) {
     const char *dev = p->ov_device;
-    static const char *const files[4] = {"openvino_model.xml", "openvino_model.bin",
-                                         "openvino_decode.xml", "openvino_decode.bin"};
+    /* XMLs at even indices (cache_dir_for hashes them whole) */
+    static const char *const files[N_FILES] = {
+        "openvino_model.xml",     "openvino_model.bin",    "openvino_decode.xml",
+        "openvino_decode.bin",    "openvino_stateless.xml", "openvino_stateless.bin"};
+    /* kv mode needs the prefill and decode graphs, stateless mode only its own */
+    const int need0 = p->stateless ? 4 : 0, need1 = p->stateless ? 6 : 4;
     /* The IR first: an offering without it is a plain "not here" for auto, and no reason to
      * load OpenVINO at all. */
     if (!p->offering_dir)
         return kn_fail(err, KILN_ERR_DEVICE,
                        "%s: no OpenVINO IR (the model is not an offering: bake it with "
                        "--target openvino, or run with --device cpu)", dev);
-    for (int i = 0; i < 4; i++) {
+    for (int i = need0; i < need1; i++) {
         char *path = kn_path_join(p->offering_dir, files[i]);
         bool ok = path && kn_is_file(path);
         kn_free(path);
+        if (!ok && p->stateless)
+            return kn_fail(err, KILN_ERR_DEVICE,
+                           "%s: the offering has no %s for --mode stateless (re-bake it with "
+                           "--target openvino, or run --mode kv, or --device cpu)", dev,
+                           files[i]);
         if (!ok)
             return kn_fail(err, KILN_ERR_DEVICE,
                            "%s: the offering has no %s (bake it with --target openvino, or run "
@@ -611,9 +745,21 @@ static kiln_status open_ov(ov_backend *b, const kn_model *m, const kn_backend_pa
     snprintf(threads, sizeof threads, "%d", p->threads);
     props ps = {0};
     device_props(&ps, dev, cache, p->threads > 0 ? threads : NULL);
+    ov_etype f32 = 0, i32 = 0;
+    if (p->stateless) {
+        b->stateless = true;
+        char *xml = kn_path_join(p->offering_dir, files[4]);
+        s = xml ? compile_graph(b, p, xml, files[4], &ps, &b->sl, err)
+                : kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+        if (!s) s = bind_stateless(b, files[4], &f32, &i32, err);
+        if (!s) s = alloc_stateless(b, err);
+        if (!s) s = wrap_stateless(b, f32, i32, err);
+        kn_free(xml);
+        kn_free(cache);
+        return s;
+    }
     char *xml_pre = kn_path_join(p->offering_dir, files[0]);
     char *xml_dec = kn_path_join(p->offering_dir, files[2]);
-    ov_etype f32 = 0, i32 = 0;
     if (!xml_pre || !xml_dec) s = kn_fail(err, KILN_ERR_NOMEM, "out of memory");
     if (!s) s = compile_graph(b, p, xml_pre, files[0], &ps, &b->pre, err);
     if (!s) s = bind_graph(b, &b->pre, files[0], true, &f32, &i32, err);

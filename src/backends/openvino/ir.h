@@ -9,6 +9,8 @@
  *   logit_index i32 [1] (prefill only), past_kv f32 [L,2,Hkv,W,D]
  *   -> logits f32 [1,V] (row logit_index; row 0 for decode), new_kv f32 [L,2,Hkv,T,D]
  *
+ * and the stateless graph (no cache): input_ids i32 [1,W], attention_mask i32 [1,W] -> logits.
+ *
  * Weights keep their GGUF quantization in OpenVINO's compressed-weight pattern (Const i4/u4/i8
  * [rows, groups, group] -> Convert f16 -> [Subtract zero point] -> Multiply scale -> Reshape ->
  * Convert f32 -> MatMul transpose_b), which the CPU and NPU plugins recognise:
@@ -27,9 +29,12 @@
 #include "model/contract.h"
 #include "model/hparams.h"
 
-/* Writes graph `graph` ("prefill" or "decode") of contract c to xml_path + bin_path. On failure
- * both files are removed. KILN_ERR_UNSUPPORTED for the stateless graph, a rope_dim below the
- * head dimension or a weight type kiln cannot read. */
+/* Writes graph `graph` ("prefill", "decode" or "stateless") of contract c to xml_path +
+ * bin_path. The stateless graph is the same forward pass over T = W tokens at positions
+ * 0..W-1 with no cache: input_ids i32 [1,W], attention_mask i32 [1,W] (1 = real token, real
+ * tokens first) -> logits f32 [1,V] of row sum(attention_mask) - 1. On failure both files are
+ * removed. KILN_ERR_UNSUPPORTED for a rope_dim below the head dimension or a weight type kiln
+ * cannot read. */
 kiln_status kn_ov_write_ir_graph(const kn_gguf *model_gguf, const kn_hparams *hp,
                                  const kn_contract *c, const char *graph, int group_size,
                                  const char *xml_path, const char *bin_path, kiln_error *err);

@@ -55,6 +55,7 @@ static const struct {
     [KN_OV_I64] = {"i64", "I64", 64},  [KN_OV_I32] = {"i32", "I32", 32},
     [KN_OV_I8] = {"i8", "I8", 8},      [KN_OV_U8] = {"u8", "U8", 8},
     [KN_OV_I4] = {"i4", "I4", 4},      [KN_OV_U4] = {"u4", "U4", 4},
+    [KN_OV_BOOL] = {"boolean", "BOOL", 8},
 };
 
 static bool is_float(kn_ov_et et) { return et == KN_OV_F32 || et == KN_OV_F16; }
@@ -242,7 +243,9 @@ static int broadcast(kn_ovb *b, const char *type, const ov_val *x, const ov_val 
     return 0;
 }
 
-int kn_ovb_binary(kn_ovb *b, const char *type, int x, int y) {
+/* Elementwise over two operands of one type; the result has type `out` (the operands' own
+ * type when out < 0). */
+static int elementwise(kn_ovb *b, const char *type, int x, int y, int out) {
     int ins[2] = {x, y};
     if (!check_inputs(b, ins, 2, type)) return -1;
     const ov_val *a = &b->v[x], *c = &b->v[y];
@@ -252,7 +255,35 @@ int kn_ovb_binary(kn_ovb *b, const char *type, int x, int y) {
     int r;
     int64_t s[KN_OV_MAX_RANK];
     if (broadcast(b, type, a, c, &r, s) < 0) return -1;
-    return add1(b, type, "opset1", "auto_broadcast=\"numpy\"", ins, 2, a->et, r, s);
+    return add1(b, type, "opset1", "auto_broadcast=\"numpy\"", ins, 2,
+                out < 0 ? a->et : (kn_ov_et)out, r, s);
+}
+
+int kn_ovb_binary(kn_ovb *b, const char *type, int x, int y) {
+    bool logical = strncmp(type, "Logical", 7) == 0;
+    if (valid(b, x) && (b->v[x].et == KN_OV_BOOL) != logical)
+        return kn_ovb_fail(b, KILN_ERR_INTERNAL, "openvino IR: %s of %s", type,
+                           ET[b->v[x].et].name);
+    return elementwise(b, type, x, y, -1);
+}
+
+int kn_ovb_compare(kn_ovb *b, const char *type, int x, int y) {
+    return elementwise(b, type, x, y, KN_OV_BOOL);
+}
+
+int kn_ovb_select(kn_ovb *b, int cond, int x, int y) {
+    int ins[3] = {cond, x, y};
+    if (!check_inputs(b, ins, 3, "Select")) return -1;
+    const ov_val *c = &b->v[cond], *a = &b->v[x], *e = &b->v[y];
+    if (c->et != KN_OV_BOOL || a->et != e->et)
+        return kn_ovb_fail(b, KILN_ERR_INTERNAL, "openvino IR: Select of %s ? %s : %s",
+                           ET[c->et].name, ET[a->et].name, ET[e->et].name);
+    ov_val ab = *a;
+    if (broadcast(b, "Select", a, e, &ab.rank, ab.shape) < 0) return -1;
+    int r;
+    int64_t s[KN_OV_MAX_RANK];
+    if (broadcast(b, "Select", c, &ab, &r, s) < 0) return -1;
+    return add1(b, "Select", "opset1", "auto_broadcast=\"numpy\"", ins, 3, a->et, r, s);
 }
 
 int kn_ovb_unary(kn_ovb *b, const char *type, int x) {
@@ -363,16 +394,24 @@ int kn_ovb_gather(kn_ovb *b, int data, int indices, int axis) {
     return add1(b, "Gather", "opset8", "batch_dims=\"0\"", ins, 3, d.et, r, s);
 }
 
-int kn_ovb_reduce_mean(kn_ovb *b, int x, int axis) {
-    if (!check_inputs(b, &x, 1, "ReduceMean")) return -1;
+int kn_ovb_reduce(kn_ovb *b, const char *type, int x, int axis, bool keep_dims) {
+    if (!check_inputs(b, &x, 1, type)) return -1;
     const ov_val a = b->v[x];
-    if (axis < 0 || axis >= a.rank) return kn_ovb_fail(b, KILN_ERR_INTERNAL, "ReduceMean axis");
+    if (axis < 0 || axis >= a.rank)
+        return kn_ovb_fail(b, KILN_ERR_INTERNAL, "openvino IR: %s axis", type);
     int64_t ax = axis, s[KN_OV_MAX_RANK];
-    memcpy(s, a.shape, sizeof s);
-    s[axis] = 1;
+    int r = 0;
+    for (int i = 0; i < a.rank; i++)
+        if (i != axis) s[r++] = a.shape[i];
+        else if (keep_dims) s[r++] = 1;
     int c = kn_ovb_const_i64v(b, 1, &ax);
     int ins[2] = {x, c};
-    return add1(b, "ReduceMean", "opset1", "keep_dims=\"true\"", ins, 2, a.et, a.rank, s);
+    return add1(b, type, "opset1", keep_dims ? "keep_dims=\"true\"" : "keep_dims=\"false\"",
+                ins, 2, a.et, r, s);
+}
+
+int kn_ovb_reduce_mean(kn_ovb *b, int x, int axis) {
+    return kn_ovb_reduce(b, "ReduceMean", x, axis, true);
 }
 
 int kn_ovb_softmax(kn_ovb *b, int x, int axis) {

@@ -28,7 +28,7 @@
 
 typedef enum kn_ov_et {
     KN_OV_F32 = 0, KN_OV_F16, KN_OV_I64, KN_OV_I32, KN_OV_I8, KN_OV_U8, KN_OV_I4, KN_OV_U4,
-    KN_OV_ET_COUNT
+    KN_OV_BOOL, KN_OV_ET_COUNT
 } kn_ov_et;
 
 typedef struct kn_ovb kn_ovb;
@@ -51,8 +51,13 @@ int kn_ovb_const_f32(kn_ovb *b, float v);           /* scalar */
 int kn_ovb_const_i64v(kn_ovb *b, int n, const int64_t *v); /* 1-D */
 int kn_ovb_const_i32(kn_ovb *b, int32_t v);         /* scalar */
 
-/* Elementwise with numpy broadcasting: "Add", "Subtract", "Multiply", "Divide", "Power". */
+/* Elementwise with numpy broadcasting: "Add", "Subtract", "Multiply", "Divide", "Power",
+ * "Minimum", "Maximum"; "LogicalAnd" / "LogicalOr" of two booleans. */
 int kn_ovb_binary(kn_ovb *b, const char *type, int x, int y);
+/* Comparison with numpy broadcasting ("Equal", "Less", "LessEqual", "Greater", ...), boolean out. */
+int kn_ovb_compare(kn_ovb *b, const char *type, int x, int y);
+/* Select-1: cond (boolean) ? x : y, all three broadcast numpy-style; x and y of one type. */
+int kn_ovb_select(kn_ovb *b, int cond, int x, int y);
 /* Shape-preserving: "Sqrt", "Sin", "Cos", "Swish" (opset4, beta 1). */
 int kn_ovb_unary(kn_ovb *b, const char *type, int x);
 int kn_ovb_convert(kn_ovb *b, int x, kn_ov_et to);
@@ -63,6 +68,8 @@ int kn_ovb_concat(kn_ovb *b, int n, const int *xs, int axis);
 /* Gather-8 with batch_dims 0 and a non-negative axis. */
 int kn_ovb_gather(kn_ovb *b, int data, int indices, int axis);
 int kn_ovb_reduce_mean(kn_ovb *b, int x, int axis); /* keep_dims */
+/* "ReduceSum", "ReduceMean", "ReduceMax", ... over one axis. */
+int kn_ovb_reduce(kn_ovb *b, const char *type, int x, int axis, bool keep_dims);
 int kn_ovb_softmax(kn_ovb *b, int x, int axis);
 /* Split-1 into n equal parts along axis; the n handles go to out. Returns 0 or -1. */
 int kn_ovb_split(kn_ovb *b, int x, int axis, int n, int *out);

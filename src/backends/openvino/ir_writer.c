@@ -17,7 +17,8 @@ typedef struct ov_ctx {
     const kn_gguf *g;
     const kn_hparams *hp;
     int group;                /* Q4_0 group wanted (-1 = whole row) */
-    int T, W;                 /* new tokens, KV slots */
+    int T, W;                 /* new tokens, KV slots (stateless: T = W, no cache) */
+    bool stateless;           /* the stateless graph: no past_kv, i32 [1,W] key mask */
     int tok_embd;             /* value: [V, E] f32, shared by the lookup and a tied classifier */
 } ov_ctx;
 
@@ -100,13 +101,15 @@ typedef struct ov_inputs {
     int ids, pos, mask, logit_index, past;
 } ov_inputs;
 
-/* One decoder block. kv_out receives the layer's new K and V ([1, Hkv, T, D] each). */
+/* One decoder block. kv_out (may be NULL) receives the layer's new K and V ([1, Hkv, T, D]
+ * each). Without past_kv (in->past < 0, the stateless graph) the T rows attend only to each
+ * other and in->mask is [1, 1, T, T]. */
 static int block(ov_ctx *x, const ov_inputs *in, int h, int l, int cs_cos, int cs_sin,
                  int kv_out[2]) {
     kn_ovb *b = x->b;
     const kn_hparams *hp = x->hp;
-    int64_t T = x->T, W = x->W, H = hp->n_head, Hkv = hp->n_head_kv, D = hp->head_dim;
-    int64_t g = H / Hkv;
+    int64_t T = x->T, H = hp->n_head, Hkv = hp->n_head_kv, D = hp->head_dim;
+    int64_t g = H / Hkv, keys = in->past >= 0 ? x->W + T : T;
     int xn = rmsnorm(x, h, vec(x, KN_T_ATTN_NORM, l));
     int q = linear(x, xn, KN_T_ATTN_Q, l);
     int k = linear(x, xn, KN_T_ATTN_K, l);
@@ -121,22 +124,27 @@ static int block(ov_ctx *x, const ov_inputs *in, int h, int l, int cs_cos, int c
     k = heads_first(b, rope(x, kn_ovb_reshape(b, k, 3, (int64_t[]){T, Hkv, D}), (int)Hkv,
                             cs_cos, cs_sin));
     v = heads_first(b, kn_ovb_reshape(b, v, 3, (int64_t[]){T, Hkv, D}));
-    kv_out[0] = kn_ovb_reshape(b, k, 4, (int64_t[]){1, Hkv, T, D});
-    kv_out[1] = kn_ovb_reshape(b, v, 4, (int64_t[]){1, Hkv, T, D});
+    if (kv_out) {
+        kv_out[0] = kn_ovb_reshape(b, k, 4, (int64_t[]){1, Hkv, T, D});
+        kv_out[1] = kn_ovb_reshape(b, v, 4, (int64_t[]){1, Hkv, T, D});
+    }
 
-    /* past_kv was reshaped to [2L, Hkv, W, D]: K of layer l at 2l, V at 2l + 1. */
-    int pk = kn_ovb_gather(b, in->past, kn_ovb_const_i32(b, 2 * l), 0);
-    int pv = kn_ovb_gather(b, in->past, kn_ovb_const_i32(b, 2 * l + 1), 0);
-    int kf = kn_ovb_concat(b, 2, (int[]){pk, k}, 1); /* [Hkv, W+T, D] */
-    int vf = kn_ovb_concat(b, 2, (int[]){pv, v}, 1);
+    int kf = k, vf = v; /* [Hkv, keys, D] */
+    if (in->past >= 0) {
+        /* past_kv was reshaped to [2L, Hkv, W, D]: K of layer l at 2l, V at 2l + 1. */
+        int pk = kn_ovb_gather(b, in->past, kn_ovb_const_i32(b, 2 * l), 0);
+        int pv = kn_ovb_gather(b, in->past, kn_ovb_const_i32(b, 2 * l + 1), 0);
+        kf = kn_ovb_concat(b, 2, (int[]){pk, k}, 1); /* [Hkv, W+T, D] */
+        vf = kn_ovb_concat(b, 2, (int[]){pv, v}, 1);
+    }
     /* Query head j uses KV head j / g (llama.cpp), so [H, T, D] is already [Hkv, g*T, D]. */
     int qg = kn_ovb_reshape(b, q, 3, (int64_t[]){Hkv, g * T, D});
-    int sc = kn_ovb_matmul(b, qg, kf, false, true); /* [Hkv, g*T, W+T] */
+    int sc = kn_ovb_matmul(b, qg, kf, false, true); /* [Hkv, g*T, keys] */
     sc = kn_ovb_binary(b, "Multiply", sc, kn_ovb_const_f32(b, (float)(1.0 / sqrt((double)D))));
-    sc = kn_ovb_reshape(b, sc, 4, (int64_t[]){Hkv, g, T, W + T});
-    sc = kn_ovb_binary(b, "Add", sc, in->mask); /* mask [1, 1, T, W+T] broadcasts */
+    sc = kn_ovb_reshape(b, sc, 4, (int64_t[]){Hkv, g, T, keys});
+    sc = kn_ovb_binary(b, "Add", sc, in->mask); /* mask [1, 1, T, keys] broadcasts */
     int p = kn_ovb_softmax(b, sc, 3);
-    p = kn_ovb_reshape(b, p, 3, (int64_t[]){Hkv, g * T, W + T});
+    p = kn_ovb_reshape(b, p, 3, (int64_t[]){Hkv, g * T, keys});
     int o = kn_ovb_matmul(b, p, vf, false, false); /* [Hkv, g*T, D] */
     o = kn_ovb_reshape(b, o, 3, (int64_t[]){H, T, D});
     o = kn_ovb_reshape(b, heads_first(b, o), 2, (int64_t[]){T, H * D});
@@ -170,18 +178,20 @@ static bool io_shape(const ov_ctx *x, const char *name, bool output, int *rank, 
     *et = KN_OV_F32;
     if (!output && strcmp(name, "input_ids") == 0) {
         *rank = 2, s[0] = 1, s[1] = T, *et = KN_OV_I32;
-    } else if (!output && strcmp(name, "position_ids") == 0) {
+    } else if (!output && strcmp(name, "position_ids") == 0 && !x->stateless) {
         *rank = 2, s[0] = 1, s[1] = T, *et = KN_OV_I32;
+    } else if (!output && strcmp(name, "attention_mask") == 0 && x->stateless) {
+        *rank = 2, s[0] = 1, s[1] = T, *et = KN_OV_I32; /* 1 = real token, 0 = padding */
     } else if (!output && strcmp(name, "attention_mask") == 0) {
         *rank = 4, s[0] = 1, s[1] = 1, s[2] = T, s[3] = W + T;
-    } else if (!output && strcmp(name, "logit_index") == 0) {
+    } else if (!output && strcmp(name, "logit_index") == 0 && !x->stateless) {
         *rank = 1, s[0] = 1, *et = KN_OV_I32;
-    } else if (!output && strcmp(name, "past_kv") == 0) {
+    } else if (!output && strcmp(name, "past_kv") == 0 && !x->stateless) {
         *rank = 5, s[0] = hp->n_layer, s[1] = 2, s[2] = hp->n_head_kv, s[3] = W,
         s[4] = hp->head_dim;
     } else if (output && strcmp(name, "logits") == 0) {
         *rank = 2, s[0] = 1, s[1] = hp->n_vocab;
-    } else if (output && strcmp(name, "new_kv") == 0) {
+    } else if (output && strcmp(name, "new_kv") == 0 && !x->stateless) {
         *rank = 5, s[0] = hp->n_layer, s[1] = 2, s[2] = hp->n_head_kv, s[3] = T,
         s[4] = hp->head_dim;
     } else {
@@ -191,6 +201,43 @@ static bool io_shape(const ov_ctx *x, const char *name, bool output, int *rank, 
 }
 
 static const char *et_name(kn_ov_et et) { return et == KN_OV_I32 ? "i32" : "f32"; }
+
+/* The stateless graph's inputs become the prefill graph's: positions 0..T-1 as a constant, the
+ * additive mask [1, 1, T, T] (0 where row i may see column j: j <= i, within the model's sliding
+ * window if any, and attention_mask[j] != 0, or j == i; else -inf), and the logit row
+ * sum(mask) - 1 (the last real token when the real tokens come first, as the contract pads).
+ * Every row sees at least itself, so no row is all -inf. */
+static void stateless_inputs(ov_ctx *x, ov_inputs *in) {
+    kn_ovb *b = x->b;
+    const int64_t T = x->T;
+    int32_t *idx = kn_malloc(sizeof(int32_t) * (size_t)T);
+    if (!idx) {
+        kn_ovb_fail(b, KILN_ERR_NOMEM, "openvino IR: out of memory");
+        return;
+    }
+    for (int64_t i = 0; i < T; i++) idx[i] = (int32_t)i;
+    in->pos = kn_ovb_const(b, KN_OV_I32, 2, (int64_t[]){1, T}, idx);
+    int rows = kn_ovb_const(b, KN_OV_I32, 2, (int64_t[]){T, 1}, idx);
+    kn_free(idx);
+    /* rows - cols = i - j over [T, T]: from constants only, so OpenVINO folds it at compile */
+    int diff = kn_ovb_binary(b, "Subtract", rows, in->pos);
+    int see = kn_ovb_compare(b, "GreaterEqual", diff, kn_ovb_const_i32(b, 0));
+    if (x->hp->sliding_window > 0)
+        see = kn_ovb_binary(b, "LogicalAnd", see,
+                            kn_ovb_compare(b, "Less", diff,
+                                           kn_ovb_const_i32(b, x->hp->sliding_window)));
+    int real = kn_ovb_compare(b, "NotEqual", in->mask, kn_ovb_const_i32(b, 0)); /* [1, T] */
+    see = kn_ovb_binary(b, "LogicalAnd", see, real);
+    /* ... or j == i: a padding row more than the sliding window past every real token would
+     * otherwise see nothing, turn NaN and poison the next layer (0 x NaN). A real row sees
+     * itself anyway. */
+    see = kn_ovb_binary(b, "LogicalOr", see,
+                        kn_ovb_compare(b, "Equal", diff, kn_ovb_const_i32(b, 0)));
+    int add = kn_ovb_select(b, see, kn_ovb_const_f32(b, 0.0f), kn_ovb_const_f32(b, -INFINITY));
+    int n_real = kn_ovb_reduce(b, "ReduceSum", in->mask, 1, false); /* [1] */
+    in->logit_index = kn_ovb_binary(b, "Subtract", n_real, kn_ovb_const_i32(b, 1));
+    in->mask = kn_ovb_reshape(b, add, 4, (int64_t[]){1, 1, T, T});
+}
 
 static void build(ov_ctx *x, const kn_graph *gr) {
     kn_ovb *b = x->b;
@@ -216,7 +263,9 @@ static void build(ov_ctx *x, const kn_graph *gr) {
         else if (!strcmp(io->name, "logit_index")) in.logit_index = v;
         else in.past = v;
     }
-    if (in.ids < 0 || in.pos < 0 || in.mask < 0 || in.past < 0 || (T > 1 && in.logit_index < 0)) {
+    if (x->stateless && in.ids >= 0 && in.mask >= 0) stateless_inputs(x, &in);
+    if (in.ids < 0 || in.pos < 0 || in.mask < 0 || (in.past < 0 && !x->stateless) ||
+        (T > 1 && in.logit_index < 0)) {
         kn_ovb_fail(b, KILN_ERR_UNSUPPORTED, "openvino IR: graph %s lacks an input it needs",
                     gr->name);
         return;
@@ -235,7 +284,10 @@ static void build(ov_ctx *x, const kn_graph *gr) {
         }
     }
     int64_t L = hp->n_layer, Hkv = hp->n_head_kv, D = hp->head_dim, W = x->W;
-    in.past = kn_ovb_reshape(b, in.past, 4, (int64_t[]){2 * L, Hkv, W, D});
+    if (in.past >= 0) in.past = kn_ovb_reshape(b, in.past, 4, (int64_t[]){2 * L, Hkv, W, D});
+    bool want_kv = false;
+    for (int i = 0; i < gr->n_out && i < KN_MAX_IO; i++)
+        want_kv = want_kv || strcmp(gr->out[i].name, "new_kv") == 0;
 
     /* Angles pos * inv_freq in f32, cos/sin in the graph: positions are data and grow
      * without bound under --overflow slide, so no table of positions could cover them. */
@@ -259,10 +311,11 @@ static void build(ov_ctx *x, const kn_graph *gr) {
 
     int kv[2 * 512];
     for (int l = 0; l < L && kn_ovb_ok(b); l++)
-        h = block(x, &in, h, l, cs_cos, cs_sin, kv + 2 * l);
+        h = block(x, &in, h, l, cs_cos, cs_sin, want_kv ? kv + 2 * l : NULL);
     if (!kn_ovb_ok(b)) return;
-    int new_kv = kn_ovb_reshape(b, kn_ovb_concat(b, (int)(2 * L), kv, 0), 5,
-                                (int64_t[]){L, 2, Hkv, T, D});
+    int new_kv = want_kv ? kn_ovb_reshape(b, kn_ovb_concat(b, (int)(2 * L), kv, 0), 5,
+                                          (int64_t[]){L, 2, Hkv, T, D})
+                         : -1;
 
     /* Only one row is ever read; the norm is row-wise, so pick the row first. */
     if (in.logit_index >= 0) h = kn_ovb_gather(b, h, in.logit_index, 0); /* [1, E] */
@@ -298,8 +351,9 @@ kiln_status kn_ov_write_ir_graph(const kn_gguf *model_gguf, const kn_hparams *hp
                                  const char *xml_path, const char *bin_path, kiln_error *err) {
     const kn_graph *gr = find_graph(c, graph);
     if (!gr) return kn_fail(err, KILN_ERR_INVALID_ARG, "openvino IR: no graph %s", graph);
-    if (strcmp(graph, "prefill") != 0 && strcmp(graph, "decode") != 0)
-        return kn_fail(err, KILN_ERR_UNSUPPORTED, "openvino IR: the %s graph is not written yet",
+    if (strcmp(graph, "prefill") != 0 && strcmp(graph, "decode") != 0 &&
+        strcmp(graph, "stateless") != 0)
+        return kn_fail(err, KILN_ERR_UNSUPPORTED, "openvino IR: no writer for the %s graph",
                        graph);
     if (hp->rope_dim != hp->head_dim || hp->rope_dim / 2 > 512 || hp->n_layer > 512 ||
         hp->n_head_kv <= 0 || hp->n_head % hp->n_head_kv)
@@ -321,7 +375,7 @@ kiln_status kn_ov_write_ir_graph(const kn_gguf *model_gguf, const kn_hparams *hp
     kiln_status s = KILN_ERR_NOMEM;
     kn_ovb *b = kn_ovb_new(bf, bin_path, err);
     if (b) {
-        ov_ctx x = {b, model_gguf, hp, group, 0, c->window, -1};
+        ov_ctx x = {b, model_gguf, hp, group, 0, c->window, strcmp(graph, "stateless") == 0, -1};
         for (int i = 0; i < gr->n_in && i < KN_MAX_IO; i++)
             if (!strcmp(gr->in[i].name, "input_ids") && gr->in[i].rank == 2)
                 x.T = (int)gr->in[i].shape[1];
