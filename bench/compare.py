@@ -1,7 +1,8 @@
 """kiln vs llama.cpp on the same GGUF, same machine, same session.
 
-llama.cpp runs through llama-cpp-python (pinned in scripts/make_llamacpp_fixtures.py; its venv is
-.cache/llamacpp-venv, created on first use) with its low-level API: pp = one llama_decode of N
+llama.cpp runs through llama-cpp-python (the pin of scripts/make_llamacpp_fixtures.py, built here
+with GGML_NATIVE=ON so it uses every ISA extension of this CPU, AVX-512 VNNI included, in
+.cache/llamacpp-bench-venv, created on first use) with its low-level API: pp = one llama_decode of N
 random tokens into an empty context, tg = N single-token llama_decode calls, timed around the
 calls only. kiln runs `kiln bench --json` with the same N and threads. Each figure is the mean of
 REPS runs after a warm-up. Prints a markdown table with the kiln / llama.cpp ratio, then kiln's
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+VENV = ROOT / ".cache" / "llamacpp-bench-venv"
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
@@ -77,7 +79,13 @@ def main():
         llamacpp_child(a.model, int(a.threads), a.reps, tests)
         return
     import make_llamacpp_fixtures as fx
-    py = fx.ensure_venv()
+    py = VENV / "bin" / "python"
+    if not py.exists():
+        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
+        env = dict(os.environ, CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF",
+                   CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count() or 2))
+        subprocess.check_call([str(py), "-m", "pip", "install", "-q", "--no-cache-dir", fx.PIN,
+                               "numpy==2.3.5"], env=env)
     model = a.model or subprocess.check_output([str(ROOT / "scripts" / "fetch_models.sh")],
                                                text=True).strip()
     kiln = ROOT / "build" / "kiln"
