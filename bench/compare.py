@@ -1,7 +1,7 @@
 """kiln vs llama.cpp on the same GGUF, same machine, same session.
 
 llama.cpp runs through llama-cpp-python (the pin of scripts/make_llamacpp_fixtures.py, built here
-with GGML_NATIVE=ON so it uses every ISA extension of this CPU, AVX-512 VNNI included, in
+for this CPU (-march=native; AMX off: its tile code faults in this VM), in
 .cache/llamacpp-bench-venv, created on first use) with its low-level API: pp = one llama_decode of N
 random tokens into an empty context, tg = N single-token llama_decode calls, timed around the
 calls only. kiln runs `kiln bench --json` with the same N and threads. Each figure is the mean of
@@ -82,7 +82,10 @@ def main():
     py = VENV / "bin" / "python"
     if not py.exists():
         subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
-        env = dict(os.environ, CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF",
+        # -march=native minus AMX, whose tile code faults in this VM
+        flags = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+        env = dict(os.environ, CMAKE_ARGS=f"-DGGML_NATIVE=ON -DLLAMA_CURL=OFF "
+                   f"-DCMAKE_C_FLAGS='{flags}' -DCMAKE_CXX_FLAGS='{flags}'",
                    CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count() or 2))
         subprocess.check_call([str(py), "-m", "pip", "install", "-q", "--no-cache-dir", fx.PIN,
                                "numpy==2.3.5"], env=env)
