@@ -274,15 +274,6 @@ static kiln_status build_metadata(kn_source *src, const kn_contract *c, kiln_qua
     return kn_gguf_writer_status(w, err);
 }
 
-static kiln_status write_file(const char *path, const char *data, size_t n, kiln_error *err) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return kn_fail(err, KILN_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
-    bool ok = fwrite(data, 1, n, f) == n;
-    ok = (fflush(f) == 0) && ok;
-    ok = (fsync(fileno(f)) == 0) && ok;
-    ok = (fclose(f) == 0) && ok;
-    return ok ? KILN_OK : kn_fail(err, KILN_ERR_IO, "%s: write failed: %s", path, strerror(errno));
-}
 
 /* The OpenVINO IR of both cached graphs, from the model.gguf just written (so the IR holds
  * exactly the offering's weights). */
@@ -310,11 +301,9 @@ static kiln_status write_openvino(const char *model, const char *dir, const kiln
 }
 
 /* An existing target may be replaced only if it is an offering kiln wrote. */
-static kiln_status check_target(const char *out_dir, bool *exists, kiln_error *err) {
+static kiln_status check_target(const char *out_dir, kiln_error *err) {
     struct stat st;
-    *exists = false;
     if (lstat(out_dir, &st) != 0) return KILN_OK;
-    *exists = true;
     char *m = kn_path_join(out_dir, "manifest.json");
     char *g = kn_path_join(out_dir, "model.gguf");
     char *x = kn_path_join(out_dir, "openvino_model.xml");
@@ -339,8 +328,7 @@ kiln_status kiln_bake_from_ir(const char *xml, const char *out_dir,
     if (p->window < 1 || p->chunk < 1 || p->chunk > p->window)
         return kn_fail(err, KILN_ERR_INVALID_ARG, "chunk %d must be in [1, window=%d]", p->chunk,
                        p->window);
-    bool exists;
-    kiln_status s = check_target(out_dir, &exists, err);
+    kiln_status s = check_target(out_dir, err);
     if (s) return s;
     return kn_bake_from_ir(xml, out_dir, p, err);
 }
@@ -360,8 +348,7 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
         (p->group_size < 32 || p->group_size > 4096 || p->group_size % 32))
         return kn_fail(err, KILN_ERR_INVALID_ARG,
                        "--group-size %d: use -1 (per channel) or a multiple of 32", p->group_size);
-    bool exists;
-    kiln_status s = check_target(out_dir, &exists, err);
+    kiln_status s = check_target(out_dir, err);
     if (s) return s;
 
     kn_source *src = NULL;
@@ -390,7 +377,9 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
     ctx.scratch = kn_malloc((size_t)max_row / 2 + 1);
     ctx.scales = kn_malloc(((size_t)max_row / 32 + 1) * sizeof(uint16_t));
     kn_gguf_writer *w = kn_gguf_writer_new();
-    char *tmp = NULL, *model = NULL, *manifest = NULL, *old = NULL;
+    kn_stage stage = {0};
+    const char *tmp = NULL;
+    char *model = NULL, *manifest = NULL;
     FILE *f = NULL;
     kn_buf desc = {0};
     if (!ctx.plans || !ctx.f32 || !ctx.scratch || !ctx.scales || !w) {
@@ -416,23 +405,8 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
     }
     if ((s = build_metadata(src, &c, q, p, w, err))) goto done;
 
-    /* Temporary directory beside the target so the final rename stays on one filesystem. */
-    size_t n = strlen(out_dir);
-    while (n > 1 && out_dir[n - 1] == '/') n--;
-    tmp = kn_malloc(n + 64);
-    old = kn_malloc(n + 64);
-    if (!tmp || !old) {
-        s = kn_fail(err, KILN_ERR_NOMEM, "bake: out of memory");
-        goto done;
-    }
-    snprintf(tmp, n + 64, "%.*s.kiln-tmp-%ld", (int)n, out_dir, (long)getpid());
-    snprintf(old, n + 64, "%.*s.kiln-old-%ld", (int)n, out_dir, (long)getpid());
-    kn_rmtree(tmp);
-    if (mkdir(tmp, 0755) != 0) {
-        s = kn_fail(err, KILN_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
-        tmp[0] = 0;
-        goto done;
-    }
+    if ((s = kn_stage_begin(&stage, out_dir, err))) goto done;
+    tmp = stage.tmp;
     model = kn_path_join(tmp, "model.gguf");
     manifest = kn_path_join(tmp, "manifest.json");
     if (!model || !manifest) {
@@ -462,20 +436,9 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
         s = kn_fail(err, KILN_ERR_INTERNAL, "%s: the written offering fails validation", model);
         goto done;
     }
-    if ((s = write_file(manifest, desc.data, desc.len, err))) goto done;
+    if ((s = kn_write_file(manifest, desc.data, desc.len, err))) goto done;
 
-    if (exists && rename(out_dir, old) != 0) {
-        s = kn_fail(err, KILN_ERR_IO, "%s: cannot replace: %s", out_dir, strerror(errno));
-        goto done;
-    }
-    if (rename(tmp, out_dir) != 0) {
-        s = kn_fail(err, KILN_ERR_IO, "%s: cannot rename into place: %s", out_dir,
-                    strerror(errno));
-        if (exists) rename(old, out_dir);
-        goto done;
-    }
-    tmp[0] = 0;
-    if (exists) kn_rmtree(old);
+    if ((s = kn_stage_commit(&stage, err))) goto done;
     if (p->log && n_fallback) {
         char msg[256];
         snprintf(msg, sizeof msg, "%d tensor(s) with rows that are not a whole number of %s "
@@ -484,10 +447,8 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
     }
 done:
     if (f) fclose(f);
-    if (tmp && tmp[0] && !getenv("KILN_DEBUG_KEEP_TMP")) kn_rmtree(tmp);
+    kn_stage_end(&stage);
     kn_buf_free(&desc);
-    kn_free(tmp);
-    kn_free(old);
     kn_free(model);
     kn_free(manifest);
     kn_gguf_writer_free(w);

@@ -26,6 +26,22 @@ uint32_t kn_bake_out_type(const kn_src_tensor *t, kiln_quant quant, int *group);
 /* Writes the tokenizer of a Hugging Face source (tokenizer.json, tokenizer_config.json) as GGUF
  * tokenizer.* keys, plus its chat template. */
 kiln_status kn_bake_hf_tokenizer(const kn_source *src, kn_gguf_writer *w, kiln_error *err);
+/* An offering written atomically (staging.c): begin makes the hidden staging directory tmp
+ * beside out_dir; commit renames it into place, replacing an existing offering; end removes
+ * whatever was not committed. */
+typedef struct kn_stage {
+    const char *out_dir;
+    char *tmp;      /* the staging directory, "" once committed */
+    char *old;      /* where an existing offering waits during the swap */
+    bool exists;    /* out_dir existed at begin */
+} kn_stage;
+
+kiln_status kn_stage_begin(kn_stage *st, const char *out_dir, kiln_error *err);
+kiln_status kn_stage_commit(kn_stage *st, kiln_error *err);
+void kn_stage_end(kn_stage *st);
+/* Writes a whole file and syncs it. */
+kiln_status kn_write_file(const char *path, const char *data, size_t n, kiln_error *err);
+
 /* `kiln bake --from-ir`: an OpenVINO IR with dynamic inputs locked to window W / chunk C
  * (see from_ir.c for the rules), written as an offering with its manifest. */
 kiln_status kn_bake_from_ir(const char *xml, const char *out_dir, const kiln_bake_params *p,

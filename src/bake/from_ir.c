@@ -160,6 +160,7 @@ static void rewrite_param(kn_buf *out, const char *ls, const char *le, const par
     append(out, p, (size_t)(le - p));
 }
 
+
 static kiln_status copy_file(const char *from, const char *to, kiln_error *err) {
     kn_map m;
     kiln_status s = kn_map_file(from, &m, err);
@@ -178,7 +179,8 @@ static kiln_status copy_file(const char *from, const char *to, kiln_error *err) 
 
 kiln_status kn_bake_from_ir(const char *xml, const char *out_dir, const kiln_bake_params *p,
                             kiln_error *err) {
-    char *text = NULL, *bin = NULL, *tmp = NULL, *old = NULL;
+    char *text = NULL, *bin = NULL;
+    kn_stage stage = {0};
     size_t len = 0;
     kn_buf out = {0}, man = {0};
     param *params = NULL;
@@ -296,60 +298,21 @@ kiln_status kn_bake_from_ir(const char *xml, const char *out_dir, const kiln_bak
         goto done;
     }
 
-    /* write beside the target, rename into place (as the GGUF bake does) */
-    size_t n = strlen(out_dir);
-    while (n > 1 && out_dir[n - 1] == '/') n--;
-    tmp = kn_malloc(n + 64);
-    old = kn_malloc(n + 64);
-    if (!tmp || !old) {
-        s = kn_fail(err, KILN_ERR_NOMEM, "out of memory");
-        goto done;
-    }
-    snprintf(tmp, n + 64, "%.*s.kiln-tmp-%ld", (int)n, out_dir, (long)getpid());
-    snprintf(old, n + 64, "%.*s.kiln-old-%ld", (int)n, out_dir, (long)getpid());
-    kn_rmtree(tmp);
-    if (mkdir(tmp, 0755) != 0) {
-        s = kn_fail(err, KILN_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
-        tmp[0] = 0;
-        goto done;
-    }
-    char *xo = kn_path_join(tmp, "openvino_model.xml"), *bo = kn_path_join(tmp, "openvino_model.bin"),
-         *mo = kn_path_join(tmp, "manifest.json");
+    /* staged beside the target and renamed into place, as the GGUF bake is */
+    if ((s = kn_stage_begin(&stage, out_dir, err))) goto done;
+    char *xo = kn_path_join(stage.tmp, "openvino_model.xml");
+    char *bo = kn_path_join(stage.tmp, "openvino_model.bin");
+    char *mo = kn_path_join(stage.tmp, "manifest.json");
     if (!xo || !bo || !mo) s = kn_fail(err, KILN_ERR_NOMEM, "out of memory");
-    if (!s) {
-        FILE *f = fopen(xo, "wb");
-        bool ok = f && fwrite(out.data, 1, out.len, f) == out.len;
-        if (f) ok = fclose(f) == 0 && ok;
-        if (!ok) s = kn_fail(err, KILN_ERR_IO, "%s: write failed", xo);
-    }
+    if (!s) s = kn_write_file(xo, out.data, out.len, err);
     if (!s) s = copy_file(bin, bo, err);
-    if (!s) {
-        FILE *f = fopen(mo, "wb");
-        bool ok = f && fwrite(man.data, 1, man.len, f) == man.len;
-        if (f) ok = fclose(f) == 0 && ok;
-        if (!ok) s = kn_fail(err, KILN_ERR_IO, "%s: write failed", mo);
-    }
+    if (!s) s = kn_write_file(mo, man.data, man.len, err);
     kn_free(xo);
     kn_free(bo);
     kn_free(mo);
-    if (s) goto done;
-    struct stat st;
-    bool exists = lstat(out_dir, &st) == 0;
-    if (exists && rename(out_dir, old) != 0) {
-        s = kn_fail(err, KILN_ERR_IO, "%s: cannot replace: %s", out_dir, strerror(errno));
-        goto done;
-    }
-    if (rename(tmp, out_dir) != 0) {
-        s = kn_fail(err, KILN_ERR_IO, "%s: cannot rename into place: %s", out_dir, strerror(errno));
-        if (exists) rename(old, out_dir);
-        goto done;
-    }
-    tmp[0] = 0;
-    if (exists) kn_rmtree(old);
+    if (!s) s = kn_stage_commit(&stage, err);
 done:
-    if (tmp && tmp[0]) kn_rmtree(tmp);
-    kn_free(tmp);
-    kn_free(old);
+    kn_stage_end(&stage);
     kn_free(text);
     kn_free(bin);
     kn_free(params);
