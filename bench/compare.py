@@ -8,7 +8,8 @@ calls only. kiln runs `kiln bench --json` with the same N and threads. Each figu
 REPS runs after a warm-up. Prints a markdown table with the kiln / llama.cpp ratio, then kiln's
 kv vs stateless modes for a 128-token answer.
 
-usage: python3 bench/compare.py [--model GGUF] [--threads 1,2] [--reps 3]
+usage: python3 bench/compare.py [--model GGUF] [--threads 1,2] [--reps 3] [--tests pp128,tg128]
+                               [--llamacpp-venv DIR]
 """
 import argparse
 import json
@@ -73,14 +74,16 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--tests", default="pp128,pp512,tg128")
+    ap.add_argument("--llamacpp-venv", help="a venv holding another llama-cpp-python build "
+                    "(e.g. one built with GGML_NATIVE=ON, AMX included)")
     a = ap.parse_args()
     tests = [(t[:2], int(t[2:])) for t in a.tests.split(",")]
     if a.child:
         llamacpp_child(a.model, int(a.threads), a.reps, tests)
         return
     import make_llamacpp_fixtures as fx
-    py = VENV / "bin" / "python"
-    if not py.exists():
+    py = (Path(a.llamacpp_venv) if a.llamacpp_venv else VENV) / "bin" / "python"
+    if not py.exists() and not a.llamacpp_venv:
         subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
         # -march=native minus AMX, whose tile code faults in this VM
         flags = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
