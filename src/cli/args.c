@@ -2,10 +2,27 @@
 #include "args.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+
+bool kiln_arg_choice(const char *option, const char *text, const char *const *names, int *index) {
+    int n = 0;
+    for (; names[n]; n++)
+        if (strcmp(text, names[n]) == 0) {
+            *index = n;
+            return true;
+        }
+    char list[256] = "";
+    size_t len = 0;
+    for (int i = 0; i < n && len < sizeof list; i++)
+        len += (size_t)snprintf(list + len, sizeof list - len, "%s%s",
+                                i == 0 ? "" : i == n - 1 ? " or " : ", ", names[i]);
+    kiln_cli_error("%s: '%s' is not %s", option, text, list);
+    return false;
+}
 
 bool kiln_arg_is_help(const char *a) { return strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0; }
 

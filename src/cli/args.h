@@ -11,6 +11,9 @@ bool kiln_arg_value(int argc, char **argv, int *i, const char *name, const char 
 /* Parses a whole decimal integer in [lo, hi]; prints "kiln: OPTION: ..." on failure. */
 bool kiln_arg_int(const char *option, const char *text, long lo, long hi, int *out);
 bool kiln_arg_is_help(const char *a);
+/* Finds text in the NULL-terminated list names and sets *index; otherwise prints
+ * "kiln: OPTION: 'text' is not a, b or c" and returns false. */
+bool kiln_arg_choice(const char *option, const char *text, const char *const *names, int *index);
 /* Whether s is valid UTF-8 (no overlongs, surrogates or values past U+10FFFF). */
 bool kiln_arg_utf8_ok(const char *s);
 

@@ -107,14 +107,10 @@ int kiln_cli_bake(int argc, char **argv) {
                 return 2;
             }
         } else if (kiln_arg_value(argc, argv, &i, "--target", NULL, &v, &bad)) {
-            if (bad) return 2;
-            if (strcmp(v, "cpu") == 0) p.target = KILN_TARGET_CPU;
-            else if (strcmp(v, "openvino") == 0) p.target = KILN_TARGET_OPENVINO;
-            else if (strcmp(v, "npu") == 0) p.target = KILN_TARGET_NPU;
-            else {
-                kiln_cli_error("--target: '%s' is not cpu, openvino or npu", v);
-                return 2;
-            }
+            static const char *const targets[] = {"cpu", "openvino", "npu", NULL}; /* enum order */
+            int k;
+            if (bad || !kiln_arg_choice("--target", v, targets, &k)) return 2;
+            p.target = (kiln_target)k;
         } else if (kiln_arg_value(argc, argv, &i, "--group-size", NULL, &v, &bad)) {
             if (!bad && !kiln_arg_int("--group-size", v, -1, 4096, &p.group_size)) return 2;
         } else if (kiln_arg_value(argc, argv, &i, "--window", NULL, &v, &bad)) {

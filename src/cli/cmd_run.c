@@ -82,21 +82,16 @@ static int parse_common(int argc, char **argv, int *i, run_opts *o) {
             o->stops[o->gp.n_stop++] = v;
         }
     } else if (kiln_arg_value(argc, argv, i, "--mode", NULL, &v, &bad)) {
-        if (bad) return -1;
-        if (strcmp(v, "kv") == 0) o->sp.mode = KILN_MODE_KV;
-        else if (strcmp(v, "stateless") == 0) o->sp.mode = KILN_MODE_STATELESS;
-        else {
-            kiln_cli_error("--mode: '%s' is not kv or stateless", v);
-            return -1;
-        }
+        /* names in kiln_mode order */
+        static const char *const modes[] = {"kv", "stateless", NULL};
+        int k;
+        if (bad || !kiln_arg_choice("--mode", v, modes, &k)) return -1;
+        o->sp.mode = (kiln_mode)k;
     } else if (kiln_arg_value(argc, argv, i, "--overflow", NULL, &v, &bad)) {
-        if (bad) return -1;
-        if (strcmp(v, "stop") == 0) o->sp.overflow = KILN_OVERFLOW_STOP;
-        else if (strcmp(v, "slide") == 0) o->sp.overflow = KILN_OVERFLOW_SLIDE;
-        else {
-            kiln_cli_error("--overflow: '%s' is not stop or slide", v);
-            return -1;
-        }
+        static const char *const policies[] = {"stop", "slide", NULL}; /* kiln_overflow order */
+        int k;
+        if (bad || !kiln_arg_choice("--overflow", v, policies, &k)) return -1;
+        o->sp.overflow = (kiln_overflow)k;
     } else if (kiln_arg_value(argc, argv, i, "--device", NULL, &v, &bad)) {
         o->device = v;
     } else if (kiln_arg_value(argc, argv, i, "--openvino-lib", NULL, &v, &bad)) {
