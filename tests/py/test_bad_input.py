@@ -316,3 +316,23 @@ def test_inspect_reports_a_corrupted_offering(stories, tmp_path):
     bad = [c for c in doc["validation"]["checks"] if not c["ok"]]
     assert bad and "blk.1.attn_v.weight" in bad[0]["detail"]
     assert "fails validation" in res.stderr
+
+
+def test_progress_bar_on_a_terminal_only(stories, tmp_path):
+    """On a TTY (here util-linux `script`) bake draws a progress bar; piped, it stays quiet."""
+    import shlex
+    import subprocess
+    from conftest import kiln_bin, sanitizer_env
+    out = tmp_path / "tty"
+    cmd = f"{shlex.quote(str(kiln_bin()))} bake {shlex.quote(str(stories))} -o {shlex.quote(str(out))}"
+    r = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True,
+                       timeout=120, env=sanitizer_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "48/48 tensors" in r.stdout and "ETA" in r.stdout
+    piped = run_kiln("bake", stories, "-o", tmp_path / "piped")
+    assert piped.returncode == 0 and "tensors" not in piped.stderr
+
+
+def test_bad_target(stories, tmp_path):
+    r = run_kiln("bake", stories, "-o", tmp_path / "off", "--target", "tpu")
+    assert r.returncode == 2 and "'tpu' is not cpu, openvino or npu" in r.stderr
