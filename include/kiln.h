@@ -302,6 +302,14 @@ kiln_status kiln_session_new(kiln_model *model, const kiln_session_params *param
 void kiln_session_free(kiln_session *session);
 /* The device the session runs on: "cpu", "openvino:NPU", ... */
 const char *kiln_session_device(const kiln_session *session);
+/* The CPU kernel table it runs ("avx2" ...), or "" when the device is not the native CPU. */
+const char *kiln_session_kernels(const kiln_session *session);
+
+/* The CPU kernel tables this machine can run, reference first and best last, space-separated
+ * ("generic avx2 avx512vnni"), and in *chosen the one sessions use: $KILN_KERNELS, else the
+ * best. KILN_ERR_INVALID_ARG (the message naming the valid choices) when KILN_KERNELS names a
+ * table that does not exist or that this CPU cannot run. */
+kiln_status kiln_cpu_kernels(const char **usable, const char **chosen, kiln_error *err);
 /* Forgets the conversation: empties the KV cache. */
 void kiln_session_reset(kiln_session *session);
 
@@ -345,6 +353,8 @@ typedef struct kiln_metrics {
     double peak_rss_mb;
     const char *device;       /* "cpu", "openvino:NPU", ... */
     const char *fallback;     /* "" or what auto skipped, e.g. "npu,gpu" */
+    const char *kernels;      /* the CPU kernel table ("generic", "avx2", "avx512vnni"), or ""
+                                 when the device is not the native CPU */
     const char *mode;         /* "kv" or "stateless" */
     const char *finish_reason;/* "stop" (EOS / end of turn / stop string), "length", "cancelled" */
     int threads;

@@ -34,6 +34,7 @@ typedef struct kn_backend_ops {
 struct kn_backend {
     const kn_backend_ops *ops;
     char device[64];                 /* "cpu", "openvino:CPU", "openvino:NPU" ... */
+    char kernels[16];                /* the CPU kernel table ("avx2" ...); "" on other devices */
 };
 
 typedef struct kn_backend_params {

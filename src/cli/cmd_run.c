@@ -172,9 +172,10 @@ static void print_metrics_line(const kiln_metrics *m) {
     fprintf(stderr,
             "\n[kiln] prompt %d tok, generated %d tok | TTFT %.1f ms | prefill %.1f tok/s | "
             "decode %.1f tok/s | latency p50 %.2f ms p95 %.2f ms | peak RSS %.0f MB | device %s%s "
-            "| mode %s | threads %d | finish %s\n",
+            "| kernels %s | mode %s | threads %d | finish %s\n",
             m->prompt_tokens, m->generated_tokens, m->ttft_ms, m->prefill_tps, m->decode_tps,
-            m->p50_ms, m->p95_ms, m->peak_rss_mb, m->device, fb, m->mode, m->threads,
+            m->p50_ms, m->p95_ms, m->peak_rss_mb, m->device, fb,
+            m->kernels && *m->kernels ? m->kernels : "-", m->mode, m->threads,
             m->finish_reason);
 }
 
@@ -282,11 +283,12 @@ int kiln_cli_run(int argc, char **argv) {
         printf(", \"finish_reason\": \"%s\", \"n_prompt\": %d, \"n_generated\": %d, "
                "\"ttft_ms\": %.3f, \"prefill_tps\": %.3f, \"decode_tps\": %.3f, "
                "\"latency_p50_ms\": %.3f, \"latency_p95_ms\": %.3f, \"total_ms\": %.3f, "
-               "\"peak_rss_mb\": %.1f, \"device\": \"%s\", \"mode\": \"%s\", \"threads\": %d, "
-               "\"window\": %d, \"chunk\": %d}\n",
+               "\"peak_rss_mb\": %.1f, \"device\": \"%s\", \"kernels\": \"%s\", \"mode\": \"%s\", "
+               "\"threads\": %d, \"window\": %d, \"chunk\": %d}\n",
                mt->finish_reason, mt->prompt_tokens, mt->generated_tokens, mt->ttft_ms,
                mt->prefill_tps, mt->decode_tps, mt->p50_ms, mt->p95_ms, mt->total_ms,
-               mt->peak_rss_mb, mt->device, mt->mode, mt->threads, kiln_model_window(m),
+               mt->peak_rss_mb, mt->device, mt->kernels ? mt->kernels : "", mt->mode,
+               mt->threads, kiln_model_window(m),
                kiln_model_chunk(m));
     } else {
         fputc('\n', stdout);
@@ -519,11 +521,12 @@ int kiln_cli_bench(int argc, char **argv) {
                     if (json) {
                         printf("%s  {\"model\": ", first ? "" : ",\n");
                         json_str(stdout, name);
-                        printf(", \"backend\": \"%s\", \"mode\": \"%s\", \"window\": %d, "
-                               "\"chunk\": %d, \"n_prompt\": %d, \"n_gen\": %d, "
+                        printf(", \"backend\": \"%s\", \"kernels\": \"%s\", \"mode\": \"%s\", "
+                               "\"window\": %d, \"chunk\": %d, \"n_prompt\": %d, \"n_gen\": %d, "
                                "\"n_threads\": %d, \"repetitions\": %d, \"avg_ts\": %.3f, "
                                "\"stddev_ts\": %.3f}",
-                               kiln_session_device(s), mode, kiln_model_window(m), kiln_model_chunk(m),
+                               kiln_session_device(s), kiln_session_kernels(s), mode,
+                               kiln_model_window(m), kiln_model_chunk(m),
                                kind == 0 ? n : 0, kind == 1 ? n : 0, th[ti], reps, avg, sd);
                         first = 0;
                     } else {

@@ -5,6 +5,7 @@
  * by max_tokens, the text buffer by max_tokens x the longest token, the piece buffer by the
  * longest token. Inside the loop there is no allocation, no file I/O and no shape change. */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -390,6 +391,29 @@ void kiln_session_free(kiln_session *ks) {
 }
 
 const char *kiln_session_device(const kiln_session *ks) { return ks->b->device; }
+const char *kiln_session_kernels(const kiln_session *ks) { return ks->b->kernels; }
+
+static char g_kernels_usable[96];
+static pthread_once_t g_kernels_once = PTHREAD_ONCE_INIT;
+
+static void kernels_list(void) {
+    const kn_kernels *k[KN_KERNEL_TABLES];
+    int n = kn_kernels_usable(k);
+    for (int i = 0; i < n; i++) {
+        size_t at = strlen(g_kernels_usable);
+        snprintf(g_kernels_usable + at, sizeof g_kernels_usable - at, "%s%s", i ? " " : "",
+                 k[i]->name);
+    }
+}
+
+kiln_status kiln_cpu_kernels(const char **usable, const char **chosen, kiln_error *err) {
+    pthread_once(&g_kernels_once, kernels_list);
+    *usable = g_kernels_usable;
+    const kn_kernels *k = NULL;
+    kiln_status s = kn_kernels_choose(&k, err);
+    *chosen = k ? k->name : "";
+    return s;
+}
 
 void kiln_session_reset(kiln_session *ks) {
     ks->b->ops->reset(ks->b);
@@ -510,6 +534,7 @@ static kiln_status run_loop(kiln_session *ks, int past, const kiln_generate_para
     mt->prompt_tokens = n;
     mt->device = ks->b->device;
     mt->fallback = ks->fallback;
+    mt->kernels = ks->b->kernels;
     mt->mode = stateless ? "stateless" : "kv";
     mt->threads = ks->p.threads;
     mt->finish_reason = "length";

@@ -109,6 +109,7 @@ void kn_model_free(kn_model *m);
 typedef struct kn_session_params {
     int threads;              /* >= 1 (default 1) */
     bool stateless;           /* also allocate the [W]-row buffers of the stateless graph */
+    const kn_kernels *kernels;/* the kernel table; NULL = kn_kernels_choose (KILN_KERNELS) */
 } kn_session_params;
 
 kn_session_params kn_session_default_params(void);
@@ -121,6 +122,7 @@ void kn_session_free(kn_session *s);
 /* Empties the KV cache (every slot unfilled). */
 void kn_session_reset(kn_session *s);
 const kn_model *kn_session_model(const kn_session *s);
+const kn_kernels *kn_session_kernels(const kn_session *s);
 
 /* The three graphs. On success *logits points at [V] floats owned by the session, valid until
  * the next step. Errors (KILN_ERR_INVALID_ARG): n_valid outside [1, C] (or [1, W]), a token id

@@ -45,11 +45,12 @@ struct kn_session {
 };
 
 kn_session_params kn_session_default_params(void) {
-    kn_session_params p = {1, true};
+    kn_session_params p = {1, true, NULL};
     return p;
 }
 
 const kn_model *kn_session_model(const kn_session *s) { return s->m; }
+const kn_kernels *kn_session_kernels(const kn_session *s) { return s->k; }
 
 static void *alloc_f(size_t n, bool *ok) {
     void *p = kn_malloc(n ? n : 1);
@@ -81,12 +82,17 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     if (p->threads < 1 || p->threads > 1024)
         return kn_fail(err, KILN_ERR_INVALID_ARG, "threads must be between 1 and 1024, not %d",
                        p->threads);
+    const kn_kernels *k = p->kernels;
+    if (!k) {
+        kiln_status st = kn_kernels_choose(&k, err);
+        if (st) return st;
+    }
     const kn_hparams *hp = &m->hp;
     kn_session *s = kn_calloc(1, sizeof *s);
     if (!s) return kn_fail(err, KILN_ERR_NOMEM, "out of memory creating a session");
     s->m = m;
     s->p = *p;
-    s->k = kn_kernels_get();
+    s->k = k;
     size_t W = (size_t)m->window, E = (size_t)hp->n_embd, D = (size_t)hp->head_dim;
     size_t HD = (size_t)hp->n_head * D, KD = (size_t)hp->n_head_kv * D, F = (size_t)hp->n_ff;
     size_t L = (size_t)hp->n_layer, V = (size_t)hp->n_vocab;

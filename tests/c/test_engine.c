@@ -29,6 +29,35 @@
 #define KT_SANITIZED 0
 #endif
 
+/* The kernel table the helpers below run. The end-to-end tests loop over every table this CPU
+ * can run (FOR_EACH_TABLE), so an AVX-512 machine tests the AVX2 path and the reference too. */
+static const kn_kernels *g_table;
+
+static kn_session_params sess_params(void) {
+    kn_session_params p = kn_session_default_params();
+    p.kernels = g_table;
+    return p;
+}
+
+static const char *table_name(void) { return g_table ? g_table->name : "default"; }
+
+/* Runs the statement once per usable table (stopping at the first failure) and says which ran. */
+#define FOR_EACH_TABLE(stmt)                                                                \
+    do {                                                                                    \
+        const kn_kernels *kt_tabs[KN_KERNEL_TABLES];                                        \
+        int kt_n = kn_kernels_usable(kt_tabs);                                              \
+        for (int kt_i = 0; kt_i < kt_n && !kt_failed(); kt_i++) {                           \
+            g_table = kt_tabs[kt_i];                                                        \
+            stmt;                                                                           \
+        }                                                                                   \
+        g_table = NULL;                                                                     \
+        if (!kt_failed()) {                                                                 \
+            fprintf(stderr, "    kernel tables:");                                          \
+            for (int kt_i = 0; kt_i < kt_n; kt_i++) fprintf(stderr, " %s", kt_tabs[kt_i]->name); \
+            fprintf(stderr, "\n");                                                          \
+        }                                                                                   \
+    } while (0)
+
 typedef struct golden {
     int prompt[64];
     int n_prompt;
@@ -116,7 +145,7 @@ static void check_golden(const char *rel) {
         CHECK(m != NULL);
         CHECK_EQ_INT(m->chunk, chunks[ci]);
         for (int th = 1; th <= (ci == 2 ? 2 : 1); th++) {
-            kn_session_params sp = kn_session_default_params();
+            kn_session_params sp = sess_params();
             sp.threads = th;
             sp.stateless = ci == 0;
             kn_session *s;
@@ -125,8 +154,8 @@ static void check_golden(const char *rel) {
             memset(out, -1, sizeof out);
             CHECK(run_kv(s, g.prompt, g.n_prompt, g.n_steps, out));
             for (int pos = g.n_prompt - 1; pos < g.n_steps; pos++)
-                CHECKF(out[pos] == g.next[pos], "%s kv C=%d threads=%d pos %d: %d, run.c %d", rel,
-                       chunks[ci], th, pos, out[pos], g.next[pos]);
+                CHECKF(out[pos] == g.next[pos], "%s [%s] kv C=%d threads=%d pos %d: %d, run.c %d",
+                       rel, table_name(), chunks[ci], th, pos, out[pos], g.next[pos]);
             if (sp.stateless) {
                 int32_t *win = malloc(sizeof(int32_t) * (size_t)m->window);
                 memset(out, -1, sizeof out);
@@ -134,8 +163,8 @@ static void check_golden(const char *rel) {
                 free(win);
                 CHECK(ok);
                 for (int pos = g.n_prompt - 1; pos < g.n_steps; pos++)
-                    CHECKF(out[pos] == g.next[pos], "%s stateless pos %d: %d, run.c %d", rel, pos,
-                           out[pos], g.next[pos]);
+                    CHECKF(out[pos] == g.next[pos], "%s [%s] stateless pos %d: %d, run.c %d", rel,
+                           table_name(), pos, out[pos], g.next[pos]);
             }
             kn_session_free(s);
         }
@@ -143,9 +172,13 @@ static void check_golden(const char *rel) {
     }
 }
 
-TEST(engine_stories_greedy_once_upon) { check_golden("models/stories260K/greedy_once_upon_64.ids"); }
+TEST(engine_stories_greedy_once_upon) {
+    FOR_EACH_TABLE(check_golden("models/stories260K/greedy_once_upon_64.ids"));
+}
 
-TEST(engine_stories_greedy_bos_256) { check_golden("models/stories260K/greedy_bos_256.ids"); }
+TEST(engine_stories_greedy_bos_256) {
+    FOR_EACH_TABLE(check_golden("models/stories260K/greedy_bos_256.ids"));
+}
 
 TEST(engine_stories_logits_pos0_3) {
     FILE *f = fopen(kt_shared("models/stories260K/logits_once_upon_pos0-3.txt"), "r");
@@ -196,7 +229,7 @@ TEST(engine_stories_logits_pos0_3) {
 TEST(engine_no_allocation_per_token) {
     kn_model *m = open_model(kt_shared(STORIES), 128, 8);
     CHECK(m != NULL);
-    kn_session_params sp = kn_session_default_params();
+    kn_session_params sp = sess_params();
     sp.threads = 2;
     kn_session *s;
     kiln_error err;
@@ -222,7 +255,7 @@ TEST(engine_no_allocation_per_token) {
 TEST(engine_bad_step_arguments) {
     kn_model *m = open_model(kt_shared(STORIES), 16, 4);
     CHECK(m != NULL);
-    kn_session_params sp = kn_session_default_params();
+    kn_session_params sp = sess_params();
     sp.stateless = false;
     kn_session *s;
     kiln_error err;
@@ -318,7 +351,7 @@ static bool prompt_logits(const char *path, int window, int chunk, int threads, 
                           const int *prompt, int n, float *out) {
     kn_model *m = open_model(path, window, chunk);
     if (!m) return false;
-    kn_session_params sp = kn_session_default_params();
+    kn_session_params sp = sess_params();
     sp.threads = threads;
     kn_session *s;
     kiln_error err;
@@ -373,9 +406,9 @@ static void check_modes_agree(const char *path, const int *prompt, int n_prompt,
             free(a);
             free(b);
         }
-        CHECKF(ok, "%s: %s failed", path, others[i].what);
-        CHECKF(first < 0, "%s: logit %d of C=128 and %s differ: %.9g vs %.9g", path, first,
-               others[i].what, va, vb);
+        CHECKF(ok, "%s [%s]: %s failed", path, table_name(), others[i].what);
+        CHECKF(first < 0, "%s [%s]: logit %d of C=128 and %s differ: %.9g vs %.9g", path,
+               table_name(), first, others[i].what, va, vb);
     }
     free(a);
     free(b);
@@ -391,7 +424,7 @@ static void check_modes_agree(const char *path, const int *prompt, int n_prompt,
             memcpy(out[run], out[2], sizeof out[run]);
             continue;
         }
-        kn_session_params sp = kn_session_default_params();
+        kn_session_params sp = sess_params();
         sp.threads = th;
         kn_session *s;
         kiln_error err;
@@ -407,9 +440,9 @@ static void check_modes_agree(const char *path, const int *prompt, int n_prompt,
     kn_model_free(m);
     for (int pos = n_prompt - 1; pos < n_steps; pos++)
         for (int run = 1; run < 4; run++)
-            CHECKF(out[run][pos] == out[0][pos], "%s pos %d: kv %d, %s with %d threads %d", path,
-                   pos, out[0][pos], run >= 2 ? "stateless" : "kv", run % 2 ? 2 : 1,
-                   out[run][pos]);
+            CHECKF(out[run][pos] == out[0][pos], "%s [%s] pos %d: kv %d, %s with %d threads %d",
+                   path, table_name(), pos, out[0][pos], run >= 2 ? "stateless" : "kv",
+                   run % 2 ? 2 : 1, out[run][pos]);
     if (getenv("KILN_TEST_VERBOSE")) {
         for (int pos = n_prompt - 1; pos < n_steps; pos++) fprintf(stderr, " %d", out[0][pos]);
         fprintf(stderr, "\n");
@@ -417,8 +450,9 @@ static void check_modes_agree(const char *path, const int *prompt, int n_prompt,
 }
 
 TEST(engine_stories_modes_agree) {
-    check_modes_agree(kt_shared(STORIES), k_stories_prompt,
-                      (int)(sizeof k_stories_prompt / sizeof k_stories_prompt[0]), true, 32);
+    FOR_EACH_TABLE(check_modes_agree(kt_shared(STORIES), k_stories_prompt,
+                                     (int)(sizeof k_stories_prompt / sizeof k_stories_prompt[0]),
+                                     true, 32));
 }
 
 TEST(engine_smollm2_modes_agree) {
@@ -433,7 +467,9 @@ TEST(engine_smollm2_modes_agree) {
     CHECK_EQ_INT(m->layers[0].wq.type, 3 /* Q4_1 */);
     kn_model_free(m);
     /* Stateless with two threads is left out: every step is a whole window, and the
-     * two-thread kv run and the stateless run already cover both halves. */
-    check_modes_agree(path, k_smol_prompt, (int)(sizeof k_smol_prompt / sizeof k_smol_prompt[0]),
-                      false, KT_SANITIZED ? 6 : 32);
+     * two-thread kv run and the stateless run already cover both halves. The plain-C table
+     * and sanitizer builds are ~10-30x slower: there a few stateless steps show the same. */
+    FOR_EACH_TABLE(check_modes_agree(path, k_smol_prompt,
+                                     (int)(sizeof k_smol_prompt / sizeof k_smol_prompt[0]), false,
+                                     KT_SANITIZED || g_table == kn_kernels_generic() ? 6 : 32));
 }

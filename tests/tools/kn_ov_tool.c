@@ -7,6 +7,11 @@
  *   kn_ov_tool native OFFERING N_GEN ID...
  *       the native CPU engine as the oracle: feeds the prompt ids, prints the logits of the last
  *       prompt token on a line "LOGITS v0 v1 ..." and N_GEN greedy ids on a line "IDS ...".
+ *   kn_ov_tool teacher OFFERING OUT N_PROMPT ID...
+ *       teacher forcing: the first N_PROMPT ids are the prompt (prefilled in chunks), the rest a
+ *       continuation fed one decode step at a time whatever the engine would have chosen; writes
+ *       to OUT the float32 logits [n_cont][V] that predict each continuation id. The kernel
+ *       table is the engine's choice, so KILN_KERNELS selects it.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,11 +84,47 @@ static int cmd_native(const char *dir, int n_gen, int n, char **argv) {
     return s == KILN_OK ? 0 : fail(&err);
 }
 
+static int cmd_teacher(const char *dir, const char *out, int n_prompt, int n, char **argv) {
+    kiln_error err = {0};
+    int32_t ids[1024];
+    if (n_prompt < 1 || n <= n_prompt || n > 1024) {
+        fprintf(stderr, "kn_ov_tool: teacher wants 1 <= N_PROMPT < number of ids <= 1024\n");
+        return 2;
+    }
+    for (int i = 0; i < n; i++) ids[i] = (int32_t)atoi(argv[i]);
+    char *path = kn_path_join(dir, "model.gguf");
+    kn_model_params mp = kn_model_default_params();
+    kn_session_params sp = kn_session_default_params();
+    sp.stateless = false;
+    kn_model *m = NULL;
+    kn_session *ss = NULL;
+    const float *logits = NULL;
+    FILE *f = NULL;
+    kiln_status s = path ? kn_model_open(path, &mp, &m, &err) : KILN_ERR_NOMEM;
+    kn_free(path);
+    if (s == KILN_OK) s = kn_session_new(m, &sp, &ss, &err);
+    if (s == KILN_OK && !(f = fopen(out, "wb"))) s = kn_fail(&err, KILN_ERR_IO, "%s: cannot write", out);
+    if (s == KILN_OK) s = kn_session_prefill_all(ss, ids, n_prompt, 0, &logits, &err);
+    for (int i = n_prompt; s == KILN_OK; i++) {
+        if (fwrite(logits, sizeof(float), (size_t)m->hp.n_vocab, f) != (size_t)m->hp.n_vocab)
+            s = kn_fail(&err, KILN_ERR_IO, "%s: write failed", out);
+        if (i + 1 >= n) break;
+        if (s == KILN_OK) s = kn_session_decode(ss, ids[i], i, &logits, &err);
+    }
+    if (f && fclose(f) != 0 && s == KILN_OK) s = kn_fail(&err, KILN_ERR_IO, "%s: write failed", out);
+    kn_session_free(ss);
+    kn_model_free(m);
+    return s == KILN_OK ? 0 : fail(&err);
+}
+
 int main(int argc, char **argv) {
     if (argc >= 3 && strcmp(argv[1], "write") == 0)
         return cmd_write(argv[2], argc >= 4 ? atoi(argv[3]) : 0);
     if (argc >= 5 && strcmp(argv[1], "native") == 0)
         return cmd_native(argv[2], atoi(argv[3]), argc - 4, argv + 4);
-    fprintf(stderr, "usage: kn_ov_tool write OFFERING [GROUP] | native OFFERING N_GEN ID...\n");
+    if (argc >= 6 && strcmp(argv[1], "teacher") == 0)
+        return cmd_teacher(argv[2], argv[3], atoi(argv[4]), argc - 5, argv + 5);
+    fprintf(stderr, "usage: kn_ov_tool write OFFERING [GROUP] | native OFFERING N_GEN ID... | "
+                    "teacher OFFERING OUT N_PROMPT ID...\n");
     return 2;
 }

@@ -49,6 +49,7 @@ kiln_status kn_backend_cpu_new(const kn_model *m, const kn_backend_params *p, kn
     }
     b->base.ops = &k_cpu_ops;
     snprintf(b->base.device, sizeof b->base.device, "cpu");
+    snprintf(b->base.kernels, sizeof b->base.kernels, "%s", kn_session_kernels(b->s)->name);
     *out = &b->base;
     return KILN_OK;
 }
