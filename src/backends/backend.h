@@ -11,7 +11,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "runtime/engine.h"
+#include "backends/cpu/engine.h"
 
 typedef struct kn_backend kn_backend;
 

@@ -14,7 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "backends/openvino/ir.h"
+#include "bake/openvino/ir.h"
 #include "quant/quant.h"
 
 kiln_bake_params kiln_bake_default_params(void) {

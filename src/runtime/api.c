@@ -15,7 +15,7 @@
 #include "backends/backend.h"
 #include "base/base.h"
 #include "formats/source.h"
-#include "runtime/engine.h"
+#include "backends/cpu/engine.h"
 #include "runtime/sampler.h"
 #include "tokenizer/tokenizer.h"
 

@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "tokenizer/jinja.h"
+#include "template/jinja.h"
 #include "tokenizer/tok_impl.h"
 
 typedef enum chat_fmt {

@@ -8,7 +8,7 @@
 
 #include "base/base.h"
 #include "kt.h"
-#include "runtime/engine.h"
+#include "backends/cpu/engine.h"
 
 #define STORIES "models/stories260K/stories260K.gguf"
 #define SMOLLM2 ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"

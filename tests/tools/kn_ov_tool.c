@@ -17,8 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backends/openvino/ir.h"
-#include "runtime/engine.h"
+#include "bake/openvino/ir.h"
+#include "backends/cpu/engine.h"
 
 static int fail(const kiln_error *err) {
     fprintf(stderr, "kn_ov_tool: %s\n", err->message);

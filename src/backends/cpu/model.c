@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "quant/quant.h"
-#include "runtime/engine.h"
+#include "backends/cpu/engine.h"
 
 kn_model_params kn_model_default_params(void) {
     kn_model_params p = {KN_DEFAULT_WINDOW, KN_DEFAULT_CHUNK, KN_DEFAULT_SINK};

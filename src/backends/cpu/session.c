@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "quant/quant.h"
-#include "runtime/engine.h"
+#include "backends/cpu/engine.h"
 
 struct kn_session {
     const kn_model *m;

@@ -7,7 +7,7 @@
  * because nothing outside the arena and the output buffer is owned mid-render. Output size,
  * arena size, loop iterations and nesting depth are capped so no template can exhaust memory,
  * spin forever or overflow the stack. */
-#include "tokenizer/jinja.h"
+#include "template/jinja.h"
 
 #include <math.h>
 #include <setjmp.h>

@@ -3,7 +3,7 @@
  * Layers are kept as records and the XML is written only at the end, because a tensor name
  * (the `names` attribute of a producer's output port) is known only once a Result asks for it.
  * Constant bytes go to the .bin immediately, so a multi-gigabyte model never sits in memory. */
-#include "backends/openvino/ir_build.h"
+#include "bake/openvino/ir_build.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -3,13 +3,13 @@
  * Activations are [T, E] (batch 1 folded away); attention runs per KV head with the query heads
  * of a group stacked, [Hkv, g*T, D], so grouped-query attention needs no Broadcast or Tile of
  * K/V. Every op comes from opset1/4/8; shapes are inferred and checked by ir_build.c. */
-#include "backends/openvino/ir.h"
+#include "bake/openvino/ir.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "backends/openvino/ir_build.h"
+#include "bake/openvino/ir_build.h"
 #include "kernels/kernels.h"
 
 typedef struct ov_ctx {
