@@ -74,7 +74,7 @@ int kn_kernels_usable(const kn_kernels *out[KN_KERNEL_TABLES]) {
 
 static const kn_kernels *g_chosen;   /* NULL when KILN_KERNELS names no usable table */
 static const kn_kernels *g_best;
-static char g_bad[160];              /* why KILN_KERNELS was refused */
+static char g_bad[256];              /* why KILN_KERNELS was refused */
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 static void choose(void) {
