@@ -49,6 +49,12 @@ FIX = json.loads((DATA / "smollm2_llamacpp.json").read_text())
 TOPK = np.load(DATA / "smollm2_llamacpp_topk.npz")
 FIRST = np.load(DATA / "smollm2_llamacpp_logits.npy")
 
+# The sanitizer build (-O0 + ASan, ~30x slower) checks memory safety of every kernel table on
+# the shortest prompt and its first 4 positions; the numbers are the release build's to prove.
+SANITIZED = os.environ.get("KILN_SANITIZED") == "1"
+PROMPTS = [1] if SANITIZED else list(range(len(FIX["prompts"])))
+N_POS = 4 if SANITIZED else 32
+
 MAX_ABS = 2.0
 MAX_RMS = 0.45
 GAP = MAX_ABS
@@ -83,10 +89,10 @@ def test_tokenizer_matches_llamacpp(offering, k):
     assert [int(x) for x in r.stdout.split()] == p["ids"]
 
 
-@pytest.mark.parametrize("k", range(len(FIX["prompts"])))
+@pytest.mark.parametrize("k", PROMPTS)
 def test_teacher_forced_logits_match_llamacpp(offering, k, kernels, tmp_path):
     p = FIX["prompts"][k]
-    cont = p["greedy32"]
+    cont = p["greedy32"][:N_POS]
     logits = teacher_forced(offering, p["ids"], cont, kernels, tmp_path)
     ids, vals = TOPK["ids"][k], TOPK["vals"][k]
     # the first position against llama.cpp's whole vocabulary
@@ -117,5 +123,5 @@ def test_teacher_forced_logits_match_llamacpp(offering, k, kernels, tmp_path):
                  f"is {p['gap32'][j]:.3f} > {GAP}")
     rms = float(np.sqrt(np.mean(np.square(np.concatenate(errs)))))
     print(f"[{kernels}] prompt {k}: max |dlogit| {worst:.3f} (first position, whole vocabulary "
-          f"{first:.3f}), RMS {rms:.3f}, argmax checked at {argmax_checked}/32 positions")
+          f"{first:.3f}), RMS {rms:.3f}, argmax checked at {argmax_checked}/{N_POS} positions")
     assert rms <= MAX_RMS, f"[{kernels}] prompt {k}: RMS of dlogit {rms:.3f} > {MAX_RMS}"
