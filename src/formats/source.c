@@ -165,30 +165,23 @@ kiln_status kn_hparams_from_hf_config(const char *json, const char *label, kn_hp
     const char *archname = NULL;
     if (cJSON_IsArray(archs) && cJSON_IsString(cJSON_GetArrayItem(archs, 0)))
         archname = cJSON_GetArrayItem(archs, 0)->valuestring;
-    if (!arch && archname) {
-        if (strcmp(archname, "LlamaForCausalLM") == 0) arch = "llama";
-        else if (strcmp(archname, "MistralForCausalLM") == 0) arch = "mistral";
-        else if (strcmp(archname, "Qwen2ForCausalLM") == 0) arch = "qwen2";
-    }
-    if (!arch) {
+    if (!arch && !archname) {
         st = kn_fail(err, KILN_ERR_FORMAT, "%s: no model_type or architectures", label);
         goto done;
     }
-    if (strcmp(arch, "llama") == 0 || strcmp(arch, "mistral") == 0) {
-        hp->arch = KN_ARCH_LLAMA;
-        snprintf(hp->arch_name, sizeof hp->arch_name, "llama");
-    } else if (strcmp(arch, "qwen2") == 0) {
-        hp->arch = KN_ARCH_QWEN2;
-        snprintf(hp->arch_name, sizeof hp->arch_name, "qwen2");
-        hp->rope_neox = true;
-        hp->qkv_bias = true;
-    } else {
+    const kn_arch_info *ai = kn_arch_from_hf(arch, archname);
+    if (!ai) {
         st = kn_fail(err, KILN_ERR_UNSUPPORTED,
-                     "%s: architecture '%s'%s%s%s is not supported (llama, mistral, qwen2)",
-                     label, arch, archname ? " (" : "", archname ? archname : "",
-                     archname ? ")" : "");
+                     "%s: architecture '%s'%s%s%s is not supported (%s)", label,
+                     arch ? arch : archname, arch && archname ? " (" : "",
+                     arch && archname ? archname : "", arch && archname ? ")" : "",
+                     kn_arch_supported());
         goto done;
     }
+    hp->arch = ai->id;
+    snprintf(hp->arch_name, sizeof hp->arch_name, "%s", ai->name);
+    hp->rope_neox = ai->rope_neox;
+    hp->qkv_bias = ai->qkv_bias;
     hp->n_layer = json_int(c, "num_hidden_layers", 0);
     hp->n_embd = json_int(c, "hidden_size", 0);
     hp->n_ff = json_int(c, "intermediate_size", 0);
@@ -212,7 +205,7 @@ kiln_status kn_hparams_from_hf_config(const char *json, const char *label, kn_hp
     hp->tied_embeddings = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c, "tie_word_embeddings"));
     const cJSON *sw = cJSON_GetObjectItemCaseSensitive(c, "sliding_window");
     const cJSON *use_sw = cJSON_GetObjectItemCaseSensitive(c, "use_sliding_window");
-    if (cJSON_IsNumber(sw) && (hp->arch == KN_ARCH_LLAMA || cJSON_IsTrue(use_sw)))
+    if (cJSON_IsNumber(sw) && (ai->hf_sliding_window_always || cJSON_IsTrue(use_sw)))
         hp->sliding_window = json_int(c, "sliding_window", 0);
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(c, "rope_scaling");
     if (cJSON_IsObject(rs)) {
@@ -250,49 +243,6 @@ kiln_status kn_hparams_from_hf_config(const char *json, const char *label, kn_hp
 done:
     cJSON_Delete(c);
     return st;
-}
-
-/* Hugging Face tensor names -> GGUF names. Returns false for a name kiln does not know. */
-static bool map_hf_name(const char *hf, char *out, size_t n, bool *skip) {
-    *skip = false;
-    static const struct { const char *hf, *gg; } top[] = {
-        {"model.embed_tokens.weight", "token_embd.weight"},
-        {"model.norm.weight", "output_norm.weight"},
-        {"lm_head.weight", "output.weight"},
-    };
-    for (size_t i = 0; i < sizeof top / sizeof top[0]; i++)
-        if (strcmp(hf, top[i].hf) == 0) {
-            snprintf(out, n, "%s", top[i].gg);
-            return true;
-        }
-    int layer, used = 0;
-    if (sscanf(hf, "model.layers.%d.%n", &layer, &used) != 1 || used == 0 || layer < 0)
-        return false;
-    const char *rest = hf + used;
-    static const struct { const char *hf, *gg; } per[] = {
-        {"input_layernorm.weight", "attn_norm.weight"},
-        {"self_attn.q_proj.weight", "attn_q.weight"},
-        {"self_attn.k_proj.weight", "attn_k.weight"},
-        {"self_attn.v_proj.weight", "attn_v.weight"},
-        {"self_attn.q_proj.bias", "attn_q.bias"},
-        {"self_attn.k_proj.bias", "attn_k.bias"},
-        {"self_attn.v_proj.bias", "attn_v.bias"},
-        {"self_attn.o_proj.weight", "attn_output.weight"},
-        {"post_attention_layernorm.weight", "ffn_norm.weight"},
-        {"mlp.gate_proj.weight", "ffn_gate.weight"},
-        {"mlp.up_proj.weight", "ffn_up.weight"},
-        {"mlp.down_proj.weight", "ffn_down.weight"},
-    };
-    for (size_t i = 0; i < sizeof per / sizeof per[0]; i++)
-        if (strcmp(rest, per[i].hf) == 0) {
-            snprintf(out, n, "blk.%d.%s", layer, per[i].gg);
-            return true;
-        }
-    if (strcmp(rest, "self_attn.rotary_emb.inv_freq") == 0) {
-        *skip = true; /* recomputed from rope_theta */
-        return true;
-    }
-    return false;
 }
 
 static kiln_status read_side_json(kn_source *s, const char *name, char **out, bool required,
@@ -405,11 +355,12 @@ static kiln_status open_hf(kn_source *s, kiln_error *err) {
             kn_st_tensor *x = &sh->tensors[k];
             kn_src_tensor t = {0};
             bool skip;
-            if (!map_hf_name(x->name, t.name, sizeof t.name, &skip))
+            kn_tensor_role role;
+            if (!kn_tensor_from_hf(x->name, t.name, sizeof t.name, &role, &skip))
                 return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: unexpected tensor %s", sh->path,
                                x->name);
             if (skip) continue;
-            if (strcmp(t.name, "output.weight") == 0) {
+            if (role == KN_T_OUTPUT) {
                 has_lm_head = true;
                 if (s->hp.tied_embeddings) continue; /* tied: the classifier is token_embd */
             }
@@ -426,9 +377,9 @@ static kiln_status open_hf(kn_source *s, kiln_error *err) {
                 return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor %s is empty", sh->path, x->name);
             t.data = x->data;
             t.nbytes = x->nbytes;
-            if (s->hp.arch == KN_ARCH_LLAMA && strstr(t.name, ".attn_q.weight"))
+            if (kn_arch_get(s->hp.arch)->hf_permute_qk && role == KN_T_ATTN_Q)
                 t.permute_heads = s->hp.n_head;
-            if (s->hp.arch == KN_ARCH_LLAMA && strstr(t.name, ".attn_k.weight"))
+            if (kn_arch_get(s->hp.arch)->hf_permute_qk && role == KN_T_ATTN_K)
                 t.permute_heads = s->hp.n_head_kv;
             st = add_tensor(s, &t, err);
         }

@@ -1,4 +1,4 @@
-/* hparams.c — llama-family hyperparameters from GGUF metadata, and the tensor schema. */
+/* hparams.c — llama-family hyperparameters from GGUF metadata, and the shapes of the tensors. */
 #include "model/hparams.h"
 
 #include <math.h>
@@ -66,20 +66,17 @@ kiln_status kn_hparams_from_gguf(const kn_gguf *g, kn_hparams *hp, kiln_error *e
     kn_str arch;
     if (!kn_gguf_get_str(g, "general.architecture", &arch))
         return kn_fail(err, KILN_ERR_FORMAT, "%s: no general.architecture key", g->path);
+    const kn_arch_info *ai = kn_arch_from_gguf(arch.ptr, arch.len);
+    if (!ai)
+        return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: architecture '%.*s' is not supported (%s)",
+                       g->path, (int)(arch.len > 64 ? 64 : arch.len), arch.ptr,
+                       kn_arch_supported());
+    /* keys are read under the file's own name ("mistral.block_count"), written under ours */
     char a[32];
     snprintf(a, sizeof a, "%.*s", (int)(arch.len < 31 ? arch.len : 31), arch.ptr);
-    if (strcmp(a, "llama") == 0 || strcmp(a, "mistral") == 0) {
-        hp->arch = KN_ARCH_LLAMA;
-        snprintf(hp->arch_name, sizeof hp->arch_name, "llama");
-    } else if (strcmp(a, "qwen2") == 0) {
-        hp->arch = KN_ARCH_QWEN2;
-        snprintf(hp->arch_name, sizeof hp->arch_name, "qwen2");
-        hp->rope_neox = true;
-    } else {
-        return kn_fail(err, KILN_ERR_UNSUPPORTED,
-                       "%s: architecture '%.*s' is not supported (llama, mistral, qwen2)",
-                       g->path, (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
-    }
+    hp->arch = ai->id;
+    snprintf(hp->arch_name, sizeof hp->arch_name, "%s", ai->name);
+    hp->rope_neox = ai->rope_neox;
     uint32_t u;
     if (!get_u32k(g, a, "block_count", &u))
         return kn_fail(err, KILN_ERR_FORMAT, "%s: missing %s.block_count", g->path, a);
@@ -182,38 +179,13 @@ void kn_hparams_to_gguf(const kn_hparams *hp, kn_gguf_writer *w) {
 #undef F32
 }
 
-static const struct {
-    const char *fmt;      /* printf pattern; %d is the layer */
-    bool per_layer, matrix;
-} k_roles[KN_T_ROLE_COUNT] = {
-    [KN_T_TOKEN_EMBD] = {"token_embd.weight", false, true},
-    [KN_T_OUTPUT_NORM] = {"output_norm.weight", false, false},
-    [KN_T_OUTPUT] = {"output.weight", false, true},
-    [KN_T_ATTN_NORM] = {"blk.%d.attn_norm.weight", true, false},
-    [KN_T_ATTN_Q] = {"blk.%d.attn_q.weight", true, true},
-    [KN_T_ATTN_K] = {"blk.%d.attn_k.weight", true, true},
-    [KN_T_ATTN_V] = {"blk.%d.attn_v.weight", true, true},
-    [KN_T_ATTN_OUT] = {"blk.%d.attn_output.weight", true, true},
-    [KN_T_ATTN_Q_BIAS] = {"blk.%d.attn_q.bias", true, false},
-    [KN_T_ATTN_K_BIAS] = {"blk.%d.attn_k.bias", true, false},
-    [KN_T_ATTN_V_BIAS] = {"blk.%d.attn_v.bias", true, false},
-    [KN_T_FFN_NORM] = {"blk.%d.ffn_norm.weight", true, false},
-    [KN_T_FFN_GATE] = {"blk.%d.ffn_gate.weight", true, true},
-    [KN_T_FFN_UP] = {"blk.%d.ffn_up.weight", true, true},
-    [KN_T_FFN_DOWN] = {"blk.%d.ffn_down.weight", true, true},
-};
-
-bool kn_tensor_role_is_matrix(kn_tensor_role role) { return k_roles[role].matrix; }
-bool kn_tensor_role_is_per_layer(kn_tensor_role role) { return k_roles[role].per_layer; }
-
 bool kn_tensor_expected(const kn_hparams *hp, kn_tensor_role role, int layer, char *name,
                         size_t name_size, int *n_dims, int64_t ne[2]) {
     if (role == KN_T_OUTPUT && hp->tied_embeddings) return false;
     if ((role == KN_T_ATTN_Q_BIAS || role == KN_T_ATTN_K_BIAS || role == KN_T_ATTN_V_BIAS) &&
         !hp->qkv_bias)
         return false;
-    if (k_roles[role].per_layer) snprintf(name, name_size, k_roles[role].fmt, layer);
-    else snprintf(name, name_size, "%s", k_roles[role].fmt);
+    kn_tensor_name(role, layer, name, name_size);
     int64_t q = (int64_t)hp->n_head * hp->head_dim, kv = (int64_t)hp->n_head_kv * hp->head_dim;
     *n_dims = 2;
     ne[1] = 1;

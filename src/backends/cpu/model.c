@@ -103,30 +103,50 @@ static kiln_status load_mat(kn_model *m, const char *name, int64_t n_in, int64_t
     return KILN_OK;
 }
 
-static kiln_status load_layer(kn_model *m, int l, kiln_error *err) {
-    const kn_hparams *hp = &m->hp;
-    kn_layer *L = &m->layers[l];
-    int64_t E = hp->n_embd, QD = (int64_t)hp->n_head * hp->head_dim,
-            KD = (int64_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff;
-    char n[96];
-    kiln_status s;
-#define NAME(x) (snprintf(n, sizeof n, "blk.%d." x, l), n)
-    if ((s = load_vec(m, NAME("attn_norm.weight"), E, &L->attn_norm, err)) ||
-        (s = load_mat(m, NAME("attn_q.weight"), E, QD, &L->wq, err)) ||
-        (s = load_mat(m, NAME("attn_k.weight"), E, KD, &L->wk, err)) ||
-        (s = load_mat(m, NAME("attn_v.weight"), E, KD, &L->wv, err)) ||
-        (s = load_mat(m, NAME("attn_output.weight"), QD, E, &L->wo, err)) ||
-        (s = load_vec(m, NAME("ffn_norm.weight"), E, &L->ffn_norm, err)) ||
-        (s = load_mat(m, NAME("ffn_gate.weight"), E, F, &L->gate, err)) ||
-        (s = load_mat(m, NAME("ffn_up.weight"), E, F, &L->up, err)) ||
-        (s = load_mat(m, NAME("ffn_down.weight"), F, E, &L->down, err)))
-        return s;
-    if (hp->qkv_bias &&
-        ((s = load_vec(m, NAME("attn_q.bias"), QD, &L->bq, err)) ||
-         (s = load_vec(m, NAME("attn_k.bias"), KD, &L->bk, err)) ||
-         (s = load_vec(m, NAME("attn_v.bias"), KD, &L->bv, err))))
-        return s;
-#undef NAME
+/* Where a tensor of each role lives in the model: a matrix view or a vector. */
+static void role_slot(kn_model *m, kn_tensor_role role, int l, kn_wmat **mat, const float ***vec) {
+    kn_layer *L = l >= 0 ? &m->layers[l] : NULL;
+    *mat = NULL;
+    *vec = NULL;
+    switch (role) {
+    case KN_T_TOKEN_EMBD: *mat = &m->tok_embd; break;
+    case KN_T_OUTPUT_NORM: *vec = &m->output_norm; break;
+    case KN_T_OUTPUT: *mat = &m->output; break;
+    case KN_T_ATTN_NORM: *vec = &L->attn_norm; break;
+    case KN_T_ATTN_Q: *mat = &L->wq; break;
+    case KN_T_ATTN_K: *mat = &L->wk; break;
+    case KN_T_ATTN_V: *mat = &L->wv; break;
+    case KN_T_ATTN_OUT: *mat = &L->wo; break;
+    case KN_T_ATTN_Q_BIAS: *vec = &L->bq; break;
+    case KN_T_ATTN_K_BIAS: *vec = &L->bk; break;
+    case KN_T_ATTN_V_BIAS: *vec = &L->bv; break;
+    case KN_T_FFN_NORM: *vec = &L->ffn_norm; break;
+    case KN_T_FFN_GATE: *mat = &L->gate; break;
+    case KN_T_FFN_UP: *mat = &L->up; break;
+    case KN_T_FFN_DOWN: *mat = &L->down; break;
+    default: break;
+    }
+}
+
+/* Every tensor the architecture has (model/arch.h, kn_tensor_expected), global ones with
+ * layer -1, per-layer ones for each layer. */
+static kiln_status load_tensors(kn_model *m, int layer, kiln_error *err) {
+    for (int r = 0; r < KN_T_ROLE_COUNT; r++) {
+        kn_tensor_role role = (kn_tensor_role)r;
+        if (kn_tensor_role_is_per_layer(role) != (layer >= 0)) continue;
+        char name[96];
+        int n_dims;
+        int64_t ne[2];
+        if (!kn_tensor_expected(&m->hp, role, layer < 0 ? 0 : layer, name, sizeof name, &n_dims,
+                                ne))
+            continue;
+        kn_wmat *mat;
+        const float **vec;
+        role_slot(m, role, layer, &mat, &vec);
+        kiln_status s = mat ? load_mat(m, name, ne[0], ne[1], mat, err)
+                            : load_vec(m, name, ne[0], vec, err);
+        if (s) return s;
+    }
     return KILN_OK;
 }
 
@@ -173,27 +193,17 @@ kiln_status kn_model_load(const kn_gguf *g, const kn_hparams *hp, const kn_model
     }
     if (m->sink >= m->window) m->sink = m->window - 1;
 
-    const kn_gguf_tensor *emb;
-    if ((s = find(m, "token_embd.weight", hp->n_embd, hp->n_vocab, &emb, err))) goto fail;
-    /* The embedding table is read row by row through kn_dequantize, and is the classifier when
-     * tied; either way its type must be one the kernels take or it is widened now. */
-    if ((s = load_mat(m, "token_embd.weight", hp->n_embd, hp->n_vocab, &m->tok_embd, err)))
-        goto fail;
-    if ((s = load_vec(m, "output_norm.weight", hp->n_embd, &m->output_norm, err))) goto fail;
-    if (kn_gguf_find_tensor(g, "output.weight")) {
-        if ((s = load_mat(m, "output.weight", hp->n_embd, hp->n_vocab, &m->output, err)))
-            goto fail;
-    } else {
-        m->output = m->tok_embd;
-    }
     m->layers = kn_calloc((size_t)hp->n_layer, sizeof *m->layers);
     m->rope_inv_freq = kn_calloc((size_t)hp->rope_dim / 2, sizeof(double));
     if (!m->layers || !m->rope_inv_freq) {
         s = kn_fail(err, KILN_ERR_NOMEM, "out of memory loading the model");
         goto fail;
     }
-    for (int l = 0; l < hp->n_layer; l++)
-        if ((s = load_layer(m, l, err))) goto fail;
+    /* The embedding table is read row by row through kn_dequantize, and is the classifier when
+     * tied; either way its type must be one the kernels take or it is widened now. */
+    for (int l = -1; l < hp->n_layer; l++)
+        if ((s = load_tensors(m, l, err))) goto fail;
+    if (hp->tied_embeddings) m->output = m->tok_embd;
     kn_rope_cfg rc = {hp->rope_theta,          hp->rope_dim,          (int)hp->rope_scaling,
                       hp->rope_factor,         hp->rope_low_freq_factor, hp->rope_high_freq_factor,
                       hp->rope_orig_ctx};
