@@ -9,7 +9,10 @@
  *
  * The reader trusts nothing: every count, length and offset is checked against the file size
  * before anything is allocated or read, so a hostile file yields KILN_ERR_FORMAT naming the
- * field, never a crash. Values point into the mapped file (zero copy); the kn_gguf owns the map.
+ * field, never a crash. Counts are capped (base/limits.h: KN_MAX_TENSORS, KN_MAX_KV,
+ * KN_MAX_NAME_LEN), and keys and tensor names are checked for duplicates and looked up through
+ * sorted indexes, so parsing and every lookup stay O(n log n) whatever the file holds. Values
+ * point into the mapped file (zero copy); the kn_gguf owns the map.
  */
 #ifndef KN_GGUF_H
 #define KN_GGUF_H
@@ -84,6 +87,8 @@ typedef struct kn_gguf {
     uint64_t data_offset;          /* file offset of the tensor data section */
     kn_map map;
     char *path;                    /* for messages */
+    kn_name_ref *kv_names;         /* [n_kv] keys sorted: duplicate check and kn_gguf_find */
+    kn_name_ref *tensor_names;     /* [n_tensors] names sorted */
 } kn_gguf;
 
 /* Opens and validates a GGUF file (mapped). */

@@ -9,9 +9,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "base/limits.h"
 #include "quant/quant.h"
 
-#define JSON_MAX (64u << 20) /* tokenizer.json of large vocabularies reaches ~20 MB */
+#define JSON_MAX KN_MAX_JSON_BYTES /* tokenizer.json of large vocabularies reaches ~20 MB */
 
 static kiln_status add_file(kn_source *s, const char *path, const void *data, size_t n,
                             kiln_error *err) {
@@ -27,22 +28,42 @@ static kiln_status add_file(kn_source *s, const char *path, const void *data, si
 }
 
 static kiln_status add_tensor(kn_source *s, kn_src_tensor *t, kiln_error *err) {
+    if (s->n_tensors >= KN_MAX_TENSORS)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: more than %d tensors", s->label,
+                       KN_MAX_TENSORS);
     if (s->n_tensors % 64 == 0) {
         kn_src_tensor *nt = kn_realloc(s->tensors, (size_t)(s->n_tensors + 64) * sizeof *nt);
         if (!nt) return kn_fail(err, KILN_ERR_NOMEM, "%s: out of memory", s->label);
         s->tensors = nt;
     }
-    for (int i = 0; i < s->n_tensors; i++)
-        if (strcmp(s->tensors[i].name, t->name) == 0)
-            return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor %s appears twice", t->file, t->name);
     s->tensors[s->n_tensors++] = *t;
     return KILN_OK;
 }
 
-const kn_src_tensor *kn_source_find(const kn_source *s, const char *name) {
+/* Sorts the names once all tensors are in: duplicates (the same GGUF name from two shards, or
+ * two HF names mapping to one) are refused, and kn_source_find is a binary search. */
+static kiln_status index_tensors(kn_source *s, kiln_error *err) {
+    s->names = kn_malloc(((size_t)s->n_tensors + 1) * sizeof *s->names);
+    if (!s->names) return kn_fail(err, KILN_ERR_NOMEM, "%s: out of memory", s->label);
     for (int i = 0; i < s->n_tensors; i++)
-        if (strcmp(s->tensors[i].name, name) == 0) return &s->tensors[i];
-    return NULL;
+        s->names[i] = (kn_name_ref){s->tensors[i].name, strlen(s->tensors[i].name), (uint64_t)i};
+    kn_names_sort(s->names, (size_t)s->n_tensors);
+    const kn_name_ref *dup = kn_names_dup(s->names, (size_t)s->n_tensors);
+    if (dup) {
+        const kn_src_tensor *t = &s->tensors[dup[1].idx];
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor %s appears twice", t->file, t->name);
+    }
+    return KILN_OK;
+}
+
+const kn_src_tensor *kn_source_find(const kn_source *s, const char *name) {
+    if (!s->names) {
+        for (int i = 0; i < s->n_tensors; i++)
+            if (strcmp(s->tensors[i].name, name) == 0) return &s->tensors[i];
+        return NULL;
+    }
+    const kn_name_ref *r = kn_names_find(s->names, (size_t)s->n_tensors, name, strlen(name));
+    return r ? &s->tensors[r->idx] : NULL;
 }
 
 /* Every tensor the hyperparameters call for is present with the implied shape, and nothing
@@ -76,19 +97,9 @@ static kiln_status check_schema(kn_source *s, kiln_error *err) {
     for (int i = 0; i < s->n_tensors; i++) {
         const char *nm = s->tensors[i].name;
         if (strcmp(nm, "rope_freqs.weight") == 0) continue;
-        bool known = false;
-        for (int r = 0; r < KN_T_ROLE_COUNT && !known; r++) {
-            int layers = kn_tensor_role_is_per_layer((kn_tensor_role)r) ? hp->n_layer : 1;
-            for (int l = 0; l < layers && !known; l++) {
-                char name[96];
-                int nd;
-                int64_t ne[2];
-                if (kn_tensor_expected(hp, (kn_tensor_role)r, l, name, sizeof name, &nd, ne) &&
-                    strcmp(name, nm) == 0)
-                    known = true;
-            }
-        }
-        if (!known)
+        kn_tensor_role role;
+        int layer;
+        if (!kn_tensor_role_of(hp, nm, &role, &layer))
             return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: unexpected tensor %s (%s)",
                            s->tensors[i].file, nm, s->tensors[i].orig_name);
     }
@@ -528,6 +539,7 @@ kiln_status kn_source_open(const char *what, kn_source **out, kiln_error *err) {
     } else {
         st = kn_fail(err, KILN_ERR_IO, "%s: no such file or directory", what);
     }
+    if (!st) st = index_tensors(s, err);
     if (!st) st = check_schema(s, err);
     if (st) {
         kn_source_close(s);
@@ -543,6 +555,7 @@ void kn_source_close(kn_source *s) {
     for (int i = 0; i < s->n_shards; i++) kn_safetensors_close(s->shards[i]);
     kn_free(s->shards);
     kn_free(s->tensors);
+    kn_free(s->names);
     for (int i = 0; i < s->n_files; i++) kn_free(s->files[i].path);
     kn_free(s->files);
     kn_free(s->config_json);

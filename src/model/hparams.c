@@ -232,3 +232,33 @@ bool kn_tensor_expected(const kn_hparams *hp, kn_tensor_role role, int layer, ch
     }
     return true;
 }
+
+bool kn_tensor_role_of(const kn_hparams *hp, const char *name, kn_tensor_role *role, int *layer) {
+    int l = 0;
+    const char *rest = name;
+    if (strncmp(name, "blk.", 4) == 0) {
+        /* a canonical decimal layer number: no sign, no leading zero, in range */
+        const char *p = name + 4;
+        if (*p < '0' || *p > '9' || (*p == '0' && p[1] >= '0' && p[1] <= '9')) return false;
+        for (; *p >= '0' && *p <= '9'; p++) {
+            l = l * 10 + (*p - '0');
+            if (l >= hp->n_layer) return false;
+        }
+        if (*p != '.') return false;
+        rest = p + 1;
+    }
+    for (int r = 0; r < KN_T_ROLE_COUNT; r++) {
+        const char *fmt = k_roles[r].fmt;
+        if (k_roles[r].per_layer != (rest != name)) continue;
+        if (k_roles[r].per_layer) fmt += strlen("blk.%d.");
+        if (strcmp(fmt, rest) != 0) continue;
+        char nm[96];
+        int nd;
+        int64_t ne[2];
+        if (!kn_tensor_expected(hp, (kn_tensor_role)r, l, nm, sizeof nm, &nd, ne)) return false;
+        *role = (kn_tensor_role)r;
+        *layer = l;
+        return true;
+    }
+    return false;
+}

@@ -77,6 +77,10 @@ typedef enum kn_tensor_role {
 bool kn_tensor_expected(const kn_hparams *hp, kn_tensor_role role, int layer, char *name,
                         size_t name_size, int *n_dims, int64_t ne[2]);
 
+/* The role and layer of a schema name ("blk.3.attn_q.weight" -> KN_T_ATTN_Q, 3): true only for
+ * a tensor this model has (kn_tensor_expected would name it). O(roles), not O(layers). */
+bool kn_tensor_role_of(const kn_hparams *hp, const char *name, kn_tensor_role *role, int *layer);
+
 /* Whether a tensor of this role holds weights that may be quantized (2-D matrices). */
 bool kn_tensor_role_is_matrix(kn_tensor_role role);
 bool kn_tensor_role_is_per_layer(kn_tensor_role role);
