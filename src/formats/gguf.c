@@ -471,7 +471,9 @@ bool kn_gguf_get_f32(const kn_gguf *g, const char *key, float *out) {
     const kn_gguf_kv *kv = kn_gguf_find(g, key);
     if (!kv) return false;
     if (kv->type == KN_GGUF_FLOAT32 || kv->type == KN_GGUF_FLOAT64) {
-        *out = (float)kv->v.f;
+        if (kv->type == KN_GGUF_FLOAT64 && isfinite(kv->v.f))
+            return kn_f64_to_f32(kv->v.f, out); /* a finite f64 past float's range is refused */
+        *out = (float)kv->v.f; /* exact (it was a float), or NaN / Inf as themselves */
         return true;
     }
     int64_t i;
@@ -520,8 +522,8 @@ int64_t kn_gguf_arr_i64(const kn_gguf_kv *kv, uint64_t i) {
     case KN_GGUF_INT32: { int32_t x; memcpy(&x, p, 4); return x; }
     case KN_GGUF_UINT64: { uint64_t x; memcpy(&x, p, 8); return (int64_t)x; }
     case KN_GGUF_INT64: { int64_t x; memcpy(&x, p, 8); return x; }
-    case KN_GGUF_FLOAT32: { float x; memcpy(&x, p, 4); return (int64_t)x; }
-    case KN_GGUF_FLOAT64: { double x; memcpy(&x, p, 8); return (int64_t)x; }
+    case KN_GGUF_FLOAT32: { float x; memcpy(&x, p, 4); int64_t v = 0; kn_f64_to_i64(x, INT64_MIN, INT64_MAX, &v); return v; }
+    case KN_GGUF_FLOAT64: { double x; memcpy(&x, p, 8); int64_t v = 0; kn_f64_to_i64(x, INT64_MIN, INT64_MAX, &v); return v; }
     default: return 0;
     }
 }

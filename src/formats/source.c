@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "base/limits.h"
+#include "formats/json.h"
 #include "quant/quant.h"
 
 #define JSON_MAX KN_MAX_JSON_BYTES /* tokenizer.json of large vocabularies reaches ~20 MB */
@@ -149,16 +150,23 @@ static kiln_status open_gguf(kn_source *s, const char *path, kiln_error *err) {
 
 /* ---- Hugging Face ---- */
 
-static int json_int(const cJSON *o, const char *key, int def) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!cJSON_IsNumber(v)) return def;
-    if (v->valuedouble > 2147483647.0 || v->valuedouble < -2147483648.0) return -1;
-    return (int)v->valuedouble;
-}
-
-static double json_num(const cJSON *o, const char *key, double def) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsNumber(v) ? v->valuedouble : def;
+/* eos_token_id: one id, or a list whose first entry is the id kiln uses; absent or null: keep
+ * *id as it is. */
+static kiln_status eos_id_of(const cJSON *o, const char *label, int *id, kiln_error *err) {
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(o, "eos_token_id");
+    if (cJSON_IsArray(e)) {
+        const cJSON *it;
+        int64_t v, first = -1;
+        cJSON_ArrayForEach(it, e) {
+            if (!kn_json_i64(it, 0, INT32_MAX, &v))
+                return kn_fail(err, KILN_ERR_FORMAT, "%s: eos_token_id holds an entry that is not "
+                               "a token id in [0, %d]", label, INT32_MAX);
+            if (first < 0) first = v;
+        }
+        if (first >= 0) *id = (int)first;
+        return KILN_OK;
+    }
+    return kn_json_get_i32(o, "eos_token_id", -1, INT32_MAX, *id, id, label, err);
 }
 
 kiln_status kn_hparams_from_hf_config(const char *json, const char *label, kn_hparams *hp,
@@ -200,13 +208,30 @@ kiln_status kn_hparams_from_hf_config(const char *json, const char *label, kn_hp
                      archname ? ")" : "");
         goto done;
     }
-    hp->n_layer = json_int(c, "num_hidden_layers", 0);
-    hp->n_embd = json_int(c, "hidden_size", 0);
-    hp->n_ff = json_int(c, "intermediate_size", 0);
-    hp->n_head = json_int(c, "num_attention_heads", 0);
-    hp->n_head_kv = json_int(c, "num_key_value_heads", hp->n_head);
-    hp->head_dim = json_int(c, "head_dim", 0);
-    if (hp->head_dim <= 0 && hp->n_head > 0) {
+    /* Every number through the range-checked reader: kn_hparams_validate then applies the
+     * model limits to values that are at least integers. */
+    const int M = INT32_MAX;
+    if ((st = kn_json_get_i32(c, "num_hidden_layers", 1, M, 0, &hp->n_layer, label, err)) ||
+        (st = kn_json_get_i32(c, "hidden_size", 1, M, 0, &hp->n_embd, label, err)) ||
+        (st = kn_json_get_i32(c, "intermediate_size", 1, M, 0, &hp->n_ff, label, err)) ||
+        (st = kn_json_get_i32(c, "num_attention_heads", 1, M, 0, &hp->n_head, label, err)) ||
+        (st = kn_json_get_i32(c, "num_key_value_heads", 1, M, hp->n_head, &hp->n_head_kv, label,
+                              err)) ||
+        (st = kn_json_get_i32(c, "head_dim", 1, M, 0, &hp->head_dim, label, err)) ||
+        (st = kn_json_get_i32(c, "vocab_size", 1, M, 0, &hp->n_vocab, label, err)) ||
+        (st = kn_json_get_i32(c, "max_position_embeddings", 1, M, 2048, &hp->n_ctx_train, label,
+                              err)) ||
+        (st = kn_json_get_f32(c, "rope_theta", 10000.0f, &hp->rope_theta, label, err)) ||
+        (st = kn_json_get_f32(c, "rms_norm_eps", 1e-6f, &hp->rms_eps, label, err)))
+        goto done;
+    if (hp->n_layer <= 0 || hp->n_embd <= 0 || hp->n_ff <= 0 || hp->n_head <= 0 ||
+        hp->n_vocab <= 0) {
+        st = kn_fail(err, KILN_ERR_FORMAT, "%s: num_hidden_layers, hidden_size, "
+                     "intermediate_size, num_attention_heads and vocab_size must be positive "
+                     "integers", label);
+        goto done;
+    }
+    if (hp->head_dim <= 0) {
         if (hp->n_embd % hp->n_head) {
             st = kn_fail(err, KILN_ERR_FORMAT, "%s: hidden_size %d is not a multiple of "
                          "num_attention_heads %d and no head_dim is given", label, hp->n_embd,
@@ -216,47 +241,38 @@ kiln_status kn_hparams_from_hf_config(const char *json, const char *label, kn_hp
         hp->head_dim = hp->n_embd / hp->n_head;
     }
     hp->rope_dim = hp->head_dim;
-    hp->n_vocab = json_int(c, "vocab_size", 0);
-    hp->n_ctx_train = json_int(c, "max_position_embeddings", 2048);
-    hp->rope_theta = (float)json_num(c, "rope_theta", 10000.0);
-    hp->rms_eps = (float)json_num(c, "rms_norm_eps", 1e-6);
     hp->tied_embeddings = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c, "tie_word_embeddings"));
     const cJSON *sw = cJSON_GetObjectItemCaseSensitive(c, "sliding_window");
     const cJSON *use_sw = cJSON_GetObjectItemCaseSensitive(c, "use_sliding_window");
-    if (cJSON_IsNumber(sw) && (hp->arch == KN_ARCH_LLAMA || cJSON_IsTrue(use_sw)))
-        hp->sliding_window = json_int(c, "sliding_window", 0);
+    if (cJSON_IsNumber(sw) && (hp->arch == KN_ARCH_LLAMA || cJSON_IsTrue(use_sw)) &&
+        (st = kn_json_get_i32(c, "sliding_window", 0, M, 0, &hp->sliding_window, label, err)))
+        goto done;
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(c, "rope_scaling");
     if (cJSON_IsObject(rs)) {
         const cJSON *ty = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
         if (!cJSON_IsString(ty)) ty = cJSON_GetObjectItemCaseSensitive(rs, "type");
         const char *t = cJSON_IsString(ty) ? ty->valuestring : "";
-        hp->rope_factor = (float)json_num(rs, "factor", 1.0);
+        if ((st = kn_json_get_f32(rs, "factor", 1.0f, &hp->rope_factor, label, err))) goto done;
         if (strcmp(t, "linear") == 0) {
             hp->rope_scaling = KN_ROPE_SCALING_LINEAR;
         } else if (strcmp(t, "llama3") == 0) {
             hp->rope_scaling = KN_ROPE_SCALING_LLAMA3;
-            hp->rope_low_freq_factor = (float)json_num(rs, "low_freq_factor", 1.0);
-            hp->rope_high_freq_factor = (float)json_num(rs, "high_freq_factor", 4.0);
-            hp->rope_orig_ctx = json_int(rs, "original_max_position_embeddings", 8192);
+            if ((st = kn_json_get_f32(rs, "low_freq_factor", 1.0f, &hp->rope_low_freq_factor,
+                                      label, err)) ||
+                (st = kn_json_get_f32(rs, "high_freq_factor", 4.0f, &hp->rope_high_freq_factor,
+                                      label, err)) ||
+                (st = kn_json_get_i32(rs, "original_max_position_embeddings", 1, M, 8192,
+                                      &hp->rope_orig_ctx, label, err)))
+                goto done;
         } else if (strcmp(t, "default") != 0 && t[0]) {
             st = kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: rope_scaling type '%s' is not supported "
                          "(linear, llama3)", label, t);
             goto done;
         }
     }
-    *bos_id = json_int(c, "bos_token_id", -1);
-    const cJSON *eos = cJSON_GetObjectItemCaseSensitive(c, "eos_token_id");
-    if (cJSON_IsArray(eos) && cJSON_IsNumber(cJSON_GetArrayItem(eos, 0)))
-        *eos_id = (int)cJSON_GetArrayItem(eos, 0)->valuedouble;
-    else
-        *eos_id = json_int(c, "eos_token_id", -1);
-    if (hp->n_layer <= 0 || hp->n_embd <= 0 || hp->n_ff <= 0 || hp->n_head <= 0 ||
-        hp->n_vocab <= 0) {
-        st = kn_fail(err, KILN_ERR_FORMAT, "%s: num_hidden_layers, hidden_size, "
-                     "intermediate_size, num_attention_heads and vocab_size must be positive "
-                     "integers", label);
-        goto done;
-    }
+    if ((st = kn_json_get_i32(c, "bos_token_id", -1, M, -1, bos_id, label, err))) goto done;
+    *eos_id = -1;
+    if ((st = eos_id_of(c, label, eos_id, err))) goto done;
     st = kn_hparams_validate(hp, label, err);
 done:
     cJSON_Delete(c);
@@ -368,15 +384,17 @@ static kiln_status open_hf(kn_source *s, kiln_error *err) {
     kn_free(cfg);
     if (st) return st;
     if (s->generation_config_json) {
+        /* the ids the model was trained to use win over config.json's */
+        char *gl = kn_path_join(s->path, "generation_config.json");
         cJSON *g = cJSON_Parse(s->generation_config_json);
-        int b = json_int(g, "bos_token_id", -1);
-        const cJSON *e = cJSON_GetObjectItemCaseSensitive(g, "eos_token_id");
-        if (b >= 0) s->bos_id = b;
-        if (cJSON_IsArray(e) && cJSON_IsNumber(cJSON_GetArrayItem(e, 0)))
-            s->eos_id = (int)cJSON_GetArrayItem(e, 0)->valuedouble;
-        else if (cJSON_IsNumber(e))
-            s->eos_id = (int)e->valuedouble;
+        int b = -1;
+        st = gl ? kn_json_get_i32(g, "bos_token_id", -1, INT32_MAX, -1, &b, gl, err)
+                : kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+        if (!st && b >= 0) s->bos_id = b;
+        if (!st) st = eos_id_of(g, gl, &s->eos_id, err);
         cJSON_Delete(g);
+        kn_free(gl);
+        if (st) return st;
     }
 
     char *single = kn_path_join(s->path, "model.safetensors");

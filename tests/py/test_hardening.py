@@ -74,3 +74,36 @@ def test_bake_copies_60000_keys_in_seconds(stories, tmp_path):
     import gguf
     rd = gguf.GGUFReader(str(out / "model.gguf"))
     assert rd.fields["x.extra.0059999"].contents() == 59999
+
+
+# ---- 9. numbers from config files go through one range-checked reader ----
+
+def hf_dir(stories, tmp_path, **config):
+    from test_bake import write_hf_folder
+    d = tmp_path / "hf"
+    write_hf_folder(stories, d, "f32", extra_config=config)
+    return d
+
+
+@pytest.mark.parametrize("config,words", [
+    ({"eos_token_id": [1e300, 2]}, ["config.json", "eos_token_id"]),
+    ({"eos_token_id": 1e300}, ["config.json", "eos_token_id 1e+300"]),
+    ({"bos_token_id": -1e19}, ["config.json", "bos_token_id"]),
+    ({"hidden_size": 1e30}, ["config.json", "hidden_size 1e+30 is not an integer"]),
+    ({"num_hidden_layers": 2.5}, ["config.json", "num_hidden_layers 2.5"]),
+    ({"rope_theta": 1e300}, ["config.json", "rope_theta"]),
+    ({"max_position_embeddings": "long"}, ["config.json", "max_position_embeddings"]),
+])
+def test_config_numbers_out_of_range(stories, tmp_path, config, words):
+    d = hf_dir(stories, tmp_path, **config)
+    out = tmp_path / "off"
+    r = run_kiln("bake", d, "-o", out, "--quiet", timeout=60)
+    one_line_error(r, *words)
+    assert not out.exists()
+
+
+def test_generation_config_numbers_out_of_range(stories, tmp_path):
+    d = hf_dir(stories, tmp_path)
+    (d / "generation_config.json").write_text('{"bos_token_id": 1, "eos_token_id": [1e300]}')
+    r = run_kiln("bake", d, "-o", tmp_path / "off", "--quiet", timeout=60)
+    one_line_error(r, "generation_config.json", "eos_token_id")

@@ -1,0 +1,70 @@
+/* test_hardening.c — unit-level regression tests for the hostile-input campaign (issue 13);
+ * the end-to-end ones are in tests/py/test_hardening.py. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/base.h"
+#include "formats/gguf.h"
+#include "formats/json.h"
+#include "kt.h"
+
+/* 9: every number read from a file is converted only when it fits. */
+TEST(hardening_number_conversions_are_range_checked) {
+    int64_t i = 7;
+    float f = 7;
+    CHECK(kn_f64_to_i64(42.0, 0, 100, &i) && i == 42);
+    CHECK(!kn_f64_to_i64(1e300, INT64_MIN, INT64_MAX, &i));
+    CHECK(!kn_f64_to_i64(9223372036854775808.0, INT64_MIN, INT64_MAX, &i));
+    CHECK(!kn_f64_to_i64(NAN, INT64_MIN, INT64_MAX, &i));
+    CHECK(!kn_f64_to_i64(2.5, 0, 10, &i));
+    CHECK(!kn_f64_to_i64(-1, 0, 10, &i));
+    CHECK(kn_f64_to_f32(1e30, &f) && f == 1e30f);
+    CHECK(!kn_f64_to_f32(1e300, &f) && !kn_f64_to_f32(NAN, &f) && !kn_f64_to_f32(INFINITY, &f));
+
+    cJSON *o = cJSON_Parse("{\"a\": 1e300, \"b\": 3, \"c\": null, \"d\": \"x\", \"e\": 1e39}");
+    CHECK(o);
+    kiln_error e;
+    int v = -5;
+    CHECK(kn_json_get_i32(o, "a", 0, 100, 1, &v, "f.json", &e) == KILN_ERR_FORMAT);
+    CHECKF(strstr(e.message, "f.json: a 1e+300 is not an integer in [0, 100]"), "%s", e.message);
+    CHECK(kn_json_get_i32(o, "b", 0, 100, 1, &v, "f.json", &e) == KILN_OK && v == 3);
+    CHECK(kn_json_get_i32(o, "c", 0, 100, 9, &v, "f.json", &e) == KILN_OK && v == 9);
+    CHECK(kn_json_get_i32(o, "zz", 0, 100, 8, &v, "f.json", &e) == KILN_OK && v == 8);
+    CHECK(kn_json_get_i32(o, "d", 0, 100, 1, &v, "f.json", &e) == KILN_ERR_FORMAT);
+    CHECK(kn_json_get_f32(o, "e", 1, &f, "f.json", &e) == KILN_ERR_FORMAT);
+    CHECK(kn_json_get_f32(o, "b", 1, &f, "f.json", &e) == KILN_OK && f == 3);
+    cJSON_Delete(o);
+}
+
+/* A GGUF of one F64 key (no tensors), in memory. */
+static size_t gguf_one_f64(uint8_t *buf, const char *key, double v) {
+    size_t o = 0, kl = strlen(key);
+    uint32_t u32;
+    uint64_t u64;
+    memcpy(buf + o, "GGUF", 4), o += 4;
+    u32 = 3, memcpy(buf + o, &u32, 4), o += 4;
+    u64 = 0, memcpy(buf + o, &u64, 8), o += 8;
+    u64 = 1, memcpy(buf + o, &u64, 8), o += 8;
+    u64 = kl, memcpy(buf + o, &u64, 8), o += 8;
+    memcpy(buf + o, key, kl), o += kl;
+    u32 = KN_GGUF_FLOAT64, memcpy(buf + o, &u32, 4), o += 4;
+    memcpy(buf + o, &v, 8), o += 8;
+    return o;
+}
+
+TEST(hardening_gguf_f64_past_float_range_is_refused) {
+    uint8_t buf[256];
+    size_t n = gguf_one_f64(buf, "llama.rope.freq_base", 1e300);
+    kn_gguf *g = NULL;
+    kiln_error e;
+    CHECKF(kn_gguf_open_mem(buf, n, "f.gguf", &g, &e) == KILN_OK, "%s", e.message);
+    float f = 0;
+    CHECK(!kn_gguf_get_f32(g, "llama.rope.freq_base", &f));
+    kn_gguf_close(g);
+    n = gguf_one_f64(buf, "k", 0.5);
+    CHECK(kn_gguf_open_mem(buf, n, "f.gguf", &g, &e) == KILN_OK);
+    CHECK(kn_gguf_get_f32(g, "k", &f) && f == 0.5f);
+    kn_gguf_close(g);
+}
