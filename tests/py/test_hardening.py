@@ -107,3 +107,20 @@ def test_generation_config_numbers_out_of_range(stories, tmp_path):
     (d / "generation_config.json").write_text('{"bos_token_id": 1, "eos_token_id": [1e300]}')
     r = run_kiln("bake", d, "-o", tmp_path / "off", "--quiet", timeout=60)
     one_line_error(r, "generation_config.json", "eos_token_id")
+
+
+# ---- 13. overlapping safetensors data_offsets are refused, as overlapping GGUF tensors are ----
+
+def test_safetensors_overlapping_tensors_are_refused(stories, tmp_path):
+    import json
+    d = hf_dir(stories, tmp_path)
+    st = d / "model.safetensors"
+    data = st.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    a, b = "model.layers.0.input_layernorm.weight", "model.layers.1.input_layernorm.weight"
+    header[b]["data_offsets"] = header[a]["data_offsets"]  # b now reads a's bytes
+    h = json.dumps(header).encode()
+    st.write_bytes(len(h).to_bytes(8, "little") + h + data[8 + n:])
+    r = run_kiln("bake", d, "-o", tmp_path / "off", "--quiet", timeout=60)
+    one_line_error(r, "model.safetensors", "overlap")
