@@ -439,12 +439,10 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
     if ((s = kn_write_file(manifest, desc.data, desc.len, err))) goto done;
 
     if ((s = kn_stage_commit(&stage, err))) goto done;
-    if (p->log && n_fallback) {
-        char msg[256];
-        snprintf(msg, sizeof msg, "%d tensor(s) with rows that are not a whole number of %s "
-                 "groups (e.g. %s) stored as F16", n_fallback, kiln_quant_name(q), first_fallback);
-        p->log(KILN_LOG_WARN, msg, p->log_user);
-    }
+    if (n_fallback)
+        kn_log(p->log, p->log_user, KILN_LOG_WARN, "%d tensor(s) with rows that are not a whole "
+               "number of %s groups (e.g. %s) stored as F16", n_fallback, kiln_quant_name(q),
+               first_fallback);
 done:
     if (f) fclose(f);
     kn_stage_end(&stage);

@@ -86,6 +86,28 @@ static int class_counts(const desc *d, cls_count *out, int cap) {
     return n;
 }
 
+/* The provenance as JSON: the file's text only if it is JSON, printed by cJSON (so it cannot
+ * break the document) with DEL and C1 escaped too; otherwise as a string. */
+static void provenance_json(kn_buf *b, kn_str prov) {
+    if (!prov.len) {
+        kn_buf_printf(b, "null");
+        return;
+    }
+    cJSON *j = cJSON_ParseWithLength(prov.ptr, (size_t)prov.len);
+    char *txt = j ? cJSON_PrintUnformatted(j) : NULL;
+    if (txt) {
+        for (const unsigned char *c = (const unsigned char *)txt; *c; c++) {
+            if (*c == 0x7f) kn_buf_printf(b, "\\u007f");
+            else if (*c == 0xc2 && c[1] >= 0x80 && c[1] < 0xa0) kn_buf_printf(b, "\\u%04x", *++c);
+            else kn_buf_append(b, (const char *)c, 1);
+        }
+    } else {
+        kn_buf_json_str(b, prov.ptr, (size_t)prov.len);
+    }
+    cJSON_free(txt);
+    cJSON_Delete(j);
+}
+
 static void render_json(const desc *d, kn_buf *b) {
     const kn_hparams *hp = d->hp;
     const kn_contract *c = d->c;
@@ -164,8 +186,7 @@ static void render_json(const desc *d, kn_buf *b) {
             kn_buf_printf(b, "null,\n");
     }
     kn_buf_printf(b, "  \"provenance\": ");
-    if (d->provenance.len) kn_buf_append(b, d->provenance.ptr, d->provenance.len);
-    else kn_buf_printf(b, "null");
+    provenance_json(b, d->provenance);
     kn_buf_printf(b, ",\n  \"validation\": {\"ok\": %s, \"checks\": [",
                   desc_valid(d) ? "true" : "false");
     for (int i = 0; i < d->n_checks; i++) {
@@ -187,9 +208,14 @@ static void shape_str(const kn_io *x, char *s, size_t n) {
 static void render_text(const desc *d, kn_buf *b) {
     const kn_hparams *hp = d->hp;
     const kn_contract *c = d->c;
-    kn_buf_printf(b, "%s %s\n", d->offering ? "offering" : "source (not baked; shown as a "
-                  "default bake would make it):", d->path);
-    kn_buf_printf(b, "  name %s, architecture %s\n", d->name ? d->name : "?", hp->arch_name);
+    /* Strings from the file (name, tokenizer, provenance) are escaped: a newline or a
+     * terminal escape sequence in a model file must not reach the terminal as itself. */
+    kn_buf_printf(b, "%s ", d->offering ? "offering" : "source (not baked; shown as a "
+                  "default bake would make it):");
+    kn_buf_escaped(b, d->path, strlen(d->path));
+    kn_buf_printf(b, "\n  name ");
+    kn_buf_escaped(b, d->name ? d->name : "?", d->name ? strlen(d->name) : 1);
+    kn_buf_printf(b, ", architecture %s\n", hp->arch_name);
     kn_buf_printf(b, "  layers %d, width %d, heads %d (kv %d, dim %d), ffn %d, vocab %d, "
                      "trained context %d\n",
                   hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_ff,
@@ -221,8 +247,13 @@ static void render_text(const desc *d, kn_buf *b) {
     int ncc = class_counts(d, cc, 64);
     for (int i = 0; i < ncc; i++)
         kn_buf_printf(b, "  %-11s %-5s x%d\n", cc[i].cls, kn_type_name(cc[i].type), cc[i].n);
-    kn_buf_printf(b, "\ntokenizer: %.*s", d->tok_model_len, d->tok_model ? d->tok_model : "");
-    if (d->tok_pre_len) kn_buf_printf(b, " (pre %.*s)", d->tok_pre_len, d->tok_pre);
+    kn_buf_printf(b, "\ntokenizer: ");
+    if (d->tok_model) kn_buf_escaped(b, d->tok_model, (size_t)d->tok_model_len);
+    if (d->tok_pre_len) {
+        kn_buf_printf(b, " (pre ");
+        kn_buf_escaped(b, d->tok_pre, (size_t)d->tok_pre_len);
+        kn_buf_printf(b, ")");
+    }
     kn_buf_printf(b, ", %lld tokens, %lld merges, bos %lld, eos %lld, chat template %s\n",
                   (long long)d->n_tokens, (long long)d->n_merges, (long long)d->bos,
                   (long long)d->eos, d->chat_template ? "yes" : "no");
@@ -231,12 +262,18 @@ static void render_text(const desc *d, kn_buf *b) {
                       d->ov_prefill ? " openvino_model.xml (prefill)" : "",
                       d->ov_decode ? " openvino_decode.xml (decode)" : "",
                       d->ov_stateless ? " openvino_stateless.xml (stateless)" : "");
-    if (d->provenance.len)
-        kn_buf_printf(b, "\nprovenance: %.*s\n", (int)d->provenance.len, d->provenance.ptr);
+    if (d->provenance.len) {
+        kn_buf_printf(b, "\nprovenance: ");
+        kn_buf_escaped(b, d->provenance.ptr, (size_t)d->provenance.len);
+        kn_buf_printf(b, "\n");
+    }
     kn_buf_printf(b, "\nvalidation: %s\n", desc_valid(d) ? "ok" : "FAILED");
-    for (int i = 0; i < d->n_checks; i++)
-        kn_buf_printf(b, "  [%s] %s%s%s\n", d->check_ok[i] ? "ok" : "FAIL", d->check_name[i],
-                      d->check_msg[i][0] ? ": " : "", d->check_msg[i]);
+    for (int i = 0; i < d->n_checks; i++) {
+        kn_buf_printf(b, "  [%s] %s%s", d->check_ok[i] ? "ok" : "FAIL", d->check_name[i],
+                      d->check_msg[i][0] ? ": " : "");
+        kn_buf_escaped(b, d->check_msg[i], strlen(d->check_msg[i]));
+        kn_buf_printf(b, "\n");
+    }
 }
 
 static void tokenizer_info(desc *d, const kn_gguf *g) {

@@ -15,7 +15,10 @@
 static void vfail(kiln_error *err, kiln_status code, const char *fmt, va_list ap) {
     if (!err) return;
     err->code = code;
-    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    char raw[sizeof err->message];
+    int n = vsnprintf(raw, sizeof raw, fmt, ap);
+    size_t len = n < 0 ? 0 : (size_t)n < sizeof raw ? (size_t)n : sizeof raw - 1;
+    kn_escape(err->message, sizeof err->message, raw, len);
 }
 
 kiln_status kn_fail(kiln_error *err, kiln_status code, const char *fmt, ...) {
@@ -34,13 +37,28 @@ kiln_status kn_fail_prefix(kiln_error *err, const char *fmt, ...) {
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, err->message, sizeof old);
-    size_t np = strlen(prefix), no = strnlen(old, sizeof old - 1);
+    char esc[sizeof prefix];
+    size_t np = kn_escape(esc, sizeof esc, prefix, strlen(prefix)),
+           no = strnlen(old, sizeof old - 1);
+    memcpy(prefix, esc, np + 1);
     if (np > sizeof err->message - 1) np = sizeof err->message - 1;
     if (no > sizeof err->message - 1 - np) no = sizeof err->message - 1 - np;
     memcpy(err->message, prefix, np);
     memcpy(err->message + np, old, no);
     err->message[np + no] = 0;
     return err->code;
+}
+
+void kn_log(kiln_log_fn fn, void *user, kiln_log_level level, const char *fmt, ...) {
+    if (!fn) return;
+    char raw[1024], msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(raw, sizeof raw, fmt, ap);
+    va_end(ap);
+    size_t len = n < 0 ? 0 : (size_t)n < sizeof raw ? (size_t)n : sizeof raw - 1;
+    kn_escape(msg, sizeof msg, raw, len);
+    fn(level, msg, user);
 }
 
 void kn_error_clear(kiln_error *err) {
@@ -293,7 +311,12 @@ void kn_buf_json_str(kn_buf *b, const char *s, size_t n) {
         case '\r': kn_buf_append(b, "\\r", 2); break;
         case '\t': kn_buf_append(b, "\\t", 2); break;
         default:
-            if (c < 0x20) kn_buf_printf(b, "\\u%04x", c);
+            /* C0, DEL and C1 (U+0080..U+009F as UTF-8) escaped: valid JSON either way, but
+             * a terminal showing the JSON must not act on them */
+            if (c < 0x20 || c == 0x7f) kn_buf_printf(b, "\\u%04x", c);
+            else if (c == 0xc2 && i + 1 < n && (unsigned char)s[i + 1] >= 0x80 &&
+                     (unsigned char)s[i + 1] < 0xa0)
+                kn_buf_printf(b, "\\u%04x", (unsigned char)s[++i]);
             else kn_buf_append(b, (const char *)&c, 1);
         }
     }

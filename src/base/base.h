@@ -27,6 +27,11 @@ kiln_status kn_fail_prefix(kiln_error *err, const char *fmt, ...) KN_PRINTF(2, 3
 
 void kn_error_clear(kiln_error *err);
 
+/* Formats a message, escapes it (kn_escape) and hands it to a log callback (if any): what the
+ * library tells the host is one printable line, whatever file names or keys it quotes. */
+void kn_log(kiln_log_fn fn, void *user, kiln_log_level level, const char *fmt, ...)
+    KN_PRINTF(4, 5);
+
 /* Allocation goes through these so tests can count calls and inject failures. */
 void *kn_malloc(size_t n);
 void *kn_calloc(size_t count, size_t size);

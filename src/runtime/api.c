@@ -204,10 +204,7 @@ static int physical_cores(void) {
 }
 
 static void say(const kiln_session_params *p, const char *fmt, const char *a, const char *b) {
-    if (!p->log) return;
-    char msg[900];
-    snprintf(msg, sizeof msg, fmt, a, b);
-    p->log(KILN_LOG_WARN, msg, p->log_user);
+    kn_log(p->log, p->log_user, KILN_LOG_WARN, fmt, a, b);
 }
 
 /* Device choice. Named devices are strict; auto walks NPU -> GPU -> CPU through OpenVINO when
@@ -351,11 +348,9 @@ kiln_status kiln_session_new(kiln_model *km, const kiln_session_params *params,
             s = kn_backend_cpu_new(km->m, &bp, &ks->b, err);
         } else if (vs) {
             s = kn_fail(err, vs, "%s", ve.message);
-        } else if (p->log) {
-            char msg[256];
-            snprintf(msg, sizeof msg, "%s: --verify ok (max |logit difference| %.3g against the "
-                     "native cpu, tolerance %.3g)", ks->b->device, e, tol);
-            p->log(KILN_LOG_INFO, msg, p->log_user);
+        } else {
+            kn_log(p->log, p->log_user, KILN_LOG_INFO, "%s: --verify ok (max |logit difference| "
+                   "%.3g against the native cpu, tolerance %.3g)", ks->b->device, e, tol);
         }
     }
     if (!s) s = kn_sampler_init(&ks->sampler, km->m->hp.n_vocab, &gp.sampling, err);

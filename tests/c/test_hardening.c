@@ -68,3 +68,21 @@ TEST(hardening_gguf_f64_past_float_range_is_refused) {
     CHECK(kn_gguf_get_f32(g, "k", &f) && f == 0.5f);
     kn_gguf_close(g);
 }
+
+/* 6: text from files is escaped before it can reach a terminal. */
+TEST(hardening_escape_makes_one_printable_line) {
+    char out[128];
+    const char in[] = "a\nb\tc\x1b[2J\x7f\xc2\x9b" "d\xc3\xa9\xff\xe2\x82";
+    size_t n = kn_escape(out, sizeof out, in, sizeof in - 1);
+    CHECKF(strcmp(out, "a\\nb\\tc\\x1b[2J\\x7f\\u009bd\xc3\xa9\\xff\\xe2\\x82") == 0, "%s", out);
+    CHECK(n == strlen(out));
+    /* truncation never splits an escape */
+    n = kn_escape(out, 6, "ab\x1b" "cd", 5);
+    CHECKF(strcmp(out, "ab") == 0 || strcmp(out, "ab\\x1b") == 0, "%s", out);
+    CHECK(n < 6);
+    kiln_error e;
+    kn_fail(&e, KILN_ERR_FORMAT, "%s: tensor '%s'", "f.gguf", "x\nkiln: forged");
+    CHECKF(!strchr(e.message, '\n') && strstr(e.message, "x\\nkiln: forged"), "%s", e.message);
+    kn_fail_prefix(&e, "%s: ", "pre\x1b");
+    CHECKF(strncmp(e.message, "pre\\x1b: f.gguf", 15) == 0, "%s", e.message);
+}

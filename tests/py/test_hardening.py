@@ -124,3 +124,88 @@ def test_safetensors_overlapping_tensors_are_refused(stories, tmp_path):
     st.write_bytes(len(h).to_bytes(8, "little") + h + data[8 + n:])
     r = run_kiln("bake", d, "-o", tmp_path / "off", "--quiet", timeout=60)
     one_line_error(r, "model.safetensors", "overlap")
+
+
+# ---- 6. strings from model files never reach the terminal raw ----
+
+def rewrite_stories(dst, arch=None, fields=None, rename=None, copy=None):
+    """stories260K through gguf-py, with general.architecture, string fields or tensor names
+    replaced, or tensors copied under another name (copy: {new name: source name})."""
+    import gguf
+    import numpy as np
+    from conftest import STORIES
+    r = gguf.GGUFReader(str(STORIES))
+    w = gguf.GGUFWriter(str(dst), arch=arch or r.fields["general.architecture"].contents())
+    fields = fields or {}
+    for k, f in r.fields.items():
+        if k.startswith("GGUF.") or k == "general.architecture":
+            continue
+        vt = f.types[0]
+        if k in fields:
+            w.add_key_value(k, fields[k], gguf.GGUFValueType.STRING)
+        elif vt == gguf.GGUFValueType.ARRAY:
+            w.add_key_value(k, f.contents(), vt, sub_type=f.types[-1])
+        else:
+            w.add_key_value(k, f.contents(), vt)
+    for t in r.tensors:
+        a = np.asarray(t.data).reshape(tuple(int(x) for x in reversed(t.shape)))
+        w.add_tensor((rename or {}).get(t.name, t.name), a)
+        for new, old in (copy or {}).items():
+            if old == t.name:
+                w.add_tensor(new, a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+FORGED = "\nkiln: all checks passed\x1b[2J\x1b]0;pwned\x07"
+
+
+def assert_escaped(text):
+    for c in ("\x1b", "\x07", "\x9b"):
+        assert c not in text, repr(text)
+
+
+def test_newline_in_architecture_stays_one_line(tmp_path):
+    p = tmp_path / "arch.gguf"
+    rewrite_stories(p, arch="llama" + FORGED)
+    for cmd in (["inspect", p], ["bake", p, "-o", tmp_path / "off"], ["run", p, "--prompt", "x"]):
+        r = run_kiln(*cmd, timeout=60)
+        line = one_line_error(r, "arch.gguf", "\\nkiln: all checks passed\\x1b[2J")
+        assert_escaped(line)
+
+
+def test_newline_in_a_tensor_name_stays_one_line(tmp_path):
+    p = tmp_path / "name.gguf"
+    rewrite_stories(p, copy={"blk.0.ffn_norm.weight" + FORGED: "blk.0.ffn_norm.weight"})
+    r = run_kiln("bake", p, "-o", tmp_path / "off", timeout=60)
+    assert_escaped(one_line_error(r, "name.gguf", "\\nkiln"))
+
+
+def test_duplicate_key_with_escape_sequence_stays_one_line(stories, tmp_path):
+    d = stories.read_bytes()
+    n_t, n_kv = struct.unpack_from("<QQ", d, 8)
+    key = b"evil\x1b]0;pwned\x07\nkiln: forged"
+    extra = (gguf_str(key) + struct.pack("<II", 4, 1)) * 2
+    p = tmp_path / "dup.gguf"
+    p.write_bytes(d[:8] + struct.pack("<QQ", n_t, n_kv + 2) + extra + d[24:])
+    r = run_kiln("inspect", p, timeout=60)
+    assert_escaped(one_line_error(r, "dup.gguf", "duplicate metadata key", "\\x1b]0;pwned\\x07"))
+
+
+def test_inspect_escapes_names_from_the_file(tmp_path):
+    p = tmp_path / "name.gguf"
+    rewrite_stories(p, fields={"general.name": "tiny" + FORGED + "\u009b31m"})
+    off = tmp_path / "off"
+    assert run_kiln("bake", p, "-o", off, "--quiet").returncode == 0
+    for args in ([], ["--json"]):
+        r = run_kiln("inspect", off, *args)
+        assert r.returncode == 0, r.stderr
+        assert_escaped(r.stdout)
+        assert "kiln: all checks passed" in r.stdout   # shown, escaped, not dropped
+    r = run_kiln("inspect", off)
+    assert "name tiny\\nkiln: all checks passed\\x1b[2J" in r.stdout
+    import json
+    doc = json.loads(run_kiln("inspect", off, "--json").stdout)
+    assert doc["name"] == "tiny" + FORGED + "\u009b31m"     # JSON keeps the value exactly

@@ -80,7 +80,7 @@ static kiln_status ov_fail(ov_backend *b, kiln_error *err, kiln_status code, ov_
 }
 
 static void say(const kn_backend_params *p, kiln_log_level level, const char *msg) {
-    if (p->log) p->log(level, msg, p->log_user);
+    kn_log(p->log, p->log_user, level, "%s", msg);
 }
 
 /* "NPU" is present when OpenVINO lists "NPU" or "NPU.<n>"; "GPU.1" only as itself. */
