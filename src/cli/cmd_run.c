@@ -1,4 +1,5 @@
 /* cmd_run.c — `kiln run`, `kiln chat` and `kiln bench`. */
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -66,9 +67,11 @@ static int parse_common(int argc, char **argv, int *i, run_opts *o) {
         if (!bad && !parse_float("--repeat-penalty", v, 0.01, 100, &o->gp.sampling.repeat_penalty))
             return -1;
     } else if (kiln_arg_value(argc, argv, i, "--seed", NULL, &v, &bad)) {
+        if (bad) return -1;
         char *end;
+        errno = 0;
         unsigned long long s = strtoull(v, &end, 10);
-        if (!bad && (end == v || *end)) {
+        if (end == v || *end || errno || v[0] == '-') {
             kiln_cli_error("--seed: '%s' is not a non-negative integer", v);
             return -1;
         }
@@ -449,15 +452,20 @@ int kiln_cli_bench(int argc, char **argv) {
                 modes[n_modes++] = strcmp(t, "kv") == 0 ? KILN_MODE_KV : KILN_MODE_STATELESS;
             }
         } else if (kiln_arg_value(argc, argv, &i, "--device", NULL, &v, &bad)) {
+            if (bad) return 2;
             o.device = v;
         } else if (strcmp(a, "--json") == 0) {
             json = true;
         } else if (a[0] == '-' && a[1]) {
             kiln_cli_error("bench: unknown option '%s' (kiln bench --help)", a);
             return 2;
+        } else if (model) {
+            kiln_cli_error("bench: more than one OFFERING ('%s', '%s')", model, a);
+            return 2;
         } else {
             model = a;
         }
+        if (bad) return 2;
     }
     if (!model) {
         kiln_cli_error("bench: no OFFERING given (kiln bench --help)");

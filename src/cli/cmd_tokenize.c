@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "args.h"
 #include "cli.h"
 #include "kiln.h"
 
@@ -60,17 +61,17 @@ int kiln_cli_tokenize(int argc, char **argv) {
     const char *source = NULL, *text = NULL, *file = NULL;
     int bos = 0, special = 0, json = 0;
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
+        const char *a = argv[i], *v = NULL;
+        bool bad = false;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(k_tok_usage, stdout);
             return 0;
-        } else if (!strcmp(a, "--text") || !strcmp(a, "--file")) {
-            if (i + 1 >= argc) {
-                kiln_cli_error("tokenize: %s needs a value", a);
-                return 2;
-            }
-            if (a[2] == 't') text = argv[++i];
-            else file = argv[++i];
+        } else if (kiln_arg_value(argc, argv, &i, "--text", NULL, &v, &bad)) {
+            if (bad) return 2;
+            text = v;
+        } else if (kiln_arg_value(argc, argv, &i, "--file", NULL, &v, &bad)) {
+            if (bad) return 2;
+            file = v;
         } else if (!strcmp(a, "--bos")) {
             bos = 1;
         } else if (!strcmp(a, "--special")) {

@@ -209,3 +209,49 @@ def test_inspect_escapes_names_from_the_file(tmp_path):
     import json
     doc = json.loads(run_kiln("inspect", off, "--json").stdout)
     assert doc["name"] == "tiny" + FORGED + "\u009b31m"     # JSON keeps the value exactly
+
+
+# ---- 1. every option that takes a value says so when the value is missing ----
+
+VALUE_OPTIONS = {
+    "bake": ["-o", "--output", "--output_dir", "--model_id", "--from-ir", "--quant", "--target",
+             "--group-size", "--window", "--chunk", "--sink"],
+    "run": ["--prompt", "-p", "--model_xml", "--system", "--tokenizer_id", "--chat-template",
+            "--max-tokens", "-n", "--temp", "--top-k", "--top-p", "--min-p", "--repeat-penalty",
+            "--seed", "--stop", "--mode", "--overflow", "--device", "--openvino-lib",
+            "--threads", "-t", "--window", "--chunk"],
+    "chat": ["--system", "--tokenizer_id", "--chat-template", "--max-tokens", "-n", "--temp",
+             "--top-k", "--top-p", "--min-p", "--repeat-penalty", "--seed", "--stop", "--mode",
+             "--overflow", "--device", "--openvino-lib", "--threads", "-t", "--window",
+             "--chunk"],
+    "bench": ["-p", "--n-prompt", "-n", "--n-gen", "-t", "--threads", "-r", "--repetitions",
+              "--mode", "--device"],
+    "tokenize": ["--text", "--file"],
+}
+
+
+@pytest.mark.parametrize("cmd,opt", [(c, o) for c, opts in VALUE_OPTIONS.items() for o in opts])
+@pytest.mark.parametrize("after", ["end", "option"])
+def test_missing_option_value(stories, cmd, opt, after):
+    """`kiln run OFF --prompt hi --seed` crashed (SIGSEGV); `kiln bench OFF --device` ran the
+    whole benchmark. The value may be missing at the end, or followed by another option."""
+    pos = [] if (cmd == "bake" and opt in ("--model_id", "--from-ir")) else [stories]
+    extra = ["--prompt", "hi"] if cmd == "run" and opt not in ("--prompt", "-p") else []
+    tail = [opt] if after == "end" else [opt, "--json"]
+    r = run_kiln(cmd, *pos, *extra, *tail, timeout=60)
+    one_line_error(r, f"kiln: {opt} needs a value")
+    assert r.stdout == ""
+
+
+def test_option_value_may_start_with_dashes_when_attached(stories_offering_hard):
+    r = run_kiln("run", stories_offering_hard, "--raw", "--prompt=--once", "--max-tokens", 2)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture(scope="module")
+def stories_offering_hard(stories, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hard") / "off"
+    r = run_kiln("bake", stories, "-o", out, "--quant", "keep", "--quiet", "--window", 64,
+                 "--chunk", 16)
+    assert r.returncode == 0, r.stderr
+    return out
