@@ -255,3 +255,44 @@ def stories_offering_hard(stories, tmp_path_factory):
                  "--chunk", 16)
     assert r.returncode == 0, r.stderr
     return out
+
+
+# ---- 3. chat templates lex in linear time; size and rendering work are capped ----
+
+def chat_tool(tmp_path, template, timeout=20):
+    import json
+    import subprocess
+    from conftest import BUILD, sanitizer_env
+    (tmp_path / "t.jinja").write_text(template)
+    (tmp_path / "conv.json").write_text(json.dumps({
+        "messages": [{"role": "user", "content": "hi"}], "add_generation_prompt": True,
+        "bos_token": "<s>", "eos_token": "</s>"}))
+    return subprocess.run([str(BUILD / "kn_chat_tool"), "template", str(tmp_path / "t.jinja"),
+                           str(tmp_path / "conv.json")], capture_output=True, text=True,
+                          timeout=timeout, env=sanitizer_env())
+
+
+def test_large_template_lexes_in_linear_time(tmp_path):
+    # 1,000,035 bytes, 50,000 tags on as many lines: ~25 s with the quadratic lexer
+    body = "".join("{{ m.role }}\n" for _ in range(76922))
+    t = "{% for m in messages %}" + body + "{% endfor %}"
+    assert len(t) < 1 << 20
+    r = chat_tool(tmp_path, t)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "user\n" * 76922
+
+
+@pytest.mark.parametrize("template,word", [
+    ("x" * ((1 << 20) + 1), "more than the 1024 KiB"),
+    ("{% for i in range(1000) %}{% for j in range(1001) %}{% endfor %}{% endfor %}",
+     "loop iterations"),
+    ("{% set s = 'a' * 100000000 %}{% for i in range(100000) %}{% if 'ab' in s %}x{% endif %}"
+     "{% endfor %}", "steps"),
+    ("{% set s = 'a' * 50000000 %}{% for i in range(100000) %}{{ s|length }}{% endfor %}",
+     "steps"),
+    ("{% for i in range(900000) %}{{ '0123456789012345678901234567890123456789' }}{% endfor %}",
+     "output exceeds"),
+], ids=["size", "loops", "search", "length", "output"])
+def test_template_work_is_capped(tmp_path, template, word):
+    r = chat_tool(tmp_path, template, timeout=60)
+    assert r.returncode == 1 and word in r.stderr, r.stderr[-300:]
