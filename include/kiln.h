@@ -251,8 +251,11 @@ typedef struct kiln_session kiln_session;
 typedef struct kiln_model_params {
     const char *tokenizer;    /* optional: an HF folder or cached ORG/NAME whose tokenizer
                                  replaces the offering's (the old --tokenizer_id) */
-    int window;               /* for a source that is not an offering: W (default 1024) */
-    int chunk;                /* for a source that is not an offering: C (default 128) */
+    /* The contract of a source that is not an offering: W (0 = 1024) and C (0 = 128). An
+     * offering runs with the contract it was baked with; a different window or chunk here is
+     * KILN_ERR_INVALID_ARG. */
+    int window;
+    int chunk;
 } kiln_model_params;
 
 kiln_model_params kiln_model_default_params(void);

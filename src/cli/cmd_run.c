@@ -209,7 +209,8 @@ static void run_usage(FILE *f) {
             "                       first; refuse it (auto: fall back) if the logits diverge\n"
             "  --openvino-lib PATH  libopenvino_c (else $KILN_OPENVINO_LIB, the openvino wheel)\n"
             "  --threads N          default: physical cores (-t)\n"
-            "  --window W --chunk C contract for a source that is not an offering\n"
+            "  --window W --chunk C contract for a source that is not an offering (an\n"
+            "                       offering runs with the contract it was baked with)\n"
             "  --tokenizer_id ID    use another tokenizer (HF folder or cached ORG/NAME)\n"
             "  --json               one JSON object: text, ids and every metric\n");
 }

@@ -42,9 +42,7 @@ struct kiln_session {
 
 kiln_model_params kiln_model_default_params(void) {
     kiln_model_params p;
-    memset(&p, 0, sizeof p);
-    p.window = KN_DEFAULT_WINDOW;
-    p.chunk = KN_DEFAULT_CHUNK;
+    memset(&p, 0, sizeof p); /* window, chunk 0: the offering's own, or 1024 / 128 */
     return p;
 }
 
@@ -102,9 +100,12 @@ kiln_status kiln_model_open(const char *path, const kiln_model_params *params, k
     if (!path || !*path) return kn_fail(err, KILN_ERR_INVALID_ARG, "no model path given");
     kiln_model *km = kn_calloc(1, sizeof *km);
     if (!km) return kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+    if (p->window < 0 || p->chunk < 0)
+        return kn_fail(err, KILN_ERR_INVALID_ARG, "window %d / chunk %d must not be negative",
+                       p->window, p->chunk);
     kn_model_params mp = kn_model_default_params();
-    mp.window = p->window > 0 ? p->window : KN_DEFAULT_WINDOW;
-    mp.chunk = p->chunk > 0 ? p->chunk : KN_DEFAULT_CHUNK;
+    mp.window = p->window;
+    mp.chunk = p->chunk;
     kiln_status s = KILN_OK;
     char *gguf = offering_gguf(path);
     char *tmpdir = NULL;
@@ -122,8 +123,10 @@ kiln_status kiln_model_open(const char *path, const kiln_model_params *params, k
         char *off = tmpdir ? kn_path_join(tmpdir, "offering") : NULL;
         kiln_bake_params bp = kiln_bake_default_params();
         bp.quant = KILN_QUANT_KEEP;
-        bp.window = mp.window;
-        bp.chunk = mp.chunk;
+        if (mp.window > 0) bp.window = mp.window;
+        if (mp.chunk > 0) bp.chunk = mp.chunk;
+        else if (bp.chunk > bp.window) bp.chunk = bp.window;
+        if (bp.sink >= bp.window) bp.sink = bp.window - 1;
         s = off ? kiln_bake(path, off, &bp, err) : kn_fail(err, KILN_ERR_NOMEM, "out of memory");
         if (!s) gguf = kn_path_join(off, "model.gguf");
         kn_free(off);

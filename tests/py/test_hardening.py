@@ -296,3 +296,56 @@ def test_large_template_lexes_in_linear_time(tmp_path):
 def test_template_work_is_capped(tmp_path, template, word):
     r = chat_tool(tmp_path, template, timeout=60)
     assert r.returncode == 1 and word in r.stderr, r.stderr[-300:]
+
+
+# ---- 7. an offering runs with the contract it was baked with, or not at all ----
+
+def test_offering_window_is_not_clamped_to_1024(stories, tmp_path):
+    off = tmp_path / "w2048"
+    assert run_kiln("bake", stories, "-o", off, "--quant", "keep", "--window", 2048,
+                    "--chunk", 64, "--quiet").returncode == 0
+    import json
+    # a prompt of ~1,400 tokens: more than 1024, within the 2048 the offering was baked for
+    prompt = "Once upon a time there was a little girl. " * 140
+    r = run_kiln("run", off, "--raw", "--prompt", prompt, "--max-tokens", 2, "--json", "-t", 1,
+                 timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["window"] == 2048 and doc["chunk"] == 64 and 1024 < doc["n_prompt"] < 2048
+    b = run_kiln("bench", off, "-p", 16, "-n", 4, "-t", 1, "-r", 1, "--json")
+    assert b.returncode == 0 and json.loads(b.stdout)[0]["window"] == 2048, b.stderr
+
+
+def patch_u32_key(path, key, value):
+    """Overwrites the u32 value of a metadata key in place."""
+    d = bytearray(path.read_bytes())
+    k = gguf_str(key.encode()) + struct.pack("<I", 4)
+    i = d.index(k) + len(k)
+    d[i:i + 4] = struct.pack("<I", value)
+    path.write_bytes(bytes(d))
+
+
+@pytest.mark.parametrize("window,chunk,sink", [
+    (1, 16, 0), (16, 32, 4), (64, 16, 64), (1 << 31, 16, 4), (64, 0, 4)])
+def test_inconsistent_contract_is_refused_by_inspect_and_run(stories, tmp_path, window, chunk,
+                                                              sink):
+    off = tmp_path / "off"
+    assert run_kiln("bake", stories, "-o", off, "--quant", "keep", "--window", 64, "--chunk", 16,
+                    "--quiet").returncode == 0
+    g = off / "model.gguf"
+    patch_u32_key(g, "kiln.contract.window", window)
+    patch_u32_key(g, "kiln.contract.chunk", chunk)
+    patch_u32_key(g, "kiln.contract.sink", sink)
+    assert run_kiln("inspect", off).returncode == 2
+    for cmd in (["run", off, "--raw", "--prompt", "Once"], ["bench", off, "-p", 4, "-n", 2],
+                ["chat", off]):
+        r = run_kiln(*cmd, timeout=60, input="hi\n")
+        one_line_error(r, "model.gguf")
+
+
+def test_window_option_is_for_sources_only(stories, stories_offering_hard):
+    r = run_kiln("run", stories_offering_hard, "--prompt", "Once", "--raw", "--window", 512)
+    one_line_error(r, "window 64", "--window")
+    r = run_kiln("run", stories, "--prompt", "Once", "--raw", "--window", 512, "--chunk", 32,
+                 "--max-tokens", 2, "--json")
+    assert r.returncode == 0 and '"window": 512' in r.stdout, r.stderr
