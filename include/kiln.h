@@ -48,7 +48,9 @@ typedef enum kiln_status {
     KILN_ERR_NOMEM = 5,         /* an allocation failed */
     KILN_ERR_DEVICE = 6,        /* the requested device is not available */
     KILN_ERR_INTERNAL = 7,      /* a bug in kiln */
-    KILN_ERR_CANCELLED = 8      /* the caller asked to stop (a progress callback said so) */
+    KILN_ERR_CANCELLED = 8,     /* the caller asked to stop (a progress callback said so) */
+    KILN_ERR_WRITE = 9          /* the output could not be written: disk full, permissions,
+                                   another bake writing the same offering */
 } kiln_status;
 
 /* The words of the last failure of a call. Owned by the caller; no allocation inside. */
@@ -133,9 +135,13 @@ kiln_status kiln_bake_from_ir(const char *xml, const char *out_dir,
 
 /*
  * Bakes SOURCE (a .gguf file, a Hugging Face model folder, or "ORG/NAME" looked up in the local
- * Hugging Face cache) into the offering directory OUT_DIR. The offering is written under a
- * temporary name and renamed into place, so a failed bake leaves nothing behind. An existing
- * OUT_DIR that is an offering is replaced; any other existing OUT_DIR is refused.
+ * Hugging Face cache) into the offering directory OUT_DIR. The offering is written in a
+ * staging directory beside it and swapped into place atomically (an existing offering is
+ * replaced in one step: a reader sees the old or the new one, never none), so a failed bake
+ * leaves nothing behind. An existing OUT_DIR that is an offering is replaced; any other
+ * existing OUT_DIR is refused. A bake locks its staging directory: a second bake to the same
+ * OUT_DIR meanwhile is refused (KILN_ERR_WRITE), and staging left by a killed bake is removed
+ * by the next one.
  */
 kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_params *params,
                       kiln_error *err);
@@ -156,7 +162,8 @@ typedef enum kiln_describe_format {
 kiln_status kiln_describe(const char *path, kiln_describe_format format, char **out,
                           kiln_error *err);
 
-/* Maps a status to the exit code of the kiln command: 0 ok, 2 bad input, 3 device, 1 other. */
+/* Maps a status to the exit code of the kiln command: 0 ok, 2 bad input, 3 device, 130
+ * cancelled (as a shell reports Ctrl-C), 1 anything else (a failed write included). */
 int kiln_exit_code(kiln_status status);
 
 /* ---- tokenizer ---- */

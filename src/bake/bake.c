@@ -415,13 +415,13 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
     }
     f = fopen(model, "wb");
     if (!f) {
-        s = kn_fail(err, KILN_ERR_IO, "%s: cannot create: %s", model, strerror(errno));
+        s = kn_fail(err, KILN_ERR_WRITE, "%s: cannot create: %s", model, strerror(errno));
         goto done;
     }
     ctx.t0 = kn_now_seconds();
     if ((s = kn_gguf_writer_write(w, f, model, fill, &ctx, err))) goto done;
     if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
-        s = kn_fail(err, KILN_ERR_IO, "%s: write failed: %s", model, strerror(errno));
+        s = kn_fail(err, KILN_ERR_WRITE, "%s: write failed: %s", model, strerror(errno));
         goto done;
     }
     fclose(f);

@@ -26,13 +26,17 @@ uint32_t kn_bake_out_type(const kn_src_tensor *t, kiln_quant quant, int *group);
 /* Writes the tokenizer of a Hugging Face source (tokenizer.json, tokenizer_config.json) as GGUF
  * tokenizer.* keys, plus its chat template. */
 kiln_status kn_bake_hf_tokenizer(const kn_source *src, kn_gguf_writer *w, kiln_error *err);
-/* An offering written atomically (staging.c): begin makes the hidden staging directory tmp
- * beside out_dir; commit renames it into place, replacing an existing offering; end removes
- * whatever was not committed. */
+/* An offering written atomically (staging.c): begin sweeps the staging of killed bakes and
+ * makes (and locks) the staging directory tmp beside out_dir, or refuses while another bake
+ * writes out_dir; commit swaps it into place in one step, replacing an existing offering;
+ * end removes whatever was not committed and drops the lock. */
 typedef struct kn_stage {
     const char *out_dir;
     char *tmp;      /* the staging directory, "" once committed */
-    char *old;      /* where an existing offering waits during the swap */
+    char *old;      /* where an existing offering waits when the swap takes two renames */
+    char *parent, *base; /* out_dir split */
+    int lock_fd;    /* flock on tmp while the bake runs (when locked) */
+    bool locked;
     bool exists;    /* out_dir existed at begin */
 } kn_stage;
 

@@ -168,13 +168,13 @@ static kiln_status copy_file(const char *from, const char *to, kiln_error *err) 
     FILE *f = fopen(to, "wb");
     if (!f) {
         kn_map_close(&m);
-        return kn_fail(err, KILN_ERR_IO, "%s: cannot create: %s", to, strerror(errno));
+        return kn_fail(err, KILN_ERR_WRITE, "%s: cannot create: %s", to, strerror(errno));
     }
     bool ok = (m.size == 0 || fwrite(m.data, 1, m.size, f) == m.size) && fflush(f) == 0 &&
               fsync(fileno(f)) == 0;
     ok = fclose(f) == 0 && ok;
     kn_map_close(&m);
-    return ok ? KILN_OK : kn_fail(err, KILN_ERR_IO, "%s: write failed", to);
+    return ok ? KILN_OK : kn_fail(err, KILN_ERR_WRITE, "%s: write failed", to);
 }
 
 kiln_status kn_bake_from_ir(const char *xml, const char *out_dir, const kiln_bake_params *p,

@@ -78,6 +78,7 @@ const char *kiln_status_str(kiln_status s) {
     case KILN_ERR_DEVICE: return "device unavailable";
     case KILN_ERR_INTERNAL: return "internal error";
     case KILN_ERR_CANCELLED: return "cancelled";
+    case KILN_ERR_WRITE: return "cannot write the output";
     }
     return "unknown status";
 }

@@ -99,10 +99,11 @@ int kn_rename_exchange(const char *a, const char *b);
 /* rename() that fails with EEXIST instead of replacing an existing to (RENAME_NOREPLACE); falls
  * back to a plain rename where the flag is not supported. */
 int kn_rename_noreplace(const char *from, const char *to);
-/* Opens path (a file or a directory) and takes an exclusive flock on it: the fd, or -1 with
- * errno (EWOULDBLOCK: another process holds it). The lock goes with the process, however it
- * ends, which is what tells a live bake's staging directory from a killed one's. */
-int kn_lock_path(const char *path);
+/* Opens path (a file or a directory) and takes an exclusive flock on it, waiting for it when
+ * wait is set: the fd, or -1 with errno (EWOULDBLOCK: another process holds it). The lock goes
+ * with the process however it ends, which is what tells a live bake's staging directory from
+ * a killed one's. */
+int kn_lock_path(const char *path, bool wait);
 void kn_unlock(int fd);
 
 /* A read-only view of a whole file (mmap where possible). */

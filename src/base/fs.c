@@ -44,10 +44,13 @@ int kn_rename_noreplace(const char *from, const char *to) {
     return rc;
 }
 
-int kn_lock_path(const char *path) {
+int kn_lock_path(const char *path, bool wait) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return -1;
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int rc;
+    while ((rc = flock(fd, LOCK_EX | (wait ? 0 : LOCK_NB))) != 0 && errno == EINTR) {
+    }
+    if (rc != 0) {
         int e = errno;
         close(fd);
         errno = e;

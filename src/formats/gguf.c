@@ -818,7 +818,7 @@ kiln_status kn_gguf_writer_status(const kn_gguf_writer *w, kiln_error *err) {
 
 static kiln_status wr(FILE *f, const void *p, size_t n, const char *path, kiln_error *err) {
     if (n && fwrite(p, 1, n, f) != n)
-        return kn_fail(err, KILN_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+        return kn_fail(err, KILN_ERR_WRITE, "%s: write failed: %s", path, strerror(errno));
     return KILN_OK;
 }
 

@@ -332,6 +332,9 @@ TEST(exit_codes_follow_the_cli_contract) {
     CHECK_EQ_INT(kiln_exit_code(KILN_ERR_DEVICE), 3);
     CHECK_EQ_INT(kiln_exit_code(KILN_ERR_NOMEM), 1);
     CHECK_EQ_INT(kiln_exit_code(KILN_ERR_INTERNAL), 1);
+    CHECK_EQ_INT(kiln_exit_code(KILN_ERR_WRITE), 1); /* a full disk is not bad input */
+    CHECK_EQ_INT(kiln_exit_code(KILN_ERR_CANCELLED), 130);
+    CHECK(strcmp(kiln_status_str(KILN_ERR_WRITE), "unknown status") != 0);
 }
 
 TEST(sha256_known_vectors) {

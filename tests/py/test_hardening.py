@@ -349,3 +349,123 @@ def test_window_option_is_for_sources_only(stories, stories_offering_hard):
     r = run_kiln("run", stories, "--prompt", "Once", "--raw", "--window", 512, "--chunk", 32,
                  "--max-tokens", 2, "--json")
     assert r.returncode == 0 and '"window": 512' in r.stdout, r.stderr
+
+
+# ---- 4. re-baking over an offering swaps it atomically; an interrupted swap is repaired ----
+
+def test_rebake_never_leaves_the_offering_missing(stories, tmp_path):
+    """A reader polls OUT/model.gguf while OUT is re-baked 40 times: with rename(OUT, old) then
+    rename(tmp, OUT) it saw OUT missing (597 and 1 times in two runs of 20 re-bakes); the
+    RENAME_EXCHANGE swap leaves no such moment."""
+    import os
+    import threading
+    out = tmp_path / "off"
+    assert run_kiln("bake", stories, "-o", out, "--quiet").returncode == 0
+    stop, misses, checks = [False], [0], [0]
+
+    def watch():
+        while not stop[0]:
+            checks[0] += 1
+            if not os.path.exists(out / "model.gguf"):
+                misses[0] += 1
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        for i in range(40):
+            r = run_kiln("bake", stories, "-o", out, "--quiet", "--window", 256 + i)
+            assert r.returncode == 0, r.stderr
+    finally:
+        stop[0] = True
+        t.join()
+    assert checks[0] > 1000 and misses[0] == 0, (misses[0], checks[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["off"]
+
+
+def test_interrupted_swap_is_repaired_by_the_next_bake(stories, tmp_path):
+    """What a crash between the two renames of a swap leaves (OUT gone, the previous offering
+    aside): the next bake puts it back before replacing it, and leaves nothing behind."""
+    out = tmp_path / "off"
+    assert run_kiln("bake", stories, "-o", out, "--quiet", "--window", 64,
+                    "--chunk", 16).returncode == 0
+    out.rename(tmp_path / "off.kiln-old-999999")
+    r = run_kiln("bake", stories, "-o", out, "--quiet", "--window", 32, "--chunk", 16)
+    assert r.returncode == 0, r.stderr
+    import json
+    assert json.loads((out / "manifest.json").read_text())["contract"]["window"] == 32
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["off"]
+
+
+# ---- 5. staging left by killed bakes is removed; concurrent bakes: one wins cleanly ----
+
+def test_stale_staging_is_removed(stories, tmp_path):
+    out = tmp_path / "off"
+    for pid in (999999, 1):   # no such process / a live one that holds no lock
+        stale = tmp_path / f"off.kiln-tmp-{pid}"
+        stale.mkdir()
+        (stale / "model.gguf").write_bytes(b"\0" * 4096)
+    assert run_kiln("bake", stories, "-o", out, "--quiet").returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["off"]
+
+
+def start_slow_bake(src, out):
+    """A bake that takes seconds (SmolLM2 requantized), started once its staging exists."""
+    import subprocess
+    import time
+    from conftest import kiln_bin, sanitizer_env
+    p = subprocess.Popen([str(kiln_bin()), "bake", str(src), "-o", str(out), "--quant", "q8_0",
+                          "--quiet"], stderr=subprocess.PIPE, text=True, env=sanitizer_env())
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None:
+        if any(q.name.startswith(out.name + ".kiln-tmp-") for q in out.parent.iterdir()):
+            return p
+        time.sleep(0.01)
+    pytest.fail(f"the bake never staged anything (exit {p.poll()})")
+
+
+def test_killed_bake_leaves_nothing_after_the_next(smollm_gguf, stories, tmp_path):
+    import signal
+    out = tmp_path / "off"
+    p = start_slow_bake(smollm_gguf, out)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert any(q.name.startswith("off.kiln-tmp-") for q in tmp_path.iterdir())
+    assert run_kiln("bake", stories, "-o", out, "--quiet").returncode == 0
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["off"]
+
+
+def test_concurrent_bakes_one_wins(smollm_gguf, stories, tmp_path):
+    out = tmp_path / "off"
+    p = start_slow_bake(smollm_gguf, out)
+    r = run_kiln("bake", stories, "-o", out, "--quiet")
+    one_line_error(r, "off", "another kiln bake", code=1)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    import json
+    assert json.loads((out / "manifest.json").read_text())["name"] != "stories260K"
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["off"]
+
+
+# ---- 13. exit codes: a failed write is 1 (not bad input); Ctrl-C is 130, documented ----
+
+def test_full_disk_exits_1_and_leaves_nothing(stories, tmp_path):
+    import resource
+    import signal
+
+    def small_files():  # writes past 64 KiB fail with EFBIG, as on a full disk with ENOSPC
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+    out = tmp_path / "off"
+    r = run_kiln("bake", stories, "-o", out, "--quiet", "--quant", "keep",
+                 preexec_fn=small_files)
+    one_line_error(r, "model.gguf", "write failed", code=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_bake_exits_130_and_leaves_nothing(smollm_gguf, tmp_path):
+    import signal
+    out = tmp_path / "off"
+    p = start_slow_bake(smollm_gguf, out)
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=120) == 130
+    assert "cancelled" in p.stderr.read()
+    assert list(tmp_path.iterdir()) == []
+    assert "130" in run_kiln("--help").stdout
