@@ -16,6 +16,7 @@
 
 #include "backends/openvino/ir.h"
 #include "quant/quant.h"
+#include "tokenizer/tokenizer.h"
 
 kiln_bake_params kiln_bake_default_params(void) {
     kiln_bake_params p;
@@ -353,6 +354,12 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
 
     kn_source *src = NULL;
     if ((s = kn_source_open(source, &src, err))) return s;
+    /* A GGUF's tokenizer must serve the model before anything is written (an HF folder's is
+     * checked, and padded, when it is converted: kn_bake_hf_tokenizer). */
+    if (src->gguf && (s = kn_tokenizer_check_gguf(src->gguf, src->hp.n_vocab, err))) {
+        kn_source_close(src);
+        return s;
+    }
     kn_contract c;
     if ((s = kn_contract_build(&src->hp, p->window, p->chunk, p->sink, &c, err))) {
         kn_source_close(src);

@@ -14,9 +14,10 @@ const char *kn_tensor_class(const char *name);
 kiln_status kn_describe_offering(const char *model_path, kiln_describe_format fmt, kn_buf *out,
                                  bool *valid, kiln_error *err);
 
-/* Description of a source that is not an offering: what a default bake would produce. */
+/* Description of a source that is not an offering: what a default bake would produce, with
+ * the checks a bake makes before writing (*valid false when one fails). */
 kiln_status kn_describe_source(kn_source *src, kiln_describe_format fmt, kn_buf *out,
-                               kiln_error *err);
+                               bool *valid, kiln_error *err);
 
 /* Output type of a tensor under a scheme (KN_TYPE_* id); *group gets the int4_sym group. */
 uint32_t kn_bake_out_type(const kn_src_tensor *t, kiln_quant quant, int *group);
@@ -24,7 +25,9 @@ uint32_t kn_bake_out_type(const kn_src_tensor *t, kiln_quant quant, int *group);
 
 
 /* Writes the tokenizer of a Hugging Face source (tokenizer.json, tokenizer_config.json) as GGUF
- * tokenizer.* keys, plus its chat template. */
+ * tokenizer.* keys, plus its chat template, after checking it against the model (ids against
+ * the embedding rows, padded as llama.cpp's converter pads; config BOS/EOS ids in range).
+ * w NULL: the checks only. */
 kiln_status kn_bake_hf_tokenizer(const kn_source *src, kn_gguf_writer *w, kiln_error *err);
 /* An offering written atomically (staging.c): begin sweeps the staging of killed bakes and
  * makes (and locks) the staging directory tmp beside out_dir, or refuses while another bake

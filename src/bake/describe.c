@@ -7,8 +7,9 @@
 
 #include "bake/bake.h"
 #include "quant/quant.h"
+#include "tokenizer/tokenizer.h"
 
-#define MAX_CHECKS 8
+#define MAX_CHECKS 12
 
 typedef struct tinfo {
     const char *name;
@@ -297,6 +298,20 @@ static void tokenizer_info(desc *d, const kn_gguf *g) {
     d->hf_json = kn_gguf_find(g, "tokenizer.huggingface.json") != NULL;
 }
 
+/* The tokenizer against the model: a GGUF's (g), or an HF folder's tokenizer.json (src). */
+static void tokenizer_check(desc *d, const kn_gguf *g, const kn_source *src, int64_t rows) {
+    static const char name[] = "tokenizer matches the model (one token per embedding row, "
+                               "special ids inside the vocabulary)";
+    kiln_error e;
+    kiln_status s;
+    if (g && !kn_gguf_has_tokenizer(g)) {
+        add_check(d, name, true, "no tokenizer: kiln run needs --tokenizer_id");
+        return;
+    }
+    s = g ? kn_tokenizer_check_gguf(g, rows, &e) : kn_bake_hf_tokenizer(src, NULL, &e);
+    add_check(d, name, s == KILN_OK, s ? e.message : NULL);
+}
+
 static void render(const desc *d, kiln_describe_format fmt, kn_buf *out) {
     if (fmt == KILN_DESCRIBE_JSON) render_json(d, out);
     else render_text(d, out);
@@ -406,6 +421,7 @@ kiln_status kn_describe_offering(const char *model_path, kiln_describe_format fm
     add_check(&d, "tensors present with the shapes the hyperparameters imply", ss == KILN_OK,
               ss ? e2.message : NULL);
     kn_source_close(src);
+    tokenizer_check(&d, g, NULL, hp.n_vocab);
     char msg[256];
     bool fin = scan_finite(g, msg, sizeof msg);
     add_check(&d, "weights finite (no NaN / Inf)", fin, msg);
@@ -418,7 +434,7 @@ kiln_status kn_describe_offering(const char *model_path, kiln_describe_format fm
 }
 
 kiln_status kn_describe_source(kn_source *src, kiln_describe_format fmt, kn_buf *out,
-                               kiln_error *err) {
+                               bool *valid, kiln_error *err) {
     kiln_bake_params p = kiln_bake_default_params();
     kn_contract c;
     kiln_status s = kn_contract_build(&src->hp, p.window, p.chunk, p.sink, &c, err);
@@ -449,7 +465,10 @@ kiln_status kn_describe_source(kn_source *src, kiln_describe_format fmt, kn_buf 
     }
     d.n_t = src->n_tensors;
     add_check(&d, "source structure and tensor schema", true, "data is checked when baked");
+    if (src->gguf) tokenizer_check(&d, src->gguf, NULL, src->hp.n_vocab);
+    else if (src->tokenizer_json) tokenizer_check(&d, NULL, src, src->hp.n_vocab);
     render(&d, fmt, out);
+    *valid = desc_valid(&d);
     kn_free(d.t);
     if (out->oom) return kn_fail(err, KILN_ERR_NOMEM, "out of memory");
     return KILN_OK;
@@ -567,9 +586,16 @@ kiln_status kiln_describe(const char *path, kiln_describe_format fmt, char **out
         kn_free(model);
     } else {
         kn_source *src = NULL;
+        bool valid = true;
         s = kn_source_open(path, &src, err);
-        if (!s) s = kn_describe_source(src, fmt, &b, err);
+        if (!s) s = kn_describe_source(src, fmt, &b, &valid, err);
         kn_source_close(src);
+        if (!s && !valid) {
+            kn_fail(err, KILN_ERR_FORMAT, "%s: the source fails validation (a bake would refuse "
+                    "it)", path);
+            *out = b.data;
+            return KILN_ERR_FORMAT;
+        }
     }
     if (s) {
         kn_buf_free(&b);

@@ -146,13 +146,15 @@ kiln_status kiln_model_open(const char *path, const kiln_model_params *params, k
                 s = kn_hf_cache_resolve(p->tokenizer, &dir, err);
             if (!s) s = kn_tokenizer_open(dir ? dir : p->tokenizer, &km->tok, err);
             kn_free(dir);
+            if (!s && (int)kn_tokenizer_n_vocab(km->tok) > km->m->hp.n_vocab)
+                s = kn_fail(err, KILN_ERR_FORMAT, "%s: tokenizer has %u tokens, the model only "
+                            "%d", p->tokenizer, kn_tokenizer_n_vocab(km->tok), km->m->hp.n_vocab);
         } else {
+            /* the model's own tokenizer: the checks bake and inspect make */
             s = kn_tokenizer_load_gguf(km->m->gguf, &km->tok, err);
+            if (!s) s = kn_tokenizer_check_model(km->tok, km->m->gguf, km->m->hp.n_vocab, err);
         }
     }
-    if (!s && (int)kn_tokenizer_n_vocab(km->tok) > km->m->hp.n_vocab)
-        s = kn_fail(err, KILN_ERR_FORMAT, "%s: tokenizer has %u tokens, the model only %d",
-                    path, kn_tokenizer_n_vocab(km->tok), km->m->hp.n_vocab);
     if (tmpdir) {
         kn_rmtree(tmpdir);
         kn_free(tmpdir);

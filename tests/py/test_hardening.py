@@ -129,8 +129,10 @@ def test_safetensors_overlapping_tensors_are_refused(stories, tmp_path):
 # ---- 6. strings from model files never reach the terminal raw ----
 
 def rewrite_stories(dst, arch=None, fields=None, rename=None, copy=None):
-    """stories260K through gguf-py, with general.architecture, string fields or tensor names
-    replaced, or tensors copied under another name (copy: {new name: source name})."""
+    """stories260K through gguf-py, with general.architecture, fields or tensor names replaced,
+    or tensors copied under another name (copy: {new name: source name}). A field given as a
+    str is a string, as (value, type[, subtype]) anything else, as None it is dropped; fields
+    not in the file are added."""
     import gguf
     import numpy as np
     from conftest import STORIES
@@ -142,11 +144,18 @@ def rewrite_stories(dst, arch=None, fields=None, rename=None, copy=None):
             continue
         vt = f.types[0]
         if k in fields:
-            w.add_key_value(k, fields[k], gguf.GGUFValueType.STRING)
+            continue
         elif vt == gguf.GGUFValueType.ARRAY:
             w.add_key_value(k, f.contents(), vt, sub_type=f.types[-1])
         else:
             w.add_key_value(k, f.contents(), vt)
+    for k, v in fields.items():
+        if v is None:
+            continue
+        if isinstance(v, str):
+            w.add_key_value(k, v, gguf.GGUFValueType.STRING)
+        else:
+            w.add_key_value(k, v[0], v[1], sub_type=v[2] if len(v) > 2 else None)
     for t in r.tensors:
         a = np.asarray(t.data).reshape(tuple(int(x) for x in reversed(t.shape)))
         w.add_tensor((rename or {}).get(t.name, t.name), a)
@@ -469,3 +478,123 @@ def test_interrupted_bake_exits_130_and_leaves_nothing(smollm_gguf, tmp_path):
     assert "cancelled" in p.stderr.read()
     assert list(tmp_path.iterdir()) == []
     assert "130" in run_kiln("--help").stdout
+
+
+# ---- 10. bake, inspect and run check the tokenizer against the model ----
+
+def stories_field(key):
+    import gguf
+    from conftest import STORIES
+    return gguf.GGUFReader(str(STORIES)).fields[key].contents()
+
+
+def gguf_tokenizer_cases():
+    import gguf
+    A, S, I32, U32 = (gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING,
+                      gguf.GGUFValueType.INT32, gguf.GGUFValueType.UINT32)
+    F32 = gguf.GGUFValueType.FLOAT32
+    toks = stories_field("tokenizer.ggml.tokens")
+    return {
+        "tokens missing": {"tokenizer.ggml.tokens": None},
+        "tokens not strings": {"tokenizer.ggml.tokens": (list(range(512)), A, I32)},
+        "3 tokens": {"tokenizer.ggml.tokens": (toks[:3], A, S),
+                     "tokenizer.ggml.scores": ([0.0] * 3, A, F32),
+                     "tokenizer.ggml.token_type": ([1] * 3, A, I32)},
+        "scores short": {"tokenizer.ggml.scores": ([0.0] * 100, A, F32)},
+        "types short": {"tokenizer.ggml.token_type": ([1] * 100, A, I32)},
+        "model unknown": {"tokenizer.ggml.model": "bert"},
+        "bos outside": {"tokenizer.ggml.bos_token_id": (99999, U32)},
+        "eos outside": {"tokenizer.ggml.eos_token_id": (512, U32)},
+    }
+
+
+@pytest.mark.parametrize("case", list(gguf_tokenizer_cases()))
+def test_gguf_tokenizer_that_cannot_work_is_refused(tmp_path, case):
+    p = tmp_path / "tok.gguf"
+    rewrite_stories(p, fields=gguf_tokenizer_cases()[case])
+    out = tmp_path / "off"
+    one_line_error(run_kiln("bake", p, "-o", out, "--quiet"), "tok.gguf")
+    assert not out.exists()
+    r = run_kiln("inspect", p)
+    assert r.returncode == 2 and "validation: FAILED" in r.stdout or \
+        len(r.stderr.strip().splitlines()) == 1, (r.stdout, r.stderr)
+    assert "validation: ok" not in r.stdout
+    one_line_error(run_kiln("run", p, "--prompt", "Once", "--raw"), "tok.gguf")
+
+
+def test_inspect_reports_a_tokenizer_broken_after_the_bake(stories, tmp_path):
+    import json
+    off = tmp_path / "off"
+    assert run_kiln("bake", stories, "-o", off, "--quiet").returncode == 0
+    patch_u32_key(off / "model.gguf", "tokenizer.ggml.bos_token_id", 4000)
+    r = run_kiln("inspect", off, "--json")
+    assert r.returncode == 2
+    bad = [c for c in json.loads(r.stdout)["validation"]["checks"] if not c["ok"]]
+    assert bad and "tokenizer.ggml.bos_token_id" in bad[0]["detail"], bad
+    one_line_error(run_kiln("run", off, "--prompt", "Once", "--raw"), "bos_token_id")
+
+
+def stories_tokenizer_json(n=None):
+    """A tokenizer.json holding stories260K's vocabulary (first n tokens) as a BPE model."""
+    import json
+    toks = stories_field("tokenizer.ggml.tokens")[:n]
+    return json.dumps({
+        "model": {"type": "BPE", "vocab": {t: i for i, t in enumerate(toks)}, "merges": [],
+                  "byte_fallback": True},
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581",
+                          "prepend_scheme": "first", "split": False},
+        "decoder": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first"},
+        "added_tokens": [], "normalizer": None, "post_processor": None})
+
+
+def test_hf_tokenizer_smaller_than_the_embedding(stories, tmp_path):
+    from test_bake import write_hf_folder
+    d = tmp_path / "hf"
+    write_hf_folder(stories, d, "f32", tokenizer_json=stories_tokenizer_json(3))
+    one_line_error(run_kiln("bake", d, "-o", tmp_path / "off", "--quiet"), "tokenizer.json",
+                   "3 token ids for 512 embedding rows")
+    assert run_kiln("inspect", d).returncode == 2
+
+
+def test_hf_tokenizer_padded_to_the_embedding_like_llama_cpp(stories, tmp_path):
+    """Embeddings rounded past the tokenizer (Qwen2: 151,936 rows, 151,665 ids): the missing
+    ids become unused [PADn] tokens, as convert_hf_to_gguf.py writes them."""
+    import gguf
+    from test_bake import write_hf_folder
+    d = tmp_path / "hf"
+    write_hf_folder(stories, d, "f32", tokenizer_json=stories_tokenizer_json(500))
+    off = tmp_path / "off"
+    r = run_kiln("bake", d, "-o", off, "--quiet")
+    assert r.returncode == 0, r.stderr
+    rd = gguf.GGUFReader(str(off / "model.gguf"))
+    toks = rd.fields["tokenizer.ggml.tokens"].contents()
+    types = rd.fields["tokenizer.ggml.token_type"].contents()
+    assert len(toks) == 512 and toks[500] == "[PAD500]" and toks[511] == "[PAD511]"
+    assert types[500] == gguf.TokenType.UNUSED and toks[:500] == stories_field(
+        "tokenizer.ggml.tokens")[:500]
+    assert run_kiln("run", off, "--raw", "--prompt", "Once", "--max-tokens", 4).returncode == 0
+
+
+def test_hf_config_eos_outside_the_vocabulary(stories, tmp_path):
+    from test_bake import write_hf_folder
+    d = tmp_path / "hf"
+    write_hf_folder(stories, d, "f32", tokenizer_json=stories_tokenizer_json(),
+                    extra_config={"eos_token_id": 9999})
+    one_line_error(run_kiln("bake", d, "-o", tmp_path / "off", "--quiet"), "eos_token_id 9999")
+
+
+# ---- 11. one huge vocabulary id cannot size the tables ----
+
+@pytest.mark.parametrize("big", [67108864, 1073741824, 16777215])
+def test_sparse_vocabulary_id_is_refused(tmp_path, big):
+    import json
+    d = tmp_path / "hf"
+    d.mkdir()
+    vocab = {chr(97 + i): i for i in range(26)}
+    vocab["zz"] = big
+    (d / "tokenizer.json").write_text(json.dumps({
+        "model": {"type": "BPE", "vocab": vocab, "merges": []},
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True},
+        "decoder": {"type": "ByteLevel"}, "added_tokens": []}))
+    r = run_kiln("tokenize", d, "--text", "abc", timeout=20)
+    one_line_error(r, "tokenizer.json", "dense" if big < 1 << 24 else "bad id")
