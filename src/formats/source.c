@@ -81,6 +81,11 @@ static kiln_status check_schema(kn_source *s, kiln_error *err) {
             const kn_src_tensor *t = kn_source_find(s, name);
             if (!t)
                 return kn_fail(err, KILN_ERR_FORMAT, "%s: missing tensor %s", s->label, name);
+            if (!kn_tensor_type_ok((kn_tensor_role)r, t->type))
+                return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor %s has type %s, which is not a "
+                               "type for %s", t->file, name, kn_type_name(t->type),
+                               kn_tensor_role_is_matrix((kn_tensor_role)r)
+                                   ? "weights" : "a norm or bias (F32, F16, BF16)");
             bool ok = t->ne[0] == ne[0] && t->ne[2] == 1 && t->ne[3] == 1 &&
                       (nd == 1 ? t->ne[1] == 1 : t->ne[1] == ne[1]);
             if (!ok)
@@ -97,7 +102,12 @@ static kiln_status check_schema(kn_source *s, kiln_error *err) {
     }
     for (int i = 0; i < s->n_tensors; i++) {
         const char *nm = s->tensors[i].name;
-        if (strcmp(nm, "rope_freqs.weight") == 0) continue;
+        if (strcmp(nm, "rope_freqs.weight") == 0) {
+            if (s->tensors[i].type != KN_TYPE_F32)
+                return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor %s has type %s (F32 expected)",
+                               s->tensors[i].file, nm, kn_type_name(s->tensors[i].type));
+            continue;
+        }
         kn_tensor_role role;
         int layer;
         if (!kn_tensor_role_of(hp, nm, &role, &layer))

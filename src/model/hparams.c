@@ -1,6 +1,8 @@
 /* hparams.c — llama-family hyperparameters from GGUF metadata, and the tensor schema. */
 #include "model/hparams.h"
 
+#include "quant/quant.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -275,4 +277,18 @@ bool kn_tensor_role_of(const kn_hparams *hp, const char *name, kn_tensor_role *r
         return true;
     }
     return false;
+}
+
+bool kn_weight_type_ok(bool matrix, uint32_t type) {
+    switch (type) {
+    case KN_TYPE_F32: case KN_TYPE_F16: case KN_TYPE_BF16: return true;
+    case KN_TYPE_Q4_0: case KN_TYPE_Q4_1: case KN_TYPE_Q5_0: case KN_TYPE_Q5_1: case KN_TYPE_Q8_0:
+    case KN_TYPE_Q2_K: case KN_TYPE_Q3_K: case KN_TYPE_Q4_K: case KN_TYPE_Q5_K: case KN_TYPE_Q6_K:
+        return matrix;
+    default: return false;
+    }
+}
+
+bool kn_tensor_type_ok(kn_tensor_role role, uint32_t type) {
+    return kn_weight_type_ok(k_roles[role].matrix, type);
 }

@@ -449,6 +449,17 @@ static bool find_stop(const char *text, size_t n, size_t from, const kiln_genera
     return found;
 }
 
+/* Logits that are not finite mean the model's arithmetic overflowed (finite but huge weights
+ * pass the bake's finiteness check): an error naming that, not garbage text. */
+static kiln_status check_logits(const float *logits, int n, kiln_error *err) {
+    for (int i = 0; i < n; i++)
+        if (!isfinite(logits[i]))
+            return kn_fail(err, KILN_ERR_FORMAT, "the model's output is not finite (%s logit for "
+                           "token %d): its weights overflow float arithmetic",
+                           isnan(logits[i]) ? "a NaN" : "an infinite", i);
+    return KILN_OK;
+}
+
 /* The loop. The prompt ids are in r->prompt_ids; `past` tokens before them are already in the
  * KV cache (chat), so only the new ones are prefilled. */
 static kiln_status run_loop(kiln_session *ks, int past, const kiln_generate_params *p,
@@ -536,6 +547,7 @@ static kiln_status run_loop(kiln_session *ks, int past, const kiln_generate_para
             mt->finish_reason = "cancelled";
             break;
         }
+        if ((s = check_logits(logits, m->hp.n_vocab, err))) break;
         int32_t id = kn_sampler_sample(&ks->sampler, logits);
         kn_sampler_accept(&ks->sampler, id);
         double t = kn_now_seconds();

@@ -37,6 +37,11 @@ static kiln_status find(const kn_model *m, const char *name, int64_t ne0, int64_
                        m->gguf->path, name, (long long)t->ne[0], (long long)t->ne[1],
                        (long long)t->ne[2], (long long)t->ne[3], (long long)ne0,
                        (long long)(ne1 ? ne1 : 1));
+    /* the schema's type rule (an I32 norm is a corrupted file, not a norm) */
+    if (!kn_weight_type_ok(ne1 != 0, t->type))
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor %s has type %s, which is not a type "
+                       "for %s", m->gguf->path, name, kn_type_name(t->type),
+                       ne1 ? "weights" : "a norm or bias (F32, F16, BF16)");
     const kn_type_traits *tr = kn_type_get(t->type);
     uint64_t rb, need;
     if (!tr || !kn_row_bytes(t->type, ne0, &rb) || !kn_mul_ok(rb, ne1 ? (uint64_t)ne1 : 1, &need) ||

@@ -8,6 +8,7 @@
 #include "base/base.h"
 #include "formats/gguf.h"
 #include "formats/json.h"
+#include "kernels/kernels.h"
 #include "kt.h"
 
 /* 9: every number read from a file is converted only when it fits. */
@@ -85,4 +86,40 @@ TEST(hardening_escape_makes_one_printable_line) {
     CHECKF(!strchr(e.message, '\n') && strstr(e.message, "x\\nkiln: forged"), "%s", e.message);
     kn_fail_prefix(&e, "%s: ", "pre\x1b");
     CHECKF(strncmp(e.message, "pre\\x1b: f.gguf", 15) == 0, "%s", e.message);
+}
+
+/* 12: activations that overflowed quantize to a defined result, in every kernel table: q = 0 and
+ * a NaN scale (the products become NaN, which the generation loop reports), never an
+ * out-of-range conversion. Finite blocks keep the reference's bits. */
+TEST(hardening_quantize_act_non_finite_blocks) {
+    enum { N = 32 * 6 };
+    float x[N];
+    for (int i = 0; i < N; i++) x[i] = (float)((i * 37) % 17) - 8.0f;
+    x[32 + 3] = NAN;
+    x[64 + 31] = INFINITY;
+    x[96] = -INFINITY;
+    x[128 + 5] = 1000.0f; /* finite: quantized normally */
+    x[160 + 7] = 3e38f;   /* finite, but its scale overflows F16: Inf, defined */
+    int8_t q0[N], q1[N];
+    float d0[2 * N / 32], d1[2 * N / 32];
+    kn_act ref = {q0, d0, d0 + N / 32, N};
+    kn_quantize_act(&ref, x, 1, N);
+    for (int b = 1; b <= 3; b++) {
+        CHECKF(isnan(d0[b]) && isnan(ref.s[b]), "block %d: scale %g", b, d0[b]);
+        for (int i = 0; i < 32; i++) CHECK(q0[b * 32 + i] == 0);
+    }
+    CHECK(isfinite(d0[0]) && isfinite(d0[4]) && q0[128 + 5] == 127);
+    CHECK(isinf(d0[5]) && q0[160 + 7] == 127);
+    const kn_kernels *v[] = {kn_kernels_generic(), kn_kernels_avx2(), kn_kernels_avx512()};
+    for (size_t k = 0; k < sizeof v / sizeof v[0]; k++) {
+        if (!v[k]) continue;
+        memset(q1, 0x55, sizeof q1);
+        kn_act a = {q1, d1, d1 + N / 32, N};
+        v[k]->quantize(&a, x, 1, N);
+        CHECKF(memcmp(q0, q1, sizeof q0) == 0, "%s: q differs", v[k]->name);
+        for (int b = 0; b < N / 32; b++)
+            CHECKF(isnan(d0[b]) ? isnan(d1[b]) && isnan(a.s[b])
+                                : d0[b] == d1[b] && ref.s[b] == a.s[b],
+                   "%s: block %d scale %g vs %g", v[k]->name, b, d1[b], d0[b]);
+    }
 }

@@ -598,3 +598,54 @@ def test_sparse_vocabulary_id_is_refused(tmp_path, big):
         "decoder": {"type": "ByteLevel"}, "added_tokens": []}))
     r = run_kiln("tokenize", d, "--text", "abc", timeout=20)
     one_line_error(r, "tokenizer.json", "dense" if big < 1 << 24 else "bad id")
+
+
+# ---- 12. tensor types are checked against roles; overflowing activations are an error ----
+
+def patch_tensor_type(path, name, new_type):
+    """Overwrites the GGUF type field of a tensor's info entry in place (the byte flip the
+    campaign found: a norm's F32 read as I32)."""
+    d = bytearray(path.read_bytes())
+    i = d.index(gguf_str(name.encode())) + 8 + len(name)
+    n_dims = struct.unpack_from("<I", d, i)[0]
+    t = i + 4 + 8 * n_dims
+    d[t:t + 4] = struct.pack("<I", new_type)
+    path.write_bytes(bytes(d))
+
+
+@pytest.mark.parametrize("name,new_type,word", [
+    ("blk.1.attn_norm.weight", 26, "I32"),       # the campaign's flip: F32 -> I32
+    ("output_norm.weight", 2, "Q4_0"),           # a norm cannot be weight-quantized...
+    ("blk.0.attn_q.weight", 24, "I8"),           # ...and weights are never integers
+])
+def test_tensor_type_must_fit_its_role(stories, tmp_path, name, new_type, word):
+    p = tmp_path / "type.gguf"
+    p.write_bytes(stories.read_bytes())
+    patch_tensor_type(p, name, new_type)
+    for cmd in (["bake", p, "-o", tmp_path / "off"], ["inspect", p],
+                ["run", p, "--raw", "--prompt", "Once"]):
+        r = run_kiln(*cmd, timeout=60)
+        assert r.returncode == 2, (cmd, r.stderr)
+        assert name in r.stderr and word in r.stderr, r.stderr
+    assert not (tmp_path / "off").exists()
+
+
+def test_overflowing_activations_are_reported(tmp_path):
+    """Finite but huge weights (3e38 in the norms) pass bake's finiteness check and overflow the
+    forward pass: the activations quantizer met Inf/NaN (an undefined conversion: the sanitizer
+    build aborted, release printed garbage). Now the run stops with one line, in every mode
+    (and with every kernel table: KILN_KERNELS=generic|avx2|avx512vnni)."""
+    import numpy as np
+    p = tmp_path / "huge.gguf"
+
+    def huge(n, a):
+        return (n, np.full_like(a, 3e38)) if "norm" in n else (n, a)
+    from test_bad_input import write_gguf
+    write_gguf(p, huge)
+    off = tmp_path / "off"
+    assert run_kiln("bake", p, "-o", off, "--quiet", "--quant", "q8_0").returncode == 0
+    for mode in ("kv", "stateless"):
+        r = run_kiln("run", off, "--raw", "--prompt", "Once upon a time", "--mode", mode,
+                     "--max-tokens", 8, timeout=60)
+        one_line_error(r, "not finite")
+        assert r.stdout == ""
