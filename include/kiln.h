@@ -369,6 +369,10 @@ typedef struct kiln_result {
     kiln_metrics metrics;
 } kiln_result;
 
+/* The longest prompt (or chat message, or system message) kiln_generate and kiln_chat_turn
+ * take, in bytes; `kiln chat` reads input lines up to this length. */
+#define KILN_MAX_PROMPT_BYTES (8u << 20)
+
 /* One prompt -> one answer, from an empty cache (the session is reset first). */
 kiln_status kiln_generate(kiln_session *session, const char *prompt,
                           const kiln_generate_params *params, kiln_result *out, kiln_error *err);

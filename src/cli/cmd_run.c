@@ -303,6 +303,38 @@ int kiln_cli_run(int argc, char **argv) {
     return rc;
 }
 
+enum { LINE_OK, LINE_END, LINE_TOO_LONG, LINE_NOMEM };
+
+/* One whole line of input (any length up to max bytes, newline kept) into *buf, grown as
+ * needed: LINE_OK; LINE_END at end of input or an interrupted read; LINE_TOO_LONG when the
+ * line is longer than max (the rest of it is read and dropped, so it counts as one line). */
+static int read_line(FILE *f, char **buf, size_t *cap, size_t max) {
+    size_t len = 0;
+    bool too_long = false;
+    for (;;) {
+        if (*cap - len < 2 && !too_long) {
+            size_t nc = *cap ? *cap * 2 : 4096;
+            char *nb = realloc(*buf, nc);
+            if (!nb) return LINE_NOMEM;
+            *buf = nb;
+            *cap = nc;
+        }
+        size_t room = too_long ? *cap : *cap - len; /* past the limit: read into the start */
+        char *at = too_long ? *buf : *buf + len;
+        if (!fgets(at, (int)(room > INT32_MAX ? INT32_MAX : room), f)) {
+            if (ferror(f)) return LINE_END; /* interrupted (Ctrl-C): the partial line is dropped */
+            return too_long ? LINE_TOO_LONG : len ? LINE_OK : LINE_END;
+        }
+        size_t got = strlen(at);
+        bool nl = got && at[got - 1] == '\n';
+        if (!too_long) {
+            len += got;
+            if (len > max + 1 || (len > max && !nl)) too_long = true;
+        }
+        if (nl) return too_long ? LINE_TOO_LONG : LINE_OK;
+    }
+}
+
 int kiln_cli_chat(int argc, char **argv) {
     run_opts o;
     init_opts(&o);
@@ -312,8 +344,10 @@ int kiln_cli_chat(int argc, char **argv) {
         if (kiln_arg_is_help(a)) {
             printf("usage: kiln chat OFFERING [options of kiln run]\n\n"
                    "Multi-turn chat on a terminal. The KV cache is kept between turns: only the\n"
-                   "new turn is prefilled. /reset forgets the conversation; Ctrl-C stops the\n"
-                   "current answer; Ctrl-D or /quit leaves.\n");
+                   "new turn is prefilled (with --overflow slide too, once the conversation is\n"
+                   "longer than the window). Each input line is one message, up to 8 MiB.\n"
+                   "/reset forgets the conversation; Ctrl-C stops the current answer; Ctrl-D or\n"
+                   "/quit leaves.\n");
             return 0;
         }
         int c = parse_common(argc, argv, &i, &o);
@@ -343,20 +377,32 @@ int kiln_cli_chat(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL); /* no SA_RESTART: Ctrl-C interrupts a read, not the program */
     o.gp.on_text = print_text;
     bool tty = isatty(0);
-    char line[8192];
+    char *line = NULL;
+    size_t cap = 0;
     for (;;) {
         if (tty) {
             fputs("> ", stdout);
             fflush(stdout);
         }
         g_cancel = 0;
-        if (!fgets(line, sizeof line, stdin)) {
+        int got = read_line(stdin, &line, &cap, KILN_MAX_PROMPT_BYTES);
+        if (got == LINE_NOMEM) {
+            kiln_cli_error("chat: out of memory reading input");
+            rc = 1;
+            break;
+        }
+        if (got == LINE_END) {
             if (g_cancel && !feof(stdin)) {
                 clearerr(stdin);
                 fputc('\n', stdout);
                 continue;
             }
             break;
+        }
+        if (got == LINE_TOO_LONG) {
+            kiln_cli_error("input line longer than %u MiB (the most kiln takes); ignored",
+                           KILN_MAX_PROMPT_BYTES >> 20);
+            continue;
         }
         line[strcspn(line, "\r\n")] = 0;
         if (!line[0]) continue;
@@ -385,6 +431,7 @@ int kiln_cli_chat(int argc, char **argv) {
         print_metrics_line(&r.metrics);
         kiln_result_free(&r);
     }
+    free(line);
     kiln_session_free(s);
     kiln_model_free(m);
     return rc;

@@ -649,3 +649,70 @@ def test_overflowing_activations_are_reported(tmp_path):
                      "--max-tokens", 8, timeout=60)
         one_line_error(r, "not finite")
         assert r.stdout == ""
+
+
+# ---- 8. chat --overflow slide prefills only the new turn, however long the conversation ----
+
+def chat(model, lines, *args, timeout=300):
+    import subprocess
+    from conftest import kiln_bin, sanitizer_env
+    return subprocess.run([str(kiln_bin()), "chat", str(model), "-t", "1", *map(str, args)],
+                          input=lines, capture_output=True, text=True, timeout=timeout,
+                          env=sanitizer_env())
+
+
+def prompt_tokens(stderr):
+    return [int(l.split("prompt ")[1].split(" tok")[0]) for l in stderr.splitlines()
+            if l.startswith("[kiln] prompt")]
+
+
+def test_chat_slide_prefills_only_the_new_turn(stories, tmp_path):
+    """Window 64: the old code remembered only the first W ids of the conversation, so once it
+    was longer every turn re-prefilled all of it (65, 97, 193, ... 1253 tokens by turn 14)."""
+    off = tmp_path / "w64"
+    assert run_kiln("bake", stories, "-o", off, "--quant", "keep", "--window", 64, "--chunk", 16,
+                    "--quiet").returncode == 0
+    turns = "".join(f"Tell me a story about a cat number {i} please\n" for i in range(14))
+    r = chat(off, turns, "--overflow", "slide", "--chat-template", "chatml", "--max-tokens", 24)
+    assert r.returncode == 0, r.stderr
+    prompts = prompt_tokens(r.stderr)
+    assert len(prompts) == 14, r.stderr
+    # the conversation passes 14 x (~70 + 24) tokens; each turn feeds its own ~70 (plus, at
+    # most, the window's worth a re-tokenized tail can force) instead of all of it
+    assert sum(prompts) + 14 * 24 > 10 * 64
+    assert max(prompts[1:]) < 64 + 40, prompts
+
+
+# ---- 13. chat reads whole lines; the window-full error says how long the conversation is ----
+
+def test_chat_long_line_is_one_message(stories, tmp_path):
+    """A 1 MB line was 128 turns (8,192-byte pieces) and 128 errors; now it is one message,
+    refused once with its real length (the message used to say '0 tokens')."""
+    off = tmp_path / "w64"
+    assert run_kiln("bake", stories, "-o", off, "--quant", "keep", "--window", 64, "--chunk", 16,
+                    "--quiet").returncode == 0
+    r = chat(off, "once upon a time " * 60000 + "\nOnce\n", "--max-tokens", 4,
+             "--chat-template", "chatml")
+    errors = [l for l in r.stderr.splitlines() if l.startswith("kiln: ")]
+    assert r.returncode == 0 and len(errors) == 1, r.stderr[-500:]
+    assert "the window holds 64" in errors[0] and " 0 tokens" not in errors[0]
+    n = int(errors[0].split("conversation is ")[1].split(" tokens")[0])
+    assert n > 100000
+    assert len(prompt_tokens(r.stderr)) == 1          # the next line is answered normally
+
+
+def test_chat_character_across_8192_bytes_is_kept(stories, tmp_path):
+    off = tmp_path / "w2048"
+    assert run_kiln("bake", stories, "-o", off, "--quant", "keep", "--window", 2048,
+                    "--chunk", 64, "--quiet").returncode == 0
+    line = "a" * 8190 + "\u00e9" + "b" * 10 + "\n"  # the old 8,191-byte reads split the \u00e9
+    r = chat(off, line, "--max-tokens", 2, "--chat-template", "chatml")
+    assert r.returncode == 0 and "UTF-8" not in r.stderr, r.stderr[-300:]
+
+
+def test_chat_line_over_the_limit_is_one_error(stories_offering_hard):
+    r = chat(stories_offering_hard, "x" * (9 << 20) + "\nOnce\n", "--max-tokens", 2,
+             "--chat-template", "chatml")
+    errors = [l for l in r.stderr.splitlines() if l.startswith("kiln: ")]
+    assert r.returncode == 0 and len(errors) == 1 and "8 MiB" in errors[0], r.stderr[-300:]
+    assert len(prompt_tokens(r.stderr)) == 1
