@@ -174,8 +174,8 @@ int kiln_exit_code(kiln_status status);
  *     if (kiln_tokenizer_open("offering_int4_binary", &tok, &err) != KILN_OK) ...
  *     int32_t *ids; size_t n;
  *     kiln_tokenize(tok, "Hello", 5, KILN_TOKENIZE_ADD_BOS, &ids, &n, &err);
- *     char *text;
- *     kiln_detokenize(tok, ids, n, 0, &text, &err);
+ *     char *text; size_t len;
+ *     kiln_detokenize(tok, ids, n, 0, &text, &len, &err);
  *     kiln_free(ids); kiln_free(text); kiln_tokenizer_free(tok);
  */
 typedef struct kiln_tokenizer kiln_tokenizer;
@@ -197,20 +197,24 @@ kiln_status kiln_tokenize(const kiln_tokenizer *tok, const char *text, size_t le
 enum {
     KILN_DETOKENIZE_SPECIAL = 1 /* render special tokens as their text */
 };
-/* Decodes ids into a NUL-terminated UTF-8 string (free with kiln_free). An id outside the
+/* Decodes ids into UTF-8 text (free with kiln_free), NUL-terminated for convenience; *len
+ * (optional) is its length in bytes, which counts the NUL bytes a token may decode to (a
+ * byte token <0x00>), so print with the length, not as a C string. An id outside the
  * vocabulary is KILN_ERR_INVALID_ARG. */
 kiln_status kiln_detokenize(const kiln_tokenizer *tok, const int32_t *ids, size_t n,
-                            unsigned flags, char **text, kiln_error *err);
+                            unsigned flags, char **text, size_t *len, kiln_error *err);
 
 /* Streaming decoder: each push returns the text that became complete (possibly ""), holding
  * back the bytes of a character split across tokens; finish returns what is left (an
- * incomplete character becomes U+FFFD). Strings are freed with kiln_free. */
+ * incomplete character becomes U+FFFD). Strings are freed with kiln_free; *len (optional) as
+ * for kiln_detokenize. */
 typedef struct kiln_detok_stream kiln_detok_stream;
 kiln_status kiln_detok_stream_new(const kiln_tokenizer *tok, unsigned flags,
                                   kiln_detok_stream **out, kiln_error *err);
-kiln_status kiln_detok_stream_push(kiln_detok_stream *s, int32_t id, char **text,
+kiln_status kiln_detok_stream_push(kiln_detok_stream *s, int32_t id, char **text, size_t *len,
                                    kiln_error *err);
-kiln_status kiln_detok_stream_finish(kiln_detok_stream *s, char **text, kiln_error *err);
+kiln_status kiln_detok_stream_finish(kiln_detok_stream *s, char **text, size_t *len,
+                                     kiln_error *err);
 void kiln_detok_stream_free(kiln_detok_stream *s);
 
 uint32_t kiln_tokenizer_n_vocab(const kiln_tokenizer *tok);
@@ -362,6 +366,7 @@ typedef struct kiln_metrics {
 
 typedef struct kiln_result {
     char *text;               /* everything generated, NUL-terminated */
+    size_t text_len;          /* its length (the text may hold NUL bytes) */
     int32_t *prompt_ids;      /* the prompt as fed */
     int n_prompt;
     int32_t *ids;             /* generated ids (an ending EOS / end-of-turn id included) */

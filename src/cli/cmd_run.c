@@ -149,9 +149,9 @@ static int open_all(run_opts *o, kiln_model **m, kiln_session **s) {
     return 0;
 }
 
-static void json_str(FILE *f, const char *s) {
+static void json_strn(FILE *f, const char *s, size_t n) {
     fputc('"', f);
-    for (; *s; s++) {
+    for (const char *e = s + n; s < e; s++) {
         unsigned char c = (unsigned char)*s;
         if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
         else if (c == '\n') fputs("\\n", f);
@@ -162,6 +162,8 @@ static void json_str(FILE *f, const char *s) {
     }
     fputc('"', f);
 }
+
+static void json_str(FILE *f, const char *s) { json_strn(f, s, strlen(s)); }
 
 static void print_ids(FILE *f, const int32_t *ids, int n) {
     fputc('[', f);
@@ -277,7 +279,7 @@ int kiln_cli_run(int argc, char **argv) {
     } else if (o.json) {
         const kiln_metrics *mt = &r.metrics;
         printf("{\"text\": ");
-        json_str(stdout, r.text);
+        json_strn(stdout, r.text, r.text_len);
         printf(", \"prompt_tokens\": ");
         print_ids(stdout, r.prompt_ids, r.n_prompt);
         printf(", \"tokens\": ");

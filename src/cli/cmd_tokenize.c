@@ -197,14 +197,15 @@ int kiln_cli_detokenize(int argc, char **argv) {
         return kiln_exit_code(st);
     }
     char *text = NULL;
-    st = kiln_detokenize(tok, ids, n, special ? KILN_DETOKENIZE_SPECIAL : 0, &text, &err);
+    size_t len = 0;
+    st = kiln_detokenize(tok, ids, n, special ? KILN_DETOKENIZE_SPECIAL : 0, &text, &len, &err);
     free(ids);
     kiln_tokenizer_free(tok);
     if (st != KILN_OK) {
         kiln_cli_error("detokenize: %s", err.message);
         return kiln_exit_code(st);
     }
-    fputs(text, stdout);
+    fwrite(text, 1, len, stdout); /* every byte: a token may decode to NUL */
     fputc('\n', stdout);
     kiln_free(text);
     return fflush(stdout) == 0 ? 0 : 1;

@@ -634,6 +634,7 @@ static kiln_status run_loop(kiln_session *ks, int past, const kiln_generate_para
         p->on_text(r->text + emitted, text_len - emitted, p->user);
     }
     double t_end = kn_now_seconds();
+    r->text_len = text_len;
     r->n_ids = n_gen;
     mt->generated_tokens = n_gen;
     double prefill_s = t_prefill - t0;

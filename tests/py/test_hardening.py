@@ -716,3 +716,23 @@ def test_chat_line_over_the_limit_is_one_error(stories_offering_hard):
     errors = [l for l in r.stderr.splitlines() if l.startswith("kiln: ")]
     assert r.returncode == 0 and len(errors) == 1 and "8 MiB" in errors[0], r.stderr[-300:]
     assert len(prompt_tokens(r.stderr)) == 1
+
+
+# ---- 13. detokenize prints every byte, NUL included ----
+
+def test_detokenize_keeps_nul_bytes(stories, tmp_path):
+    import subprocess
+    from conftest import kiln_bin, sanitizer_env
+    f = tmp_path / "in.bin"
+    f.write_bytes(b"Once\x00upon\x00")
+    tok = subprocess.run([str(kiln_bin()), "tokenize", str(stories), "--file", str(f)],
+                         capture_output=True, env=sanitizer_env())
+    assert tok.returncode == 0, tok.stderr
+    ids = tok.stdout.split()
+    det = subprocess.run([str(kiln_bin()), "detokenize", str(stories), *ids],
+                         capture_output=True, env=sanitizer_env())
+    assert det.returncode == 0 and det.stdout == b"Once\x00upon\x00\n", det.stdout
+    # <0x00> <0x01> <0x02> as ids 3 4 5 of a SentencePiece byte-fallback vocabulary
+    det = subprocess.run([str(kiln_bin()), "detokenize", str(stories), "3", "4", "5"],
+                         capture_output=True, env=sanitizer_env())
+    assert det.stdout == b"\x00\x01\x02\n"
