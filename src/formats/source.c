@@ -550,7 +550,12 @@ kiln_status kn_source_open(const char *what, kn_source **out, kiln_error *err) {
     } else if (kn_is_dir(what)) {
         char *cfg = kn_path_join(what, "config.json");
         char *mg = kn_path_join(what, "model.gguf");
-        if (!cfg || !mg) st = kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+        char *man = kn_path_join(what, "manifest.json");
+        if (!cfg || !mg || !man) st = kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+        else if (!kn_is_file(cfg) && !kn_is_file(mg) && kn_is_file(man))
+            /* what is left of an offering, not a Hugging Face folder missing its config */
+            st = kn_fail(err, KILN_ERR_FORMAT, "%s: an offering without its model.gguf (only "
+                         "manifest.json is there): bake it again", what);
         else if (!kn_is_file(cfg) && kn_is_file(mg)) {
             s->path = kn_strdup(mg); /* an offering folder: its model.gguf */
             st = s->path ? open_gguf(s, mg, err) : kn_fail(err, KILN_ERR_NOMEM, "out of memory");
@@ -560,6 +565,7 @@ kiln_status kn_source_open(const char *what, kn_source **out, kiln_error *err) {
         }
         kn_free(cfg);
         kn_free(mg);
+        kn_free(man);
     } else if (strchr(what, '/') && what[0] != '/' && what[0] != '.' &&
                !strchr(strchr(what, '/') + 1, '/')) {
         st = kn_hf_cache_resolve(what, &s->path, err);

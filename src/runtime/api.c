@@ -135,6 +135,15 @@ kiln_status kiln_model_open(const char *path, const kiln_model_params *params, k
     }
     if (!s && !gguf) s = kn_fail(err, KILN_ERR_NOMEM, "out of memory");
     if (!s) s = kn_model_open(gguf, &mp, &km->m, err);
+    if (!s && tmpdir) {
+        /* messages name the folder the user gave, not the private bake under /tmp */
+        char *label = kn_strdup(path);
+        if (!label) s = kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+        else {
+            kn_free(km->m->owned_gguf->path);
+            km->m->owned_gguf->path = label;
+        }
+    }
     if (!s && !tmpdir) {
         const char *slash = strrchr(gguf, '/');
         km->dir = slash ? kn_strndup(gguf, (size_t)(slash - gguf)) : kn_strdup(".");
@@ -151,6 +160,10 @@ kiln_status kiln_model_open(const char *path, const kiln_model_params *params, k
             if (!s && (int)kn_tokenizer_n_vocab(km->tok) > km->m->hp.n_vocab)
                 s = kn_fail(err, KILN_ERR_FORMAT, "%s: tokenizer has %u tokens, the model only "
                             "%d", p->tokenizer, kn_tokenizer_n_vocab(km->tok), km->m->hp.n_vocab);
+        } else if (!kn_gguf_has_tokenizer(km->m->gguf)) {
+            s = kn_fail(err, KILN_ERR_FORMAT, "%s: no tokenizer (%s); give one with "
+                        "--tokenizer_id", path, tmpdir ? "the folder has no tokenizer.json"
+                                                       : "no tokenizer.* keys");
         } else {
             /* the model's own tokenizer: the checks bake and inspect make */
             s = kn_tokenizer_load_gguf(km->m->gguf, &km->tok, err);

@@ -736,3 +736,21 @@ def test_detokenize_keeps_nul_bytes(stories, tmp_path):
     det = subprocess.run([str(kiln_bin()), "detokenize", str(stories), "3", "4", "5"],
                          capture_output=True, env=sanitizer_env())
     assert det.stdout == b"\x00\x01\x02\n"
+
+
+# ---- 13. messages name what the user gave ----
+
+def test_hf_folder_without_tokenizer_names_the_folder(stories, tmp_path):
+    d = hf_dir(stories, tmp_path)
+    r = run_kiln("run", d, "--prompt", "Once", timeout=60)
+    line = one_line_error(r, str(d), "tokenizer.json", "--tokenizer_id")
+    assert "kiln-run-" not in line
+
+
+def test_folder_with_only_a_manifest(stories, tmp_path):
+    off = tmp_path / "off"
+    assert run_kiln("bake", stories, "-o", off, "--quiet").returncode == 0
+    (off / "model.gguf").unlink()
+    for cmd in (["inspect", off], ["run", off, "--prompt", "Once"], ["tokenize", off, "--text", "x"]):
+        line = one_line_error(run_kiln(*cmd, timeout=60), str(off))
+        assert "model.gguf" in line and "config.json" not in line, line
