@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backends/openvino/ir.h"
 #include "bake/bake.h"
 #include "quant/quant.h"
 #include "tokenizer/tokenizer.h"
@@ -397,6 +398,16 @@ kiln_status kn_describe_offering(const char *model_path, kiln_describe_format fm
         d.ov_prefill = x1 && kn_is_file(x1);
         d.ov_decode = x2 && kn_is_file(x2);
         d.ov_stateless = x3 && kn_is_file(x3);
+        /* the IR the offering carries must be one, with all its weights */
+        const char *xs[3] = {d.ov_prefill ? x1 : NULL, d.ov_decode ? x2 : NULL,
+                             d.ov_stateless ? x3 : NULL};
+        kiln_status is = KILN_OK;
+        kiln_error ie;
+        for (int i = 0; i < 3 && !is; i++)
+            if (xs[i]) is = kn_ov_ir_check(xs[i], &ie);
+        if (d.ov_prefill || d.ov_decode || d.ov_stateless)
+            add_check(&d, "openvino IR (a complete <net>, every weight inside its .bin)",
+                      is == KILN_OK, is ? ie.message : NULL);
         kn_free(x1);
         kn_free(x2);
         kn_free(x3);

@@ -19,9 +19,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "backends/openvino/ir.h"
 #include "bake/bake.h"
 
-#define IR_MAX (256u << 20)
+#define IR_MAX KN_OV_IR_MAX
 #define MAX_PARAMS 512
 
 typedef struct param {
@@ -185,12 +186,9 @@ kiln_status kn_bake_from_ir(const char *xml, const char *out_dir, const kiln_bak
     kn_buf out = {0}, man = {0};
     param *params = NULL;
     int np = 0;
-    kiln_status s = kn_read_text(xml, IR_MAX, &text, &len, err);
+    kiln_status s = kn_ov_ir_check(xml, err);
     if (s) return s;
-    if (!strstr(text, "<net") || !strstr(text, "<layers>")) {
-        kn_free(text);
-        return kn_fail(err, KILN_ERR_FORMAT, "%s: not an OpenVINO IR (no <net>/<layers>)", xml);
-    }
+    if ((s = kn_read_text(xml, IR_MAX, &text, &len, err))) return s;
     size_t xl = strlen(xml);
     bin = kn_malloc(xl + 5);
     params = kn_calloc(MAX_PARAMS, sizeof *params);

@@ -754,3 +754,44 @@ def test_folder_with_only_a_manifest(stories, tmp_path):
     for cmd in (["inspect", off], ["run", off, "--prompt", "Once"], ["tokenize", off, "--text", "x"]):
         line = one_line_error(run_kiln(*cmd, timeout=60), str(off))
         assert "model.gguf" in line and "config.json" not in line, line
+
+
+# ---- 13. the IR files of an offering are checked before OpenVINO sees them, and by inspect ----
+
+def ov_env():
+    import os
+    import sys
+    e = dict(os.environ)
+    e.pop("KILN_OPENVINO_LIB", None)
+    e["PATH"] = os.path.dirname(sys.executable) + os.pathsep + e.get("PATH", "")
+    return e
+
+
+@pytest.mark.parametrize("damage", ["garbled xml", "truncated bin"])
+def test_broken_ir_is_one_line_and_fails_inspect(stories, tmp_path, damage):
+    off = tmp_path / "off"
+    assert run_kiln("bake", stories, "-o", off, "--quant", "keep", "--target", "openvino",
+                    "--window", 64, "--chunk", 16, "--quiet").returncode == 0
+    if damage == "garbled xml":
+        x = off / "openvino_model.xml"
+        x.write_bytes(bytes(b ^ 0x5A for b in x.read_bytes()[:4096]))
+        word = "not an OpenVINO IR"
+    else:
+        b = off / "openvino_model.bin"
+        b.write_bytes(b.read_bytes()[:1000])
+        word = "truncated"
+    r = run_kiln("inspect", off)
+    assert r.returncode == 2 and "validation: FAILED" in r.stdout and word in r.stdout, r.stdout
+    r = run_kiln("run", off, "--raw", "--prompt", "Once", "--device", "openvino:CPU",
+                 env=ov_env(), timeout=120)
+    one_line_error(r, "openvino_model", word)
+
+
+def test_from_ir_with_truncated_weights(stories, tmp_path):
+    off = tmp_path / "off"
+    assert run_kiln("bake", stories, "-o", off, "--quant", "keep", "--target", "openvino",
+                    "--window", 64, "--chunk", 16, "--quiet").returncode == 0
+    b = off / "openvino_model.bin"
+    b.write_bytes(b.read_bytes()[:100])
+    r = run_kiln("bake", "--from-ir", off / "openvino_model.xml", "-o", tmp_path / "ir")
+    one_line_error(r, "openvino_model.bin", "truncated")

@@ -39,6 +39,14 @@ kiln_status kn_ov_write_ir_graph(const kn_gguf *model_gguf, const kn_hparams *hp
                                  const kn_contract *c, const char *graph, int group_size,
                                  const char *xml_path, const char *bin_path, kiln_error *err);
 
+/* The largest IR XML kiln reads. */
+#define KN_OV_IR_MAX (256u << 20)
+
+/* Checks that xml_path is an OpenVINO IR (a complete <net> with <layers>) and that every weight
+ * it references (<data offset=".." size="..">) lies inside the .bin beside it: KILN_ERR_FORMAT
+ * naming the file otherwise. Linear in the XML size. */
+kiln_status kn_ov_ir_check(const char *xml_path, kiln_error *err);
+
 /* The prefill graph (which also serves decode by padding: one real token, the rest masked). */
 kiln_status kn_ov_write_ir(const kn_gguf *model_gguf, const kn_hparams *hp, const kn_contract *c,
                            int group_size, const char *xml_path, const char *bin_path,
