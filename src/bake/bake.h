@@ -19,6 +19,13 @@ kiln_status kn_describe_offering(const char *model_path, kiln_describe_format fm
 kiln_status kn_describe_source(kn_source *src, kiln_describe_format fmt, kn_buf *out,
                                bool *valid, kiln_error *err);
 
+/* The description of an offering baked --from-ir from its manifest.json text (label names it;
+ * ir_xml, if given, is the IR to check): the contract must be integers in range and every input
+ * static. *valid reports the checks; KILN_ERR_FORMAT only for text that is not a JSON object. */
+kiln_status kn_manifest_describe(const char *text, size_t len, const char *label,
+                                 const char *ir_xml, kiln_describe_format fmt, kn_buf *out,
+                                 bool *valid, kiln_error *err);
+
 /* Output type of a tensor under a scheme (KN_TYPE_* id); *group gets the int4_sym group. */
 uint32_t kn_bake_out_type(const kn_src_tensor *t, kiln_quant quant, int *group);
 

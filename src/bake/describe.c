@@ -7,6 +7,8 @@
 
 #include "backends/openvino/ir.h"
 #include "bake/bake.h"
+#include "base/limits.h"
+#include "formats/json.h"
 #include "quant/quant.h"
 #include "tokenizer/tokenizer.h"
 
@@ -88,6 +90,8 @@ static int class_counts(const desc *d, cls_count *out, int cap) {
     return n;
 }
 
+static void append_cjson(kn_buf *b, const char *txt);
+
 /* The provenance as JSON: the file's text only if it is JSON, printed by cJSON (so it cannot
  * break the document) with DEL and C1 escaped too; otherwise as a string. */
 static void provenance_json(kn_buf *b, kn_str prov) {
@@ -98,11 +102,7 @@ static void provenance_json(kn_buf *b, kn_str prov) {
     cJSON *j = cJSON_ParseWithLength(prov.ptr, (size_t)prov.len);
     char *txt = j ? cJSON_PrintUnformatted(j) : NULL;
     if (txt) {
-        for (const unsigned char *c = (const unsigned char *)txt; *c; c++) {
-            if (*c == 0x7f) kn_buf_printf(b, "\\u007f");
-            else if (*c == 0xc2 && c[1] >= 0x80 && c[1] < 0xa0) kn_buf_printf(b, "\\u%04x", *++c);
-            else kn_buf_append(b, (const char *)c, 1);
-        }
+        append_cjson(b, txt);
     } else {
         kn_buf_json_str(b, prov.ptr, (size_t)prov.len);
     }
@@ -520,43 +520,120 @@ static char *offering_model_path(const char *path) {
     return NULL;
 }
 
-/* An offering baked --from-ir has no model.gguf: its manifest is the description. */
-static kiln_status describe_ir_offering(const char *dir, kiln_describe_format fmt, kn_buf *b,
-                                        kiln_error *err) {
-    char *mp = kn_path_join(dir, "manifest.json");
-    char *text = NULL;
-    kiln_status s = mp ? kn_read_text(mp, 64u << 20, &text, NULL, err)
-                       : kn_fail(err, KILN_ERR_NOMEM, "out of memory");
-    cJSON *j = s ? NULL : cJSON_Parse(text);
-    if (!s && !j) s = kn_fail(err, KILN_ERR_FORMAT, "%s: not valid JSON", mp);
-    if (!s && fmt == KILN_DESCRIBE_JSON) {
-        kn_buf_append(b, text, strlen(text));
-    } else if (!s) {
-        const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "contract");
-        kn_buf_printf(b, "offering %s (OpenVINO IR locked by --from-ir)\n\nstatic contract: "
-                         "window W=%d, chunk C=%d, batch 1\n", dir,
-                      cJSON_GetObjectItemCaseSensitive(c, "window")
-                          ? cJSON_GetObjectItemCaseSensitive(c, "window")->valueint : 0,
-                      cJSON_GetObjectItemCaseSensitive(c, "chunk")
-                          ? cJSON_GetObjectItemCaseSensitive(c, "chunk")->valueint : 0);
-        const cJSON *g = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(c, "graphs"), 0);
-        const cJSON *in;
-        cJSON_ArrayForEach(in, cJSON_GetObjectItemCaseSensitive(g, "inputs")) {
-            const cJSON *nm = cJSON_GetObjectItemCaseSensitive(in, "name");
-            const cJSON *dt = cJSON_GetObjectItemCaseSensitive(in, "dtype");
-            kn_buf_printf(b, "    input  %-28s %-4s [", cJSON_IsString(nm) ? nm->valuestring : "?",
-                          cJSON_IsString(dt) ? dt->valuestring : "?");
-            const cJSON *d;
-            int k = 0;
-            cJSON_ArrayForEach(d, cJSON_GetObjectItemCaseSensitive(in, "shape"))
-                kn_buf_printf(b, "%s%d", k++ ? ", " : "", d->valueint);
-            kn_buf_printf(b, "]\n");
+/* Appends JSON text produced by cJSON with DEL and C1 escaped as well (cJSON escapes only
+ * C0): what a file put in a string cannot act on a terminal showing the document. */
+static void append_cjson(kn_buf *b, const char *txt) {
+    for (const unsigned char *c = (const unsigned char *)txt; *c; c++) {
+        if (*c == 0x7f) kn_buf_printf(b, "\\u007f");
+        else if (*c == 0xc2 && c[1] >= 0x80 && c[1] < 0xa0) kn_buf_printf(b, "\\u%04x", *++c);
+        else kn_buf_append(b, (const char *)c, 1);
+    }
+}
+
+kiln_status kn_manifest_describe(const char *text, size_t len, const char *label,
+                                 const char *ir_xml, kiln_describe_format fmt, kn_buf *b,
+                                 bool *valid, kiln_error *err) {
+    *valid = false;
+    cJSON *j = cJSON_ParseWithLength(text, len);
+    if (!cJSON_IsObject(j)) {
+        cJSON_Delete(j);
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: not a JSON object", label);
+    }
+    desc d = {0}; /* only its checks are used */
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "contract");
+    int64_t w = 0, ch = 0;
+    kiln_error e;
+    bool ok = cJSON_IsObject(c) &&
+              kn_json_i64(cJSON_GetObjectItemCaseSensitive(c, "window"), 1, 1 << 20, &w) &&
+              kn_json_i64(cJSON_GetObjectItemCaseSensitive(c, "chunk"), 1, w, &ch);
+    add_check(&d, "contract (window and chunk: integers, 1 <= chunk <= window <= 1048576)", ok,
+              NULL);
+    /* every input of every graph: a name, a dtype and a static shape */
+    const cJSON *graphs = cJSON_IsObject(c) ? cJSON_GetObjectItemCaseSensitive(c, "graphs") : NULL;
+    const cJSON *g, *in, *dim;
+    int n_in = 0;
+    bool stat = cJSON_IsArray(graphs) && cJSON_GetArraySize(graphs) > 0;
+    cJSON_ArrayForEach(g, graphs) {
+        const cJSON *ins = cJSON_GetObjectItemCaseSensitive(g, "inputs");
+        stat = stat && cJSON_IsArray(ins);
+        cJSON_ArrayForEach(in, ins) {
+            const cJSON *sh = cJSON_GetObjectItemCaseSensitive(in, "shape");
+            int64_t v;
+            stat = stat && cJSON_IsString(cJSON_GetObjectItemCaseSensitive(in, "name")) &&
+                   cJSON_IsString(cJSON_GetObjectItemCaseSensitive(in, "dtype")) &&
+                   cJSON_IsArray(sh) && cJSON_GetArraySize(sh) <= KN_MAX_RANK;
+            cJSON_ArrayForEach(dim, sh) stat = stat && kn_json_i64(dim, 1, INT32_MAX, &v);
+            n_in++;
         }
-        kn_buf_printf(b, "\nvalidation: ok\n  [ok] every input static\n");
+    }
+    char msg[64];
+    snprintf(msg, sizeof msg, "%d inputs", n_in);
+    add_check(&d, "every input static (a name, a dtype, positive fixed dimensions)", stat, msg);
+    if (ir_xml) {
+        kiln_status is = kn_ov_ir_check(ir_xml, &e);
+        add_check(&d, "openvino IR (a complete <net>, every weight inside its .bin)", !is,
+                  is ? e.message : NULL);
+    }
+    *valid = desc_valid(&d);
+    if (fmt == KILN_DESCRIBE_JSON) {
+        char *txt = cJSON_Print(j);
+        if (!txt) {
+            cJSON_Delete(j);
+            return kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+        }
+        append_cjson(b, txt);
+        kn_buf_append(b, "\n", 1);
+        cJSON_free(txt);
+    } else {
+        kn_buf_printf(b, "offering ");
+        kn_buf_escaped(b, label, strlen(label));
+        kn_buf_printf(b, " (OpenVINO IR locked by --from-ir)\n\nstatic contract: window W=%lld, "
+                         "chunk C=%lld, batch 1\n", (long long)w, (long long)ch);
+        cJSON_ArrayForEach(g, graphs) {
+            cJSON_ArrayForEach(in, cJSON_GetObjectItemCaseSensitive(g, "inputs")) {
+                const cJSON *nm = cJSON_GetObjectItemCaseSensitive(in, "name");
+                const cJSON *dt = cJSON_GetObjectItemCaseSensitive(in, "dtype");
+                const char *ns = cJSON_IsString(nm) ? nm->valuestring : "?";
+                const char *ds = cJSON_IsString(dt) ? dt->valuestring : "?";
+                kn_buf_printf(b, "    input  ");
+                kn_buf_escaped(b, ns, strlen(ns));
+                kn_buf_printf(b, "%*s ", (int)(strlen(ns) < 28 ? 28 - strlen(ns) : 0), "");
+                kn_buf_escaped(b, ds, strlen(ds));
+                kn_buf_printf(b, "%*s [", (int)(strlen(ds) < 4 ? 4 - strlen(ds) : 0), "");
+                int k = 0;
+                cJSON_ArrayForEach(dim, cJSON_GetObjectItemCaseSensitive(in, "shape")) {
+                    char num[32] = "?";
+                    if (cJSON_IsNumber(dim)) snprintf(num, sizeof num, "%.17g", dim->valuedouble);
+                    kn_buf_printf(b, "%s%s", k++ ? ", " : "", num);
+                }
+                kn_buf_printf(b, "]\n");
+            }
+        }
+        kn_buf_printf(b, "\nvalidation: %s\n", *valid ? "ok" : "FAILED");
+        for (int i = 0; i < d.n_checks; i++) {
+            kn_buf_printf(b, "  [%s] %s%s", d.check_ok[i] ? "ok" : "FAIL", d.check_name[i],
+                          d.check_msg[i][0] ? ": " : "");
+            kn_buf_escaped(b, d.check_msg[i], strlen(d.check_msg[i]));
+            kn_buf_printf(b, "\n");
+        }
     }
     cJSON_Delete(j);
+    return b->oom ? kn_fail(err, KILN_ERR_NOMEM, "out of memory") : KILN_OK;
+}
+
+/* An offering baked --from-ir has no model.gguf: its manifest is the description. */
+static kiln_status describe_ir_offering(const char *dir, kiln_describe_format fmt, kn_buf *b,
+                                        bool *valid, kiln_error *err) {
+    char *mp = kn_path_join(dir, "manifest.json");
+    char *xml = kn_path_join(dir, "openvino_model.xml");
+    char *text = NULL;
+    size_t len = 0;
+    kiln_status s = mp && xml ? kn_read_text(mp, KN_MAX_JSON_BYTES, &text, &len, err)
+                              : kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+    if (!s) s = kn_manifest_describe(text, len, mp, xml, fmt, b, valid, err);
     kn_free(text);
     kn_free(mp);
+    kn_free(xml);
     return s;
 }
 
@@ -574,12 +651,15 @@ kiln_status kiln_describe(const char *path, kiln_describe_format fmt, char **out
         kn_free(x);
         kn_free(m);
         if (ir_only) {
-            s = describe_ir_offering(path, fmt, &b, err);
+            bool valid = false;
+            s = describe_ir_offering(path, fmt, &b, &valid, err);
             if (s) {
                 kn_buf_free(&b);
                 return s;
             }
             *out = b.data;
+            if (!valid)
+                return kn_fail(err, KILN_ERR_FORMAT, "%s: the offering fails validation", path);
             return KILN_OK;
         }
     }

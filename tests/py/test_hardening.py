@@ -795,3 +795,23 @@ def test_from_ir_with_truncated_weights(stories, tmp_path):
     b.write_bytes(b.read_bytes()[:100])
     r = run_kiln("bake", "--from-ir", off / "openvino_model.xml", "-o", tmp_path / "ir")
     one_line_error(r, "openvino_model.bin", "truncated")
+
+
+def test_hostile_manifest_of_an_ir_offering(tmp_path):
+    """An offering baked --from-ir is described from its manifest.json: numbers range-checked,
+    dynamic dimensions a failed check, strings escaped, the JSON re-printed, not pasted."""
+    import json
+    off = tmp_path / "off"
+    off.mkdir()
+    (off / "openvino_model.xml").write_text('<?xml version="1.0"?><net name="n" version="11">'
+                                            '<layers></layers></net>')
+    (off / "manifest.json").write_text(json.dumps({
+        "format": "kiln-offering", "source_kind": "openvino-ir\x7f",
+        "contract": {"window": 1e300, "chunk": 16, "graphs": [{"name": "ir", "inputs": [
+            {"name": "ids\x1b[2J\n", "dtype": "i64", "shape": [1, -1]}]}]}}))
+    r = run_kiln("inspect", off)
+    assert r.returncode == 2 and "validation: FAILED" in r.stdout, (r.stdout, r.stderr)
+    assert_escaped(r.stdout) and "ids\\x1b[2J\\n" in r.stdout
+    r = run_kiln("inspect", off, "--json")
+    assert r.returncode == 2 and "\x7f" not in r.stdout
+    assert json.loads(r.stdout)["contract"]["graphs"][0]["inputs"][0]["name"] == "ids\x1b[2J\n"
