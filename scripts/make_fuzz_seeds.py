@@ -90,7 +90,7 @@ put("jinja", "loops.jinja", "{% set ns = namespace(n=0) %}{% for m in messages i
     "{% if not loop.last %}, {% endif %}{% endfor %}{{ ns.n }}{{ range(3)|list|tojson }}")
 put("jinja", "strings.jinja", "{{ messages[0]['content'].split(' ')|join('-') }}{{ 'abc'[::-1] }}"
     "{{ '%s' in 'x%sy' }}{{ messages|length is divisibleby 2 }}{{ bos_token ~ eos_token }}"
-    "{%- if messages[-1].content.startswith('2') %}{{ raise_exception('no') }}{% endif %}")
+    "{%- if messages[-1].content.startswith('9') %}{{ raise_exception('no') }}{% endif %}")
 
 # manifest.json of a --from-ir offering
 put("manifest", "from_ir.json", json.dumps({

@@ -5,11 +5,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bake/bake.h"
 #include "base/base.h"
 #include "formats/gguf.h"
 #include "formats/json.h"
+#include "formats/source.h"
 #include "kernels/kernels.h"
 #include "kt.h"
+#include "tokenizer/jinja.h"
+#include "tokenizer/tokenizer.h"
 
 /* 9: every number read from a file is converted only when it fits. */
 TEST(hardening_number_conversions_are_range_checked) {
@@ -122,4 +126,69 @@ TEST(hardening_quantize_act_non_finite_blocks) {
                                 : d0[b] == d1[b] && ref.s[b] == a.s[b],
                    "%s: block %d scale %g vs %g", v[k]->name, b, d1[b], d0[b]);
     }
+}
+
+/* The committed fuzz seeds (tests/fuzz/seeds) are inputs their parsers accept, so each target
+ * starts from the valid side of its format. */
+static char *seed_text(const char *rel, size_t *len) {
+    char path[512];
+    snprintf(path, sizeof path, "../tests/fuzz/seeds/%s", rel);
+    char *t = NULL;
+    kiln_error e;
+    if (kn_read_text(path, 1 << 20, &t, len, &e) == KILN_OK) return t;
+    snprintf(path, sizeof path, "tests/fuzz/seeds/%s", rel);
+    return kn_read_text(path, 1 << 20, &t, len, &e) == KILN_OK ? t : NULL;
+}
+
+TEST(hardening_fuzz_seeds_are_valid_inputs) {
+    size_t n;
+    kiln_error e;
+    char *t = seed_text("gguf/tiny_llama.gguf", &n);
+    CHECK(t);
+    kn_gguf *g = NULL;
+    kn_hparams hp;
+    CHECKF(kn_gguf_open_mem(t, n, "tiny", &g, &e) == KILN_OK, "%s", e.message);
+    CHECKF(kn_hparams_from_gguf(g, &hp, &e) == KILN_OK, "%s", e.message);
+    CHECKF(kn_tokenizer_check_gguf(g, hp.n_vocab, &e) == KILN_OK, "%s", e.message);
+    kn_gguf_close(g);
+    kn_free(t);
+    const char *configs[] = {"hf_config/llama.json", "hf_config/qwen2.json",
+                             "hf_config/llama3.json"};
+    for (size_t i = 0; i < 3; i++) {
+        int bos, eos;
+        CHECK((t = seed_text(configs[i], &n)) != NULL);
+        CHECKF(kn_hparams_from_hf_config(t, configs[i], &hp, &bos, &eos, &e) == KILN_OK, "%s",
+               e.message);
+        kn_free(t);
+    }
+    const char *toks[] = {"hf_tokenizer/bytelevel.json", "hf_tokenizer/spm.json"};
+    for (size_t i = 0; i < 2; i++) {
+        CHECK((t = seed_text(toks[i], &n)) != NULL);
+        size_t jl = strnlen(t, n);
+        kn_tokenizer *tok = NULL;
+        const char *cfg = jl < n ? t + jl + 1 : NULL;
+        CHECKF(kn_tokenizer_load_hf_json(t, jl, cfg, cfg ? n - jl - 1 : 0, toks[i], &tok, &e) ==
+                   KILN_OK,
+               "%s", e.message);
+        kn_tokenizer_free(tok);
+        kn_free(t);
+    }
+    const char *tmpls[] = {"jinja/loops.jinja", "jinja/strings.jinja"};
+    kn_chat_msg msgs[] = {{"system", "You are kind."}, {"user", "Hello"}, {"assistant", "Hi!"},
+                          {"user", "2+2?"}};
+    for (size_t i = 0; i < 2; i++) {
+        CHECK((t = seed_text(tmpls[i], &n)) != NULL);
+        kn_jinja_vars v = {msgs, 4, true, "<s>", "</s>"};
+        char *out = NULL;
+        CHECKF(kn_jinja_render(t, &v, &out, &e) == KILN_OK, "%s: %s", tmpls[i], e.message);
+        kn_free(out);
+        kn_free(t);
+    }
+    CHECK((t = seed_text("manifest/from_ir.json", &n)) != NULL);
+    kn_buf b = {0};
+    bool valid = false;
+    CHECK(kn_manifest_describe(t, n, "m", NULL, KILN_DESCRIBE_TEXT, &b, &valid, &e) == KILN_OK);
+    CHECK(valid && strstr(b.data, "past_key_values.0.key"));
+    kn_buf_free(&b);
+    kn_free(t);
 }
