@@ -155,9 +155,10 @@ typedef enum kiln_describe_format {
  * Describes an offering or any source kiln_bake reads: graphs with every input and output
  * (name, dtype, static shape), hyperparameters, quantization per tensor class, provenance and
  * the validation verdict. *out is a NUL-terminated string to free with kiln_free.
- * A source that is not an offering is described as the offering a default bake would make.
- * An offering that fails a validation check gives KILN_ERR_FORMAT with *out still set (the
- * description names the failing check).
+ * A source that is not an offering is described as the offering a default bake would make,
+ * with the checks a bake makes before writing (its tokenizer against the model).
+ * An offering or source that fails a validation check gives KILN_ERR_FORMAT with *out still
+ * set (the description names the failing check).
  */
 kiln_status kiln_describe(const char *path, kiln_describe_format format, char **out,
                           kiln_error *err);
