@@ -35,8 +35,8 @@ test-sanitize: deps pyenv models
 	cmake --build build-san -j$(JOBS)
 	@scripts/run_tests.sh build-san
 
-# libFuzzer targets, each run for FUZZ_SECONDS.
-FUZZ_SECONDS ?= 30
+# libFuzzer targets (one per parser: tests/fuzz/fuzz_*.c), each run for FUZZ_SECONDS.
+FUZZ_SECONDS ?= 15
 fuzz: deps
 	CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DKILN_FUZZ=ON >/dev/null
 	cmake --build build-fuzz -j$(JOBS)

@@ -48,7 +48,9 @@ typedef enum kiln_status {
     KILN_ERR_NOMEM = 5,         /* an allocation failed */
     KILN_ERR_DEVICE = 6,        /* the requested device is not available */
     KILN_ERR_INTERNAL = 7,      /* a bug in kiln */
-    KILN_ERR_CANCELLED = 8      /* the caller asked to stop (a progress callback said so) */
+    KILN_ERR_CANCELLED = 8,     /* the caller asked to stop (a progress callback said so) */
+    KILN_ERR_WRITE = 9          /* the output could not be written: disk full, permissions,
+                                   another bake writing the same offering */
 } kiln_status;
 
 /* The words of the last failure of a call. Owned by the caller; no allocation inside. */
@@ -133,9 +135,13 @@ kiln_status kiln_bake_from_ir(const char *xml, const char *out_dir,
 
 /*
  * Bakes SOURCE (a .gguf file, a Hugging Face model folder, or "ORG/NAME" looked up in the local
- * Hugging Face cache) into the offering directory OUT_DIR. The offering is written under a
- * temporary name and renamed into place, so a failed bake leaves nothing behind. An existing
- * OUT_DIR that is an offering is replaced; any other existing OUT_DIR is refused.
+ * Hugging Face cache) into the offering directory OUT_DIR. The offering is written in a
+ * staging directory beside it and swapped into place atomically (an existing offering is
+ * replaced in one step: a reader sees the old or the new one, never none), so a failed bake
+ * leaves nothing behind. An existing OUT_DIR that is an offering is replaced; any other
+ * existing OUT_DIR is refused. A bake locks its staging directory: a second bake to the same
+ * OUT_DIR meanwhile is refused (KILN_ERR_WRITE), and staging left by a killed bake is removed
+ * by the next one.
  */
 kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_params *params,
                       kiln_error *err);
@@ -149,14 +155,16 @@ typedef enum kiln_describe_format {
  * Describes an offering or any source kiln_bake reads: graphs with every input and output
  * (name, dtype, static shape), hyperparameters, quantization per tensor class, provenance and
  * the validation verdict. *out is a NUL-terminated string to free with kiln_free.
- * A source that is not an offering is described as the offering a default bake would make.
- * An offering that fails a validation check gives KILN_ERR_FORMAT with *out still set (the
- * description names the failing check).
+ * A source that is not an offering is described as the offering a default bake would make,
+ * with the checks a bake makes before writing (its tokenizer against the model).
+ * An offering or source that fails a validation check gives KILN_ERR_FORMAT with *out still
+ * set (the description names the failing check).
  */
 kiln_status kiln_describe(const char *path, kiln_describe_format format, char **out,
                           kiln_error *err);
 
-/* Maps a status to the exit code of the kiln command: 0 ok, 2 bad input, 3 device, 1 other. */
+/* Maps a status to the exit code of the kiln command: 0 ok, 2 bad input, 3 device, 130
+ * cancelled (as a shell reports Ctrl-C), 1 anything else (a failed write included). */
 int kiln_exit_code(kiln_status status);
 
 /* ---- tokenizer ---- */
@@ -167,8 +175,8 @@ int kiln_exit_code(kiln_status status);
  *     if (kiln_tokenizer_open("offering_int4_binary", &tok, &err) != KILN_OK) ...
  *     int32_t *ids; size_t n;
  *     kiln_tokenize(tok, "Hello", 5, KILN_TOKENIZE_ADD_BOS, &ids, &n, &err);
- *     char *text;
- *     kiln_detokenize(tok, ids, n, 0, &text, &err);
+ *     char *text; size_t len;
+ *     kiln_detokenize(tok, ids, n, 0, &text, &len, &err);
  *     kiln_free(ids); kiln_free(text); kiln_tokenizer_free(tok);
  */
 typedef struct kiln_tokenizer kiln_tokenizer;
@@ -190,20 +198,24 @@ kiln_status kiln_tokenize(const kiln_tokenizer *tok, const char *text, size_t le
 enum {
     KILN_DETOKENIZE_SPECIAL = 1 /* render special tokens as their text */
 };
-/* Decodes ids into a NUL-terminated UTF-8 string (free with kiln_free). An id outside the
+/* Decodes ids into UTF-8 text (free with kiln_free), NUL-terminated for convenience; *len
+ * (optional) is its length in bytes, which counts the NUL bytes a token may decode to (a
+ * byte token <0x00>), so print with the length, not as a C string. An id outside the
  * vocabulary is KILN_ERR_INVALID_ARG. */
 kiln_status kiln_detokenize(const kiln_tokenizer *tok, const int32_t *ids, size_t n,
-                            unsigned flags, char **text, kiln_error *err);
+                            unsigned flags, char **text, size_t *len, kiln_error *err);
 
 /* Streaming decoder: each push returns the text that became complete (possibly ""), holding
  * back the bytes of a character split across tokens; finish returns what is left (an
- * incomplete character becomes U+FFFD). Strings are freed with kiln_free. */
+ * incomplete character becomes U+FFFD). Strings are freed with kiln_free; *len (optional) as
+ * for kiln_detokenize. */
 typedef struct kiln_detok_stream kiln_detok_stream;
 kiln_status kiln_detok_stream_new(const kiln_tokenizer *tok, unsigned flags,
                                   kiln_detok_stream **out, kiln_error *err);
-kiln_status kiln_detok_stream_push(kiln_detok_stream *s, int32_t id, char **text,
+kiln_status kiln_detok_stream_push(kiln_detok_stream *s, int32_t id, char **text, size_t *len,
                                    kiln_error *err);
-kiln_status kiln_detok_stream_finish(kiln_detok_stream *s, char **text, kiln_error *err);
+kiln_status kiln_detok_stream_finish(kiln_detok_stream *s, char **text, size_t *len,
+                                     kiln_error *err);
 void kiln_detok_stream_free(kiln_detok_stream *s);
 
 uint32_t kiln_tokenizer_n_vocab(const kiln_tokenizer *tok);
@@ -251,8 +263,11 @@ typedef struct kiln_session kiln_session;
 typedef struct kiln_model_params {
     const char *tokenizer;    /* optional: an HF folder or cached ORG/NAME whose tokenizer
                                  replaces the offering's (the old --tokenizer_id) */
-    int window;               /* for a source that is not an offering: W (default 1024) */
-    int chunk;                /* for a source that is not an offering: C (default 128) */
+    /* The contract of a source that is not an offering: W (0 = 1024) and C (0 = 128). An
+     * offering runs with the contract it was baked with; a different window or chunk here is
+     * KILN_ERR_INVALID_ARG. */
+    int window;
+    int chunk;
 } kiln_model_params;
 
 kiln_model_params kiln_model_default_params(void);
@@ -362,12 +377,17 @@ typedef struct kiln_metrics {
 
 typedef struct kiln_result {
     char *text;               /* everything generated, NUL-terminated */
+    size_t text_len;          /* its length (the text may hold NUL bytes) */
     int32_t *prompt_ids;      /* the prompt as fed */
     int n_prompt;
     int32_t *ids;             /* generated ids (an ending EOS / end-of-turn id included) */
     int n_ids;
     kiln_metrics metrics;
 } kiln_result;
+
+/* The longest prompt (or chat message, or system message) kiln_generate and kiln_chat_turn
+ * take, in bytes; `kiln chat` reads input lines up to this length. */
+#define KILN_MAX_PROMPT_BYTES (8u << 20)
 
 /* One prompt -> one answer, from an empty cache (the session is reset first). */
 kiln_status kiln_generate(kiln_session *session, const char *prompt,

@@ -35,12 +35,18 @@ bool kiln_arg_value(int argc, char **argv, int *i, const char *name, const char 
         return true;
     }
     if (strcmp(a, name) != 0 && !(alias && strcmp(a, alias) == 0)) return false;
-    if (*i + 1 >= argc) {
-        kiln_cli_error("%s needs a value", name);
+    /* The next argument is the value, unless there is none or it is another long option:
+     * `--device --json` is a missing device, not the device "--json". A value that starts
+     * with "--" is written --name=--value. */
+    const char *next = *i + 1 < argc ? argv[*i + 1] : NULL;
+    if (!next || (next[0] == '-' && next[1] == '-' && next[2])) {
+        kiln_cli_error("%s needs a value", a);
+        *value = NULL;
         *bad = true;
         return true;
     }
-    *value = argv[++*i];
+    *value = next;
+    ++*i;
     return true;
 }
 

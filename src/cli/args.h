@@ -5,7 +5,9 @@
 #include <stdbool.h>
 
 /* Matches argv[*i] against "--name" / "--name=value" (and the short alias, if any) and takes
- * its value; on a missing value prints an error and sets *bad. */
+ * its value; on a missing value (the end of argv, or another "--option" next) prints
+ * "kiln: OPTION needs a value", sets *value to NULL and *bad. Callers test *bad before using
+ * the value. */
 bool kiln_arg_value(int argc, char **argv, int *i, const char *name, const char *alias,
                     const char **value, bool *bad);
 /* Parses a whole decimal integer in [lo, hi]; prints "kiln: OPTION: ..." on failure. */

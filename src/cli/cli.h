@@ -1,6 +1,7 @@
 /* cli.h — the subcommands of the kiln command. Each takes argv after the subcommand name
  * (argv[0] is the subcommand) and returns the process exit status: 0 ok, 2 bad input or usage,
- * 3 requested device unavailable, 1 anything else. The CLI uses only include/kiln.h. */
+ * 3 requested device unavailable, 130 interrupted, 1 anything else. The CLI uses only
+ * include/kiln.h. */
 #ifndef KILN_CLI_H
 #define KILN_CLI_H
 

@@ -1,4 +1,5 @@
 /* cmd_run.c — `kiln run`, `kiln chat` and `kiln bench`. */
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -66,9 +67,11 @@ static int parse_common(int argc, char **argv, int *i, run_opts *o) {
         if (!bad && !parse_float("--repeat-penalty", v, 0.01, 100, &o->gp.sampling.repeat_penalty))
             return -1;
     } else if (kiln_arg_value(argc, argv, i, "--seed", NULL, &v, &bad)) {
+        if (bad) return -1;
         char *end;
+        errno = 0;
         unsigned long long s = strtoull(v, &end, 10);
-        if (!bad && (end == v || *end)) {
+        if (end == v || *end || errno || v[0] == '-') {
             kiln_cli_error("--seed: '%s' is not a non-negative integer", v);
             return -1;
         }
@@ -146,9 +149,9 @@ static int open_all(run_opts *o, kiln_model **m, kiln_session **s) {
     return 0;
 }
 
-static void json_str(FILE *f, const char *s) {
+static void json_strn(FILE *f, const char *s, size_t n) {
     fputc('"', f);
-    for (; *s; s++) {
+    for (const char *e = s + n; s < e; s++) {
         unsigned char c = (unsigned char)*s;
         if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
         else if (c == '\n') fputs("\\n", f);
@@ -159,6 +162,8 @@ static void json_str(FILE *f, const char *s) {
     }
     fputc('"', f);
 }
+
+static void json_str(FILE *f, const char *s) { json_strn(f, s, strlen(s)); }
 
 static void print_ids(FILE *f, const int32_t *ids, int n) {
     fputc('[', f);
@@ -207,7 +212,8 @@ static void run_usage(FILE *f) {
             "                       first; refuse it (auto: fall back) if the logits diverge\n"
             "  --openvino-lib PATH  libopenvino_c (else $KILN_OPENVINO_LIB, the openvino wheel)\n"
             "  --threads N          default: physical cores (-t)\n"
-            "  --window W --chunk C contract for a source that is not an offering\n"
+            "  --window W --chunk C contract for a source that is not an offering (an\n"
+            "                       offering runs with the contract it was baked with)\n"
             "  --tokenizer_id ID    use another tokenizer (HF folder or cached ORG/NAME)\n"
             "  --json               one JSON object: text, ids and every metric\n");
 }
@@ -274,7 +280,7 @@ int kiln_cli_run(int argc, char **argv) {
     } else if (o.json) {
         const kiln_metrics *mt = &r.metrics;
         printf("{\"text\": ");
-        json_str(stdout, r.text);
+        json_strn(stdout, r.text, r.text_len);
         printf(", \"prompt_tokens\": ");
         print_ids(stdout, r.prompt_ids, r.n_prompt);
         printf(", \"tokens\": ");
@@ -301,6 +307,38 @@ int kiln_cli_run(int argc, char **argv) {
     return rc;
 }
 
+enum { LINE_OK, LINE_END, LINE_TOO_LONG, LINE_NOMEM };
+
+/* One whole line of input (any length up to max bytes, newline kept) into *buf, grown as
+ * needed: LINE_OK; LINE_END at end of input or an interrupted read; LINE_TOO_LONG when the
+ * line is longer than max (the rest of it is read and dropped, so it counts as one line). */
+static int read_line(FILE *f, char **buf, size_t *cap, size_t max) {
+    size_t len = 0;
+    bool too_long = false;
+    for (;;) {
+        if (*cap - len < 2 && !too_long) {
+            size_t nc = *cap ? *cap * 2 : 4096;
+            char *nb = realloc(*buf, nc);
+            if (!nb) return LINE_NOMEM;
+            *buf = nb;
+            *cap = nc;
+        }
+        size_t room = too_long ? *cap : *cap - len; /* past the limit: read into the start */
+        char *at = too_long ? *buf : *buf + len;
+        if (!fgets(at, (int)(room > INT32_MAX ? INT32_MAX : room), f)) {
+            if (ferror(f)) return LINE_END; /* interrupted (Ctrl-C): the partial line is dropped */
+            return too_long ? LINE_TOO_LONG : len ? LINE_OK : LINE_END;
+        }
+        size_t got = strlen(at);
+        bool nl = got && at[got - 1] == '\n';
+        if (!too_long) {
+            len += got;
+            if (len > max + 1 || (len > max && !nl)) too_long = true;
+        }
+        if (nl) return too_long ? LINE_TOO_LONG : LINE_OK;
+    }
+}
+
 int kiln_cli_chat(int argc, char **argv) {
     run_opts o;
     init_opts(&o);
@@ -310,8 +348,10 @@ int kiln_cli_chat(int argc, char **argv) {
         if (kiln_arg_is_help(a)) {
             printf("usage: kiln chat OFFERING [options of kiln run]\n\n"
                    "Multi-turn chat on a terminal. The KV cache is kept between turns: only the\n"
-                   "new turn is prefilled. /reset forgets the conversation; Ctrl-C stops the\n"
-                   "current answer; Ctrl-D or /quit leaves.\n");
+                   "new turn is prefilled (with --overflow slide too, once the conversation is\n"
+                   "longer than the window). Each input line is one message, up to 8 MiB.\n"
+                   "/reset forgets the conversation; Ctrl-C stops the current answer; Ctrl-D or\n"
+                   "/quit leaves.\n");
             return 0;
         }
         int c = parse_common(argc, argv, &i, &o);
@@ -341,20 +381,32 @@ int kiln_cli_chat(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL); /* no SA_RESTART: Ctrl-C interrupts a read, not the program */
     o.gp.on_text = print_text;
     bool tty = isatty(0);
-    char line[8192];
+    char *line = NULL;
+    size_t cap = 0;
     for (;;) {
         if (tty) {
             fputs("> ", stdout);
             fflush(stdout);
         }
         g_cancel = 0;
-        if (!fgets(line, sizeof line, stdin)) {
+        int got = read_line(stdin, &line, &cap, KILN_MAX_PROMPT_BYTES);
+        if (got == LINE_NOMEM) {
+            kiln_cli_error("chat: out of memory reading input");
+            rc = 1;
+            break;
+        }
+        if (got == LINE_END) {
             if (g_cancel && !feof(stdin)) {
                 clearerr(stdin);
                 fputc('\n', stdout);
                 continue;
             }
             break;
+        }
+        if (got == LINE_TOO_LONG) {
+            kiln_cli_error("input line longer than %u MiB (the most kiln takes); ignored",
+                           KILN_MAX_PROMPT_BYTES >> 20);
+            continue;
         }
         line[strcspn(line, "\r\n")] = 0;
         if (!line[0]) continue;
@@ -383,6 +435,7 @@ int kiln_cli_chat(int argc, char **argv) {
         print_metrics_line(&r.metrics);
         kiln_result_free(&r);
     }
+    free(line);
     kiln_session_free(s);
     kiln_model_free(m);
     return rc;
@@ -451,15 +504,20 @@ int kiln_cli_bench(int argc, char **argv) {
                 modes[n_modes++] = strcmp(t, "kv") == 0 ? KILN_MODE_KV : KILN_MODE_STATELESS;
             }
         } else if (kiln_arg_value(argc, argv, &i, "--device", NULL, &v, &bad)) {
+            if (bad) return 2;
             o.device = v;
         } else if (strcmp(a, "--json") == 0) {
             json = true;
         } else if (a[0] == '-' && a[1]) {
             kiln_cli_error("bench: unknown option '%s' (kiln bench --help)", a);
             return 2;
+        } else if (model) {
+            kiln_cli_error("bench: more than one OFFERING ('%s', '%s')", model, a);
+            return 2;
         } else {
             model = a;
         }
+        if (bad) return 2;
     }
     if (!model) {
         kiln_cli_error("bench: no OFFERING given (kiln bench --help)");

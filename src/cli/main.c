@@ -35,7 +35,8 @@ static void usage(FILE *f) {
             KILN_VERSION);
     for (size_t i = 0; i < sizeof k_cmds / sizeof k_cmds[0]; i++)
         fprintf(f, "  %-11s %s\n", k_cmds[i].name, k_cmds[i].what);
-    fprintf(f, "\nexit status: 0 ok, 2 bad input or usage, 3 device unavailable, 1 other\n");
+    fprintf(f, "\nexit status: 0 ok, 2 bad input or usage, 3 device unavailable, 130 interrupted\n"
+               "(Ctrl-C), 1 anything else (a failed write included)\n");
 }
 
 int main(int argc, char **argv) {

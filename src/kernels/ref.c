@@ -1,6 +1,8 @@
 /* ref.c — plain-C reference kernels: the oracle every SIMD variant is tested against, and the
  * fallback on CPUs without AVX2. Written for clarity first; summation is in block order. */
+#include <float.h>
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "kernels/kernels.h"
@@ -25,9 +27,19 @@ void kn_quantize_act(kn_act *a, const float *x, int n_tok, int n) {
         for (int b = 0; b < nb; b++) {
             const float *xb = xr + b * KN_QBLOCK;
             float amax = 0.0f;
+            bool finite = true;
             for (int i = 0; i < KN_QBLOCK; i++) {
                 float v = fabsf(xb[i]);
-                if (v > amax) amax = v;
+                if (!(v <= FLT_MAX)) finite = false; /* NaN or Inf */
+                else if (v > amax) amax = v;
+            }
+            if (!finite) {
+                /* Activations that overflowed: converting them to int is undefined, so the
+                 * block becomes q = 0 with a NaN scale, and every product it enters is NaN,
+                 * which the generation loop reports as a numerical blow-up. */
+                memset(q + b * KN_QBLOCK, 0, KN_QBLOCK);
+                a->d[(size_t)t * sb + b] = a->s[(size_t)t * sb + b] = NAN;
+                continue;
             }
             /* ggml's x86 Q8_0/Q8_1 activations exactly: q = x * (127 / amax) rounded to
              * nearest even, the scale d = amax / 127 and the offset d * sum(q) kept as F16, so

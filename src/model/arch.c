@@ -129,6 +129,18 @@ static bool match_fmt(const char *fmt, const char *s, int *layer) {
     return true;
 }
 
+bool kn_tensor_from_gguf(const char *name, kn_tensor_role *role, int *layer) {
+    for (int r = 0; r < KN_T_ROLE_COUNT; r++) {
+        int l = 0;
+        if (match_fmt(k_roles[r].gguf, name, &l)) {
+            *role = (kn_tensor_role)r;
+            *layer = l;
+            return true;
+        }
+    }
+    return false;
+}
+
 bool kn_tensor_from_hf(const char *hf_name, char *gguf_name, size_t n, kn_tensor_role *role,
                        bool *skip) {
     *skip = false;

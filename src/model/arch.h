@@ -72,6 +72,9 @@ void kn_tensor_name(kn_tensor_role role, int layer, char *buf, size_t n);
 bool kn_tensor_role_is_matrix(kn_tensor_role role);
 bool kn_tensor_role_is_per_layer(kn_tensor_role role);
 
+/* The role and layer (0 for a global tensor) of a GGUF name; false for a name kiln does not
+ * know. Layer numbers are plain decimals (no sign, no leading zero). */
+bool kn_tensor_from_gguf(const char *name, kn_tensor_role *role, int *layer);
 /* The GGUF name of a Hugging Face tensor name ("model.layers.3.self_attn.q_proj.weight" ->
  * "blk.3.attn_q.weight"), and its role. false for a name kiln does not know; *skip for one it
  * knows and drops (rotary inv_freq buffers, recomputed from rope_theta). */

@@ -1,6 +1,8 @@
 /* hparams.c — llama-family hyperparameters from GGUF metadata, and the shapes of the tensors. */
 #include "model/hparams.h"
 
+#include "quant/quant.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -11,10 +13,18 @@ static bool get_u32k(const kn_gguf *g, const char *arch, const char *suffix, uin
     return kn_gguf_get_u32(g, key, out);
 }
 
-static bool get_f32k(const kn_gguf *g, const char *arch, const char *suffix, float *out) {
+/* A float key: absent leaves *out (the default); present but not a number a float holds is an
+ * error naming it, never silently the default. */
+static kiln_status get_f32_key(const kn_gguf *g, const char *key, float *out, kiln_error *err) {
+    if (!kn_gguf_find(g, key) || kn_gguf_get_f32(g, key, out)) return KILN_OK;
+    return kn_fail(err, KILN_ERR_FORMAT, "%s: %s is not a number a float can hold", g->path, key);
+}
+
+static kiln_status get_f32k(const kn_gguf *g, const char *arch, const char *suffix, float *out,
+                            kiln_error *err) {
     char key[128];
     snprintf(key, sizeof key, "%s.%s", arch, suffix);
-    return kn_gguf_get_f32(g, key, out);
+    return get_f32_key(g, key, out, err);
 }
 
 /* Limits far beyond any model kiln targets; they keep later size arithmetic in range. */
@@ -106,23 +116,29 @@ kiln_status kn_hparams_from_gguf(const kn_gguf *g, kn_hparams *hp, kiln_error *e
     hp->n_ctx_train = get_u32k(g, a, "context_length", &u) ? (int)(u > (1u << 30) ? 1 << 30 : u)
                                                            : 2048;
     hp->rope_theta = 10000.0f;
-    get_f32k(g, a, "rope.freq_base", &hp->rope_theta);
     hp->rms_eps = 1e-5f;
-    get_f32k(g, a, "attention.layer_norm_rms_epsilon", &hp->rms_eps);
+    kiln_status s;
+    if ((s = get_f32k(g, a, "rope.freq_base", &hp->rope_theta, err)) ||
+        (s = get_f32k(g, a, "attention.layer_norm_rms_epsilon", &hp->rms_eps, err)))
+        return s;
     char key[128];
     snprintf(key, sizeof key, "%s.rope.scaling.type", a);
     kn_str st;
     if (kn_gguf_get_str(g, key, &st) && kn_str_eq(st, "linear")) {
         hp->rope_scaling = KN_ROPE_SCALING_LINEAR;
         hp->rope_factor = 1.0f;
-        get_f32k(g, a, "rope.scaling.factor", &hp->rope_factor);
+        if ((s = get_f32k(g, a, "rope.scaling.factor", &hp->rope_factor, err))) return s;
     }
     /* llama.cpp encodes Llama-3 scaling as a rope_freqs tensor; an offering carries the four
      * numbers instead, so the runtime computes the same factors from their definition. */
-    if (kn_gguf_get_f32(g, "kiln.rope.llama3.factor", &hp->rope_factor)) {
+    if (kn_gguf_find(g, "kiln.rope.llama3.factor")) {
         hp->rope_scaling = KN_ROPE_SCALING_LLAMA3;
-        kn_gguf_get_f32(g, "kiln.rope.llama3.low_freq_factor", &hp->rope_low_freq_factor);
-        kn_gguf_get_f32(g, "kiln.rope.llama3.high_freq_factor", &hp->rope_high_freq_factor);
+        if ((s = get_f32_key(g, "kiln.rope.llama3.factor", &hp->rope_factor, err)) ||
+            (s = get_f32_key(g, "kiln.rope.llama3.low_freq_factor", &hp->rope_low_freq_factor,
+                             err)) ||
+            (s = get_f32_key(g, "kiln.rope.llama3.high_freq_factor", &hp->rope_high_freq_factor,
+                             err)))
+            return s;
         if (kn_gguf_get_u32(g, "kiln.rope.llama3.original_context", &u))
             hp->rope_orig_ctx = (int)(u > (1u << 30) ? 1 << 30 : u);
     }
@@ -203,4 +219,31 @@ bool kn_tensor_expected(const kn_hparams *hp, kn_tensor_role role, int layer, ch
     default: return false;
     }
     return true;
+}
+
+bool kn_tensor_role_of(const kn_hparams *hp, const char *name, kn_tensor_role *role, int *layer) {
+    kn_tensor_role r;
+    int l;
+    if (!kn_tensor_from_gguf(name, &r, &l) || l >= hp->n_layer) return false;
+    char nm[96];
+    int nd;
+    int64_t ne[2];
+    if (!kn_tensor_expected(hp, r, l, nm, sizeof nm, &nd, ne)) return false;
+    *role = r;
+    *layer = l;
+    return true;
+}
+
+bool kn_weight_type_ok(bool matrix, uint32_t type) {
+    switch (type) {
+    case KN_TYPE_F32: case KN_TYPE_F16: case KN_TYPE_BF16: return true;
+    case KN_TYPE_Q4_0: case KN_TYPE_Q4_1: case KN_TYPE_Q5_0: case KN_TYPE_Q5_1: case KN_TYPE_Q8_0:
+    case KN_TYPE_Q2_K: case KN_TYPE_Q3_K: case KN_TYPE_Q4_K: case KN_TYPE_Q5_K: case KN_TYPE_Q6_K:
+        return matrix;
+    default: return false;
+    }
+}
+
+bool kn_tensor_type_ok(kn_tensor_role role, uint32_t type) {
+    return kn_weight_type_ok(kn_tensor_role_is_matrix(role), type);
 }

@@ -66,4 +66,15 @@ void kn_hparams_to_gguf(const kn_hparams *hp, kn_gguf_writer *w);
 bool kn_tensor_expected(const kn_hparams *hp, kn_tensor_role role, int layer, char *name,
                         size_t name_size, int *n_dims, int64_t ne[2]);
 
+/* The role and layer of a schema name ("blk.3.attn_q.weight" -> KN_T_ATTN_Q, 3): true only for
+ * a tensor this model has (kn_tensor_expected would name it). O(roles), not O(layers). */
+bool kn_tensor_role_of(const kn_hparams *hp, const char *name, kn_tensor_role *role, int *layer);
+
+/* Whether a tensor of this role may have this type: matrices a float or weight-quantized type
+ * (F32, F16, BF16, Q4_0..Q8_0, Q2_K..Q6_K), vectors (norms, biases) a float type. Integer
+ * types, and types meant for activations only (Q8_1, Q8_K), are never weights. */
+bool kn_tensor_type_ok(kn_tensor_role role, uint32_t type);
+/* The same rule by shape: a matrix (2-D weights) or a vector. */
+bool kn_weight_type_ok(bool matrix, uint32_t type);
+
 #endif

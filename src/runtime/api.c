@@ -34,8 +34,10 @@ struct kiln_session {
     kn_sampler sampler;
     int32_t *win;            /* [W] stateless window */
     /* chat: what the KV cache holds, and the conversation so far */
-    int32_t *hist;           /* [W] ids at positions 0..n_hist-1 */
+    int32_t *hist;           /* [hist_cap] ids at positions 0..n_hist-1: the whole
+                                conversation the KV cache has seen, past the window too */
     int n_hist;
+    size_t hist_cap;
     kn_chat_msg *msgs;
     char **owned;            /* message texts we copied */
     int n_msgs, cap_msgs;
@@ -43,9 +45,7 @@ struct kiln_session {
 
 kiln_model_params kiln_model_default_params(void) {
     kiln_model_params p;
-    memset(&p, 0, sizeof p);
-    p.window = KN_DEFAULT_WINDOW;
-    p.chunk = KN_DEFAULT_CHUNK;
+    memset(&p, 0, sizeof p); /* window, chunk 0: the offering's own, or 1024 / 128 */
     return p;
 }
 
@@ -103,9 +103,12 @@ kiln_status kiln_model_open(const char *path, const kiln_model_params *params, k
     if (!path || !*path) return kn_fail(err, KILN_ERR_INVALID_ARG, "no model path given");
     kiln_model *km = kn_calloc(1, sizeof *km);
     if (!km) return kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+    if (p->window < 0 || p->chunk < 0)
+        return kn_fail(err, KILN_ERR_INVALID_ARG, "window %d / chunk %d must not be negative",
+                       p->window, p->chunk);
     kn_model_params mp = kn_model_default_params();
-    mp.window = p->window > 0 ? p->window : KN_DEFAULT_WINDOW;
-    mp.chunk = p->chunk > 0 ? p->chunk : KN_DEFAULT_CHUNK;
+    mp.window = p->window;
+    mp.chunk = p->chunk;
     kiln_status s = KILN_OK;
     char *gguf = offering_gguf(path);
     char *tmpdir = NULL;
@@ -123,14 +126,25 @@ kiln_status kiln_model_open(const char *path, const kiln_model_params *params, k
         char *off = tmpdir ? kn_path_join(tmpdir, "offering") : NULL;
         kiln_bake_params bp = kiln_bake_default_params();
         bp.quant = KILN_QUANT_KEEP;
-        bp.window = mp.window;
-        bp.chunk = mp.chunk;
+        if (mp.window > 0) bp.window = mp.window;
+        if (mp.chunk > 0) bp.chunk = mp.chunk;
+        else if (bp.chunk > bp.window) bp.chunk = bp.window;
+        if (bp.sink >= bp.window) bp.sink = bp.window - 1;
         s = off ? kiln_bake(path, off, &bp, err) : kn_fail(err, KILN_ERR_NOMEM, "out of memory");
         if (!s) gguf = kn_path_join(off, "model.gguf");
         kn_free(off);
     }
     if (!s && !gguf) s = kn_fail(err, KILN_ERR_NOMEM, "out of memory");
     if (!s) s = kn_model_open(gguf, &mp, &km->m, err);
+    if (!s && tmpdir) {
+        /* messages name the folder the user gave, not the private bake under /tmp */
+        char *label = kn_strdup(path);
+        if (!label) s = kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+        else {
+            kn_free(km->m->owned_gguf->path);
+            km->m->owned_gguf->path = label;
+        }
+    }
     if (!s && !tmpdir) {
         const char *slash = strrchr(gguf, '/');
         km->dir = slash ? kn_strndup(gguf, (size_t)(slash - gguf)) : kn_strdup(".");
@@ -144,13 +158,19 @@ kiln_status kiln_model_open(const char *path, const kiln_model_params *params, k
                 s = kn_hf_cache_resolve(p->tokenizer, &dir, err);
             if (!s) s = kn_tokenizer_open(dir ? dir : p->tokenizer, &km->tok, err);
             kn_free(dir);
+            if (!s && (int)kn_tokenizer_n_vocab(km->tok) > km->m->hp.n_vocab)
+                s = kn_fail(err, KILN_ERR_FORMAT, "%s: tokenizer has %u tokens, the model only "
+                            "%d", p->tokenizer, kn_tokenizer_n_vocab(km->tok), km->m->hp.n_vocab);
+        } else if (!kn_gguf_has_tokenizer(km->m->gguf)) {
+            s = kn_fail(err, KILN_ERR_FORMAT, "%s: no tokenizer (%s); give one with "
+                        "--tokenizer_id", path, tmpdir ? "the folder has no tokenizer.json"
+                                                       : "no tokenizer.* keys");
         } else {
+            /* the model's own tokenizer: the checks bake and inspect make */
             s = kn_tokenizer_load_gguf(km->m->gguf, &km->tok, err);
+            if (!s) s = kn_tokenizer_check_model(km->tok, km->m->gguf, km->m->hp.n_vocab, err);
         }
     }
-    if (!s && (int)kn_tokenizer_n_vocab(km->tok) > km->m->hp.n_vocab)
-        s = kn_fail(err, KILN_ERR_FORMAT, "%s: tokenizer has %u tokens, the model only %d",
-                    path, kn_tokenizer_n_vocab(km->tok), km->m->hp.n_vocab);
     if (tmpdir) {
         kn_rmtree(tmpdir);
         kn_free(tmpdir);
@@ -205,10 +225,7 @@ static int physical_cores(void) {
 }
 
 static void say(const kiln_session_params *p, const char *fmt, const char *a, const char *b) {
-    if (!p->log) return;
-    char msg[900];
-    snprintf(msg, sizeof msg, fmt, a, b);
-    p->log(KILN_LOG_WARN, msg, p->log_user);
+    kn_log(p->log, p->log_user, KILN_LOG_WARN, fmt, a, b);
 }
 
 /* Device choice. Named devices are strict; auto walks NPU -> GPU -> CPU through OpenVINO when
@@ -352,17 +369,16 @@ kiln_status kiln_session_new(kiln_model *km, const kiln_session_params *params,
             s = kn_backend_cpu_new(km->m, &bp, &ks->b, err);
         } else if (vs) {
             s = kn_fail(err, vs, "%s", ve.message);
-        } else if (p->log) {
-            char msg[256];
-            snprintf(msg, sizeof msg, "%s: --verify ok (max |logit difference| %.3g against the "
-                     "native cpu, tolerance %.3g)", ks->b->device, e, tol);
-            p->log(KILN_LOG_INFO, msg, p->log_user);
+        } else {
+            kn_log(p->log, p->log_user, KILN_LOG_INFO, "%s: --verify ok (max |logit difference| "
+                   "%.3g against the native cpu, tolerance %.3g)", ks->b->device, e, tol);
         }
     }
     if (!s) s = kn_sampler_init(&ks->sampler, km->m->hp.n_vocab, &gp.sampling, err);
     if (!s) {
         ks->win = kn_malloc((size_t)km->m->window * sizeof *ks->win);
-        ks->hist = kn_malloc((size_t)km->m->window * sizeof *ks->hist);
+        ks->hist_cap = (size_t)km->m->window;
+        ks->hist = kn_malloc(ks->hist_cap * sizeof *ks->hist);
         if (!ks->win || !ks->hist) s = kn_fail(err, KILN_ERR_NOMEM, "out of memory");
     }
     if (s) {
@@ -473,6 +489,28 @@ static bool find_stop(const char *text, size_t n, size_t from, const kiln_genera
     return found;
 }
 
+/* Room for n history ids, grown before a turn's loop (never inside it). */
+static bool hist_reserve(kiln_session *ks, size_t n) {
+    if (n <= ks->hist_cap) return true;
+    size_t cap = ks->hist_cap * 2 > n ? ks->hist_cap * 2 : n;
+    int32_t *h = kn_realloc(ks->hist, cap * sizeof *h);
+    if (!h) return false;
+    ks->hist = h;
+    ks->hist_cap = cap;
+    return true;
+}
+
+/* Logits that are not finite mean the model's arithmetic overflowed (finite but huge weights
+ * pass the bake's finiteness check): an error naming that, not garbage text. */
+static kiln_status check_logits(const float *logits, int n, kiln_error *err) {
+    for (int i = 0; i < n; i++)
+        if (!isfinite(logits[i]))
+            return kn_fail(err, KILN_ERR_FORMAT, "the model's output is not finite (%s logit for "
+                           "token %d): its weights overflow float arithmetic",
+                           isnan(logits[i]) ? "a NaN" : "an infinite", i);
+    return KILN_OK;
+}
+
 /* The loop. The prompt ids are in r->prompt_ids; `past` tokens before them are already in the
  * KV cache (chat), so only the new ones are prefilled. */
 static kiln_status run_loop(kiln_session *ks, int past, const kiln_generate_params *p,
@@ -514,11 +552,15 @@ static kiln_status run_loop(kiln_session *ks, int past, const kiln_generate_para
             piece.oom = true;
         }
     }
-    if (!r->ids || !r->text || !lat || !piece.data || piece.oom) {
+    /* the history: every position this turn feeds, so a later turn (chat) prefills only what
+     * is new, however long the conversation has slid past the window */
+    bool hist_ok = stateless || hist_reserve(ks, (size_t)past + (size_t)n + (size_t)max_tokens);
+    if (!r->ids || !r->text || !lat || !piece.data || piece.oom || !hist_ok) {
         kn_free(lat);
         kn_buf_free(&piece);
         return kn_fail(err, KILN_ERR_NOMEM, "out of memory");
     }
+    if (!stateless) memcpy(ks->hist + past, r->prompt_ids, (size_t)n * sizeof *ks->hist);
     r->text[0] = 0;
     kn_sampler_reset(&ks->sampler, &p->sampling);
     for (int i = 0; i < n; i++) kn_sampler_accept(&ks->sampler, r->prompt_ids[i]);
@@ -561,6 +603,7 @@ static kiln_status run_loop(kiln_session *ks, int past, const kiln_generate_para
             mt->finish_reason = "cancelled";
             break;
         }
+        if ((s = check_logits(logits, m->hp.n_vocab, err))) break;
         int32_t id = kn_sampler_sample(&ks->sampler, logits);
         kn_sampler_accept(&ks->sampler, id);
         double t = kn_now_seconds();
@@ -610,7 +653,7 @@ static kiln_status run_loop(kiln_session *ks, int past, const kiln_generate_para
         } else {
             if (pos >= W && !slide) break; /* every slot is taken */
             s = ks->b->ops->decode(ks->b, id, pos, &logits, err);
-            if (!s && pos < W) ks->hist[pos] = id;
+            if (!s) ks->hist[pos] = id;
             pos++;
         }
     }
@@ -629,6 +672,7 @@ static kiln_status run_loop(kiln_session *ks, int past, const kiln_generate_para
         p->on_text(r->text + emitted, text_len - emitted, p->user);
     }
     double t_end = kn_now_seconds();
+    r->text_len = text_len;
     r->n_ids = n_gen;
     mt->generated_tokens = n_gen;
     double prefill_s = t_prefill - t0;
@@ -641,7 +685,7 @@ static kiln_status run_loop(kiln_session *ks, int past, const kiln_generate_para
     mt->total_ms = (t_end - t0) * 1e3;
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) == 0) mt->peak_rss_mb = (double)ru.ru_maxrss / 1024.0;
-    ks->n_hist = pos < W ? pos : W;
+    ks->n_hist = stateless ? 0 : pos;
     kn_free(lat);
     kn_buf_free(&piece);
     kn_detok_stream_free(&ds);
@@ -668,6 +712,14 @@ kiln_status kiln_generate_ids(kiln_session *ks, const int32_t *prompt, int n,
     if (!s) s = run_loop(ks, 0, p, out, err);
     if (s) kiln_result_free(out);
     return s;
+}
+
+static kiln_status check_text_size(const char *what, const char *text, kiln_error *err) {
+    size_t n = strnlen(text, (size_t)KILN_MAX_PROMPT_BYTES + 1);
+    if (n > KILN_MAX_PROMPT_BYTES)
+        return kn_fail(err, KILN_ERR_INVALID_ARG, "%s is longer than %u MiB, the most kiln takes",
+                       what, KILN_MAX_PROMPT_BYTES >> 20);
+    return KILN_OK;
 }
 
 static kiln_status add_msg(kiln_session *ks, const char *role, const char *text,
@@ -710,9 +762,11 @@ kiln_status kiln_generate(kiln_session *ks, const char *prompt,
     kiln_generate_params dp = kiln_generate_default_params();
     const kiln_generate_params *p = params ? params : &dp;
     if (!prompt || !*prompt) return kn_fail(err, KILN_ERR_INVALID_ARG, "the prompt is empty");
+    kiln_status s = check_text_size("the prompt", prompt, err);
+    if (!s && p->system) s = check_text_size("the system message", p->system, err);
+    if (s) return s;
     kiln_session_reset(ks);
     kn_tokens ids = {0};
-    kiln_status s;
     if (p->raw) {
         s = kn_tokenize(ks->model->tok, prompt, strlen(prompt),
                         KN_TOK_ADD_BOS | KN_TOK_PARSE_SPECIAL, &ids, err);
@@ -738,7 +792,9 @@ kiln_status kiln_chat_turn(kiln_session *ks, const char *user_text,
     kiln_generate_params dp = kiln_generate_default_params();
     const kiln_generate_params *p = params ? params : &dp;
     if (!user_text || !*user_text) return kn_fail(err, KILN_ERR_INVALID_ARG, "empty message");
-    kiln_status s = KILN_OK;
+    kiln_status s = check_text_size("the message", user_text, err);
+    if (!s && p->system) s = check_text_size("the system message", p->system, err);
+    if (s) return s;
     if (ks->n_msgs == 0 && p->system && *p->system) s = add_msg(ks, "system", p->system, err);
     if (!s) s = add_msg(ks, "user", user_text, err);
     kn_tokens ids = {0};
@@ -749,26 +805,34 @@ kiln_status kiln_chat_turn(kiln_session *ks, const char *user_text,
     }
     /* Only what differs from the cached history is prefilled: the new turn, plus any tail the
      * template re-tokenized differently from the generated ids. */
-    int common = 0;
+    const kn_model *m = ks->model->m;
+    const int W = m->window, S = m->sink;
     bool kv = ks->p.mode == KILN_MODE_KV;
-    if (kv)
-        while (common < ks->n_hist && common < (int)ids.n - 1 &&
-               ks->hist[common] == ids.ids[common])
-            common++;
-    if ((int)ids.n >= ks->model->m->window && ks->p.overflow == KILN_OVERFLOW_STOP) {
+    int n = (int)ids.n;
+    if (n >= W && ks->p.overflow == KILN_OVERFLOW_STOP) {
         kn_tokens_free(&ids);
         ks->n_msgs--;
         kn_free(ks->owned[ks->n_msgs]);
         return kn_fail(err, KILN_ERR_INVALID_ARG,
-                       "the conversation is %zu tokens and the window holds %d: /reset to start "
-                       "over", ids.n, ks->model->m->window);
+                       "the conversation is %d tokens and the window holds %d: /reset to start "
+                       "over, or chat with --overflow slide", n, W);
     }
+    int common = 0;
     if (kv)
-        for (int i = common; i < (int)ids.n && i < ks->model->m->window; i++) ks->hist[i] = ids.ids[i];
-    s = copy_prompt(out, ids.ids + common, (int)ids.n - common, err);
+        while (common < ks->n_hist && common < n - 1 && ks->hist[common] == ids.ids[common])
+            common++;
+    int from = common;
+    if (kv && ks->n_hist > W && common < ks->n_hist) {
+        /* Rewinding a slid cache: positions after `common` are dropped, and ring slots of the
+         * window that ends at `common` may hold them instead of the positions they displaced;
+         * those (at most W - S) are fed again. */
+        int lo = common - (W - S) > S ? common - (W - S) : S;
+        if (ks->n_hist - (W - S) > lo && lo < common) from = lo;
+    }
+    s = copy_prompt(out, ids.ids + from, n - from, err);
     kn_tokens_free(&ids);
     if (!kv) ks->b->ops->reset(ks->b);
-    if (!s) s = run_loop(ks, kv ? common : 0, p, out, err);
+    if (!s) s = run_loop(ks, kv ? from : 0, p, out, err);
     if (!s) s = add_msg(ks, "assistant", out->text, err);
     if (s) kiln_result_free(out);
     return s;

@@ -57,11 +57,12 @@
 #define KN_DEFAULT_SINK 4
 
 typedef struct kn_model_params {
-    /* Used when the GGUF has no kiln.contract.* keys; an offering's W is lowered to `window`
-     * when the caller asks for less (0 = take the offering's / the default as is). */
-    int window;               /* W, default 1024 */
-    int chunk;                /* C, default 128; 1 <= C <= W */
-    int sink;                 /* S for the sliding overflow policy, default 4; S < W */
+    /* The contract of a GGUF without kiln.contract.* keys (0 / -1: the defaults 1024, 128, 4).
+     * An offering's contract is read and validated by kn_contract_from_gguf and used as it is:
+     * a window or chunk that differs from it is KILN_ERR_INVALID_ARG, never a clamp. */
+    int window;               /* W, 0 = 1024 */
+    int chunk;                /* C, 0 = min(128, W); 1 <= C <= W */
+    int sink;                 /* S for the sliding overflow policy, -1 = min(4, W - 1); S < W */
 } kn_model_params;
 
 kn_model_params kn_model_default_params(void);
@@ -97,8 +98,8 @@ typedef struct kn_model {
     int n_owned;
 } kn_model;
 
-/* Builds a model over g (borrowed: it must outlive the model). W and C come from g's
- * kiln.contract.* keys when present, else from p. */
+/* Builds a model over g (borrowed: it must outlive the model). W, C and S come from g's
+ * kiln.contract.* keys when present (validated as inspect validates them), else from p. */
 kiln_status kn_model_load(const kn_gguf *g, const kn_hparams *hp, const kn_model_params *p,
                           kn_model **out, kiln_error *err);
 /* Opens a GGUF file, reads its hyperparameters and builds the model (owning the file). */

@@ -3,11 +3,12 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "model/contract.h"
 #include "quant/quant.h"
 #include "backends/cpu/engine.h"
 
 kn_model_params kn_model_default_params(void) {
-    kn_model_params p = {KN_DEFAULT_WINDOW, KN_DEFAULT_CHUNK, KN_DEFAULT_SINK};
+    kn_model_params p = {0, 0, -1};
     return p;
 }
 
@@ -36,6 +37,11 @@ static kiln_status find(const kn_model *m, const char *name, int64_t ne0, int64_
                        m->gguf->path, name, (long long)t->ne[0], (long long)t->ne[1],
                        (long long)t->ne[2], (long long)t->ne[3], (long long)ne0,
                        (long long)(ne1 ? ne1 : 1));
+    /* the schema's type rule (an I32 norm is a corrupted file, not a norm) */
+    if (!kn_weight_type_ok(ne1 != 0, t->type))
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor %s has type %s, which is not a type "
+                       "for %s", m->gguf->path, name, kn_type_name(t->type),
+                       ne1 ? "weights" : "a norm or bias (F32, F16, BF16)");
     const kn_type_traits *tr = kn_type_get(t->type);
     uint64_t rb, need;
     if (!tr || !kn_row_bytes(t->type, ne0, &rb) || !kn_mul_ok(rb, ne1 ? (uint64_t)ne1 : 1, &need) ||
@@ -172,26 +178,30 @@ kiln_status kn_model_load(const kn_gguf *g, const kn_hparams *hp, const kn_model
     kiln_status s = check_hparams(m, err);
     if (s) goto fail;
 
-    uint32_t w, c, sk;
-    int want_w = p->window > 0 ? p->window : KN_DEFAULT_WINDOW;
-    if (kn_gguf_get_u32(g, "kiln.contract.window", &w) &&
-        kn_gguf_get_u32(g, "kiln.contract.chunk", &c)) {
-        m->window = (int)(w > (1u << 24) ? (1u << 24) : w);
-        if (p->window > 0 && p->window < m->window) m->window = p->window;
-        m->chunk = (int)(c > (uint32_t)m->window ? (uint32_t)m->window : c);
-        m->sink = kn_gguf_get_u32(g, "kiln.contract.sink", &sk) ? (int)(sk > 1u << 24 ? 1u << 24 : sk)
-                                                                : (p->sink >= 0 ? p->sink : 0);
+    /* One contract reader for inspect and loading: an offering's contract is the one its bake
+     * validated and rules as is; parameters only shape the contract of a plain source. */
+    kn_contract c;
+    if (kn_gguf_find(g, "kiln.contract.window")) {
+        if ((s = kn_contract_from_gguf(g, hp, &c, err))) goto fail;
+        if ((p->window > 0 && p->window != c.window) || (p->chunk > 0 && p->chunk != c.chunk)) {
+            s = kn_fail(err, KILN_ERR_INVALID_ARG,
+                        "%s: an offering keeps the contract it was baked with (window %d, chunk "
+                        "%d); --window / --chunk apply only to a source that is not an offering "
+                        "(re-bake to change them)", g->path, c.window, c.chunk);
+            goto fail;
+        }
     } else {
-        m->window = want_w;
-        m->chunk = p->chunk > 0 ? p->chunk : KN_DEFAULT_CHUNK;
-        m->sink = p->sink >= 0 ? p->sink : KN_DEFAULT_SINK;
+        int W = p->window > 0 ? p->window : KN_DEFAULT_WINDOW;
+        int C = p->chunk > 0 ? p->chunk : (KN_DEFAULT_CHUNK < W ? KN_DEFAULT_CHUNK : W);
+        int S = p->sink >= 0 ? p->sink : (KN_DEFAULT_SINK < W ? KN_DEFAULT_SINK : W - 1);
+        if ((s = kn_contract_build(hp, W, C, S, &c, err))) {
+            kn_fail_prefix(err, "%s: ", g->path);
+            goto fail;
+        }
     }
-    if (m->window < 1 || m->chunk < 1 || m->chunk > m->window) {
-        s = kn_fail(err, KILN_ERR_INVALID_ARG, "window %d / chunk %d: need 1 <= C <= W",
-                    m->window, m->chunk);
-        goto fail;
-    }
-    if (m->sink >= m->window) m->sink = m->window - 1;
+    m->window = c.window;
+    m->chunk = c.chunk;
+    m->sink = c.sink;
 
     m->layers = kn_calloc((size_t)hp->n_layer, sizeof *m->layers);
     m->rope_inv_freq = kn_calloc((size_t)hp->rope_dim / 2, sizeof(double));

@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 
 #include "backends/backend.h"
+#include "backends/openvino/ir_check.h"
 #include "backends/openvino/ov_api.h"
 
 enum { IN_IDS, IN_POS, IN_MASK, IN_LOGIT_INDEX, IN_PAST, OUT_LOGITS, OUT_NEW_KV, N_PORTS };
@@ -80,7 +81,7 @@ static kiln_status ov_fail(ov_backend *b, kiln_error *err, kiln_status code, ov_
 }
 
 static void say(const kn_backend_params *p, kiln_log_level level, const char *msg) {
-    if (p->log) p->log(level, msg, p->log_user);
+    kn_log(p->log, p->log_user, level, "%s", msg);
 }
 
 /* "NPU" is present when OpenVINO lists "NPU" or "NPU.<n>"; "GPU.1" only as itself. */
@@ -631,6 +632,10 @@ static const kn_backend_ops k_ov_ops = {ov_prefill, ov_decode, ov_stateless, ov_
 static kiln_status compile_graph(ov_backend *b, const kn_backend_params *p, const char *xml,
                                  const char *file, const props *ps, ov_graph *g,
                                  kiln_error *err) {
+    /* A garbled file would send OpenVINO through its other frontends, each printing noise
+     * before the failure: check it is an IR with all its weights first. */
+    kiln_status ks = kn_ov_ir_check(xml, err);
+    if (ks) return ks;
     double t0 = kn_now_seconds();
     ov_status st = compile(b, xml, p->ov_device, ps, &g->cm);
     if (st) {

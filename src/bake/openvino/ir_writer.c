@@ -365,12 +365,12 @@ kiln_status kn_ov_write_ir_graph(const kn_gguf *model_gguf, const kn_hparams *hp
     if (group == 0) return KILN_ERR_INVALID_ARG;
 
     FILE *xf = fopen(xml_path, "wb");
-    if (!xf) return kn_fail(err, KILN_ERR_IO, "%s: cannot create", xml_path);
+    if (!xf) return kn_fail(err, KILN_ERR_WRITE, "%s: cannot create", xml_path);
     FILE *bf = fopen(bin_path, "wb");
     if (!bf) {
         fclose(xf);
         remove(xml_path);
-        return kn_fail(err, KILN_ERR_IO, "%s: cannot create", bin_path);
+        return kn_fail(err, KILN_ERR_WRITE, "%s: cannot create", bin_path);
     }
     kiln_status s = KILN_ERR_NOMEM;
     kn_ovb *b = kn_ovb_new(bf, bin_path, err);
@@ -384,9 +384,9 @@ kiln_status kn_ov_write_ir_graph(const kn_gguf *model_gguf, const kn_hparams *hp
         kn_ovb_free(b);
     }
     if (fclose(bf) != 0 && s == KILN_OK)
-        s = kn_fail(err, KILN_ERR_IO, "%s: write failed", bin_path);
+        s = kn_fail(err, KILN_ERR_WRITE, "%s: write failed", bin_path);
     if (fclose(xf) != 0 && s == KILN_OK)
-        s = kn_fail(err, KILN_ERR_IO, "%s: write failed", xml_path);
+        s = kn_fail(err, KILN_ERR_WRITE, "%s: write failed", xml_path);
     if (s != KILN_OK) {
         remove(xml_path);
         remove(bin_path);
