@@ -163,10 +163,6 @@ typedef enum kiln_describe_format {
 kiln_status kiln_describe(const char *path, kiln_describe_format format, char **out,
                           kiln_error *err);
 
-/* Maps a status to the exit code of the kiln command: 0 ok, 2 bad input, 3 device, 130
- * cancelled (as a shell reports Ctrl-C), 1 anything else (a failed write included). */
-int kiln_exit_code(kiln_status status);
-
 /* ---- tokenizer ---- */
 /*
  * The tokenizer an offering carries, usable without the weights:
@@ -254,8 +250,18 @@ kiln_status kiln_chat_render(const kiln_tokenizer *tok, const char *template_nam
  *     printf("%s\n%s\n", r.text, r.metrics.finish_reason);
  *     kiln_result_free(&r); kiln_session_free(s); kiln_model_free(m);
  *
- * A model is read-only and may serve several sessions; a session owns its KV cache and scratch,
- * all sized once from the static contract, so generating allocates nothing per token.
+ * Model and sessions. A kiln_model holds what its sessions share: the weights (mapped, read
+ * only), the tokenizer, and per device the compiled graphs (OpenVINO compiles or imports each
+ * graph once per model and device, whatever the number of sessions) and one thread pool. A
+ * kiln_session holds only what one conversation writes: its KV cache, scratch buffers, device
+ * requests and sampler, all sized once from the static contract, so generating allocates
+ * nothing per token. A kiln_chat keeps a conversation's messages above a session.
+ *
+ * Threads. kiln_model_open and kiln_model_free run alone. Between them, any number of threads
+ * may call kiln_session_new / kiln_session_free and the kiln_model_* queries on one model at
+ * once, and use different sessions at the same time (their steps take turns on the model's
+ * CPU thread pool, and give the same ids as one after another). One session, and a kiln_chat
+ * over it, is used by one thread at a time. Every session is freed before its model.
  */
 typedef struct kiln_model kiln_model;
 typedef struct kiln_session kiln_session;
@@ -268,13 +274,17 @@ typedef struct kiln_model_params {
      * KILN_ERR_INVALID_ARG. */
     int window;
     int chunk;
+    kiln_log_fn log;          /* told what opening does on the caller's behalf */
+    void *log_user;
 } kiln_model_params;
 
 kiln_model_params kiln_model_default_params(void);
 
 /* path: an offering directory, a file inside one (model.gguf, manifest.json,
- * openvino_model.xml), or any source kiln_bake reads, used with its weights as they are and the
- * default contract (W, C above). */
+ * openvino_model.xml), a GGUF file used with its weights as they are and the default contract
+ * (W, C above), or a Hugging Face folder / cached ORG/NAME, which is baked with its weights kept
+ * into a private directory under $TMPDIR (/tmp without it) — said through the log callback —
+ * mapped, and removed at once (bake it yourself to keep or quantize it). */
 kiln_status kiln_model_open(const char *path, const kiln_model_params *params, kiln_model **out,
                             kiln_error *err);
 void kiln_model_free(kiln_model *model);
@@ -282,6 +292,9 @@ const kiln_tokenizer *kiln_model_tokenizer(const kiln_model *model);
 int kiln_model_window(const kiln_model *model);
 int kiln_model_chunk(const kiln_model *model);
 int kiln_model_n_vocab(const kiln_model *model);
+/* How many device graphs the model has compiled or imported from the blob cache so far, over
+ * every device its sessions opened (0 on the native CPU, which compiles nothing). */
+int kiln_model_compiles(const kiln_model *model);
 
 typedef enum kiln_mode {
     KILN_MODE_KV = 0,         /* prefill chunks [1,C] + decode [1,1] against a W-slot KV cache */
@@ -299,7 +312,8 @@ typedef struct kiln_session_params {
     kiln_overflow overflow;
     /* "auto" (default: NPU, then GPU through OpenVINO when the offering has its IR, else the
      * native CPU), "cpu", "npu", "gpu" or "openvino:DEVICE". A named device that is not there
-     * is KILN_ERR_DEVICE, never a silent fallback. */
+     * is KILN_ERR_DEVICE, never a silent fallback. Sessions of one model asking for the same
+     * device, mode and threads share what the device compiled for the first of them. */
     const char *device;
     int no_fallback;          /* with "auto": a missing NPU is an error, not a fallback */
     const char *openvino_lib; /* libopenvino_c path (else $KILN_OPENVINO_LIB, the openvino
@@ -319,14 +333,25 @@ void kiln_session_free(kiln_session *session);
 const char *kiln_session_device(const kiln_session *session);
 /* The CPU kernel table it runs ("avx2" ...), or "" when the device is not the native CPU. */
 const char *kiln_session_kernels(const kiln_session *session);
+/* What auto skipped before this device: "" or e.g. "npu,gpu". */
+const char *kiln_session_fallback(const kiln_session *session);
 
 /* The CPU kernel tables this machine can run, reference first and best last, space-separated
  * ("generic avx2 avx512vnni"), and in *chosen the one sessions use: $KILN_KERNELS, else the
  * best. KILN_ERR_INVALID_ARG (the message naming the valid choices) when KILN_KERNELS names a
  * table that does not exist or that this CPU cannot run. */
 kiln_status kiln_cpu_kernels(const char **usable, const char **chosen, kiln_error *err);
-/* Forgets the conversation: empties the KV cache. */
+/* Forgets everything the session's cache holds. */
 void kiln_session_reset(kiln_session *session);
+
+/* Low level, for benchmarks and servers that run their own loop: feeds n token ids at positions
+ * pos0, pos0 + 1, ... (kv mode: the cache keeps what it holds before pos0; stateless: the ids
+ * join the window, whose positions are its own) through fixed-shape calls, and points *logits
+ * at the n_vocab logits that predict the next token, valid until the next call on the session.
+ * KILN_ERR_INVALID_ARG for an id outside the vocabulary or (--overflow stop) tokens past the
+ * window. */
+kiln_status kiln_session_feed(kiln_session *session, const int32_t *ids, int n, int pos0,
+                              const float **logits, kiln_error *err);
 
 typedef struct kiln_sampling {
     float temperature;        /* <= 0: greedy (default) */
@@ -353,15 +378,21 @@ typedef struct kiln_generate_params {
     kiln_text_fn on_text;
     void *user;
     volatile int *cancel;     /* optional: set non-zero (e.g. from a signal) to stop */
+    /* 1: keep the longest prefix of the prompt that the session's cache already holds (the
+     * prompt and answer of its previous generation) and prefill only the rest, as a chat or a
+     * server resending a conversation wants; metrics.cached_tokens counts what was kept.
+     * 0 (default): the cache is emptied first. Stateless mode has no cache to keep. */
+    int reuse_prefix;
 } kiln_generate_params;
 
 kiln_generate_params kiln_generate_default_params(void);
 
 typedef struct kiln_metrics {
-    int prompt_tokens;
+    int prompt_tokens;        /* the whole prompt, cached tokens included */
+    int cached_tokens;        /* of those, kept from the cache (reuse_prefix), not prefilled */
     int generated_tokens;
     double ttft_ms;           /* prompt in -> first token out */
-    double prefill_tps;       /* prompt tokens / prefill time */
+    double prefill_tps;       /* prefilled tokens / prefill time */
     double decode_tps;        /* tokens after the first / their time */
     double p50_ms, p95_ms;    /* per-token latency of decode steps */
     double total_ms;
@@ -378,7 +409,7 @@ typedef struct kiln_metrics {
 typedef struct kiln_result {
     char *text;               /* everything generated, NUL-terminated */
     size_t text_len;          /* its length (the text may hold NUL bytes) */
-    int32_t *prompt_ids;      /* the prompt as fed */
+    int32_t *prompt_ids;      /* the whole prompt, cached tokens included */
     int n_prompt;
     int32_t *ids;             /* generated ids (an ending EOS / end-of-turn id included) */
     int n_ids;
@@ -389,23 +420,28 @@ typedef struct kiln_result {
  * take, in bytes; `kiln chat` reads input lines up to this length. */
 #define KILN_MAX_PROMPT_BYTES (8u << 20)
 
-/* One prompt -> one answer, from an empty cache (the session is reset first). */
+/* One prompt -> one answer: through the chat template unless raw, then as kiln_generate_ids. */
 kiln_status kiln_generate(kiln_session *session, const char *prompt,
                           const kiln_generate_params *params, kiln_result *out, kiln_error *err);
-/* The same from token ids (no template, no tokenization). */
+/* The same from token ids (no template, no tokenization): from an empty cache, or keeping what
+ * it holds of the prompt with reuse_prefix. */
 kiln_status kiln_generate_ids(kiln_session *session, const int32_t *prompt, int n,
                               const kiln_generate_params *params, kiln_result *out,
                               kiln_error *err);
-/* One turn of a conversation: the session keeps the history and its KV cache between turns,
- * so only the new turn is prefilled. */
-kiln_status kiln_chat_turn(kiln_session *session, const char *user_text,
-                           const kiln_generate_params *params, kiln_result *out, kiln_error *err);
 void kiln_result_free(kiln_result *result);
 
-/* Benchmark helpers (kiln bench): time one prefill of n random tokens, or n decode steps after
- * them, from an empty cache. Seconds in *seconds. */
-kiln_status kiln_bench_prefill(kiln_session *session, int n, double *seconds, kiln_error *err);
-kiln_status kiln_bench_decode(kiln_session *session, int n, double *seconds, kiln_error *err);
+/* A conversation over a session: the messages so far, rendered with the chat template each
+ * turn; the session's cache keeps the conversation, so a turn prefills only what is new (also
+ * after --overflow slide has rolled the window). */
+typedef struct kiln_chat kiln_chat;
+kiln_status kiln_chat_new(kiln_session *session, kiln_chat **out, kiln_error *err);
+void kiln_chat_free(kiln_chat *chat);
+/* Forgets the messages and empties the session's cache. */
+void kiln_chat_reset(kiln_chat *chat);
+/* One user turn -> the assistant's answer (added to the conversation). params->system, on the
+ * first turn, starts the conversation with a system message. */
+kiln_status kiln_chat_turn(kiln_chat *chat, const char *user_text,
+                           const kiln_generate_params *params, kiln_result *out, kiln_error *err);
 /* ---- end runtime ---- */
 
 #ifdef __cplusplus

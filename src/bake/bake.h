@@ -2,7 +2,7 @@
 #ifndef KN_BAKE_H
 #define KN_BAKE_H
 
-#include "formats/source.h"
+#include "model/source.h"
 #include "model/contract.h"
 
 /* Tensor classes reported per quantization scheme. */

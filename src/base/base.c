@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,35 +84,25 @@ const char *kiln_status_str(kiln_status s) {
     return "unknown status";
 }
 
-int kiln_exit_code(kiln_status s) {
-    switch (s) {
-    case KILN_OK: return 0;
-    case KILN_ERR_INVALID_ARG:
-    case KILN_ERR_IO:
-    case KILN_ERR_FORMAT:
-    case KILN_ERR_UNSUPPORTED: return 2;
-    case KILN_ERR_DEVICE: return 3;
-    case KILN_ERR_CANCELLED: return 130;
-    default: return 1;
-    }
-}
 
 /* ---- allocation ---- */
 
-static uint64_t g_alloc_count;
-static uint64_t g_alloc_fail_at; /* 0: never */
+/* Atomic (relaxed) because sessions of one model allocate from several threads at once; the
+ * fault injection itself is for single-threaded tests. */
+static _Atomic uint64_t g_alloc_count;
+static _Atomic uint64_t g_alloc_fail_at; /* 0: never */
 
 static bool alloc_should_fail(void) {
-    g_alloc_count++;
-    if (g_alloc_fail_at && g_alloc_count >= g_alloc_fail_at) return true;
-    return false;
+    uint64_t n = atomic_fetch_add_explicit(&g_alloc_count, 1, memory_order_relaxed) + 1;
+    uint64_t at = atomic_load_explicit(&g_alloc_fail_at, memory_order_relaxed);
+    return at && n >= at;
 }
 
-uint64_t kn_alloc_count(void) { return g_alloc_count; }
+uint64_t kn_alloc_count(void) { return atomic_load_explicit(&g_alloc_count, memory_order_relaxed); }
 
 void kn_alloc_fail_after(uint64_t n) {
-    g_alloc_count = 0;
-    g_alloc_fail_at = n;
+    atomic_store_explicit(&g_alloc_count, 0, memory_order_relaxed);
+    atomic_store_explicit(&g_alloc_fail_at, n, memory_order_relaxed);
 }
 
 void *kn_malloc(size_t n) {

@@ -143,6 +143,14 @@ void kn_buf_free(kn_buf *b);
 
 double kn_now_seconds(void);
 
+/* ---- the operating system (os.c) ---- */
+/* Physical cores (hyper-thread siblings counted once); at least 1. */
+int kn_physical_cores(void);
+/* The process's peak resident set so far, in MiB (0 when the system will not say). */
+double kn_peak_rss_mb(void);
+/* A new private directory $TMPDIR/PREFIX-XXXXXX (/tmp without TMPDIR), or NULL; kn_free it. */
+char *kn_make_tmpdir(const char *prefix);
+
 /* Lowercase hex SHA-256 of a byte range (provenance hashes). out must hold 65 chars. */
 void kn_sha256_hex(const void *data, size_t n, char out[65]);
 

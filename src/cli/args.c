@@ -81,3 +81,24 @@ bool kiln_arg_utf8_ok(const char *s) {
     }
     return true;
 }
+
+void kiln_cli_log_stderr(kiln_log_level level, const char *msg, void *user) {
+    (void)user;
+    if (level <= KILN_LOG_INFO) fprintf(stderr, "kiln: %s\n", msg);
+}
+
+void kiln_cli_json_strn(FILE *f, const char *s, size_t n) {
+    fputc('"', f);
+    for (const char *e = s + n; s < e; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+        else if (c == '\n') fputs("\\n", f);
+        else if (c == '\r') fputs("\\r", f);
+        else if (c == '\t') fputs("\\t", f);
+        else if (c < 0x20) fprintf(f, "\\u%04x", c);
+        else fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+void kiln_cli_json_str(FILE *f, const char *s) { kiln_cli_json_strn(f, s, strlen(s)); }

@@ -1,4 +1,4 @@
-/* cmd_run.c — `kiln run`, `kiln chat` and `kiln bench`. */
+/* cmd_run.c — `kiln run` and `kiln chat`. */
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -125,16 +125,13 @@ static void init_opts(run_opts *o) {
     o->device = "auto";
 }
 
-static void log_stderr(kiln_log_level level, const char *msg, void *user) {
-    (void)user;
-    if (level <= KILN_LOG_INFO) fprintf(stderr, "kiln: %s\n", msg);
-}
 
 static int open_all(run_opts *o, kiln_model **m, kiln_session **s) {
     kiln_error err;
     o->mp.tokenizer = o->tokenizer;
+    o->mp.log = kiln_cli_log_stderr;
     o->sp.device = o->device;
-    o->sp.log = log_stderr;
+    o->sp.log = kiln_cli_log_stderr;
     kiln_status st = kiln_model_open(o->model, &o->mp, m, &err);
     if (!st) st = kiln_session_new(*m, &o->sp, s, &err);
     if (st) {
@@ -149,21 +146,6 @@ static int open_all(run_opts *o, kiln_model **m, kiln_session **s) {
     return 0;
 }
 
-static void json_strn(FILE *f, const char *s, size_t n) {
-    fputc('"', f);
-    for (const char *e = s + n; s < e; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-        else if (c == '\n') fputs("\\n", f);
-        else if (c == '\r') fputs("\\r", f);
-        else if (c == '\t') fputs("\\t", f);
-        else if (c < 0x20) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
-    }
-    fputc('"', f);
-}
-
-static void json_str(FILE *f, const char *s) { json_strn(f, s, strlen(s)); }
 
 static void print_ids(FILE *f, const int32_t *ids, int n) {
     fputc('[', f);
@@ -172,13 +154,16 @@ static void print_ids(FILE *f, const int32_t *ids, int n) {
 }
 
 static void print_metrics_line(const kiln_metrics *m) {
-    char fb[96] = "";
+    char fb[96] = "", cached[48] = "";
     if (m->fallback && *m->fallback) snprintf(fb, sizeof fb, " (fallback: skipped %s)", m->fallback);
+    if (m->cached_tokens)
+        snprintf(cached, sizeof cached, " (%d cached, %d prefilled)", m->cached_tokens,
+                 m->prompt_tokens - m->cached_tokens);
     fprintf(stderr,
-            "\n[kiln] prompt %d tok, generated %d tok | TTFT %.1f ms | prefill %.1f tok/s | "
+            "\n[kiln] prompt %d tok%s, generated %d tok | TTFT %.1f ms | prefill %.1f tok/s | "
             "decode %.1f tok/s | latency p50 %.2f ms p95 %.2f ms | peak RSS %.0f MB | device %s%s "
             "| kernels %s | mode %s | threads %d | finish %s\n",
-            m->prompt_tokens, m->generated_tokens, m->ttft_ms, m->prefill_tps, m->decode_tps,
+            m->prompt_tokens, cached, m->generated_tokens, m->ttft_ms, m->prefill_tps, m->decode_tps,
             m->p50_ms, m->p95_ms, m->peak_rss_mb, m->device, fb,
             m->kernels && *m->kernels ? m->kernels : "-", m->mode, m->threads,
             m->finish_reason);
@@ -266,6 +251,14 @@ int kiln_cli_run(int argc, char **argv) {
     kiln_session *s = NULL;
     int rc = open_all(&o, &m, &s);
     if (rc) return rc;
+    kiln_chat *chat = NULL;
+    kiln_error cerr;
+    if (kiln_chat_new(s, &chat, &cerr)) {
+        kiln_cli_error("%s", cerr.message);
+        kiln_session_free(s);
+        kiln_model_free(m);
+        return 1;
+    }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;
@@ -280,7 +273,7 @@ int kiln_cli_run(int argc, char **argv) {
     } else if (o.json) {
         const kiln_metrics *mt = &r.metrics;
         printf("{\"text\": ");
-        json_strn(stdout, r.text, r.text_len);
+        kiln_cli_json_strn(stdout, r.text, r.text_len);
         printf(", \"prompt_tokens\": ");
         print_ids(stdout, r.prompt_ids, r.n_prompt);
         printf(", \"tokens\": ");
@@ -375,6 +368,14 @@ int kiln_cli_chat(int argc, char **argv) {
     kiln_session *s = NULL;
     int rc = open_all(&o, &m, &s);
     if (rc) return rc;
+    kiln_chat *chat = NULL;
+    kiln_error cerr;
+    if (kiln_chat_new(s, &chat, &cerr)) {
+        kiln_cli_error("%s", cerr.message);
+        kiln_session_free(s);
+        kiln_model_free(m);
+        return 1;
+    }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;
@@ -416,13 +417,13 @@ int kiln_cli_chat(int argc, char **argv) {
         }
         if (strcmp(line, "/quit") == 0 || strcmp(line, "/exit") == 0) break;
         if (strcmp(line, "/reset") == 0) {
-            kiln_session_reset(s);
+            kiln_chat_reset(chat);
             fputs("(conversation reset)\n", stdout);
             continue;
         }
         kiln_result r;
         kiln_error err;
-        kiln_status st = kiln_chat_turn(s, line, &o.gp, &r, &err);
+        kiln_status st = kiln_chat_turn(chat, line, &o.gp, &r, &err);
         if (st) {
             kiln_cli_error("%s", err.message);
             if (st != KILN_ERR_INVALID_ARG) {
@@ -436,168 +437,9 @@ int kiln_cli_chat(int argc, char **argv) {
         kiln_result_free(&r);
     }
     free(line);
+    kiln_chat_free(chat);
     kiln_session_free(s);
     kiln_model_free(m);
     return rc;
 }
 
-/* Parses "128,512" into up to 16 positive ints. */
-static int parse_list(const char *opt, const char *v, int *out, int max, long hi) {
-    int n = 0;
-    char buf[256];
-    snprintf(buf, sizeof buf, "%s", v);
-    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
-        if (n == max) {
-            kiln_cli_error("%s: at most %d values", opt, max);
-            return -1;
-        }
-        if (!kiln_arg_int(opt, tok, 0, hi, &out[n])) return -1;
-        n++;
-    }
-    if (!n) kiln_cli_error("%s: no values", opt);
-    return n ? n : -1;
-}
-
-int kiln_cli_bench(int argc, char **argv) {
-    const char *model = NULL, *v = NULL;
-    int pp[16] = {128, 512}, n_pp = 2, tg[16] = {128}, n_tg = 1, th[16] = {1, 2}, n_th = 2;
-    int modes[2] = {KILN_MODE_KV}, n_modes = 1, reps = 3;
-    bool json = false;
-    run_opts o;
-    init_opts(&o);
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        bool bad = false;
-        if (kiln_arg_is_help(a)) {
-            printf("usage: kiln bench OFFERING [-p 128,512] [-n 128] [-t 1,2] [--mode kv,stateless]\n"
-                   "                  [-r REPS] [--json]\n\n"
-                   "Prompt processing (pp: one prefill of N tokens in [1,C] chunks) and text\n"
-                   "generation (tg: N decode steps) in tokens/s, like llama-bench: each test is\n"
-                   "repeated REPS times (default 3) and reported as mean and standard deviation.\n"
-                   "0 in -p or -n skips that test. --json prints llama-bench's fields (n_prompt,\n"
-                   "n_gen, n_threads, avg_ts, stddev_ts) plus mode and window.\n");
-            return 0;
-        }
-        if (kiln_arg_value(argc, argv, &i, "-p", "--n-prompt", &v, &bad)) {
-            if (bad || (n_pp = parse_list("-p", v, pp, 16, 1 << 20)) < 0) return 2;
-        } else if (kiln_arg_value(argc, argv, &i, "-n", "--n-gen", &v, &bad)) {
-            if (bad || (n_tg = parse_list("-n", v, tg, 16, 1 << 20)) < 0) return 2;
-        } else if (kiln_arg_value(argc, argv, &i, "-t", "--threads", &v, &bad)) {
-            if (bad || (n_th = parse_list("-t", v, th, 16, 1024)) < 0) return 2;
-            for (int k = 0; k < n_th; k++)
-                if (th[k] < 1) {
-                    kiln_cli_error("-t: threads must be >= 1");
-                    return 2;
-                }
-        } else if (kiln_arg_value(argc, argv, &i, "-r", "--repetitions", &v, &bad)) {
-            if (bad || !kiln_arg_int("-r", v, 1, 1000, &reps)) return 2;
-        } else if (kiln_arg_value(argc, argv, &i, "--mode", NULL, &v, &bad)) {
-            if (bad) return 2;
-            n_modes = 0;
-            char buf[64];
-            snprintf(buf, sizeof buf, "%s", v);
-            for (char *t = strtok(buf, ","); t; t = strtok(NULL, ",")) {
-                if (n_modes == 2 || (strcmp(t, "kv") && strcmp(t, "stateless"))) {
-                    kiln_cli_error("--mode: '%s' is not kv, stateless or kv,stateless", v);
-                    return 2;
-                }
-                modes[n_modes++] = strcmp(t, "kv") == 0 ? KILN_MODE_KV : KILN_MODE_STATELESS;
-            }
-        } else if (kiln_arg_value(argc, argv, &i, "--device", NULL, &v, &bad)) {
-            if (bad) return 2;
-            o.device = v;
-        } else if (strcmp(a, "--json") == 0) {
-            json = true;
-        } else if (a[0] == '-' && a[1]) {
-            kiln_cli_error("bench: unknown option '%s' (kiln bench --help)", a);
-            return 2;
-        } else if (model) {
-            kiln_cli_error("bench: more than one OFFERING ('%s', '%s')", model, a);
-            return 2;
-        } else {
-            model = a;
-        }
-        if (bad) return 2;
-    }
-    if (!model) {
-        kiln_cli_error("bench: no OFFERING given (kiln bench --help)");
-        return 2;
-    }
-    int rc = 0;
-    kiln_error err;
-    kiln_model *m = NULL;
-    kiln_status st = kiln_model_open(model, NULL, &m, &err);
-    if (st) {
-        kiln_cli_error("%s", err.message);
-        return kiln_exit_code(st);
-    }
-    if (json) printf("[\n");
-    else
-        printf("| model | backend | mode | threads | test | t/s |\n"
-               "| --- | --- | --- | ---: | ---: | ---: |\n");
-    const char *name = strrchr(model, '/');
-    name = name && name[1] ? name + 1 : model;
-    int first = 1;
-    for (int mi = 0; mi < n_modes && !rc; mi++)
-        for (int ti = 0; ti < n_th && !rc; ti++) {
-            kiln_session_params sp = kiln_session_default_params();
-            sp.device = o.device;
-            sp.log = log_stderr;
-            sp.threads = th[ti];
-            sp.mode = (kiln_mode)modes[mi];
-            kiln_session *s = NULL;
-            if ((st = kiln_session_new(m, &sp, &s, &err))) {
-                kiln_cli_error("%s", err.message);
-                rc = kiln_exit_code(st);
-                break;
-            }
-            for (int kind = 0; kind < 2 && !rc; kind++) {
-                int *ns = kind == 0 ? pp : tg, cnt = kind == 0 ? n_pp : n_tg;
-                for (int k = 0; k < cnt && !rc; k++) {
-                    int n = ns[k];
-                    if (n == 0) continue;
-                    double sum = 0, sum2 = 0, secs;
-                    /* one warm-up run: page in the weights, settle the thread pool */
-                    st = kind == 0 ? kiln_bench_prefill(s, n, &secs, &err)
-                                   : kiln_bench_decode(s, n, &secs, &err);
-                    for (int r = 0; r < reps && !st; r++) {
-                        st = kind == 0 ? kiln_bench_prefill(s, n, &secs, &err)
-                                       : kiln_bench_decode(s, n, &secs, &err);
-                        double ts = n / secs;
-                        sum += ts;
-                        sum2 += ts * ts;
-                    }
-                    if (st) {
-                        kiln_cli_error("%s", err.message);
-                        rc = kiln_exit_code(st);
-                        break;
-                    }
-                    double avg = sum / reps;
-                    double var = reps > 1 ? (sum2 - reps * avg * avg) / (reps - 1) : 0;
-                    double sd = var > 0 ? sqrt(var) : 0;
-                    const char *mode = modes[mi] == KILN_MODE_KV ? "kv" : "stateless";
-                    if (json) {
-                        printf("%s  {\"model\": ", first ? "" : ",\n");
-                        json_str(stdout, name);
-                        printf(", \"backend\": \"%s\", \"kernels\": \"%s\", \"mode\": \"%s\", "
-                               "\"window\": %d, \"chunk\": %d, \"n_prompt\": %d, \"n_gen\": %d, "
-                               "\"n_threads\": %d, \"repetitions\": %d, \"avg_ts\": %.3f, "
-                               "\"stddev_ts\": %.3f}",
-                               kiln_session_device(s), kiln_session_kernels(s), mode,
-                               kiln_model_window(m), kiln_model_chunk(m),
-                               kind == 0 ? n : 0, kind == 1 ? n : 0, th[ti], reps, avg, sd);
-                        first = 0;
-                    } else {
-                        printf("| %s | %s | %s | %d | %s%d | %.2f ± %.2f |\n", name,
-                               kiln_session_device(s), mode, th[ti],
-                               kind == 0 ? "pp" : "tg", n, avg, sd);
-                    }
-                    fflush(stdout);
-                }
-            }
-            kiln_session_free(s);
-        }
-    if (json) printf("\n]\n");
-    kiln_model_free(m);
-    return rc;
-}

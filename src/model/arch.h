@@ -5,7 +5,7 @@
  * its Hugging Face names (config.json "model_type" and "architectures"); it carries the flags
  * that make its block differ from the plain Llama block. Everything that must know an
  * architecture asks this table: the GGUF and config.json readers (model/hparams.c,
- * formats/source.c), the HF -> GGUF tensor names and the Q/K permutation at bake, the CPU
+ * model/source.c), the HF -> GGUF tensor names and the Q/K permutation at bake, the CPU
  * model loader (backends/cpu/model.c) and inspect. The forward passes — the C one in
  * backends/cpu/session.c and the OpenVINO IR in bake/openvino/ir_writer.c — read the flags
  * from kn_hparams.

@@ -23,7 +23,12 @@
 #include <stddef.h>
 
 #include "base/base.h"
-#include "tokenizer/tokenizer.h"
+
+/* One message of a conversation (the chat templates' `messages`). */
+typedef struct kn_chat_msg {
+    const char *role;    /* "system", "user", "assistant" */
+    const char *content;
+} kn_chat_msg;
 
 typedef struct kn_jinja_vars {
     const kn_chat_msg *msgs;

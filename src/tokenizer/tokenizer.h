@@ -28,6 +28,7 @@
 
 #include "base/base.h"
 #include "formats/gguf.h"
+#include "template/jinja.h"
 
 /* Token types, numbered as GGUF's tokenizer.ggml.token_type stores them. */
 enum {
@@ -168,11 +169,6 @@ size_t kn_utf8_sanitize(const uint8_t *src, size_t n, bool final, kn_buf *out);
 
 /* ---- chat templates ---- */
 
-typedef struct kn_chat_msg {
-    const char *role;    /* "system", "user", "assistant" */
-    const char *content;
-} kn_chat_msg;
-
 /* Renders messages with the model's chat template. name selects a built-in format ("chatml",
  * "llama2", "mistral", "zephyr", "neural-chat", "llama3", "gemma") and overrides the model's
  * template; NULL uses tokenizer.chat_template, rendered by kiln's Jinja-subset interpreter, or
@@ -184,6 +180,11 @@ kiln_status kn_chat_render(const kn_tokenizer *t, const char *name, const kn_cha
 kiln_status kn_chat_render_template(const char *tmpl, const char *bos, const char *eos,
                                     const kn_chat_msg *msgs, size_t n, bool add_generation_prompt,
                                     char **out, kiln_error *err);
+/* Renders messages for generation (add_generation_prompt) and tokenizes the text with its
+ * special tokens. Chat templates carry their own BOS text where the model wants one, so none
+ * is added (as Hugging Face's apply_chat_template does). */
+kiln_status kn_chat_tokens(const kn_tokenizer *t, const char *name, const kn_chat_msg *msgs,
+                           size_t n, kn_tokens *ids, kiln_error *err);
 /* The built-in format a template source looks like, or NULL. */
 const char *kn_chat_detect(const char *tmpl);
 

@@ -9,6 +9,7 @@
 #include "base/base.h"
 #include "kt.h"
 #include "backends/cpu/engine.h"
+#include "backends/driver.h"
 
 #define STORIES "models/stories260K/stories260K.gguf"
 #define SMOLLM2 ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -100,19 +101,68 @@ static kn_model *open_model(const char *path, int window, int chunk) {
     return m;
 }
 
+/* An engine session driven the way every device is: through the static-graph driver, which
+ * chunks, keeps the slot table and checks ids (backends/driver.h); the engine is reached
+ * through a backend of one function. One driver per mode over the same session. */
+typedef struct eng {
+    kn_backend base;
+    kn_session *s;
+    kn_contract c;
+    kn_driver kv, sl;         /* sl only when the session has stateless buffers */
+} eng;
+
+static kiln_status eng_run(kn_backend *b, const kn_graph_call *c, const float **lg,
+                           kiln_error *e) {
+    return kn_session_run(((eng *)b)->s, c, lg, e);
+}
+static void eng_reset(kn_backend *b) { kn_session_reset(((eng *)b)->s); }
+static void eng_nofree(kn_backend *b) { (void)b; }
+static const kn_backend_ops k_eng_ops = {eng_run, eng_reset, eng_nofree};
+
+static void eng_free(eng *e) {
+    if (!e) return;
+    kn_driver_free(&e->kv);
+    kn_driver_free(&e->sl);
+    kn_session_free(e->s);
+    free(e);
+}
+
+/* NULL (the reason on stderr) when the session cannot be made. */
+static eng *eng_new(const kn_model *m, const kn_session_params *sp, bool slide) {
+    eng *e = calloc(1, sizeof *e);
+    kiln_error err;
+    if (!e) return NULL;
+    e->base.ops = &k_eng_ops;
+    kn_session_params def = sess_params();
+    if (!sp) sp = &def;
+    bool ok = kn_session_new(m, sp, &e->s, &err) == KILN_OK &&
+              kn_contract_build(&m->hp, m->window, m->chunk, m->sink, &e->c, &err) == KILN_OK &&
+              kn_driver_init(&e->kv, &e->base, &e->c, m->hp.n_vocab, false, slide, &err) ==
+                  KILN_OK &&
+              (!sp->stateless || kn_driver_init(&e->sl, &e->base, &e->c, m->hp.n_vocab, true,
+                                                slide, &err) == KILN_OK);
+    if (!ok) {
+        fprintf(stderr, "    %s\n", err.message);
+        eng_free(e);
+        return NULL;
+    }
+    return e;
+}
+
 /* Greedy generation, kv mode: the prompt in chunks, then decode steps. out[pos] is the argmax
  * after the input at pos, for pos >= n_prompt - 1. Returns false on an engine error. */
-static bool run_kv(kn_session *s, const int *prompt, int n_prompt, int n_steps, int *out) {
+static bool run_kv(eng *e, const int *prompt, int n_prompt, int n_steps, int *out) {
     kiln_error err;
     int32_t ids[64];
     for (int i = 0; i < n_prompt; i++) ids[i] = prompt[i];
     const float *logits;
-    if (kn_session_prefill_all(s, ids, n_prompt, 0, &logits, &err)) return false;
-    int V = kn_session_model(s)->hp.n_vocab;
+    kn_driver_reset(&e->kv);
+    if (kn_driver_feed(&e->kv, ids, n_prompt, 0, &logits, &err)) return false;
+    int V = kn_session_model(e->s)->hp.n_vocab;
     int tok = kn_argmax(logits, V);
     out[n_prompt - 1] = tok;
     for (int pos = n_prompt; pos < n_steps; pos++) {
-        if (kn_session_decode(s, tok, pos, &logits, &err)) return false;
+        if (kn_driver_step(&e->kv, tok, pos, &logits, &err)) return false;
         tok = kn_argmax(logits, V);
         out[pos] = tok;
     }
@@ -120,17 +170,19 @@ static bool run_kv(kn_session *s, const int *prompt, int n_prompt, int n_steps, 
 }
 
 /* The same, stateless: every step one padded [W] window. */
-static bool run_stateless(kn_session *s, const int *prompt, int n_prompt, int n_steps, int *out,
-                          int32_t *window_ids) {
-    const kn_model *m = kn_session_model(s);
+static bool run_stateless(eng *e, const int *prompt, int n_prompt, int n_steps, int *out) {
+    const kn_model *m = kn_session_model(e->s);
     kiln_error err;
-    for (int i = 0; i < m->window; i++) window_ids[i] = 0;
-    for (int i = 0; i < n_prompt; i++) window_ids[i] = prompt[i];
+    int32_t ids[64];
+    for (int i = 0; i < n_prompt; i++) ids[i] = prompt[i];
+    const float *logits;
+    kn_driver_reset(&e->sl);
+    if (kn_driver_feed(&e->sl, ids, n_prompt, 0, &logits, &err)) return false;
     for (int pos = n_prompt - 1; pos < n_steps; pos++) {
-        const float *logits;
-        if (kn_session_stateless(s, window_ids, pos + 1, &logits, &err)) return false;
         out[pos] = kn_argmax(logits, m->hp.n_vocab);
-        if (pos + 1 < m->window) window_ids[pos + 1] = out[pos];
+        if (pos + 1 < n_steps && pos + 1 < m->window &&
+            kn_driver_step(&e->sl, out[pos], pos + 1, &logits, &err))
+            return false;
     }
     return true;
 }
@@ -148,25 +200,25 @@ static void check_golden(const char *rel) {
             kn_session_params sp = sess_params();
             sp.threads = th;
             sp.stateless = ci == 0;
-            kn_session *s;
-            kiln_error err;
-            CHECKF(kn_session_new(m, &sp, &s, &err) == KILN_OK, "%s", err.message);
+            eng *e = eng_new(m, &sp, false);
+            CHECK(e != NULL);
             memset(out, -1, sizeof out);
-            CHECK(run_kv(s, g.prompt, g.n_prompt, g.n_steps, out));
+            bool kv_ok = run_kv(e, g.prompt, g.n_prompt, g.n_steps, out);
+            if (!kv_ok) eng_free(e);
+            CHECK(kv_ok);
             for (int pos = g.n_prompt - 1; pos < g.n_steps; pos++)
                 CHECKF(out[pos] == g.next[pos], "%s [%s] kv C=%d threads=%d pos %d: %d, run.c %d",
                        rel, table_name(), chunks[ci], th, pos, out[pos], g.next[pos]);
             if (sp.stateless) {
-                int32_t *win = malloc(sizeof(int32_t) * (size_t)m->window);
                 memset(out, -1, sizeof out);
-                bool ok = run_stateless(s, g.prompt, g.n_prompt, g.n_steps, out, win);
-                free(win);
+                bool ok = run_stateless(e, g.prompt, g.n_prompt, g.n_steps, out);
+                if (!ok) eng_free(e);
                 CHECK(ok);
                 for (int pos = g.n_prompt - 1; pos < g.n_steps; pos++)
                     CHECKF(out[pos] == g.next[pos], "%s [%s] stateless pos %d: %d, run.c %d", rel,
                            table_name(), pos, out[pos], g.next[pos]);
             }
-            kn_session_free(s);
+            eng_free(e);
         }
         kn_model_free(m);
     }
@@ -198,18 +250,17 @@ TEST(engine_stories_logits_pos0_3) {
         /* mode 0: one decode step per position; mode 1: one 4-token prefill per prefix. */
         kn_model *m = open_model(kt_shared(STORIES), 64, 4);
         CHECK(m != NULL);
-        kn_session *s;
+        eng *e = eng_new(m, NULL, false);
+        CHECK(e != NULL);
         kiln_error err;
-        CHECK(kn_session_new(m, NULL, &s, &err) == KILN_OK);
         double worst = 0;
         for (int p = 0; p < 4; p++) {
             const float *lg;
             if (mode == 0) {
-                CHECK(kn_session_decode(s, prompt[p], p, &lg, &err) == KILN_OK);
+                CHECK(kn_driver_step(&e->kv, prompt[p], p, &lg, &err) == KILN_OK);
             } else {
-                kn_session_reset(s);
-                int32_t pos4[4] = {0, 1, 2, 3};
-                CHECK(kn_session_prefill(s, prompt, pos4, p + 1, &lg, &err) == KILN_OK);
+                kn_driver_reset(&e->kv);
+                CHECK(kn_driver_feed(&e->kv, prompt, p + 1, 0, &lg, &err) == KILN_OK);
             }
             for (int i = 0; i < 512; i++) {
                 double d = fabs((double)lg[i] - ref[p][i]);
@@ -219,7 +270,7 @@ TEST(engine_stories_logits_pos0_3) {
                        ref[p][i]);
             }
         }
-        kn_session_free(s);
+        eng_free(e);
         kn_model_free(m);
         if (getenv("KILN_TEST_VERBOSE"))
             fprintf(stderr, "    worst |err|/tolerance %.3g\n", worst);
@@ -231,47 +282,50 @@ TEST(engine_no_allocation_per_token) {
     CHECK(m != NULL);
     kn_session_params sp = sess_params();
     sp.threads = 2;
-    kn_session *s;
+    eng *e = eng_new(m, &sp, false);
+    CHECK(e != NULL);
     kiln_error err;
-    CHECK(kn_session_new(m, &sp, &s, &err) == KILN_OK);
     int32_t prompt[5] = {1, 403, 407, 261, 378};
-    int32_t win[128] = {0};
     uint64_t before = kn_alloc_count();
     const float *lg;
-    CHECK(kn_session_prefill_all(s, prompt, 5, 0, &lg, &err) == KILN_OK);
+    CHECK(kn_driver_feed(&e->kv, prompt, 5, 0, &lg, &err) == KILN_OK);
+    CHECK(kn_driver_feed(&e->sl, prompt, 5, 0, &lg, &err) == KILN_OK);
     int tok = kn_argmax(lg, m->hp.n_vocab);
     for (int pos = 5; pos < 5 + 64; pos++) {
-        CHECK(kn_session_decode(s, tok, pos, &lg, &err) == KILN_OK);
+        CHECK(kn_driver_step(&e->kv, tok, pos, &lg, &err) == KILN_OK);
+        CHECK(kn_driver_step(&e->sl, tok, pos, &lg, &err) == KILN_OK);
         tok = kn_argmax(lg, m->hp.n_vocab);
-        win[pos] = tok;
     }
-    memcpy(win, prompt, sizeof prompt);
-    CHECK(kn_session_stateless(s, win, 69, &lg, &err) == KILN_OK);
     CHECK_EQ_INT(kn_alloc_count() - before, 0);
-    kn_session_free(s);
+    eng_free(e);
     kn_model_free(m);
 }
 
+/* The driver checks what a caller feeds, once for every device. */
 TEST(engine_bad_step_arguments) {
     kn_model *m = open_model(kt_shared(STORIES), 16, 4);
     CHECK(m != NULL);
     kn_session_params sp = sess_params();
     sp.stateless = false;
-    kn_session *s;
+    eng *e = eng_new(m, &sp, false);
+    CHECK(e != NULL);
     kiln_error err;
-    CHECK(kn_session_new(m, &sp, &s, &err) == KILN_OK);
     const float *lg;
-    int32_t ids[4] = {1, 2, 3, 4}, pos[4] = {0, 1, 2, 3};
-    CHECK_EQ_INT(kn_session_prefill(s, ids, pos, 0, &lg, &err), KILN_ERR_INVALID_ARG);
-    CHECK_EQ_INT(kn_session_prefill(s, ids, pos, 5, &lg, &err), KILN_ERR_INVALID_ARG);
-    CHECK_EQ_INT(kn_session_decode(s, 512, 0, &lg, &err), KILN_ERR_INVALID_ARG);
-    CHECK_EQ_INT(kn_session_decode(s, -1, 0, &lg, &err), KILN_ERR_INVALID_ARG);
-    CHECK_EQ_INT(kn_session_decode(s, 1, -3, &lg, &err), KILN_ERR_INVALID_ARG);
-    CHECK_EQ_INT(kn_session_stateless(s, ids, 1, &lg, &err), KILN_ERR_INVALID_ARG);
+    int32_t ids[4] = {1, 2, 3, 4};
+    CHECK_EQ_INT(kn_driver_feed(&e->kv, ids, 0, 0, &lg, &err), KILN_ERR_INVALID_ARG);
+    CHECK_EQ_INT(kn_driver_step(&e->kv, 512, 0, &lg, &err), KILN_ERR_INVALID_ARG);
+    CHECK_EQ_INT(kn_driver_step(&e->kv, -1, 0, &lg, &err), KILN_ERR_INVALID_ARG);
+    CHECK_EQ_INT(kn_driver_step(&e->kv, 1, -3, &lg, &err), KILN_ERR_INVALID_ARG);
+    /* --overflow stop: nothing past the window */
+    CHECK_EQ_INT(kn_driver_feed(&e->kv, ids, 4, 13, &lg, &err), KILN_ERR_INVALID_ARG);
+    CHECK(!kn_driver_fits(&e->kv, 16) && kn_driver_fits(&e->kv, 15));
+    /* a session without stateless buffers refuses the stateless graph */
+    kn_graph_call call = {KN_GRAPH_STATELESS, 1, ids, ids, NULL, NULL, 0};
+    CHECK_EQ_INT(kn_session_run(e->s, &call, &lg, &err), KILN_ERR_INVALID_ARG);
     sp.threads = 0;
     kn_session *s2;
     CHECK_EQ_INT(kn_session_new(m, &sp, &s2, &err), KILN_ERR_INVALID_ARG);
-    kn_session_free(s);
+    eng_free(e);
     kn_model_free(m);
     kn_model_params mp = kn_model_default_params();
     mp.window = 4;
@@ -287,22 +341,22 @@ TEST(engine_window_slide_and_sliding_mask) {
     kn_model *m = open_model(kt_shared(STORIES), 16, 4);
     CHECK(m != NULL);
     CHECK_EQ_INT(m->sink, KN_DEFAULT_SINK);
-    CHECK_EQ_INT(kn_kv_slot(m, 15), 15);
-    CHECK_EQ_INT(kn_kv_slot(m, 16), 4);
-    CHECK_EQ_INT(kn_kv_slot(m, 27), 15);
-    CHECK_EQ_INT(kn_kv_slot(m, 28), 4);
-    /* Generation runs on past the window without error. */
-    kn_session *s;
+    CHECK_EQ_INT(kn_contract_slot(16, m->sink, 15), 15);
+    CHECK_EQ_INT(kn_contract_slot(16, m->sink, 16), 4);
+    CHECK_EQ_INT(kn_contract_slot(16, m->sink, 27), 15);
+    CHECK_EQ_INT(kn_contract_slot(16, m->sink, 28), 4);
+    /* Generation runs on past the window without error (--overflow slide). */
+    eng *e = eng_new(m, NULL, true);
+    CHECK(e != NULL);
     kiln_error err;
-    CHECK(kn_session_new(m, NULL, &s, &err) == KILN_OK);
     const float *lg;
     int tok = 1;
     for (int pos = 0; pos < 40; pos++) {
-        CHECK(kn_session_decode(s, tok, pos, &lg, &err) == KILN_OK);
+        CHECK(kn_driver_step(&e->kv, tok, pos, &lg, &err) == KILN_OK);
         tok = kn_argmax(lg, m->hp.n_vocab);
         CHECK(lg[tok] == lg[tok]);
     }
-    kn_session_free(s);
+    eng_free(e);
     kn_model_free(m);
 
     /* A Mistral-style sliding window as long as the sequence changes nothing; a short one
@@ -320,14 +374,13 @@ TEST(engine_window_slide_and_sliding_mask) {
         mp.window = 16;
         mp.chunk = 5;
         CHECK(kn_model_load(g, &hp, &mp, &m, &err) == KILN_OK);
-        CHECK(kn_session_new(m, NULL, &s, &err) == KILN_OK);
-        CHECK(kn_session_prefill_all(s, ids, 12, 0, &lg, &err) == KILN_OK);
+        e = eng_new(m, NULL, false);
+        CHECK(e != NULL);
+        CHECK(kn_driver_feed(&e->kv, ids, 12, 0, &lg, &err) == KILN_OK);
         memcpy(res[wi], lg, sizeof res[wi]);
-        int32_t win[16] = {0};
-        memcpy(win, ids, sizeof ids);
-        CHECK(kn_session_stateless(s, win, 12, &lg, &err) == KILN_OK);
+        CHECK(kn_driver_feed(&e->sl, ids, 12, 0, &lg, &err) == KILN_OK);
         memcpy(res_sl[wi], lg, sizeof res_sl[wi]);
-        kn_session_free(s);
+        eng_free(e);
         kn_model_free(m);
         CHECK(memcmp(res[wi], res_sl[wi], sizeof res[wi]) == 0);
     }
@@ -346,23 +399,22 @@ static const int k_smol_prompt[] = {1, 4093, 198, 1780, 314, 260, 3575, 282, 464
                                     520, 9531, 198};
 static const int k_stories_prompt[] = {1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315};
 
-/* The logits of a prompt's last token through kn_session_prefill_all with chunk C into out. */
+/* The logits of a prompt's last token, fed in chunks of C (or as one stateless window). */
 static bool prompt_logits(const char *path, int window, int chunk, int threads, bool stateless,
                           const int *prompt, int n, float *out) {
     kn_model *m = open_model(path, window, chunk);
     if (!m) return false;
     kn_session_params sp = sess_params();
     sp.threads = threads;
-    kn_session *s;
+    eng *e = eng_new(m, &sp, false);
     kiln_error err;
-    bool ok = kn_session_new(m, &sp, &s, &err) == KILN_OK;
+    bool ok = e != NULL;
     int32_t ids[128] = {0};
     for (int i = 0; i < n; i++) ids[i] = prompt[i];
     const float *lg = NULL;
-    if (ok && stateless) ok = kn_session_stateless(s, ids, n, &lg, &err) == KILN_OK;
-    else if (ok) ok = kn_session_prefill_all(s, ids, n, 0, &lg, &err) == KILN_OK;
+    if (ok) ok = kn_driver_feed(stateless ? &e->sl : &e->kv, ids, n, 0, &lg, &err) == KILN_OK;
     if (ok) memcpy(out, lg, sizeof(float) * (size_t)m->hp.n_vocab);
-    kn_session_free(s);
+    eng_free(e);
     kn_model_free(m);
     return ok;
 }
@@ -426,15 +478,12 @@ static void check_modes_agree(const char *path, const int *prompt, int n_prompt,
         }
         kn_session_params sp = sess_params();
         sp.threads = th;
-        kn_session *s;
-        kiln_error err;
-        CHECKF(kn_session_new(m, &sp, &s, &err) == KILN_OK, "%s", err.message);
-        int32_t win[128];
+        eng *e = eng_new(m, &sp, false);
+        CHECK(e != NULL);
         if (run > 0) memcpy(out[run], out[0], sizeof out[run]); /* steps a run leaves out */
-        bool ok = sl ? run_stateless(s, prompt, n_prompt, n_prompt + stateless_steps, out[run],
-                                     win)
-                     : run_kv(s, prompt, n_prompt, n_steps, out[run]);
-        kn_session_free(s);
+        bool ok = sl ? run_stateless(e, prompt, n_prompt, n_prompt + stateless_steps, out[run])
+                     : run_kv(e, prompt, n_prompt, n_steps, out[run]);
+        eng_free(e);
         CHECK(ok);
     }
     kn_model_free(m);

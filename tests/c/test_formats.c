@@ -4,9 +4,10 @@
 #include <string.h>
 
 #include "bake/bake.h"
+#include "cli/cli.h"
 #include "formats/gguf.h"
 #include "formats/safetensors.h"
-#include "formats/source.h"
+#include "model/source.h"
 #include "kt.h"
 #include "model/contract.h"
 #include "quant/quant.h"

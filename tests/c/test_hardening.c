@@ -9,7 +9,7 @@
 #include "base/base.h"
 #include "formats/gguf.h"
 #include "formats/json.h"
-#include "formats/source.h"
+#include "model/source.h"
 #include "kernels/kernels.h"
 #include "kt.h"
 #include "template/jinja.h"

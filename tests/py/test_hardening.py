@@ -662,8 +662,15 @@ def chat(model, lines, *args, timeout=300):
 
 
 def prompt_tokens(stderr):
-    return [int(l.split("prompt ")[1].split(" tok")[0]) for l in stderr.splitlines()
-            if l.startswith("[kiln] prompt")]
+    """Tokens each turn prefilled: the metrics line says "prompt N tok (C cached, P prefilled)"
+    when the cache kept part of the conversation, "prompt N tok" when it kept nothing."""
+    import re
+    out = []
+    for l in stderr.splitlines():
+        m = re.match(r"\[kiln\] prompt (\d+) tok(?: \((\d+) cached, (\d+) prefilled\))?", l)
+        if m:
+            out.append(int(m.group(3)) if m.group(3) else int(m.group(1)))
+    return out
 
 
 def test_chat_slide_prefills_only_the_new_turn(stories, tmp_path):

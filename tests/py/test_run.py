@@ -219,10 +219,12 @@ def test_chat_keeps_the_cache_between_turns(smollm_gguf, tmp_path):
                         "--system", "You are a helpful assistant."], input=turns,
                        capture_output=True, text=True, timeout=300, env=sanitizer_env())
     assert r.returncode == 0, r.stderr
-    prompts = [int(l.split("prompt ")[1].split(" tok")[0]) for l in r.stderr.splitlines()
-               if l.startswith("[kiln] prompt")]
+    from test_hardening import prompt_tokens
+    prompts = prompt_tokens(r.stderr)                 # tokens prefilled by each turn
     assert len(prompts) == 3, r.stderr
     first, second, after_reset = prompts
+    lines = [l for l in r.stderr.splitlines() if l.startswith("[kiln] prompt")]
+    assert "cached" not in lines[0] and "cached" in lines[1] and "cached" not in lines[2]
     # turn 2 feeds only "<|im_end|>\n<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n"
     # and whatever of the answer re-tokenized differently: far less than the whole conversation
     assert second < first

@@ -1,46 +1,42 @@
-/* engine.h — the native CPU forward pass of a llama-family model under a static contract.
+/* engine.h — the native CPU forward pass of a llama-family model: the CPU device's engine.
  *
  * A kn_model is read-only once built: hyperparameters, the contract's window W and chunk C, and
  * weight views pointing into the mmapped GGUF (zero copy; a type the kernels cannot multiply
- * directly is dequantized to F32 once, here). One model serves any number of sessions.
+ * directly is dequantized to F32 once, here). One model serves any number of sessions, from any
+ * number of threads.
  *
- * A kn_session owns everything a run writes: the KV cache [L,2,Hkv,W,D] (f32), the scratch
- * activations and the thread pool, all allocated once in kn_session_new. Its three steps are the
- * three graphs of the contract, each with fixed shapes:
+ * A kn_session owns everything a run writes: the KV cache [L,2,Hkv,W,D] (f32) and the scratch
+ * activations, all allocated once in kn_session_new; the thread pool is the device's, shared
+ * (kn_pool_run serializes its callers). kn_session_run runs one of the contract's three graphs
+ * with its fixed shapes, as the static-graph driver (backends/driver.h) hands it:
  *
- *   prefill(ids[C], positions[C], n_valid)  C tokens, the tail past n_valid padding (masked: it
- *                                           writes no KV row and no output); returns the
- *                                           logits [V] of token n_valid - 1.
- *   decode(id, position)                    one token against the W-slot cache.
- *   stateless(ids[W], n_valid)              one padded [1,W] window at positions 0..n_valid-1,
- *                                           no cache (the old O(N^2) scheme); logits of the
- *                                           last real token.
+ *   prefill    C rows, the tail past n padding (masked: it writes no KV row and no output);
+ *              the logits [V] of row n - 1.
+ *   decode     one row against the W-slot cache.
+ *   stateless  one padded [1,W] window at positions 0..n-1, no cache (the old O(N^2) scheme);
+ *              logits of the last real row.
  *
- * KV slots. A token at position p goes to slot p while p < W; past that, slots [S, W) form a
- * ring (slot S + (p - S) mod (W - S)) and the first S "sink" slots stay, which is the
- * `--overflow slide` policy. Keys keep the rotation of their original position, so relative
- * distances stay true and positions simply keep growing. A query at position p attends to every
- * filled slot whose position is <= p (and, with a sliding window N, > p - N): that mask is
- * the [W] mask input of the contract. Padded prefill rows are skipped by the CPU backend since
- * nothing reads them; the output equals a full [1,C] evaluation with the padding masked.
+ * Rows of a kv graph write their keys and values to the slots the call names; a query at
+ * position p attends to every slot whose position (the call's slot_pos table) is <= p, and with
+ * a sliding window N, > p - N. Keys keep the rotation of their original position, so the
+ * --overflow slide ring (model/contract.h, kn_contract_slot) keeps relative distances true.
  *
- * The three steps agree bit for bit: a token's logits do not depend on the chunk size, on
+ * The three graphs agree bit for bit: a token's logits do not depend on the chunk size, on
  * decode vs prefill vs stateless, or on the thread count (the kernels are batch-invariant, see
  * kernels/kernels.h), so greedy generation gives the same tokens in every mode.
  *
- * Nothing in the steps allocates, opens files or resizes a buffer (tests/c/test_engine.c counts
+ * Nothing in a run allocates, opens files or resizes a buffer (tests/c/test_engine.c counts
  * kn_malloc calls over a 64-token generation).
  *
- * Usage:
- *     kn_model *m; kn_session *s; const float *logits;
- *     kn_model_params mp = kn_model_default_params();
- *     if (kn_model_open("model.gguf", &mp, &m, &err)) ...;
- *     kn_session_params sp = kn_session_default_params();
- *     if (kn_session_new(m, &sp, &s, &err)) ...;
- *     kn_session_prefill(s, ids, pos, n, &logits, &err);        // ids, pos: [m->chunk]
- *     int next = kn_argmax(logits, m->hp.n_vocab);
- *     kn_session_decode(s, next, n, &logits, &err);
- *     kn_session_free(s); kn_model_free(m);
+ * The C forward here and the OpenVINO IR of bake/openvino/ir_writer.c compute the same block:
+ * a change to one must be made to the other (tests/py/test_openvino_ir.py compares them).
+ *
+ * Usage (through the driver, as every caller does):
+ *     kn_model *m; kn_session *s;
+ *     kn_model_open("model.gguf", NULL, &m, &err);
+ *     kn_session_new(m, NULL, &s, &err);
+ *     kn_backend *b = ...a cpu backend over s (backends/cpu/cpu.c)...;
+ *     kn_driver_feed(&driver, ids, n, 0, &logits, &err);
  */
 #ifndef KN_ENGINE_H
 #define KN_ENGINE_H
@@ -48,6 +44,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "backends/backend.h"
 #include "formats/gguf.h"
 #include "kernels/kernels.h"
 #include "model/hparams.h"
@@ -108,9 +105,11 @@ kiln_status kn_model_open(const char *path, const kn_model_params *p, kn_model *
 void kn_model_free(kn_model *m);
 
 typedef struct kn_session_params {
-    int threads;              /* >= 1 (default 1) */
+    int threads;              /* >= 1 (default 1); ignored when pool is given */
     bool stateless;           /* also allocate the [W]-row buffers of the stateless graph */
     const kn_kernels *kernels;/* the kernel table; NULL = kn_kernels_choose (KILN_KERNELS) */
+    kn_pool *pool;            /* a shared pool (the device's), or NULL: the session starts its
+                                 own of `threads` */
 } kn_session_params;
 
 kn_session_params kn_session_default_params(void);
@@ -120,28 +119,15 @@ typedef struct kn_session kn_session;
 kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_session **out,
                            kiln_error *err);
 void kn_session_free(kn_session *s);
-/* Empties the KV cache (every slot unfilled). */
+/* Forgets the cache's contents (the slot table is the caller's; nothing to do today). */
 void kn_session_reset(kn_session *s);
 const kn_model *kn_session_model(const kn_session *s);
 const kn_kernels *kn_session_kernels(const kn_session *s);
 
-/* The three graphs. On success *logits points at [V] floats owned by the session, valid until
- * the next step. Errors (KILN_ERR_INVALID_ARG): n_valid outside [1, C] (or [1, W]), a token id
- * outside [0, V), a negative position, stateless without params.stateless. */
-kiln_status kn_session_prefill(kn_session *s, const int32_t *ids, const int32_t *positions,
-                               int n_valid, const float **logits, kiln_error *err);
-kiln_status kn_session_decode(kn_session *s, int32_t id, int32_t position, const float **logits,
-                              kiln_error *err);
-kiln_status kn_session_stateless(kn_session *s, const int32_t *ids, int n_valid,
-                                 const float **logits, kiln_error *err);
-
-/* Feeds n prompt tokens at positions pos0.. through ceil(n / C) prefill chunks (the last one
- * padded); logits of the last token. A convenience over kn_session_prefill; no allocation. */
-kiln_status kn_session_prefill_all(kn_session *s, const int32_t *ids, int n, int pos0,
-                                   const float **logits, kiln_error *err);
-
-/* The KV slot that position p occupies (see the file comment). */
-int kn_kv_slot(const kn_model *m, int64_t p);
+/* Runs one graph (see the file comment); *logits [V] are the session's, valid until the next
+ * run. The caller (the driver) has checked ids and positions. */
+kiln_status kn_session_run(kn_session *s, const kn_graph_call *call, const float **logits,
+                           kiln_error *err);
 
 /* Index of the largest value (the first of equals). */
 int kn_argmax(const float *x, int n);

@@ -250,11 +250,6 @@ void kn_model_free(kn_model *m) {
     kn_free(m);
 }
 
-int kn_kv_slot(const kn_model *m, int64_t p) {
-    if (p < m->window) return (int)p;
-    return m->sink + (int)((p - m->sink) % (m->window - m->sink));
-}
-
 int kn_argmax(const float *x, int n) {
     int best = 0;
     for (int i = 1; i < n; i++)

@@ -4,7 +4,10 @@
  * writing their keys and values into a "KV view" of [2][Hkv][W][D] with a slot and a position
  * per row, then lets each row attend to every filled slot the mask allows. prefill and decode
  * use the session's cache as the view (the layer's slice of [L,2,Hkv,W,D]); stateless uses a
- * private one-layer view that starts empty each call, so it never touches the cache. */
+ * private one-layer view that starts empty each call, so it never touches the cache.
+ *
+ * This forward and the OpenVINO IR (bake/openvino/ir_writer.c) compute the same block: a change
+ * to one must be made to the other (tests/py/test_openvino_ir.py compares them). */
 #include <math.h>
 #include <string.h>
 
@@ -15,13 +18,13 @@ struct kn_session {
     const kn_model *m;
     kn_session_params p;
     const kn_kernels *k;
-    kn_pool *pool;
+    kn_pool *pool;            /* the device's (shared by its sessions), or its own */
+    bool own_pool;
     int max_rows;             /* R: C, or W when stateless is enabled */
     int act_stride;           /* row stride of the quantized activations (multiple of 32) */
 
-    float *kv;                /* [L][2][Hkv][W][D] the cache */
-    int32_t *slot_pos;        /* [W] position held by each slot, -1 = empty (the mask) */
-    int n_slots;              /* slots [0, n_slots) may be filled */
+    float *kv;                /* [L][2][Hkv][W][D] the cache; which slot holds which position
+                                 is the driver's table, handed in with every call */
 
     float *sl_kv;             /* [2][Hkv][W][D] stateless: one layer, rebuilt every layer */
     int32_t *sl_pos;          /* [W] */
@@ -39,13 +42,11 @@ struct kn_session {
     float *logits;            /* [V] */
     int32_t *rows_pos;        /* [R] position of each row */
     int32_t *rows_slot;       /* [R] KV slot of each row */
-    int32_t *chunk_ids;       /* [C] staging for kn_session_prefill_all */
-    int32_t *chunk_pos;       /* [C] */
     kn_act act;               /* q: [R][act_stride], d, s: [R][act_stride/32] */
 };
 
 kn_session_params kn_session_default_params(void) {
-    kn_session_params p = {1, true, NULL};
+    kn_session_params p = {1, true, NULL, NULL};
     return p;
 }
 
@@ -60,18 +61,18 @@ static void *alloc_f(size_t n, bool *ok) {
 
 void kn_session_free(kn_session *s) {
     if (!s) return;
-    kn_pool_free(s->pool);
-    void *bufs[] = {s->kv,  s->slot_pos, s->sl_kv,  s->sl_pos,   s->x,         s->xb,
-                    s->xb2, s->q,        s->kn,     s->vn,       s->hb,        s->hb2,
-                    s->cs,  s->scores,   s->logits, s->rows_pos, s->rows_slot, s->chunk_ids, s->chunk_pos, s->act.q,
-                    s->act.d, s->act.s};
+    if (s->own_pool) kn_pool_free(s->pool);
+    void *bufs[] = {s->kv,     s->sl_kv,    s->sl_pos, s->x,      s->xb,     s->xb2,
+                    s->q,      s->kn,       s->vn,     s->hb,     s->hb2,    s->cs,
+                    s->scores, s->logits,   s->rows_pos, s->rows_slot, s->act.q, s->act.d,
+                    s->act.s};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kn_free(bufs[i]);
     kn_free(s);
 }
 
 void kn_session_reset(kn_session *s) {
-    for (int i = 0; i < s->m->window; i++) s->slot_pos[i] = -1;
-    s->n_slots = 0;
+    /* Nothing to clear: a slot the driver's table marks empty is never read. */
+    (void)s;
 }
 
 kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_session **out,
@@ -104,7 +105,6 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     size_t fs = sizeof(float);
     bool ok = true;
     s->kv = alloc_f(fs * L * 2 * KD * W, &ok);
-    s->slot_pos = alloc_f(sizeof(int32_t) * W, &ok);
     if (p->stateless) {
         s->sl_kv = alloc_f(fs * 2 * KD * W, &ok);
         s->sl_pos = alloc_f(sizeof(int32_t) * W, &ok);
@@ -118,24 +118,26 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     s->hb = alloc_f(fs * R * F, &ok);
     s->hb2 = alloc_f(fs * R * F, &ok);
     s->cs = alloc_f(fs * R * (size_t)hp->rope_dim, &ok);
-    s->scores = alloc_f(fs * (size_t)p->threads * W, &ok);
+    s->scores = alloc_f(fs * (size_t)(p->pool ? kn_pool_size(p->pool) : p->threads) * W, &ok);
     s->logits = alloc_f(fs * V, &ok);
     s->rows_pos = alloc_f(sizeof(int32_t) * R, &ok);
     s->rows_slot = alloc_f(sizeof(int32_t) * R, &ok);
-    s->chunk_ids = alloc_f(sizeof(int32_t) * (size_t)m->chunk, &ok);
-    s->chunk_pos = alloc_f(sizeof(int32_t) * (size_t)m->chunk, &ok);
     s->act.stride = s->act_stride;
     s->act.q = alloc_f(R * (size_t)s->act_stride, &ok);
     s->act.d = alloc_f(fs * R * (size_t)s->act_stride / KN_QBLOCK, &ok);
     s->act.s = alloc_f(fs * R * (size_t)s->act_stride / KN_QBLOCK, &ok);
-    if (ok && p->threads > 1 && !(s->pool = kn_pool_new(p->threads))) ok = false;
+    if (p->pool) {
+        s->pool = p->pool;
+    } else if (ok && p->threads > 1) {
+        s->own_pool = true;
+        if (!(s->pool = kn_pool_new(p->threads))) ok = false;
+    }
     if (!ok) {
         kn_session_free(s);
         return kn_fail(err, KILN_ERR_NOMEM, "out of memory creating a session (window %d)",
                        m->window);
     }
     memset(s->kv, 0, fs * L * 2 * KD * W);
-    kn_session_reset(s);
     *out = s;
     return KILN_OK;
 }
@@ -191,7 +193,8 @@ static void add_bias(float *y, const float *b, int n_rows, int n) {
 /* Runs n rows (ids; rows_pos, rows_slot and the mask already set) through the model, into the
  * cache or, when stateless, the private one-layer view; the logits of row out_row go to
  * s->logits. */
-static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, int out_row) {
+static void forward(kn_session *s, const int32_t *ids, int n, const int32_t *slot_pos,
+                    int n_slots, bool stateless, int out_row) {
     const kn_model *m = s->m;
     const kn_hparams *hp = &m->hp;
     int E = hp->n_embd, H = hp->n_head, Hkv = hp->n_head_kv, D = hp->head_dim, F = hp->n_ff;
@@ -214,8 +217,8 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, in
         } else {
             kv.k = s->kv + (size_t)l * 2 * KD * W;
             kv.v = kv.k + (size_t)KD * W;
-            kv.pos = s->slot_pos;
-            kv.n_slots = s->n_slots;
+            kv.pos = slot_pos;
+            kv.n_slots = n_slots;
         }
         /* attention */
         for (int r = 0; r < n; r++)
@@ -267,88 +270,29 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, in
     mm(s, &m->output, s->xb, 1, s->logits, false);
 }
 
-static kiln_status check_ids(const kn_session *s, const int32_t *ids, int n, kiln_error *err) {
-    for (int i = 0; i < n; i++)
-        if (ids[i] < 0 || ids[i] >= s->m->hp.n_vocab)
-            return kn_fail(err, KILN_ERR_INVALID_ARG, "token id %d is outside the vocabulary (%d)",
-                           (int)ids[i], s->m->hp.n_vocab);
-    return KILN_OK;
-}
-
-/* Rows that go to the cache: slot by position, mask entry set before attention so that rows
- * of one chunk see each other causally. */
-static void place_rows(kn_session *s, const int32_t *positions, int n) {
-    for (int r = 0; r < n; r++) {
-        int slot = kn_kv_slot(s->m, positions[r]);
-        s->rows_pos[r] = positions[r];
-        s->rows_slot[r] = slot;
-        s->slot_pos[slot] = positions[r];
-        if (slot + 1 > s->n_slots) s->n_slots = slot + 1;
-    }
-}
-
-kiln_status kn_session_prefill(kn_session *s, const int32_t *ids, const int32_t *positions,
-                               int n_valid, const float **logits, kiln_error *err) {
-    if (n_valid < 1 || n_valid > s->m->chunk)
-        return kn_fail(err, KILN_ERR_INVALID_ARG, "prefill: %d valid tokens in a chunk of %d",
-                       n_valid, s->m->chunk);
-    kiln_status st = check_ids(s, ids, n_valid, err);
-    if (st) return st;
-    for (int i = 0; i < n_valid; i++)
-        if (positions[i] < 0)
-            return kn_fail(err, KILN_ERR_INVALID_ARG, "prefill: negative position %d",
-                           (int)positions[i]);
-    place_rows(s, positions, n_valid);
-    forward(s, ids, n_valid, false, n_valid - 1);
-    *logits = s->logits;
-    return KILN_OK;
-}
-
-kiln_status kn_session_decode(kn_session *s, int32_t id, int32_t position, const float **logits,
-                              kiln_error *err) {
-    kiln_status st = check_ids(s, &id, 1, err);
-    if (st) return st;
-    if (position < 0)
-        return kn_fail(err, KILN_ERR_INVALID_ARG, "decode: negative position %d", (int)position);
-    place_rows(s, &position, 1);
-    forward(s, &id, 1, false, 0);
-    *logits = s->logits;
-    return KILN_OK;
-}
-
-kiln_status kn_session_stateless(kn_session *s, const int32_t *ids, int n_valid,
-                                 const float **logits, kiln_error *err) {
-    if (!s->p.stateless)
-        return kn_fail(err, KILN_ERR_INVALID_ARG,
-                       "stateless: the session was created without stateless buffers");
-    if (n_valid < 1 || n_valid > s->m->window)
-        return kn_fail(err, KILN_ERR_INVALID_ARG, "stateless: %d valid tokens in a window of %d",
-                       n_valid, s->m->window);
-    kiln_status st = check_ids(s, ids, n_valid, err);
-    if (st) return st;
-    for (int r = 0; r < n_valid; r++) {
-        s->rows_pos[r] = r;
-        s->rows_slot[r] = r;
-        s->sl_pos[r] = r;
-    }
-    forward(s, ids, n_valid, true, n_valid - 1);
-    *logits = s->logits;
-    return KILN_OK;
-}
-
-kiln_status kn_session_prefill_all(kn_session *s, const int32_t *ids, int n, int pos0,
-                                   const float **logits, kiln_error *err) {
-    if (n < 1) return kn_fail(err, KILN_ERR_INVALID_ARG, "prefill: empty prompt");
-    int C = s->m->chunk;
-    for (int at = 0; at < n; at += C) {
-        int k = n - at < C ? n - at : C;
-        /* A whole [C] chunk, the tail padded, exactly as a fixed-shape backend wants it. */
-        for (int i = 0; i < C; i++) {
-            s->chunk_ids[i] = i < k ? ids[at + i] : 0;
-            s->chunk_pos[i] = pos0 + at + (i < k ? i : k - 1);
+kiln_status kn_session_run(kn_session *s, const kn_graph_call *c, const float **logits,
+                           kiln_error *err) {
+    const kn_model *m = s->m;
+    int T = c->graph == KN_GRAPH_PREFILL ? m->chunk : c->graph == KN_GRAPH_DECODE ? 1 : m->window;
+    if (c->n < 1 || c->n > T)
+        return kn_fail(err, KILN_ERR_INTERNAL, "cpu: %d rows in a graph of %d", c->n, T);
+    if (c->graph == KN_GRAPH_STATELESS) {
+        if (!s->p.stateless)
+            return kn_fail(err, KILN_ERR_INVALID_ARG,
+                           "stateless: the session was created without stateless buffers");
+        for (int r = 0; r < c->n; r++) {
+            s->rows_pos[r] = r;
+            s->rows_slot[r] = r;
+            s->sl_pos[r] = r;
         }
-        kiln_status st = kn_session_prefill(s, s->chunk_ids, s->chunk_pos, k, logits, err);
-        if (st) return st;
+        forward(s, c->ids, c->n, NULL, 0, true, c->n - 1);
+    } else {
+        /* Padded rows are skipped: nothing reads them, and the output equals a full [1,C]
+         * evaluation with the padding masked. */
+        memcpy(s->rows_pos, c->pos, sizeof(int32_t) * (size_t)c->n);
+        memcpy(s->rows_slot, c->slot, sizeof(int32_t) * (size_t)c->n);
+        forward(s, c->ids, c->n, c->slot_pos, c->n_slots, false, c->n - 1);
     }
+    *logits = s->logits;
     return KILN_OK;
 }

@@ -2,7 +2,10 @@
  *
  * Activations are [T, E] (batch 1 folded away); attention runs per KV head with the query heads
  * of a group stacked, [Hkv, g*T, D], so grouped-query attention needs no Broadcast or Tile of
- * K/V. Every op comes from opset1/4/8; shapes are inferred and checked by ir_build.c. */
+ * K/V. Every op comes from opset1/4/8; shapes are inferred and checked by ir_build.c.
+ *
+ * This graph and the native C forward (backends/cpu/session.c) compute the same block: a change
+ * to one must be made to the other (tests/py/test_openvino_ir.py compares them on the goldens). */
 #include "bake/openvino/ir.h"
 
 #include <math.h>

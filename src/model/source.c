@@ -1,5 +1,5 @@
 /* source.c — open a GGUF file, a Hugging Face folder or a cached HF id as one kn_source. */
-#include "formats/source.h"
+#include "model/source.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
