@@ -343,6 +343,11 @@ const char *kiln_session_fallback(const kiln_session *session);
 kiln_status kiln_cpu_kernels(const char **usable, const char **chosen, kiln_error *err);
 /* Forgets everything the session's cache holds. */
 void kiln_session_reset(kiln_session *session);
+/* The ids the session's cache holds, position by position (its last generation's prompt and
+ * answer; kv mode only, else *n = 0): what reuse_prefix can keep. A server picks, for a
+ * request, the free session whose ids share the longest prefix with it. Valid until the next
+ * call on the session. */
+void kiln_session_cached(const kiln_session *session, const int32_t **ids, int *n);
 
 /* Low level, for benchmarks and servers that run their own loop: feeds n token ids at positions
  * pos0, pos0 + 1, ... (kv mode: the cache keeps what it holds before pos0; stateless: the ids

@@ -70,6 +70,11 @@ void kiln_session_reset(kiln_session *ks) {
     ks->n_hist = 0;
 }
 
+void kiln_session_cached(const kiln_session *ks, const int32_t **ids, int *n) {
+    *ids = ks->hist;
+    *n = ks->n_hist;
+}
+
 bool kn_session_hist_reserve(kiln_session *ks, size_t n) {
     if (n <= ks->hist_cap) return true;
     size_t cap = ks->hist_cap * 2 > n ? ks->hist_cap * 2 : n;
