@@ -180,11 +180,14 @@ static int common_prefix(const int32_t *a, int na, const int32_t *b, int nb) {
 }
 
 /* Gives pending jobs to free slots, in order: each to the free slot whose cache shares the
- * longest prefix with its prompt (ties: the slot unused longest). Holds w->mu. */
+ * longest prefix with its prompt (ties: the slot unused longest). A prefix that covers less
+ * than half of the prompt is worth less than another conversation's cache: such a request goes
+ * to the free slot unused longest instead (an empty one first), as llama-server's
+ * --slot-prompt-similarity does. Holds w->mu. */
 static void schedule_locked(worker *w) {
     while (w->pending) {
         job *j = w->pending;
-        slot *best = NULL;
+        slot *best = NULL, *lru = NULL;
         int best_lcp = -1;
         for (int i = 0; i < w->n_slots; i++) {
             slot *s = &w->slots[i];
@@ -197,8 +200,10 @@ static void schedule_locked(worker *w) {
                 best = s;
                 best_lcp = lcp;
             }
+            if (!lru || s->last_used < lru->last_used) lru = s;
         }
         if (!best) return;
+        if (2 * best_lcp < j->n) best = lru;
         w->pending = j->next;
         if (!w->pending) w->pending_tail = NULL;
         j->next = NULL;
