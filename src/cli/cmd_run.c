@@ -251,14 +251,6 @@ int kiln_cli_run(int argc, char **argv) {
     kiln_session *s = NULL;
     int rc = open_all(&o, &m, &s);
     if (rc) return rc;
-    kiln_chat *chat = NULL;
-    kiln_error cerr;
-    if (kiln_chat_new(s, &chat, &cerr)) {
-        kiln_cli_error("%s", cerr.message);
-        kiln_session_free(s);
-        kiln_model_free(m);
-        return 1;
-    }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;
