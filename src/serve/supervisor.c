@@ -649,11 +649,18 @@ int sv_supervisor_main(const sv_options *o, int argc, char **argv) {
         double until = sv_now() + 10;
         while (waitpid(pid, &status, WNOHANG) == 0) {
             if (sv_now() > until) {
+                sv_log("worker %d did not stop in 10 s: killing it", (int)pid);
                 kill(pid, SIGKILL);
                 waitpid(pid, &status, 0);
                 break;
             }
             usleep(20000);
+        }
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            char how[128];
+            describe_exit(status, how, sizeof how);
+            sv_log("worker %d stopped badly: %s", (int)pid, how);
+            if (exit_code == 0) exit_code = 1;
         }
         pthread_mutex_lock(&s->mu);
         s->pid = 0;

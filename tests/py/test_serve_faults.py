@@ -211,8 +211,9 @@ def test_sigterm_drains_then_exits_0(offering):
         finish = [ch.choices[0].finish_reason for ch in [first] + rest
                   if ch.choices and ch.choices[0].finish_reason]
         assert finish in (["length"], ["stop"])
-        assert s.proc.wait(60) == 0
+        assert s.proc.wait(60) == 0, s.log()       # the worker stopped cleanly too
         assert any("draining" in l for l in s.lines)
+        assert not [l for l in s.lines if "Sanitizer" in l], s.log()
         with pytest.raises((httpx.ConnectError, httpx.RemoteProtocolError)):
             httpx.get(s.url + "/health", timeout=5)
         assert not os.path.exists(f"/proc/{worker}")     # the worker went with it
