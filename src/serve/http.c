@@ -156,9 +156,10 @@ static cJSON *usage_json(const sv_req *q) {
     return u;
 }
 
-/* "stop" or "length" (a cancelled answer, only seen when a drain ran out of time, ended early) */
+/* "stop" or "length". An answer cancelled by a drain that ran out of time was cut by a limit,
+ * not finished by the model: "length". */
 static const char *finish_word(const sv_req *q) {
-    return strcmp(q->finish_reason, "length") == 0 ? "length" : "stop";
+    return strcmp(q->finish_reason, "stop") == 0 ? "stop" : "length";
 }
 
 static char *response_json(const sv_req *q) {

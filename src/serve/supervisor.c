@@ -340,7 +340,17 @@ static void *reader_main(void *arg) {
         sv_frame f;
         int r = sv_frame_read(a.c->fd, &f);
         if (r) {
-            if (r < 0) shutdown(a.c->fd, SHUT_RDWR);
+            if (r < 0) {
+                /* a frame that does not parse: the worker is not to be trusted any more */
+                pthread_mutex_lock(&s->mu);
+                if (s->conn == a.c && s->pid > 0 && !s->kill_reason[0]) {
+                    snprintf(s->kill_reason, sizeof s->kill_reason,
+                             "the inference worker sent a malformed message");
+                    kill(s->pid, SIGKILL);
+                }
+                pthread_mutex_unlock(&s->mu);
+                shutdown(a.c->fd, SHUT_RDWR);
+            }
             break;
         }
         pthread_mutex_lock(&s->mu);
@@ -452,6 +462,30 @@ static void describe_exit(int status, char *buf, size_t cap) {
                  strsignal(WTERMSIG(status)));
     else
         snprintf(buf, cap, "it exited with status %d", WEXITSTATUS(status));
+}
+
+/* Every request still waiting (and with all, also those in the worker) gets a 503 with this
+ * reason: the server stops. */
+static void fail_locked(sup *s, bool all, const char *why) {
+    while (s->queue) {
+        sv_req *q = s->queue;
+        s->queue = q->next;
+        q->next = NULL;
+        s->queue_len--;
+        sv_error_set(&q->err, 503, "unavailable_error", "shutting_down", NULL, "%s", why);
+        q->failed = true;
+        finish_locked(s, q);
+    }
+    s->queue_tail = NULL;
+    while (all && s->sent) {
+        sv_req *q = s->sent;
+        s->sent = q->next;
+        q->next = NULL;
+        s->n_sent--;
+        sv_error_set(&q->err, 503, "unavailable_error", "shutting_down", NULL, "%s", why);
+        q->failed = true;
+        finish_locked(s, q);
+    }
 }
 
 /* The worker is gone: every request it held gets a 503 naming why; the queue waits for the
@@ -606,10 +640,15 @@ int sv_supervisor_main(const sv_options *o, int argc, char **argv) {
             }
         }
         if (s->draining) {
+            /* no worker will come back for the queue while the server stops */
+            if (s->ws == WS_DOWN && s->queue)
+                fail_locked(s, false, "the server is shutting down and its worker is gone");
             if (s->active == 0 || now >= drain_deadline) {
                 if (s->active && !cancelled_all) {
                     sv_log("drain timeout: cancelling %d request%s", s->active,
                            s->active == 1 ? "" : "s");
+                    fail_locked(s, false, "the server is shutting down (--drain-timeout ran out "
+                                "before this request had a slot)");
                     for (sv_req *q = s->sent; q; q = q->next)
                         send_locked(s, SV_F_CANCEL, q->id, NULL, 0);
                     cancelled_all = true;
@@ -670,6 +709,9 @@ int sv_supervisor_main(const sv_options *o, int argc, char **argv) {
         conn_release_locked(s->conn);
         s->conn = NULL;
     }
+    /* whatever is left (a drain that ran out of time) is answered before the HTTP side stops:
+     * libmicrohttpd waits for every connection's thread */
+    fail_locked(s, true, "the server is shutting down");
     pthread_mutex_unlock(&s->mu);
     MHD_stop_daemon(d);
     pthread_mutex_lock(&s->mu);

@@ -245,3 +245,38 @@ def test_command_errors(offering, tmp_path):
         port = held.getsockname()[1]
         r = run_kiln("serve", offering, "--port", port, timeout=60)
         assert r.returncode == 1 and str(port) in r.stderr and "in use" in r.stderr
+
+
+def test_drain_timeout_answers_what_is_left(offering):
+    """A drain that runs out of time (--drain-timeout 1) still answers every request: the one
+    generating ends, the one queued gets a 503, and the server exits 0."""
+    s = Server(offering, "--parallel", 1, "--drain-timeout", 1)
+    try:
+        out = {}
+
+        def ask(name, tokens):
+            try:
+                out[name] = httpx.post(s.url + "/v1/chat/completions", timeout=120, json={
+                    "messages": [{"role": "user", "content": LONG}], "max_tokens": tokens})
+            except httpx.HTTPError as err:
+                out[name] = err
+        running = threading.Thread(target=ask, args=("running", 220))
+        running.start()
+        wait_for(lambda: s.metric("kiln_num_requests_running") == 1, 60, "a running request")
+        queued = threading.Thread(target=ask, args=("queued", 4))
+        queued.start()
+        wait_for(lambda: s.metric("kiln_num_requests_waiting") == 1, 60, "a queued request")
+        t0 = time.time()
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(60) == 0, s.log()
+        assert time.time() - t0 < 30
+        running.join(60)
+        queued.join(60)
+        assert isinstance(out["running"], httpx.Response), out
+        assert isinstance(out["queued"], httpx.Response), out
+        # the generating one was cut short (an answer, or a 503 if the worker went first)
+        assert out["running"].status_code in (200, 503)
+        assert out["queued"].status_code == 503
+        assert out["queued"].json()["error"]["code"] == "shutting_down"
+    finally:
+        s.kill()
