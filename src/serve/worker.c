@@ -14,8 +14,8 @@
  * loop, and their steps take turns on (or, one thread per slot, run beside each other over)
  * the model's weights. A batched step — one pass over the weights for the next token of every
  * busy slot — replaces run_job with a scheduler loop that admits jobs into slots (prefill),
- * then calls the batched step over the busy slots until each finishes (docs in serve.h's
- * README section and the report). */
+ * then calls the batched step over the busy slots until each finishes; the heartbeat is then
+ * answered by that loop between steps, so the watchdog covers a step that never returns. */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
