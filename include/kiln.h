@@ -184,7 +184,9 @@ void kiln_tokenizer_free(kiln_tokenizer *tok);
 
 enum {
     KILN_TOKENIZE_ADD_BOS = 1, /* prepend BOS (force it even if the model does not add one) */
-    KILN_TOKENIZE_SPECIAL = 2  /* match special tokens such as <|im_start|> in the text */
+    KILN_TOKENIZE_SPECIAL = 2, /* match special tokens such as <|im_start|> in the text */
+    KILN_TOKENIZE_MODEL_BOS = 4 /* BOS (and EOS) as the model's add_bos / add_eos say: the ids
+                                   kiln_generate feeds for a raw prompt */
 };
 /* Encodes text[0..len) into *ids (n of them; free with kiln_free). Invalid UTF-8 in the text is
  * replaced by U+FFFD before encoding. */

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kiln builds against, if any is missing (needs root or sudo).
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config libcjson-dev libpcre2-dev libutf8proc-dev python3-venv clang)
+pkgs=(build-essential cmake pkg-config libcjson-dev libpcre2-dev libutf8proc-dev libmicrohttpd-dev python3-venv
+      clang)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -160,4 +160,18 @@ for name, shape in tensors:
     off += len(blobs[-1])
 head += bytes((-len(head)) % 32)
 put("gguf", "tiny_llama.gguf", bytes(head) + b"".join(blobs))
+# OpenAI request bodies (kiln serve)
+put("request", "chat.json", json.dumps({
+    "model": "model", "messages": [{"role": "system", "content": "Be brief."},
+                                   {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+                                   {"role": "assistant", "content": None},
+                                   {"role": "developer", "content": "x"}],
+    "max_tokens": 16, "temperature": 0.7, "top_p": 0.9, "top_k": 40, "min_p": 0.05,
+    "repeat_penalty": 1.1, "seed": -3, "stop": ["\n\n", "END"], "stream": True,
+    "stream_options": {"include_usage": True}, "n": 1, "logprobs": False,
+    "presence_penalty": 0, "response_format": {"type": "text"}, "user": "u"}))
+put("request", "completion.json", json.dumps({
+    "model": "model", "prompt": ["Once upon a time"], "max_completion_tokens": 8,
+    "stop": "\n", "echo": False, "suffix": "", "logit_bias": {}}))
+put("request", "ids.json", json.dumps({"prompt": [[1, 2, 3, 4]], "max_tokens": 1}))
 print(f"fuzz seeds written under {root}")

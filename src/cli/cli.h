@@ -14,6 +14,7 @@ int kiln_cli_detokenize(int argc, char **argv);
 int kiln_cli_run(int argc, char **argv);
 int kiln_cli_chat(int argc, char **argv);
 int kiln_cli_bench(int argc, char **argv);
+int kiln_cli_serve(int argc, char **argv);
 
 /* The exit status for a library status: 0 ok, 2 bad input (invalid argument, unreadable or
  * malformed or unsupported file), 3 device unavailable, 130 cancelled (as a shell reports

@@ -25,6 +25,7 @@ static const struct {
     {"run", kiln_cli_run, "generate text with fixed-shape calls (streams; metrics on stderr)"},
     {"chat", kiln_cli_chat, "multi-turn chat keeping the KV cache between turns"},
     {"bench", kiln_cli_bench, "prefill and decode tokens/s, like llama-bench"},
+    {"serve", kiln_cli_serve, "an OpenAI-compatible HTTP server (supervised worker, slots)"},
     {"tokenize", kiln_cli_tokenize, "text -> token ids with a model's tokenizer"},
     {"detokenize", kiln_cli_detokenize, "token ids -> text"},
 };

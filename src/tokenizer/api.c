@@ -61,7 +61,8 @@ kiln_status kiln_tokenize(const kiln_tokenizer *tok, const char *text, size_t le
     *n = 0;
     kn_tokens v = {0};
     unsigned f = ((flags & KILN_TOKENIZE_ADD_BOS) ? KN_TOK_FORCE_BOS : 0) |
-                 ((flags & KILN_TOKENIZE_SPECIAL) ? KN_TOK_PARSE_SPECIAL : 0);
+                 ((flags & KILN_TOKENIZE_SPECIAL) ? KN_TOK_PARSE_SPECIAL : 0) |
+                 ((flags & KILN_TOKENIZE_MODEL_BOS) ? KN_TOK_ADD_BOS : 0);
     kiln_status st = kn_tokenize((const kn_tokenizer *)tok, text, len, f, &v, err);
     if (st != KILN_OK) {
         kn_tokens_free(&v);
