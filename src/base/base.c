@@ -168,6 +168,22 @@ void kn_map_borrow(const void *data, size_t size, kn_map *map) {
     map->owned = 0;
 }
 
+void kn_map_release(const kn_map *map, const void *p, size_t n) {
+    if (!map->mapped || !p || !n) return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + page - 1) / page * page, e = ((uintptr_t)p + n) / page * page;
+    if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
+size_t kn_rss_bytes(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f) return 0;
+    unsigned long long size = 0, res = 0;
+    int ok = fscanf(f, "%llu %llu", &size, &res) == 2;
+    fclose(f);
+    return ok ? (size_t)res * (size_t)sysconf(_SC_PAGESIZE) : 0;
+}
+
 void kn_map_close(kn_map *map) {
     if (map->mapped && map->data) munmap((void *)map->data, map->size);
     memset(map, 0, sizeof *map);

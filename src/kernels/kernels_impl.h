@@ -2,6 +2,7 @@
 #ifndef KN_KERNELS_IMPL_H
 #define KN_KERNELS_IMPL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "kernels/kernels.h"
@@ -9,8 +10,22 @@
 /* An F16 field of a block, read without alignment assumptions. */
 float kn_load_f16(const uint8_t *p);
 
+/* Reference pieces the ISA tables reuse: the K-quant products in the GGUF layout (the model
+ * repacks those types for the ISA tables, so these run only on unpacked views), and the Q8_0
+ * quantizer with its block sums. */
+void kn_ref_rows_q4_k(const kn_wmat *w, int r0, int r1, const float *x, const kn_act *a,
+                      int n_tok, float *y, int ldy);
+void kn_ref_rows_q5_k(const kn_wmat *w, int r0, int r1, const float *x, const kn_act *a,
+                      int n_tok, float *y, int ldy);
+void kn_ref_rows_q6_k(const kn_wmat *w, int r0, int r1, const float *x, const kn_act *a,
+                      int n_tok, float *y, int ldy);
+void kn_quantize_act_bs(kn_act *a, const float *x, int n_tok, int n);
+/* Bytes of one group of 8 rows of n_in elements in KN_LAYOUT_X8; 0 for a type without one. */
+size_t kn_x8_group_bytes(uint32_t type, int n_in);
+
 /* Tables of the ISA files. Only call them once CPUID says the instructions exist. */
 const kn_kernels *kn_kernels_avx2_table(void);
+const kn_kernels *kn_kernels_avxvnni_table(void);
 const kn_kernels *kn_kernels_avx512_table(void);
 
 /* ops_avx512.c */

@@ -1,8 +1,9 @@
 /* engine.h — the native CPU forward pass of a llama-family model under a static contract.
  *
  * A kn_model is read-only once built: hyperparameters, the contract's window W and chunk C, and
- * weight views pointing into the mmapped GGUF (zero copy; a type the kernels cannot multiply
- * directly is dequantized to F32 once, here). One model serves any number of sessions.
+ * weight views pointing into the mmapped GGUF (zero copy), or copies made once at load: the
+ * quantized matrices repacked for the CPU's kernel table (kernels/pack.c), and a type the
+ * kernels cannot multiply dequantized to F32. One model serves any number of sessions.
  *
  * A kn_session owns everything a run writes: the KV cache [L,2,Hkv,W,D] (f32), the scratch
  * activations and the thread pool, all allocated once in kn_session_new. Its three steps are the
@@ -88,13 +89,16 @@ typedef struct kn_model {
     int sink;                 /* S */
     const kn_gguf *gguf;      /* the weights' home (borrowed or owned_gguf) */
     kn_gguf *owned_gguf;      /* set by kn_model_open */
-    kn_wmat tok_embd;         /* [V] rows of [E] (a product view when tied) */
+    const kn_kernels *k;      /* the kernel table the weights are laid out for */
+    kn_wmat tok_embd;         /* [V] rows of [E], GGUF layout (looked up row by row) */
     const float *output_norm; /* [E] */
-    kn_wmat output;           /* [E] -> [V]; token_embd itself with tied embeddings */
+    kn_wmat output;           /* [E] -> [V]; token_embd's data with tied embeddings */
     kn_layer *layers;         /* [L] */
     double *rope_inv_freq;    /* [rope_dim/2], scaling applied */
-    void **owned;             /* F32 copies made at load for types the kernels lack */
+    void **owned;             /* copies made at load: repacked weights, F32 for types the
+                               * kernels lack */
     int n_owned;
+    size_t packed_bytes;      /* bytes of weights repacked for the kernels (kernels/pack.c) */
 } kn_model;
 
 /* Builds a model over g (borrowed: it must outlive the model). W and C come from g's

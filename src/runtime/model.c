@@ -1,8 +1,15 @@
 /* model.c — builds the read-only kn_model over an opened GGUF: finds every tensor, checks its
- * shape and type, and keeps zero-copy views of the weights. */
+ * shape and type, and keeps zero-copy views of the weights, or copies repacked for the kernels.
+ *
+ * Repacking. The x86 kernel tables multiply the quantized types in groups of 8 interleaved rows
+ * (kernels/pack.c), so those matrices are copied once, here, into that layout; every other
+ * weight stays a view into the mapping. A repacked tensor's mapped pages are never read again,
+ * so they are handed back to the OS (madvise) right after the copy: the resident set holds
+ * the copy instead of the file's pages, not both. */
 #include <stdio.h>
 #include <string.h>
 
+#include "kernels/kernels.h"
 #include "quant/quant.h"
 #include "runtime/engine.h"
 
@@ -81,8 +88,25 @@ static kiln_status load_vec(kn_model *m, const char *name, int64_t n, const floa
     return KILN_OK;
 }
 
-/* A weight matrix of n_out rows of n_in: a view in place when the kernels take its type (and
- * F32/F16 rows are aligned for their element), an F32 copy otherwise. */
+/* w repacked for the model's kernel table into an owned copy, when the table wants that. */
+static kiln_status pack_mat(kn_model *m, kn_wmat *w, const kn_gguf_tensor *t, kiln_error *err) {
+    size_t n = kn_pack_bytes(m->k, w);
+    if (!n) return KILN_OK;
+    /* 64-byte aligned inside an owned block, so no 32-byte load straddles two cache lines */
+    uint8_t *raw = kn_malloc(n + 63);
+    if (!raw) return kn_fail(err, KILN_ERR_NOMEM, "out of memory repacking the weights");
+    kiln_status s = keep_owned(m, raw, err);
+    if (s) return s;
+    uint8_t *dst = (uint8_t *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
+    *w = kn_pack(w, dst);
+    m->packed_bytes += n;
+    kn_map_release(&m->gguf->map, t->data, (size_t)t->nbytes);
+    return KILN_OK;
+}
+
+/* A weight matrix of n_out rows of n_in: a view in place when the kernels take its type as
+ * stored (and F32/F16 rows are aligned for their element), a repacked copy when the kernel
+ * table wants one, an F32 copy for a type the kernels lack. */
 static kiln_status load_mat(kn_model *m, const char *name, int64_t n_in, int64_t n_out,
                             kn_wmat *w, kiln_error *err) {
     const kn_gguf_tensor *t = NULL;
@@ -91,15 +115,14 @@ static kiln_status load_mat(kn_model *m, const char *name, int64_t n_in, int64_t
     uint64_t rb;
     kn_row_bytes(t->type, n_in, &rb);
     bool aligned = t->type != KN_TYPE_F32 || ((uintptr_t)t->data & 3) == 0;
-    if (kn_kernels_type_ok(t->type) && aligned &&
-        (!kn_type_wants_q8(t->type) || n_in % KN_QBLOCK == 0)) {
-        *w = (kn_wmat){t->type, (int)n_in, (int)n_out, (size_t)rb, t->data};
-        return KILN_OK;
+    if (kn_kernels_type_ok(t->type) && aligned && n_in % kn_type_act_block(t->type) == 0) {
+        *w = (kn_wmat){t->type, (int)n_in, (int)n_out, (size_t)rb, t->data, KN_LAYOUT_GGUF};
+        return pack_mat(m, w, t, err);
     }
     float *f;
     if ((s = dequant_copy(m, t, n_in * n_out, &f, err))) return s;
     *w = (kn_wmat){KN_TYPE_F32, (int)n_in, (int)n_out, sizeof(float) * (size_t)n_in,
-                   (const uint8_t *)f};
+                   (const uint8_t *)f, KN_LAYOUT_GGUF};
     return KILN_OK;
 }
 
@@ -149,6 +172,7 @@ kiln_status kn_model_load(const kn_gguf *g, const kn_hparams *hp, const kn_model
     if (!m) return kn_fail(err, KILN_ERR_NOMEM, "out of memory loading the model");
     m->hp = *hp;
     m->gguf = g;
+    m->k = kn_kernels_get();
     kiln_status s = check_hparams(m, err);
     if (s) goto fail;
 
@@ -173,19 +197,26 @@ kiln_status kn_model_load(const kn_gguf *g, const kn_hparams *hp, const kn_model
     }
     if (m->sink >= m->window) m->sink = m->window - 1;
 
-    const kn_gguf_tensor *emb;
+    const kn_gguf_tensor *emb = NULL;
     if ((s = find(m, "token_embd.weight", hp->n_embd, hp->n_vocab, &emb, err))) goto fail;
-    /* The embedding table is read row by row through kn_dequantize, and is the classifier when
-     * tied; either way its type must be one the kernels take or it is widened now. */
-    if ((s = load_mat(m, "token_embd.weight", hp->n_embd, hp->n_vocab, &m->tok_embd, err)))
+    /* The embedding table is read row by row through kn_dequantize, in its GGUF layout, so it
+     * stays a view (an F32 copy for a type without a dequantizer... which find has refused);
+     * tied, the classifier is a second, product-ready view of it (repacked or widened). */
+    const kn_type_traits *etr = kn_type_get(emb->type);
+    uint64_t erb;
+    kn_row_bytes(emb->type, hp->n_embd, &erb);
+    if (!etr->can_dequantize) {
+        s = kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: token_embd.weight: type %s is not supported",
+                    g->path, kn_type_name(emb->type));
         goto fail;
-    if ((s = load_vec(m, "output_norm.weight", hp->n_embd, &m->output_norm, err))) goto fail;
-    if (kn_gguf_find_tensor(g, "output.weight")) {
-        if ((s = load_mat(m, "output.weight", hp->n_embd, hp->n_vocab, &m->output, err)))
-            goto fail;
-    } else {
-        m->output = m->tok_embd;
     }
+    m->tok_embd = (kn_wmat){emb->type, hp->n_embd, hp->n_vocab, (size_t)erb, emb->data,
+                            KN_LAYOUT_GGUF};
+    if ((s = load_vec(m, "output_norm.weight", hp->n_embd, &m->output_norm, err))) goto fail;
+    if ((s = load_mat(m, kn_gguf_find_tensor(g, "output.weight") ? "output.weight"
+                                                                 : "token_embd.weight",
+                      hp->n_embd, hp->n_vocab, &m->output, err)))
+        goto fail;
     m->layers = kn_calloc((size_t)hp->n_layer, sizeof *m->layers);
     m->rope_inv_freq = kn_calloc((size_t)hp->rope_dim / 2, sizeof(double));
     if (!m->layers || !m->rope_inv_freq) {

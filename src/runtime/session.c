@@ -41,7 +41,7 @@ struct kn_session {
     int32_t *rows_slot;       /* [R] KV slot of each row */
     int32_t *chunk_ids;       /* [C] staging for kn_session_prefill_all */
     int32_t *chunk_pos;       /* [C] */
-    kn_act act;               /* q: [R][act_stride], d, s: [R][act_stride/32] */
+    kn_act act;               /* both forms, [R] rows of act_stride (see kn_act) */
 };
 
 kn_session_params kn_session_default_params(void) {
@@ -62,8 +62,9 @@ void kn_session_free(kn_session *s) {
     kn_pool_free(s->pool);
     void *bufs[] = {s->kv,  s->slot_pos, s->sl_kv,  s->sl_pos,   s->x,         s->xb,
                     s->xb2, s->q,        s->kn,     s->vn,       s->hb,        s->hb2,
-                    s->cs,  s->scores,   s->logits, s->rows_pos, s->rows_slot, s->chunk_ids, s->chunk_pos, s->act.q,
-                    s->act.d, s->act.s};
+                    s->cs,  s->scores,   s->logits, s->rows_pos, s->rows_slot, s->chunk_ids,
+                    s->chunk_pos, s->act.q, s->act.d, s->act.s, s->act.bs, s->act.qk, s->act.dk,
+                    s->act.bsk, s->act.bsk32};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kn_free(bufs[i]);
     kn_free(s);
 }
@@ -86,7 +87,7 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     if (!s) return kn_fail(err, KILN_ERR_NOMEM, "out of memory creating a session");
     s->m = m;
     s->p = *p;
-    s->k = kn_kernels_get();
+    s->k = m->k; /* the table the weights were repacked for */
     size_t W = (size_t)m->window, E = (size_t)hp->n_embd, D = (size_t)hp->head_dim;
     size_t HD = (size_t)hp->n_head * D, KD = (size_t)hp->n_head_kv * D, F = (size_t)hp->n_ff;
     size_t L = (size_t)hp->n_layer, V = (size_t)hp->n_vocab;
@@ -94,7 +95,7 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     size_t wide = E > HD ? E : HD;
     size_t amax = wide > F ? wide : F;
     s->max_rows = (int)R;
-    s->act_stride = (int)((amax + KN_QBLOCK - 1) / KN_QBLOCK * KN_QBLOCK);
+    s->act_stride = (int)((amax + KN_KBLOCK - 1) / KN_KBLOCK * KN_KBLOCK);
     size_t fs = sizeof(float);
     bool ok = true;
     s->kv = alloc_f(fs * L * 2 * KD * W, &ok);
@@ -118,10 +119,16 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     s->rows_slot = alloc_f(sizeof(int32_t) * R, &ok);
     s->chunk_ids = alloc_f(sizeof(int32_t) * (size_t)m->chunk, &ok);
     s->chunk_pos = alloc_f(sizeof(int32_t) * (size_t)m->chunk, &ok);
+    size_t AS = (size_t)s->act_stride, i16 = sizeof(int16_t);
     s->act.stride = s->act_stride;
-    s->act.q = alloc_f(R * (size_t)s->act_stride, &ok);
-    s->act.d = alloc_f(fs * R * (size_t)s->act_stride / KN_QBLOCK, &ok);
-    s->act.s = alloc_f(fs * R * (size_t)s->act_stride / KN_QBLOCK, &ok);
+    s->act.q = alloc_f(R * AS, &ok);
+    s->act.d = alloc_f(fs * R * AS / KN_QBLOCK, &ok);
+    s->act.s = alloc_f(fs * R * AS / KN_QBLOCK, &ok);
+    s->act.bs = alloc_f(i16 * R * AS / KN_QBLOCK, &ok);
+    s->act.qk = alloc_f(R * AS, &ok);
+    s->act.dk = alloc_f(fs * R * AS / KN_KBLOCK, &ok);
+    s->act.bsk = alloc_f(i16 * R * AS / 16, &ok);
+    s->act.bsk32 = alloc_f(i16 * R * AS / KN_QBLOCK, &ok);
     if (ok && p->threads > 1 && !(s->pool = kn_pool_new(p->threads))) ok = false;
     if (!ok) {
         kn_session_free(s);
@@ -165,15 +172,22 @@ static void attn_item(void *ctx, int u, int n_items, int worker) {
                s->xb + (size_t)r * H * D + (size_t)h * D);
 }
 
-/* y = W x for n rows of x (n_in floats each), quantizing x first when W wants it. */
-static void mm(kn_session *s, const kn_wmat *w, const float *x, int n, float *y, bool quantized) {
-    if (kn_type_wants_q8(w->type) && !quantized) s->k->quantize(&s->act, x, n, w->n_in);
-    kn_matmul(s->pool, s->k, w, x, &s->act, n, y, w->n_out);
+/* Quantizes n rows of x (n_in floats each) into the activation forms that the matrices w[0..nw)
+ * want (none for F32 / F16 weights). */
+static void quantize_for(kn_session *s, const kn_wmat *const *w, int nw, const float *x, int n) {
+    bool q8_0 = false, q8_k = false;
+    for (int i = 0; i < nw; i++) {
+        q8_k |= kn_type_wants_q8k(w[i]->type);
+        q8_0 |= kn_type_wants_q8(w[i]->type) && !kn_type_wants_q8k(w[i]->type);
+    }
+    if (q8_0) s->k->quantize(&s->act, x, n, w[0]->n_in);
+    if (q8_k) s->k->quantize_k(&s->act, x, n, w[0]->n_in);
 }
 
-static bool any_q8(const kn_wmat *a, const kn_wmat *b, const kn_wmat *c) {
-    return kn_type_wants_q8(a->type) || kn_type_wants_q8(b->type) ||
-           (c && kn_type_wants_q8(c->type));
+/* y = W x for n rows of x (n_in floats each), quantizing x first. */
+static void mm(kn_session *s, const kn_wmat *w, const float *x, int n, float *y) {
+    quantize_for(s, &w, 1, x, n);
+    kn_matmul(s->pool, s->k, w, x, &s->act, n, y, w->n_out);
 }
 
 static void add_bias(float *y, const float *b, int n_rows, int n) {
@@ -215,11 +229,10 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, in
         for (int r = 0; r < n; r++)
             kn_rmsnorm(s->xb + (size_t)r * E, s->x + (size_t)r * E, L->attn_norm, E, hp->rms_eps);
         /* One quantization of the normed input serves Q, K and V. */
-        bool q8 = any_q8(&L->wq, &L->wk, &L->wv);
-        if (q8) s->k->quantize(&s->act, s->xb, n, E);
         {
             const kn_wmat *w3[3] = {&L->wq, &L->wk, &L->wv};
             float *y3[3] = {s->q, s->kn, s->vn};
+            quantize_for(s, w3, 3, s->xb, n);
             kn_matmul_multi(s->pool, s->k, 3, w3, s->xb, &s->act, n, y3);
         }
         add_bias(s->q, L->bq, n, HD);
@@ -239,26 +252,25 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, in
         }
         attn_job aj = {s, kv, n};
         kn_pool_run(n * H * kv.n_slots * D < 16384 ? NULL : s->pool, attn_item, &aj, n * H);
-        mm(s, &L->wo, s->xb, n, s->xb2, false);
+        mm(s, &L->wo, s->xb, n, s->xb2);
         for (size_t i = 0; i < (size_t)n * E; i++) s->x[i] += s->xb2[i];
 
         /* feed-forward */
         for (int r = 0; r < n; r++)
             kn_rmsnorm(s->xb + (size_t)r * E, s->x + (size_t)r * E, L->ffn_norm, E, hp->rms_eps);
-        q8 = any_q8(&L->gate, &L->up, NULL);
-        if (q8) s->k->quantize(&s->act, s->xb, n, E);
         {
             const kn_wmat *w2[2] = {&L->gate, &L->up};
             float *y2[2] = {s->hb, s->hb2};
+            quantize_for(s, w2, 2, s->xb, n);
             kn_matmul_multi(s->pool, s->k, 2, w2, s->xb, &s->act, n, y2);
         }
         kn_swiglu(s->hb, s->hb2, n * F);
-        mm(s, &L->down, s->hb, n, s->xb2, false);
+        mm(s, &L->down, s->hb, n, s->xb2);
         for (size_t i = 0; i < (size_t)n * E; i++) s->x[i] += s->xb2[i];
     }
     /* Only the row whose logits are asked for goes through the classifier. */
     kn_rmsnorm(s->xb, s->x + (size_t)out_row * E, m->output_norm, E, hp->rms_eps);
-    mm(s, &m->output, s->xb, 1, s->logits, false);
+    mm(s, &m->output, s->xb, 1, s->logits);
 }
 
 static kiln_status check_ids(const kn_session *s, const int32_t *ids, int n, kiln_error *err) {

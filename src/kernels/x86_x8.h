@@ -1,0 +1,428 @@
+/* x86_x8.h — products of weights repacked in groups of 8 rows (KN_LAYOUT_X8, see pack.c) with
+ * quantized activations, on 256-bit registers. Included by matmul_avx2.c (KN_VNNI 0:
+ * vpmaddubsw + vpmaddwd), matmul_avxvnni.c and matmul_avx512.c (KN_VNNI 1: vpdpbusd, VEX or
+ * EVEX), which set KN_DPBUSD accordingly.
+ *
+ * Shape of the work. A group of 8 rows is multiplied with a tile of nt <= KN_X8_NT tokens: each
+ * 32-byte weight vector is loaded and unpacked once per tile and meets each token through a
+ * broadcast of 4 activation bytes; lane r of every accumulator belongs to row 8g + r, so a
+ * block's 8 row sums need no horizontal reduction and the 8 rows' scales are one load. A decode
+ * step is the tile of 1; prefill runs tiles of KN_X8_NT (a rows x tokens register block).
+ *
+ * Integers. Weights are unsigned (Q4: 0..15, Q5: 0..31, Q6: 0..63; Q8_0 keeps its sign and
+ * moves it onto the activation), activations in -128..127 (|q| <= 127 from the quantizers).
+ * Without VNNI, vpmaddubsw gives pair sums of at most 2 * 63 * 127 = 16002 (Q6), 7874 (Q5),
+ * 3810 (Q4), so up to 2, 4 or 8 of them are summed in 16 bits before vpmaddwd widens them (with
+ * ones, or with the sub-block scales of the K-quants). With VNNI, vpdpbusd accumulates in 32
+ * bits directly. Either way each block's integer result is exact, so variants differ only in
+ * float rounding. The unsigned offset of Q4_0 (8) and Q6_K (32) is taken off once per block
+ * with the activations' integer sums.
+ *
+ * Batch invariance: every token of a tile has its own accumulators and the same sequence of
+ * operations whatever nt is, and the lanes of a group never mix, so neither the tile size nor
+ * the rows a thread takes change a bit. */
+#ifndef KN_VNNI
+#error "define KN_VNNI (and KN_DPBUSD when 1) before including x86_x8.h"
+#endif
+
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "kernels/kernels_impl.h"
+#include "quant/quant.h"
+
+#ifndef KN_X8_NT
+#define KN_X8_NT 4
+#endif
+/* Bytes ahead of the current block that each block asks the hardware to fetch; the groups of
+ * a thread's rows are contiguous, so this runs on into the next group. */
+#ifndef KN_X8_PREFETCH
+#define KN_X8_PREFETCH 2048
+#endif
+
+#define KN_X8_AI __attribute__((always_inline)) static inline
+
+KN_X8_AI __m256i x8_bcast4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+KN_X8_AI __m256i x8_load(const uint8_t *p) {
+    return _mm256_loadu_si256((const __m256i *)(const void *)p);
+}
+
+KN_X8_AI __m256 x8_f16x8(const uint8_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
+}
+
+/* ((h >> pos) & 1) << 4 in every byte (Q5_K's fifth bit); pos is a constant. Shifting 16-bit
+ * lanes moves bits across the byte boundary, but only into bits the mask drops. */
+KN_X8_AI __m256i x8_bit4(__m256i h, const int pos) {
+    __m256i t = pos <= 4 ? _mm256_slli_epi16(h, 4 - pos) : _mm256_srli_epi16(h, pos - 4);
+    return _mm256_and_si256(t, _mm256_set1_epi8(0x10));
+}
+
+/* ((h >> pos) & 3) << 4 in every byte (Q6_K's top two bits). */
+KN_X8_AI __m256i x8_bits45(__m256i h, const int pos) {
+    __m256i t = pos <= 4 ? _mm256_slli_epi16(h, 4 - pos) : _mm256_srli_epi16(h, pos - 4);
+    return _mm256_and_si256(t, _mm256_set1_epi8(0x30));
+}
+
+/* Byte scales s[0..7] (one per row) as 16 x i16 [s0, s0, s1, s1, ...], for vpmaddwd. */
+KN_X8_AI __m256i x8_scale_dup16(const uint8_t *s) {
+    __m128i b = _mm_loadl_epi64((const __m128i *)(const void *)s);
+    return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(b, b));
+}
+
+/* Stores lanes [lo, hi) of v at yr[lo..hi). */
+KN_X8_AI void x8_store(float *yr, __m256 v, int lo, int hi) {
+    if (lo == 0 && hi == KN_GROUP) {
+        _mm256_storeu_ps(yr, v);
+        return;
+    }
+    float tmp[KN_GROUP];
+    _mm256_storeu_ps(tmp, v);
+    for (int i = lo; i < hi; i++) yr[i] = tmp[i];
+}
+
+/* Where token t0 + t's activations are. */
+typedef struct x8_tok {
+    const int8_t *q[KN_X8_NT];
+    const float *d[KN_X8_NT];
+    const float *s[KN_X8_NT];
+    const int16_t *bs[KN_X8_NT];
+} x8_tok;
+
+KN_X8_AI void x8_tok_q8_0(x8_tok *tk, const kn_act *a, int t0, const int nt) {
+    int sb = a->stride / KN_QBLOCK;
+    for (int t = 0; t < nt; t++) {
+        size_t tt = (size_t)(t0 + t);
+        tk->q[t] = a->q + tt * a->stride;
+        tk->d[t] = a->d + tt * sb;
+        tk->s[t] = a->s + tt * sb;
+        tk->bs[t] = a->bs ? a->bs + tt * sb : NULL;
+    }
+}
+
+/* For the K-quants: bs holds the sums per 32 for Q4_K / Q5_K (bsk32), per 16 for Q6_K (bsk). */
+KN_X8_AI void x8_tok_q8_k(x8_tok *tk, const kn_act *a, int t0, const int nt, const bool per16) {
+    for (int t = 0; t < nt; t++) {
+        size_t tt = (size_t)(t0 + t);
+        tk->q[t] = a->qk + tt * a->stride;
+        tk->d[t] = a->dk + tt * (a->stride / KN_KBLOCK);
+        tk->s[t] = NULL;
+        tk->bs[t] = per16 ? a->bsk + tt * (a->stride / 16) : a->bsk32 + tt * (a->stride / 32);
+    }
+}
+
+/* ---- Q4_0, Q4_1: 32-element blocks of nibbles ---- */
+
+KN_X8_AI void x8_tile_q4(const uint32_t type, const uint8_t *gp, int nb, const kn_act *a, int t0,
+                         const int nt, float *y, int ldy, int row0, int lo, int hi) {
+    const size_t bb = type == KN_TYPE_Q4_0 ? 144 : 160;
+    const int qoff = type == KN_TYPE_Q4_0 ? 16 : 32;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    x8_tok tk;
+    x8_tok_q8_0(&tk, a, t0, nt);
+    __m256 acc[KN_X8_NT];
+    for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *bp = gp + (size_t)b * bb;
+        _mm_prefetch((const char *)bp + KN_X8_PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char *)bp + KN_X8_PREFETCH + 64, _MM_HINT_T0);
+        __m256i s[KN_X8_NT];
+        for (int t = 0; t < nt; t++) s[t] = _mm256_setzero_si256();
+        for (int v = 0; v < 4; v++) {
+            __m256i raw = x8_load(bp + qoff + 32 * v);
+            __m256i wl = _mm256_and_si256(raw, m4);
+            __m256i wh = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+            for (int t = 0; t < nt; t++) {
+                const int8_t *aq = tk.q[t] + b * KN_QBLOCK + 4 * v;
+#if KN_VNNI
+                s[t] = KN_DPBUSD(s[t], wl, x8_bcast4(aq));
+                s[t] = KN_DPBUSD(s[t], wh, x8_bcast4(aq + 16));
+#else
+                s[t] = _mm256_add_epi16(s[t],
+                                        _mm256_add_epi16(_mm256_maddubs_epi16(wl, x8_bcast4(aq)),
+                                                         _mm256_maddubs_epi16(wh, x8_bcast4(aq + 16))));
+#endif
+            }
+        }
+        __m256 dw = x8_f16x8(bp);
+        __m256 mw = type == KN_TYPE_Q4_1 ? x8_f16x8(bp + 16) : _mm256_setzero_ps();
+        for (int t = 0; t < nt; t++) {
+#if KN_VNNI
+            __m256i s32 = s[t];
+#else
+            __m256i s32 = _mm256_madd_epi16(s[t], _mm256_set1_epi16(1));
+#endif
+            if (type == KN_TYPE_Q4_0)
+                s32 = _mm256_sub_epi32(s32, _mm256_set1_epi32(8 * tk.bs[t][b]));
+            __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(tk.d[t][b]));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), dd, acc[t]);
+            if (type == KN_TYPE_Q4_1)
+                acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(tk.s[t][b]), acc[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++) x8_store(y + (size_t)(t0 + t) * ldy + row0, acc[t], lo, hi);
+}
+
+/* ---- Q8_0: signed bytes; |w| times the activation carrying w's sign ---- */
+
+KN_X8_AI void x8_tile_q8_0(const uint32_t type, const uint8_t *gp, int nb, const kn_act *a,
+                           int t0, const int nt, float *y, int ldy, int row0, int lo, int hi) {
+    (void)type;
+    x8_tok tk;
+    x8_tok_q8_0(&tk, a, t0, nt);
+    __m256 acc[KN_X8_NT];
+    for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *bp = gp + (size_t)b * 272;
+        _mm_prefetch((const char *)bp + KN_X8_PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char *)bp + KN_X8_PREFETCH + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)bp + KN_X8_PREFETCH + 128, _MM_HINT_T0);
+        _mm_prefetch((const char *)bp + KN_X8_PREFETCH + 192, _MM_HINT_T0);
+        __m256i s[KN_X8_NT];
+        for (int t = 0; t < nt; t++) s[t] = _mm256_setzero_si256();
+        for (int v = 0; v < 8; v++) {
+            __m256i wv = x8_load(bp + 16 + 32 * v);
+            __m256i aw = _mm256_sign_epi8(wv, wv); /* -128 stays 0x80 = 128 as u8: right */
+            for (int t = 0; t < nt; t++) {
+                __m256i av = _mm256_sign_epi8(x8_bcast4(tk.q[t] + b * KN_QBLOCK + 4 * v), wv);
+#if KN_VNNI
+                s[t] = KN_DPBUSD(s[t], aw, av);
+#else
+                /* one pair sum reaches 2 * 128 * 127: widen each product at once */
+                s[t] = _mm256_add_epi32(
+                    s[t], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, av), _mm256_set1_epi16(1)));
+#endif
+            }
+        }
+        __m256 dw = x8_f16x8(bp);
+        for (int t = 0; t < nt; t++) {
+            __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(tk.d[t][b]));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t]), dd, acc[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++) x8_store(y + (size_t)(t0 + t) * ldy + row0, acc[t], lo, hi);
+}
+
+/* ---- Q4_K, Q5_K: super-blocks of 8 sub-blocks of 32 with 6-bit scales and mins ---- */
+
+/* Sub-block 2p + half of super-block b (pair p; half 0: the low nibbles, 1: the high ones):
+ * isum[t] += sc * dot. The unpacked weights of one half are reused by every token. */
+KN_X8_AI void x8_q45_half(const bool five, const uint8_t *bp, int p, const int half,
+                          const x8_tok *tk, int b, const int nt, __m256i *isum) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const uint8_t *nib = bp + (five ? 416 : 160) + 256 * p, *qh = bp + 160 + 64 * p;
+    const int j = 2 * p + half;
+    const int aoff = b * KN_KBLOCK + 32 * j;
+#if KN_VNNI
+    __m256i s[KN_X8_NT];
+    for (int t = 0; t < nt; t++) s[t] = _mm256_setzero_si256();
+#else
+    __m256i sc16 = x8_scale_dup16(bp + 32 + 8 * j);
+    __m256i s[KN_X8_NT];
+    for (int t = 0; t < nt; t++) s[t] = _mm256_setzero_si256();
+#endif
+    for (int v = 0; v < 8; v++) {
+        __m256i raw = x8_load(nib + 32 * v);
+        __m256i w = half ? _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4)
+                         : _mm256_and_si256(raw, m4);
+        if (five) {
+            __m256i h = x8_load(qh + 32 * (v / 4));
+            w = _mm256_or_si256(w, x8_bit4(h, 2 * (v % 4) + half));
+        }
+        for (int t = 0; t < nt; t++) {
+            __m256i av = x8_bcast4(tk->q[t] + aoff + 4 * v);
+#if KN_VNNI
+            s[t] = KN_DPBUSD(s[t], w, av);
+#else
+            s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(w, av));
+#endif
+        }
+#if !KN_VNNI
+        /* Q5: at most 4 pair sums of 7874 fit in 16 bits */
+        if (five && v == 3)
+            for (int t = 0; t < nt; t++) {
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[t], sc16));
+                s[t] = _mm256_setzero_si256();
+            }
+#endif
+    }
+#if KN_VNNI
+    __m256i sc32 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(bp + 32 + 8 * j)));
+    for (int t = 0; t < nt; t++) isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(s[t], sc32));
+#else
+    for (int t = 0; t < nt; t++) isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[t], sc16));
+#endif
+}
+
+KN_X8_AI void x8_tile_q45_k(const uint32_t type, const uint8_t *gp, int nb, const kn_act *a,
+                            int t0, const int nt, float *y, int ldy, int row0, int lo, int hi) {
+    const bool five = type == KN_TYPE_Q5_K;
+    const size_t bb = five ? 1440 : 1184;
+    x8_tok tk;
+    x8_tok_q8_k(&tk, a, t0, nt, false);
+    __m256 acc[KN_X8_NT];
+    for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *bp = gp + (size_t)b * bb;
+        for (size_t off = 0; off < bb; off += 64)
+            _mm_prefetch((const char *)bp + KN_X8_PREFETCH + off, _MM_HINT_T0);
+        __m256i isum[KN_X8_NT], imin[KN_X8_NT];
+        for (int t = 0; t < nt; t++) isum[t] = imin[t] = _mm256_setzero_si256();
+        for (int p = 0; p < 4; p++) {
+            x8_q45_half(five, bp, p, 0, &tk, b, nt, isum);
+            x8_q45_half(five, bp, p, 1, &tk, b, nt, isum);
+            /* mins of sub-blocks 2p, 2p+1 times the activations' sums over them */
+            __m256i mn = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(bp + 96 + 16 * p)));
+            for (int t = 0; t < nt; t++)
+                imin[t] = _mm256_add_epi32(
+                    imin[t], _mm256_madd_epi16(mn, x8_bcast4((const int8_t *)(tk.bs[t] + 8 * b + 2 * p))));
+        }
+        __m256 dw = x8_f16x8(bp), mw = x8_f16x8(bp + 16);
+        for (int t = 0; t < nt; t++) {
+            __m256 da = _mm256_set1_ps(tk.d[t][b]);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(dw, da), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(imin[t]), _mm256_mul_ps(mw, da), acc[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++) x8_store(y + (size_t)(t0 + t) * ldy + row0, acc[t], lo, hi);
+}
+
+/* ---- Q6_K: super-blocks of 16 sub-blocks of 16 with int8 scales, q - 32 ---- */
+
+/* Chunk c = 2p + half (32 elements: sub-blocks 2c, 2c+1) of super-block b. */
+KN_X8_AI void x8_q6_half(const uint8_t *bp, int p, const int half, const x8_tok *tk, int b,
+                         const int nt, __m256i *isum) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const uint8_t *nib = bp + 656 + 256 * p, *qh = bp + 144 + 128 * p;
+    const int c = 2 * p + half;
+    const int aoff = b * KN_KBLOCK + 32 * c;
+    /* [sc_2c, sc_2c+1] of each row as i16 pairs */
+    __m256i pc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(bp + 16 + 16 * c)));
+#if KN_VNNI
+    __m256i sc_lo = _mm256_srai_epi32(_mm256_slli_epi32(pc, 16), 16), sc_hi = _mm256_srai_epi32(pc, 16);
+#else
+    __m256i sc_lo = _mm256_blend_epi16(pc, _mm256_slli_epi32(pc, 16), 0xAA);
+    __m256i sc_hi = _mm256_blend_epi16(_mm256_srli_epi32(pc, 16), pc, 0xAA);
+#endif
+    __m256i s[KN_X8_NT];
+    for (int t = 0; t < nt; t++) s[t] = _mm256_setzero_si256();
+    for (int v = 0; v < 8; v++) {
+        __m256i raw = x8_load(nib + 32 * v);
+        __m256i h = x8_load(qh + 32 * (v / 2));
+        __m256i w = half ? _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4)
+                         : _mm256_and_si256(raw, m4);
+        w = _mm256_or_si256(w, x8_bits45(h, 4 * (v % 2) + 2 * half));
+        for (int t = 0; t < nt; t++) {
+            __m256i av = x8_bcast4(tk->q[t] + aoff + 4 * v);
+#if KN_VNNI
+            s[t] = KN_DPBUSD(s[t], w, av);
+#else
+            s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(w, av));
+#endif
+        }
+#if KN_VNNI
+        if (v == 3 || v == 7)
+            for (int t = 0; t < nt; t++) {
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(s[t], v == 3 ? sc_lo : sc_hi));
+                s[t] = _mm256_setzero_si256();
+            }
+#else
+        /* at most 2 pair sums of 16002 fit in 16 bits */
+        if (v % 2)
+            for (int t = 0; t < nt; t++) {
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[t], v < 4 ? sc_lo : sc_hi));
+                s[t] = _mm256_setzero_si256();
+            }
+#endif
+    }
+    /* the offset of 32: sum over both sub-blocks of scale * sum(a) */
+    for (int t = 0; t < nt; t++)
+        isum[t] = _mm256_sub_epi32(
+            isum[t], _mm256_slli_epi32(
+                         _mm256_madd_epi16(pc, x8_bcast4((const int8_t *)(tk->bs[t] + 16 * b + 2 * c))), 5));
+}
+
+KN_X8_AI void x8_tile_q6_k(const uint32_t type, const uint8_t *gp, int nb, const kn_act *a,
+                           int t0, const int nt, float *y, int ldy, int row0, int lo, int hi) {
+    (void)type;
+    x8_tok tk;
+    x8_tok_q8_k(&tk, a, t0, nt, true);
+    __m256 acc[KN_X8_NT];
+    for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *bp = gp + (size_t)b * 1680;
+        for (size_t off = 0; off < 1680; off += 64)
+            _mm_prefetch((const char *)bp + KN_X8_PREFETCH + off, _MM_HINT_T0);
+        __m256i isum[KN_X8_NT];
+        for (int t = 0; t < nt; t++) isum[t] = _mm256_setzero_si256();
+        for (int p = 0; p < 4; p++) {
+            x8_q6_half(bp, p, 0, &tk, b, nt, isum);
+            x8_q6_half(bp, p, 1, &tk, b, nt, isum);
+        }
+        __m256 dw = x8_f16x8(bp);
+        for (int t = 0; t < nt; t++)
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]),
+                                     _mm256_mul_ps(dw, _mm256_set1_ps(tk.d[t][b])), acc[t]);
+    }
+    for (int t = 0; t < nt; t++) x8_store(y + (size_t)(t0 + t) * ldy + row0, acc[t], lo, hi);
+}
+
+/* Rows [r0, r1) x all tokens: the groups that hold them, each in tiles of KN_X8_NT tokens
+ * (the remainders get their own specialized copies through the constant nt). */
+#define KN_X8_ROWS(NAME, TILE, TYPE, BLOCK)                                                      \
+    static void NAME(const kn_wmat *w, int r0, int r1, const float *x, const kn_act *a,        \
+                     int n_tok, float *y, int ldy) {                                            \
+        (void)x;                                                                                 \
+        int nb = w->n_in / (BLOCK);                                                              \
+        for (int g = r0 / KN_GROUP; g * KN_GROUP < r1; g++) {                                   \
+            const uint8_t *gp = w->data + (size_t)g * w->row_bytes;                              \
+            int row0 = g * KN_GROUP;                                                             \
+            int lo = r0 > row0 ? r0 - row0 : 0;                                                 \
+            int hi = r1 < row0 + KN_GROUP ? r1 - row0 : KN_GROUP;                               \
+            int t = 0;                                                                           \
+            for (; t + KN_X8_NT <= n_tok; t += KN_X8_NT)                                         \
+                TILE(TYPE, gp, nb, a, t, KN_X8_NT, y, ldy, row0, lo, hi);                        \
+            switch (n_tok - t) {                                                                 \
+                KN_X8_REMAINDERS(TILE, TYPE)                                                     \
+            case 3: TILE(TYPE, gp, nb, a, t, 3, y, ldy, row0, lo, hi); break;                    \
+            case 2: TILE(TYPE, gp, nb, a, t, 2, y, ldy, row0, lo, hi); break;                    \
+            case 1: TILE(TYPE, gp, nb, a, t, 1, y, ldy, row0, lo, hi); break;                    \
+            default: break;                                                                      \
+            }                                                                                    \
+        }                                                                                        \
+    }
+
+#if KN_X8_NT == 8
+#define KN_X8_REMAINDERS(TILE, TYPE)                                                             \
+    case 7: TILE(TYPE, gp, nb, a, t, 7, y, ldy, row0, lo, hi); break;                            \
+    case 6: TILE(TYPE, gp, nb, a, t, 6, y, ldy, row0, lo, hi); break;                            \
+    case 5: TILE(TYPE, gp, nb, a, t, 5, y, ldy, row0, lo, hi); break;                            \
+    case 4: TILE(TYPE, gp, nb, a, t, 4, y, ldy, row0, lo, hi); break;
+#elif KN_X8_NT == 4
+#define KN_X8_REMAINDERS(TILE, TYPE)
+#else
+#error "KN_X8_NT must be 4 or 8"
+#endif
+
+KN_X8_ROWS(x8_rows_q4_0, x8_tile_q4, KN_TYPE_Q4_0, KN_QBLOCK)
+KN_X8_ROWS(x8_rows_q4_1, x8_tile_q4, KN_TYPE_Q4_1, KN_QBLOCK)
+KN_X8_ROWS(x8_rows_q8_0, x8_tile_q8_0, KN_TYPE_Q8_0, KN_QBLOCK)
+KN_X8_ROWS(x8_rows_q4_k, x8_tile_q45_k, KN_TYPE_Q4_K, KN_KBLOCK)
+KN_X8_ROWS(x8_rows_q5_k, x8_tile_q45_k, KN_TYPE_Q5_K, KN_KBLOCK)
+KN_X8_ROWS(x8_rows_q6_k, x8_tile_q6_k, KN_TYPE_Q6_K, KN_KBLOCK)
+
+#define KN_X8_TABLE                                                                              \
+    .rows_x8 = {                                                                                 \
+        [KN_TYPE_Q4_0] = x8_rows_q4_0,                                                           \
+        [KN_TYPE_Q4_1] = x8_rows_q4_1,                                                           \
+        [KN_TYPE_Q8_0] = x8_rows_q8_0,                                                           \
+        [KN_TYPE_Q4_K] = x8_rows_q4_k,                                                           \
+        [KN_TYPE_Q5_K] = x8_rows_q5_k,                                                           \
+        [KN_TYPE_Q6_K] = x8_rows_q6_k,                                                           \
+    }
