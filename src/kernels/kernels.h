@@ -88,8 +88,9 @@ typedef struct kn_act {
     float *d;               /* [n_tok][stride/32] block scale */
     float *s;               /* [n_tok][stride/32] d * sum(q of the block), for Q4_1's offset */
     int stride;
-    int16_t *bs;            /* [n_tok][stride/32] sum(q of the block) (the repacked Q4_0's
-                             * offset of 8); NULL: not wanted */
+    int32_t *q4off;         /* [n_tok][stride/32] -8 * sum(q of the block): what the offset of
+                             * 8 of Q4_0's nibbles adds to the repacked Q4_0's block dot;
+                             * NULL: not wanted */
     /* Q8_K form (quantize_k), for Q4_K / Q5_K / Q6_K: */
     int8_t *qk;             /* [n_tok][stride] */
     float *dk;              /* [n_tok][stride/256] super-block scale */
@@ -118,7 +119,7 @@ typedef struct kn_kernels {
     const char *name;               /* "generic", "avx2", "avxvnni", "avx512vnni" */
     kn_rows_fn rows[KN_NTYPES];     /* GGUF layout, by kn_type; NULL where unsupported */
     kn_rows_fn rows_x8[KN_NTYPES];  /* KN_LAYOUT_X8; non-NULL: this table wants the type packed */
-    kn_quant_fn quantize;           /* the Q8_0 form (and its block sums when a->bs is set) */
+    kn_quant_fn quantize;           /* the Q8_0 form (and q4off when a->q4off is set) */
     kn_quant_fn quantize_k;         /* the Q8_K form; n a multiple of 256 */
     kn_attn_fn attn;
 } kn_kernels;
@@ -144,12 +145,12 @@ bool kn_type_wants_q8k(uint32_t type);
 int kn_type_act_block(uint32_t type);
 
 /* The reference kn_quant_fn of the Q8_0 form: q, d and s (the table's quantize is the fast
- * one, with the same bits, and also writes bs). */
+ * one, with the same bits, and also writes q4off). */
 void kn_quantize_act(kn_act *a, const float *x, int n_tok, int n);
 /* The reference of the Q8_K form (ggml's quantize_row_q8_K): qk, dk, bsk and bsk32. */
 void kn_quantize_act_k(kn_act *a, const float *x, int n_tok, int n);
-/* a->bs from a->q (integer sums per block of 32), for n_tok rows of n elements. */
-void kn_act_block_sums(kn_act *a, int n_tok, int n);
+/* a->q4off from a->q, for n_tok rows of n elements. */
+void kn_act_q4_offsets(kn_act *a, int n_tok, int n);
 
 /* ---- repacking (pack.c) ----
  * Bytes of w repacked for table k (0 when k multiplies w's type in the GGUF layout, or w is not

@@ -9,7 +9,7 @@
 #include "kernels/kernels_impl.h"
 #include "quant/quant.h"
 
-/* The same bits as kn_quantize_act (plus the block sums of q when a->bs is set): the max of |x| is exact, d and 1/d are the same IEEE
+/* The same bits as kn_quantize_act (plus -8 * the block sums of q when a->q4off is set): the max of |x| is exact, d and 1/d are the same IEEE
  * operations, and vcvtps2dq rounds to nearest even as the reference's 2^23 trick does. */
 void kn_quantize_avx512(kn_act *a, const float *x, int n_tok, int n) {
     int nb = n / KN_QBLOCK, sb = a->stride / KN_QBLOCK;
@@ -32,7 +32,7 @@ void kn_quantize_avx512(kn_act *a, const float *x, int n_tok, int n) {
             int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
             a->d[(size_t)t * sb + b] = kn_fp16_to_fp32(kn_fp32_to_fp16(d));
             a->s[(size_t)t * sb + b] = kn_fp16_to_fp32(kn_fp32_to_fp16(d * (float)sum));
-            if (a->bs) a->bs[(size_t)t * sb + b] = (int16_t)sum;
+            if (a->q4off) a->q4off[(size_t)t * sb + b] = -8 * sum;
         }
     }
 }

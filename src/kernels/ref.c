@@ -106,21 +106,21 @@ void kn_quantize_act_k(kn_act *a, const float *x, int n_tok, int n) {
     }
 }
 
-void kn_act_block_sums(kn_act *a, int n_tok, int n) {
+void kn_act_q4_offsets(kn_act *a, int n_tok, int n) {
     int nb = n / KN_QBLOCK, sb = a->stride / KN_QBLOCK;
     for (int t = 0; t < n_tok; t++)
         for (int b = 0; b < nb; b++) {
             const int8_t *q = a->q + (size_t)t * a->stride + b * KN_QBLOCK;
             int sum = 0;
             for (int i = 0; i < KN_QBLOCK; i++) sum += q[i];
-            a->bs[(size_t)t * sb + b] = (int16_t)sum;
+            a->q4off[(size_t)t * sb + b] = -8 * sum;
         }
 }
 
-/* The generic table's quantize: the reference, and the block sums when asked for. */
+/* The generic table's quantize: the reference, and the Q4_0 offsets when asked for. */
 void kn_quantize_act_bs(kn_act *a, const float *x, int n_tok, int n) {
     kn_quantize_act(a, x, n_tok, n);
-    if (a->bs) kn_act_block_sums(a, n_tok, n);
+    if (a->q4off) kn_act_q4_offsets(a, n_tok, n);
 }
 
 /* ---- row products ---- */

@@ -76,6 +76,32 @@ KN_X8_AI __m256i x8_scale_dup16(const uint8_t *s) {
     return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(b, b));
 }
 
+/* Independent integer accumulators per token. A chain of vpdpbusd into one register waits 5
+ * cycles per step, so a 1-token tile (decode) spreads each block over 4 of them and wider
+ * tiles, which have a chain per token already, over 2. Integer sums are exact in any order,
+ * so the split changes no bit. Without VNNI, vpmaddubsw results are independent and the
+ * 16-bit adds wait one cycle: one accumulator. */
+#if KN_VNNI
+#define X8_NACC 4
+#else
+#define X8_NACC 1
+#endif
+
+KN_X8_AI int x8_acc(const int nt, int step) { return nt == 1 ? step % 4 : step % 2; }
+
+KN_X8_AI __m256i x8_sum_acc(const __m256i *s, const int nt) {
+    __m256i r = _mm256_add_epi32(s[0], s[1]);
+    if (nt == 1) r = _mm256_add_epi32(r, _mm256_add_epi32(s[2], s[3]));
+    return r;
+}
+
+/* Quarter p of a super-block of bb bytes, KN_X8_PREFETCH ahead (unrolled: a loop of
+ * prefetches costs more instructions than the prefetches). */
+KN_X8_AI void x8_prefetch_part(const uint8_t *bp, const size_t bb, int p) {
+    const char *q = (const char *)bp + KN_X8_PREFETCH + (size_t)p * (bb / 4);
+    for (size_t off = 0; off < bb / 4 + 63; off += 64) _mm_prefetch(q + off, _MM_HINT_T0);
+}
+
 /* Stores lanes [lo, hi) of v at yr[lo..hi). */
 KN_X8_AI void x8_store(float *yr, __m256 v, int lo, int hi) {
     if (lo == 0 && hi == KN_GROUP) {
@@ -93,6 +119,7 @@ typedef struct x8_tok {
     const float *d[KN_X8_NT];
     const float *s[KN_X8_NT];
     const int16_t *bs[KN_X8_NT];
+    const int32_t *q4off[KN_X8_NT];
 } x8_tok;
 
 KN_X8_AI void x8_tok_q8_0(x8_tok *tk, const kn_act *a, int t0, const int nt) {
@@ -102,7 +129,8 @@ KN_X8_AI void x8_tok_q8_0(x8_tok *tk, const kn_act *a, int t0, const int nt) {
         tk->q[t] = a->q + tt * a->stride;
         tk->d[t] = a->d + tt * sb;
         tk->s[t] = a->s + tt * sb;
-        tk->bs[t] = a->bs ? a->bs + tt * sb : NULL;
+        tk->bs[t] = NULL;
+        tk->q4off[t] = a->q4off ? a->q4off + tt * sb : NULL;
     }
 }
 
@@ -114,6 +142,7 @@ KN_X8_AI void x8_tok_q8_k(x8_tok *tk, const kn_act *a, int t0, const int nt, con
         tk->d[t] = a->dk + tt * (a->stride / KN_KBLOCK);
         tk->s[t] = NULL;
         tk->bs[t] = per16 ? a->bsk + tt * (a->stride / 16) : a->bsk32 + tt * (a->stride / 32);
+        tk->q4off[t] = NULL;
     }
 }
 
@@ -128,12 +157,18 @@ KN_X8_AI void x8_tile_q4(const uint32_t type, const uint8_t *gp, int nb, const k
     x8_tok_q8_0(&tk, a, t0, nt);
     __m256 acc[KN_X8_NT];
     for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
+#pragma GCC unroll 2
     for (int b = 0; b < nb; b++) {
         const uint8_t *bp = gp + (size_t)b * bb;
         _mm_prefetch((const char *)bp + KN_X8_PREFETCH, _MM_HINT_T0);
         _mm_prefetch((const char *)bp + KN_X8_PREFETCH + 64, _MM_HINT_T0);
-        __m256i s[KN_X8_NT];
-        for (int t = 0; t < nt; t++) s[t] = _mm256_setzero_si256();
+        __m256i s[KN_X8_NT][X8_NACC];
+        for (int t = 0; t < nt; t++)
+            for (int k = 0; k < X8_NACC; k++)
+                /* VNNI: Q4_0's offset is where the sum starts */
+                s[t][k] = KN_VNNI && k == 0 && type == KN_TYPE_Q4_0
+                              ? _mm256_set1_epi32(tk.q4off[t][b])
+                              : _mm256_setzero_si256();
         for (int v = 0; v < 4; v++) {
             __m256i raw = x8_load(bp + qoff + 32 * v);
             __m256i wl = _mm256_and_si256(raw, m4);
@@ -141,12 +176,13 @@ KN_X8_AI void x8_tile_q4(const uint32_t type, const uint8_t *gp, int nb, const k
             for (int t = 0; t < nt; t++) {
                 const int8_t *aq = tk.q[t] + b * KN_QBLOCK + 4 * v;
 #if KN_VNNI
-                s[t] = KN_DPBUSD(s[t], wl, x8_bcast4(aq));
-                s[t] = KN_DPBUSD(s[t], wh, x8_bcast4(aq + 16));
+                const int k0 = x8_acc(nt, 2 * v), k1 = x8_acc(nt, 2 * v + 1);
+                s[t][k0] = KN_DPBUSD(s[t][k0], wl, x8_bcast4(aq));
+                s[t][k1] = KN_DPBUSD(s[t][k1], wh, x8_bcast4(aq + 16));
 #else
-                s[t] = _mm256_add_epi16(s[t],
-                                        _mm256_add_epi16(_mm256_maddubs_epi16(wl, x8_bcast4(aq)),
-                                                         _mm256_maddubs_epi16(wh, x8_bcast4(aq + 16))));
+                s[t][0] = _mm256_add_epi16(
+                    s[t][0], _mm256_add_epi16(_mm256_maddubs_epi16(wl, x8_bcast4(aq)),
+                                              _mm256_maddubs_epi16(wh, x8_bcast4(aq + 16))));
 #endif
             }
         }
@@ -154,12 +190,11 @@ KN_X8_AI void x8_tile_q4(const uint32_t type, const uint8_t *gp, int nb, const k
         __m256 mw = type == KN_TYPE_Q4_1 ? x8_f16x8(bp + 16) : _mm256_setzero_ps();
         for (int t = 0; t < nt; t++) {
 #if KN_VNNI
-            __m256i s32 = s[t];
+            __m256i s32 = x8_sum_acc(s[t], nt);
 #else
-            __m256i s32 = _mm256_madd_epi16(s[t], _mm256_set1_epi16(1));
+            __m256i s32 = _mm256_madd_epi16(s[t][0], _mm256_set1_epi16(1));
+            if (type == KN_TYPE_Q4_0) s32 = _mm256_add_epi32(s32, _mm256_set1_epi32(tk.q4off[t][b]));
 #endif
-            if (type == KN_TYPE_Q4_0)
-                s32 = _mm256_sub_epi32(s32, _mm256_set1_epi32(8 * tk.bs[t][b]));
             __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(tk.d[t][b]));
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), dd, acc[t]);
             if (type == KN_TYPE_Q4_1)
@@ -184,26 +219,33 @@ KN_X8_AI void x8_tile_q8_0(const uint32_t type, const uint8_t *gp, int nb, const
         _mm_prefetch((const char *)bp + KN_X8_PREFETCH + 64, _MM_HINT_T0);
         _mm_prefetch((const char *)bp + KN_X8_PREFETCH + 128, _MM_HINT_T0);
         _mm_prefetch((const char *)bp + KN_X8_PREFETCH + 192, _MM_HINT_T0);
-        __m256i s[KN_X8_NT];
-        for (int t = 0; t < nt; t++) s[t] = _mm256_setzero_si256();
+        __m256i s[KN_X8_NT][X8_NACC];
+        for (int t = 0; t < nt; t++)
+            for (int k = 0; k < X8_NACC; k++) s[t][k] = _mm256_setzero_si256();
         for (int v = 0; v < 8; v++) {
             __m256i wv = x8_load(bp + 16 + 32 * v);
             __m256i aw = _mm256_sign_epi8(wv, wv); /* -128 stays 0x80 = 128 as u8: right */
             for (int t = 0; t < nt; t++) {
                 __m256i av = _mm256_sign_epi8(x8_bcast4(tk.q[t] + b * KN_QBLOCK + 4 * v), wv);
 #if KN_VNNI
-                s[t] = KN_DPBUSD(s[t], aw, av);
+                const int k = x8_acc(nt, v);
+                s[t][k] = KN_DPBUSD(s[t][k], aw, av);
 #else
                 /* one pair sum reaches 2 * 128 * 127: widen each product at once */
-                s[t] = _mm256_add_epi32(
-                    s[t], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, av), _mm256_set1_epi16(1)));
+                s[t][0] = _mm256_add_epi32(
+                    s[t][0], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, av), _mm256_set1_epi16(1)));
 #endif
             }
         }
         __m256 dw = x8_f16x8(bp);
         for (int t = 0; t < nt; t++) {
+#if KN_VNNI
+            __m256i s32 = x8_sum_acc(s[t], nt);
+#else
+            __m256i s32 = s[t][0];
+#endif
             __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(tk.d[t][b]));
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t]), dd, acc[t]);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), dd, acc[t]);
         }
     }
     for (int t = 0; t < nt; t++) x8_store(y + (size_t)(t0 + t) * ldy + row0, acc[t], lo, hi);
@@ -211,53 +253,59 @@ KN_X8_AI void x8_tile_q8_0(const uint32_t type, const uint8_t *gp, int nb, const
 
 /* ---- Q4_K, Q5_K: super-blocks of 8 sub-blocks of 32 with 6-bit scales and mins ---- */
 
-/* Sub-block 2p + half of super-block b (pair p; half 0: the low nibbles, 1: the high ones):
- * isum[t] += sc * dot. The unpacked weights of one half are reused by every token. */
-KN_X8_AI void x8_q45_half(const bool five, const uint8_t *bp, int p, const int half,
+/* Sub-blocks 2p + hf of super-block b for hf in [h0, h1] (pair p: hf 0 the low nibbles, 1 the
+ * high ones): isum[t] += sc_j * dot_j. Both in one pass would share each 32-byte load, but GCC
+ * then widens the 16-bit sums into a tree that spills; the tile passes once per sub-block. */
+KN_X8_AI void x8_q45_pass(const bool five, const uint8_t *bp, int p, const int h0, const int h1,
                           const x8_tok *tk, int b, const int nt, __m256i *isum) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     const uint8_t *nib = bp + (five ? 416 : 160) + 256 * p, *qh = bp + 160 + 64 * p;
-    const int j = 2 * p + half;
-    const int aoff = b * KN_KBLOCK + 32 * j;
-#if KN_VNNI
-    __m256i s[KN_X8_NT];
-    for (int t = 0; t < nt; t++) s[t] = _mm256_setzero_si256();
-#else
-    __m256i sc16 = x8_scale_dup16(bp + 32 + 8 * j);
-    __m256i s[KN_X8_NT];
-    for (int t = 0; t < nt; t++) s[t] = _mm256_setzero_si256();
+#if !KN_VNNI
+    __m256i sc16[2];
+    for (int hf = h0; hf <= h1; hf++) sc16[hf] = x8_scale_dup16(bp + 32 + 8 * (2 * p + hf));
 #endif
+    __m256i s[2][KN_X8_NT][X8_NACC];
+    for (int hf = h0; hf <= h1; hf++)
+        for (int t = 0; t < nt; t++)
+            for (int k = 0; k < X8_NACC; k++) s[hf][t][k] = _mm256_setzero_si256();
     for (int v = 0; v < 8; v++) {
         __m256i raw = x8_load(nib + 32 * v);
-        __m256i w = half ? _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4)
-                         : _mm256_and_si256(raw, m4);
-        if (five) {
-            __m256i h = x8_load(qh + 32 * (v / 4));
-            w = _mm256_or_si256(w, x8_bit4(h, 2 * (v % 4) + half));
-        }
-        for (int t = 0; t < nt; t++) {
-            __m256i av = x8_bcast4(tk->q[t] + aoff + 4 * v);
+        __m256i h = five ? x8_load(qh + 32 * (v / 4)) : _mm256_setzero_si256();
+        for (int hf = h0; hf <= h1; hf++) {
+            __m256i w = hf ? _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4)
+                           : _mm256_and_si256(raw, m4);
+            if (five) w = _mm256_or_si256(w, x8_bit4(h, 2 * (v % 4) + hf));
+            const int aoff = b * KN_KBLOCK + 32 * (2 * p + hf) + 4 * v;
+            for (int t = 0; t < nt; t++) {
+                __m256i av = x8_bcast4(tk->q[t] + aoff);
 #if KN_VNNI
-            s[t] = KN_DPBUSD(s[t], w, av);
+                const int k = x8_acc(nt, v);
+                s[hf][t][k] = KN_DPBUSD(s[hf][t][k], w, av);
 #else
-            s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(w, av));
+                s[hf][t][0] = _mm256_add_epi16(s[hf][t][0], _mm256_maddubs_epi16(w, av));
+#endif
+            }
+#if !KN_VNNI
+            /* Q5: at most 4 pair sums of 7874 fit in 16 bits */
+            if (five && v == 3)
+                for (int t = 0; t < nt; t++) {
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[hf][t][0], sc16[hf]));
+                    s[hf][t][0] = _mm256_setzero_si256();
+                }
 #endif
         }
-#if !KN_VNNI
-        /* Q5: at most 4 pair sums of 7874 fit in 16 bits */
-        if (five && v == 3)
-            for (int t = 0; t < nt; t++) {
-                isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[t], sc16));
-                s[t] = _mm256_setzero_si256();
-            }
+    }
+    for (int hf = h0; hf <= h1; hf++) {
+#if KN_VNNI
+        __m256i sc32 = _mm256_cvtepu8_epi32(
+            _mm_loadl_epi64((const __m128i *)(const void *)(bp + 32 + 8 * (2 * p + hf))));
+        for (int t = 0; t < nt; t++)
+            isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(x8_sum_acc(s[hf][t], nt), sc32));
+#else
+        for (int t = 0; t < nt; t++)
+            isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[hf][t][0], sc16[hf]));
 #endif
     }
-#if KN_VNNI
-    __m256i sc32 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(bp + 32 + 8 * j)));
-    for (int t = 0; t < nt; t++) isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(s[t], sc32));
-#else
-    for (int t = 0; t < nt; t++) isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[t], sc16));
-#endif
 }
 
 KN_X8_AI void x8_tile_q45_k(const uint32_t type, const uint8_t *gp, int nb, const kn_act *a,
@@ -270,13 +318,13 @@ KN_X8_AI void x8_tile_q45_k(const uint32_t type, const uint8_t *gp, int nb, cons
     for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const uint8_t *bp = gp + (size_t)b * bb;
-        for (size_t off = 0; off < bb; off += 64)
-            _mm_prefetch((const char *)bp + KN_X8_PREFETCH + off, _MM_HINT_T0);
         __m256i isum[KN_X8_NT], imin[KN_X8_NT];
         for (int t = 0; t < nt; t++) isum[t] = imin[t] = _mm256_setzero_si256();
+#pragma GCC unroll 4
         for (int p = 0; p < 4; p++) {
-            x8_q45_half(five, bp, p, 0, &tk, b, nt, isum);
-            x8_q45_half(five, bp, p, 1, &tk, b, nt, isum);
+            x8_prefetch_part(bp, bb, p);
+            x8_q45_pass(five, bp, p, 0, 0, &tk, b, nt, isum);
+            x8_q45_pass(five, bp, p, 1, 1, &tk, b, nt, isum);
             /* mins of sub-blocks 2p, 2p+1 times the activations' sums over them */
             __m256i mn = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(bp + 96 + 16 * p)));
             for (int t = 0; t < nt; t++)
@@ -295,57 +343,73 @@ KN_X8_AI void x8_tile_q45_k(const uint32_t type, const uint8_t *gp, int nb, cons
 
 /* ---- Q6_K: super-blocks of 16 sub-blocks of 16 with int8 scales, q - 32 ---- */
 
-/* Chunk c = 2p + half (32 elements: sub-blocks 2c, 2c+1) of super-block b. */
-KN_X8_AI void x8_q6_half(const uint8_t *bp, int p, const int half, const x8_tok *tk, int b,
-                         const int nt, __m256i *isum) {
+/* Chunks c = 2p + hf (32 elements each: sub-blocks 2c, 2c+1) of super-block b for hf in
+ * [h0, h1], in one pass over the pair's loads (see x8_q45_pass). */
+KN_X8_AI void x8_q6_pass(const uint8_t *bp, int p, const int h0, const int h1, const x8_tok *tk,
+                         int b, const int nt, __m256i *isum) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     const uint8_t *nib = bp + 656 + 256 * p, *qh = bp + 144 + 128 * p;
-    const int c = 2 * p + half;
-    const int aoff = b * KN_KBLOCK + 32 * c;
-    /* [sc_2c, sc_2c+1] of each row as i16 pairs */
-    __m256i pc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(bp + 16 + 16 * c)));
+    /* [sc_2c, sc_2c+1] of each row as i16 pairs, and each of them alone per 32-bit lane */
+    __m256i pc[2], sc_lo[2], sc_hi[2];
+    for (int hf = h0; hf <= h1; hf++) {
+        const int c = 2 * p + hf;
+        pc[hf] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(bp + 16 + 16 * c)));
 #if KN_VNNI
-    __m256i sc_lo = _mm256_srai_epi32(_mm256_slli_epi32(pc, 16), 16), sc_hi = _mm256_srai_epi32(pc, 16);
+        sc_lo[hf] = _mm256_srai_epi32(_mm256_slli_epi32(pc[hf], 16), 16);
+        sc_hi[hf] = _mm256_srai_epi32(pc[hf], 16);
 #else
-    __m256i sc_lo = _mm256_blend_epi16(pc, _mm256_slli_epi32(pc, 16), 0xAA);
-    __m256i sc_hi = _mm256_blend_epi16(_mm256_srli_epi32(pc, 16), pc, 0xAA);
+        sc_lo[hf] = _mm256_blend_epi16(pc[hf], _mm256_slli_epi32(pc[hf], 16), 0xAA);
+        sc_hi[hf] = _mm256_blend_epi16(_mm256_srli_epi32(pc[hf], 16), pc[hf], 0xAA);
 #endif
-    __m256i s[KN_X8_NT];
-    for (int t = 0; t < nt; t++) s[t] = _mm256_setzero_si256();
+    }
+    __m256i s[2][KN_X8_NT][X8_NACC];
+    for (int hf = h0; hf <= h1; hf++)
+        for (int t = 0; t < nt; t++)
+            for (int k = 0; k < X8_NACC; k++) s[hf][t][k] = _mm256_setzero_si256();
     for (int v = 0; v < 8; v++) {
         __m256i raw = x8_load(nib + 32 * v);
         __m256i h = x8_load(qh + 32 * (v / 2));
-        __m256i w = half ? _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4)
-                         : _mm256_and_si256(raw, m4);
-        w = _mm256_or_si256(w, x8_bits45(h, 4 * (v % 2) + 2 * half));
-        for (int t = 0; t < nt; t++) {
-            __m256i av = x8_bcast4(tk->q[t] + aoff + 4 * v);
+        for (int hf = h0; hf <= h1; hf++) {
+            __m256i w = hf ? _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4)
+                           : _mm256_and_si256(raw, m4);
+            w = _mm256_or_si256(w, x8_bits45(h, 4 * (v % 2) + 2 * hf));
+            const int aoff = b * KN_KBLOCK + 32 * (2 * p + hf) + 4 * v;
+            for (int t = 0; t < nt; t++) {
+                __m256i av = x8_bcast4(tk->q[t] + aoff);
 #if KN_VNNI
-            s[t] = KN_DPBUSD(s[t], w, av);
+                const int k = x8_acc(nt, v);
+                s[hf][t][k] = KN_DPBUSD(s[hf][t][k], w, av);
 #else
-            s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(w, av));
+                s[hf][t][0] = _mm256_add_epi16(s[hf][t][0], _mm256_maddubs_epi16(w, av));
+#endif
+            }
+#if KN_VNNI
+            if (v == 3 || v == 7)
+                for (int t = 0; t < nt; t++) {
+                    isum[t] = _mm256_add_epi32(
+                        isum[t],
+                        _mm256_mullo_epi32(x8_sum_acc(s[hf][t], nt), v == 3 ? sc_lo[hf] : sc_hi[hf]));
+                    for (int k = 0; k < X8_NACC; k++) s[hf][t][k] = _mm256_setzero_si256();
+                }
+#else
+            /* at most 2 pair sums of 16002 fit in 16 bits */
+            if (v % 2)
+                for (int t = 0; t < nt; t++) {
+                    isum[t] = _mm256_add_epi32(
+                        isum[t], _mm256_madd_epi16(s[hf][t][0], v < 4 ? sc_lo[hf] : sc_hi[hf]));
+                    s[hf][t][0] = _mm256_setzero_si256();
+                }
 #endif
         }
-#if KN_VNNI
-        if (v == 3 || v == 7)
-            for (int t = 0; t < nt; t++) {
-                isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(s[t], v == 3 ? sc_lo : sc_hi));
-                s[t] = _mm256_setzero_si256();
-            }
-#else
-        /* at most 2 pair sums of 16002 fit in 16 bits */
-        if (v % 2)
-            for (int t = 0; t < nt; t++) {
-                isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[t], v < 4 ? sc_lo : sc_hi));
-                s[t] = _mm256_setzero_si256();
-            }
-#endif
     }
-    /* the offset of 32: sum over both sub-blocks of scale * sum(a) */
-    for (int t = 0; t < nt; t++)
-        isum[t] = _mm256_sub_epi32(
-            isum[t], _mm256_slli_epi32(
-                         _mm256_madd_epi16(pc, x8_bcast4((const int8_t *)(tk->bs[t] + 16 * b + 2 * c))), 5));
+    /* the offset of 32: sum over the sub-blocks of scale * sum(a) */
+    for (int hf = h0; hf <= h1; hf++)
+        for (int t = 0; t < nt; t++)
+            isum[t] = _mm256_sub_epi32(
+                isum[t],
+                _mm256_slli_epi32(_mm256_madd_epi16(pc[hf], x8_bcast4((const int8_t *)(
+                                                                 tk->bs[t] + 16 * b + 2 * (2 * p + hf)))),
+                                  5));
 }
 
 KN_X8_AI void x8_tile_q6_k(const uint32_t type, const uint8_t *gp, int nb, const kn_act *a,
@@ -357,13 +421,17 @@ KN_X8_AI void x8_tile_q6_k(const uint32_t type, const uint8_t *gp, int nb, const
     for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const uint8_t *bp = gp + (size_t)b * 1680;
-        for (size_t off = 0; off < 1680; off += 64)
-            _mm_prefetch((const char *)bp + KN_X8_PREFETCH + off, _MM_HINT_T0);
         __m256i isum[KN_X8_NT];
         for (int t = 0; t < nt; t++) isum[t] = _mm256_setzero_si256();
+#pragma GCC unroll 4
         for (int p = 0; p < 4; p++) {
-            x8_q6_half(bp, p, 0, &tk, b, nt, isum);
-            x8_q6_half(bp, p, 1, &tk, b, nt, isum);
+            x8_prefetch_part(bp, 1680, p);
+            if (nt <= 2) {
+                x8_q6_pass(bp, p, 0, 1, &tk, b, nt, isum);
+            } else {
+                x8_q6_pass(bp, p, 0, 0, &tk, b, nt, isum);
+                x8_q6_pass(bp, p, 1, 1, &tk, b, nt, isum);
+            }
         }
         __m256 dw = x8_f16x8(bp);
         for (int t = 0; t < nt; t++)

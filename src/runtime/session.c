@@ -63,7 +63,7 @@ void kn_session_free(kn_session *s) {
     void *bufs[] = {s->kv,  s->slot_pos, s->sl_kv,  s->sl_pos,   s->x,         s->xb,
                     s->xb2, s->q,        s->kn,     s->vn,       s->hb,        s->hb2,
                     s->cs,  s->scores,   s->logits, s->rows_pos, s->rows_slot, s->chunk_ids,
-                    s->chunk_pos, s->act.q, s->act.d, s->act.s, s->act.bs, s->act.qk, s->act.dk,
+                    s->chunk_pos, s->act.q, s->act.d, s->act.s, s->act.q4off, s->act.qk, s->act.dk,
                     s->act.bsk, s->act.bsk32};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kn_free(bufs[i]);
     kn_free(s);
@@ -124,7 +124,7 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     s->act.q = alloc_f(R * AS, &ok);
     s->act.d = alloc_f(fs * R * AS / KN_QBLOCK, &ok);
     s->act.s = alloc_f(fs * R * AS / KN_QBLOCK, &ok);
-    s->act.bs = alloc_f(i16 * R * AS / KN_QBLOCK, &ok);
+    s->act.q4off = alloc_f(sizeof(int32_t) * R * AS / KN_QBLOCK, &ok);
     s->act.qk = alloc_f(R * AS, &ok);
     s->act.dk = alloc_f(fs * R * AS / KN_KBLOCK, &ok);
     s->act.bsk = alloc_f(i16 * R * AS / 16, &ok);

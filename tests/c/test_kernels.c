@@ -113,7 +113,8 @@ typedef struct prob {
     kn_act a;
     int8_t *aq, *aqk;
     float *ad, *as, *adk;
-    int16_t *abs, *absk, *absk32;
+    int32_t *aq4off;
+    int16_t *absk, *absk32;
 } prob;
 
 static bool prob_make(prob *p, uint32_t type, int n_in, int n_out, int n_tok) {
@@ -135,18 +136,18 @@ static bool prob_make(prob *p, uint32_t type, int n_in, int n_out, int n_tok) {
     p->ad = malloc(sizeof(float) * (size_t)(stride / 32) * n_tok);
     p->as = malloc(sizeof(float) * (size_t)(stride / 32) * n_tok);
     p->adk = malloc(sizeof(float) * (size_t)(stride / 256) * n_tok);
-    p->abs = malloc(sizeof(int16_t) * (size_t)(stride / 32) * n_tok);
+    p->aq4off = malloc(sizeof(int32_t) * (size_t)(stride / 32) * n_tok);
     p->absk = malloc(sizeof(int16_t) * (size_t)(stride / 16) * n_tok);
     p->absk32 = malloc(sizeof(int16_t) * (size_t)(stride / 32) * n_tok);
     for (int r = 0; r < n_out; r++)
         random_row(type, n_in, p->wdata + rb * (size_t)r, p->wdeq + (size_t)r * n_in);
     for (int i = 0; i < n_in * n_tok; i++) p->x[i] = rndf() * (i % 7 == 0 ? 4.0f : 1.0f);
     p->w = (kn_wmat){type, n_in, n_out, (size_t)rb, p->wdata, KN_LAYOUT_GGUF};
-    p->a = (kn_act){p->aq, p->ad, p->as, stride, p->abs, p->aqk, p->adk, p->absk, p->absk32};
+    p->a = (kn_act){p->aq, p->ad, p->as, stride, p->aq4off, p->aqk, p->adk, p->absk, p->absk32};
     if (kn_type_wants_q8k(type)) kn_quantize_act_k(&p->a, p->x, n_tok, n_in);
     else if (kn_type_wants_q8(type)) {
         kn_quantize_act(&p->a, p->x, n_tok, n_in);
-        kn_act_block_sums(&p->a, n_tok, n_in);
+        kn_act_q4_offsets(&p->a, n_tok, n_in);
     }
     return true;
 }
@@ -160,7 +161,7 @@ static void prob_free(prob *p) {
     free(p->ad);
     free(p->as);
     free(p->adk);
-    free(p->abs);
+    free(p->aq4off);
     free(p->absk);
     free(p->absk32);
 }
@@ -459,7 +460,7 @@ TEST(kernels_batch_invariant) {
                 for (int t = 0; t < 9; t++) {
                     size_t tt = (size_t)t;
                     kn_act a1 = {p.a.q + tt * p.a.stride, p.a.d + tt * sb, p.a.s + tt * sb,
-                                 p.a.stride,          p.a.bs + tt * sb, p.a.qk + tt * p.a.stride,
+                                 p.a.stride,          p.a.q4off + tt * sb, p.a.qk + tt * p.a.stride,
                                  p.a.dk + tt * sbk,   p.a.bsk + tt * sb16, p.a.bsk32 + tt * sb};
                     kn_matmul(NULL, v[vi], &w, p.x + tt * n_in, &a1, 1, alone[t], 37);
                 }
@@ -503,13 +504,14 @@ TEST(kernels_quantize_variants_bitwise) {
     struct bufs {
         int8_t q[(N + 256) * T], qk[(N + 256) * T];
         float d[(N + 256) / 32 * T], s[(N + 256) / 32 * T], dk[(N + 256) / 256 * T];
-        int16_t bs[(N + 256) / 32 * T], bsk[(N + 256) / 16 * T], bsk32[(N + 256) / 32 * T];
+        int32_t q4off[(N + 256) / 32 * T];
+        int16_t bsk[(N + 256) / 16 * T], bsk32[(N + 256) / 32 * T];
     };
     static struct bufs b0, b1;
     memset(&b0, 0, sizeof b0);
-    kn_act ref = {b0.q, b0.d, b0.s, stride, b0.bs, b0.qk, b0.dk, b0.bsk, b0.bsk32};
+    kn_act ref = {b0.q, b0.d, b0.s, stride, b0.q4off, b0.qk, b0.dk, b0.bsk, b0.bsk32};
     kn_quantize_act(&ref, x, T, N);
-    kn_act_block_sums(&ref, T, N);
+    kn_act_q4_offsets(&ref, T, N);
     kn_quantize_act_k(&ref, x, T, N);
     CHECK(b0.q[64] == 127 && b0.q[65] == 2 && b0.q[66] == -4 && b0.q[67] == 0 &&
           b0.q[68] == 0 && b0.q[69] == 126 && b0.q[71] == 2);
@@ -525,18 +527,18 @@ TEST(kernels_quantize_variants_bitwise) {
         for (int blk = 0; blk < N / 32; blk++) {
             int sum = 0;
             for (int i = 0; i < 32; i++) sum += b0.q[t * stride + blk * 32 + i];
-            CHECK(b0.bs[t * sb + blk] == sum);
+            CHECK(b0.q4off[t * sb + blk] == -8 * sum);
         }
     int nv;
     const kn_kernels *const *v = all_variants(&nv);
     for (int vi = 0; vi < nv; vi++) {
         if (!v[vi]) continue;
         memset(&b1, 0, sizeof b1);
-        kn_act a = {b1.q, b1.d, b1.s, stride, b1.bs, b1.qk, b1.dk, b1.bsk, b1.bsk32};
+        kn_act a = {b1.q, b1.d, b1.s, stride, b1.q4off, b1.qk, b1.dk, b1.bsk, b1.bsk32};
         v[vi]->quantize(&a, x, T, N);
         v[vi]->quantize_k(&a, x, T, N);
         CHECKF(memcmp(b0.q, b1.q, sizeof b0.q) == 0 && memcmp(b0.d, b1.d, sizeof b0.d) == 0 &&
-                   memcmp(b0.s, b1.s, sizeof b0.s) == 0 && memcmp(b0.bs, b1.bs, sizeof b0.bs) == 0,
+                   memcmp(b0.s, b1.s, sizeof b0.s) == 0 && memcmp(b0.q4off, b1.q4off, sizeof b0.q4off) == 0,
                "%s: Q8_0 activations differ from the reference", v[vi]->name);
         CHECKF(memcmp(b0.qk, b1.qk, sizeof b0.qk) == 0 &&
                    memcmp(b0.dk, b1.dk, sizeof b0.dk) == 0 &&
