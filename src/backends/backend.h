@@ -38,6 +38,7 @@ struct kn_backend {
 
 typedef struct kn_backend_params {
     int threads;
+    bool kv_f32;                     /* cpu: an F32 KV cache instead of the default F16 */
     bool stateless;                  /* the stateless graph will be used */
     const char *offering_dir;        /* where the IR and the compiled-blob cache live */
     const char *ov_device;           /* OpenVINO device name: "CPU", "GPU", "NPU" */

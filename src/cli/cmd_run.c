@@ -92,6 +92,11 @@ static int parse_common(int argc, char **argv, int *i, run_opts *o) {
         int k;
         if (bad || !kiln_arg_choice("--overflow", v, policies, &k)) return -1;
         o->sp.overflow = (kiln_overflow)k;
+    } else if (kiln_arg_value(argc, argv, i, "--kv", NULL, &v, &bad)) {
+        static const char *const kv_types[] = {"f16", "f32", NULL}; /* kiln_kv_type order */
+        int k;
+        if (bad || !kiln_arg_choice("--kv", v, kv_types, &k)) return -1;
+        o->sp.kv = (kiln_kv_type)k;
     } else if (kiln_arg_value(argc, argv, i, "--device", NULL, &v, &bad)) {
         o->device = v;
     } else if (kiln_arg_value(argc, argv, i, "--openvino-lib", NULL, &v, &bad)) {
@@ -198,6 +203,7 @@ static void run_usage(FILE *f) {
             "  --mode kv|stateless  static KV cache (default) or the old full-window scheme\n"
             "  --overflow stop|slide  at a full window: stop (finish 'length') or keep the sink\n"
             "                       tokens and roll the rest\n"
+            "  --kv f16|f32         the native cpu engine's KV cache (default f16)\n"
             "  --device D           auto (NPU, then GPU through OpenVINO when the offering has\n"
             "                       its IR, else cpu) | cpu | npu | gpu | openvino:DEVICE;\n"
             "                       a named device that is missing exits 3\n"
@@ -407,6 +413,7 @@ int kiln_cli_bench(int argc, char **argv) {
     const char *model = NULL, *v = NULL;
     int pp[16] = {128, 512}, n_pp = 2, tg[16] = {128}, n_tg = 1, th[16] = {1, 2}, n_th = 2;
     int modes[2] = {KILN_MODE_KV}, n_modes = 1, reps = 3;
+    kiln_kv_type kv = KILN_KV_F16;
     bool json = false;
     run_opts o;
     init_opts(&o);
@@ -415,12 +422,13 @@ int kiln_cli_bench(int argc, char **argv) {
         bool bad = false;
         if (kiln_arg_is_help(a)) {
             printf("usage: kiln bench OFFERING [-p 128,512] [-n 128] [-t 1,2] [--mode kv,stateless]\n"
-                   "                  [-r REPS] [--json]\n\n"
+                   "                  [--kv f16|f32] [-r REPS] [--json]\n\n"
                    "Prompt processing (pp: one prefill of N tokens in [1,C] chunks) and text\n"
                    "generation (tg: N decode steps) in tokens/s, like llama-bench: each test is\n"
                    "repeated REPS times (default 3) and reported as mean and standard deviation.\n"
                    "0 in -p or -n skips that test. --json prints llama-bench's fields (n_prompt,\n"
-                   "n_gen, n_threads, avg_ts, stddev_ts) plus mode and window.\n");
+                   "n_gen, n_threads, avg_ts, stddev_ts, type_k, type_v) plus mode and window.\n"
+                   "--kv: the native cpu engine's KV cache (default f16).\n");
             return 0;
         }
         if (kiln_arg_value(argc, argv, &i, "-p", "--n-prompt", &v, &bad)) {
@@ -448,6 +456,11 @@ int kiln_cli_bench(int argc, char **argv) {
                 }
                 modes[n_modes++] = strcmp(t, "kv") == 0 ? KILN_MODE_KV : KILN_MODE_STATELESS;
             }
+        } else if (kiln_arg_value(argc, argv, &i, "--kv", NULL, &v, &bad)) {
+            static const char *const kv_types[] = {"f16", "f32", NULL}; /* kiln_kv_type order */
+            int k;
+            if (bad || !kiln_arg_choice("--kv", v, kv_types, &k)) return 2;
+            kv = (kiln_kv_type)k;
         } else if (kiln_arg_value(argc, argv, &i, "--device", NULL, &v, &bad)) {
             o.device = v;
         } else if (strcmp(a, "--json") == 0) {
@@ -485,6 +498,7 @@ int kiln_cli_bench(int argc, char **argv) {
             sp.log = log_stderr;
             sp.threads = th[ti];
             sp.mode = (kiln_mode)modes[mi];
+            sp.kv = kv;
             kiln_session *s = NULL;
             if ((st = kiln_session_new(m, &sp, &s, &err))) {
                 kiln_cli_error("%s", err.message);
@@ -521,10 +535,11 @@ int kiln_cli_bench(int argc, char **argv) {
                         json_str(stdout, name);
                         printf(", \"backend\": \"%s\", \"mode\": \"%s\", \"window\": %d, "
                                "\"chunk\": %d, \"n_prompt\": %d, \"n_gen\": %d, "
-                               "\"n_threads\": %d, \"repetitions\": %d, \"avg_ts\": %.3f, "
-                               "\"stddev_ts\": %.3f}",
+                               "\"n_threads\": %d, \"type_k\": \"%s\", \"type_v\": \"%s\", "
+                               "\"repetitions\": %d, \"avg_ts\": %.3f, \"stddev_ts\": %.3f}",
                                kiln_session_device(s), mode, kiln_model_window(m), kiln_model_chunk(m),
-                               kind == 0 ? n : 0, kind == 1 ? n : 0, th[ti], reps, avg, sd);
+                               kind == 0 ? n : 0, kind == 1 ? n : 0, th[ti], kv == KILN_KV_F32 ? "f32" : "f16",
+                               kv == KILN_KV_F32 ? "f32" : "f16", reps, avg, sd);
                         first = 0;
                     } else {
                         printf("| %s | %s | %s | %d | %s%d | %.2f ± %.2f |\n", name,

@@ -63,6 +63,7 @@
 #define KN_KBLOCK 256  /* elements per super-block of the K-quants and of Q8_K activations */
 #define KN_NTYPES 32   /* size of the tables indexed by kn_type */
 #define KN_GROUP 8     /* rows per interleaved group of KN_LAYOUT_X8 */
+#define KN_ATTN_MAX_D 4096 /* widest attention head (the hyperparameter check's limit) */
 
 enum kn_layout {
     KN_LAYOUT_GGUF = 0,     /* [n_out][row_bytes], GGUF's blocks */
@@ -111,9 +112,15 @@ typedef void (*kn_quant_fn)(kn_act *a, const float *x, int n_tok, int n);
  * values v[n_slots][d]: slot t takes part when 0 <= slot_pos[t] <= pos and, with a sliding
  * window swa > 0, pos - slot_pos[t] < swa. out[d] = softmax(q.k / sqrt(d)) . v; scores is
  * [n_slots] scratch. A slot outside the mask adds nothing and changes no rounding, so the result
- * does not depend on how many masked slots follow (decode vs a whole window). */
+ * does not depend on how many masked slots follow (decode vs a whole window). Only slots up to
+ * the last allowed one are read. */
 typedef void (*kn_attn_fn)(const float *q, const float *k, const float *v, const int32_t *slot_pos,
                            int n_slots, int32_t pos, int swa, int d, float *scores, float *out);
+/* The same over a cache of IEEE halves (the engine's default KV cache): each key and value
+ * element is widened exactly, then the arithmetic is the F32 variant's. */
+typedef void (*kn_attn_f16_fn)(const float *q, const uint16_t *k, const uint16_t *v,
+                               const int32_t *slot_pos, int n_slots, int32_t pos, int swa, int d,
+                               float *scores, float *out);
 
 typedef struct kn_kernels {
     const char *name;               /* "generic", "avx2", "avxvnni", "avx512vnni" */
@@ -122,6 +129,7 @@ typedef struct kn_kernels {
     kn_quant_fn quantize;           /* the Q8_0 form (and q4off when a->q4off is set) */
     kn_quant_fn quantize_k;         /* the Q8_K form; n a multiple of 256 */
     kn_attn_fn attn;
+    kn_attn_f16_fn attn_f16;
 } kn_kernels;
 
 /* The variant for this CPU, chosen once (thread-safe after the first call returns). Setting the
@@ -219,8 +227,10 @@ void kn_rope_apply(float *x, int n_head, int head_dim, int rope_dim, bool neox, 
 /* Plain dot product and y += a * x (the reference attention's pieces). */
 float kn_dot_f32(const float *a, const float *b, int n);
 void kn_axpy_f32(float *y, float a, const float *x, int n);
-/* The reference kn_attn_fn. */
+/* The reference kn_attn_fn and kn_attn_f16_fn. */
 void kn_attn_ref(const float *q, const float *k, const float *v, const int32_t *slot_pos,
                  int n_slots, int32_t pos, int swa, int d, float *scores, float *out);
+void kn_attn_ref_f16(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *slot_pos,
+                     int n_slots, int32_t pos, int swa, int d, float *scores, float *out);
 
 #endif

@@ -28,9 +28,21 @@ const kn_kernels *kn_kernels_avx2_table(void);
 const kn_kernels *kn_kernels_avxvnni_table(void);
 const kn_kernels *kn_kernels_avx512_table(void);
 
+/* ops_avx2.c (AVX2 + FMA + F16C) */
+void kn_quantize_avx2(kn_act *a, const float *x, int n_tok, int n);
+void kn_quantize_k_avx2(kn_act *a, const float *x, int n_tok, int n);
+void kn_attn_avx2(const float *q, const float *k, const float *v, const int32_t *slot_pos,
+                  int n_slots, int32_t pos, int swa, int d, float *scores, float *out);
+void kn_attn_avx2_f16(const float *q, const uint16_t *k, const uint16_t *v,
+                      const int32_t *slot_pos, int n_slots, int32_t pos, int swa, int d,
+                      float *scores, float *out);
+
 /* ops_avx512.c */
 void kn_quantize_avx512(kn_act *a, const float *x, int n_tok, int n);
 void kn_attn_avx512(const float *q, const float *k, const float *v, const int32_t *slot_pos,
                     int n_slots, int32_t pos, int swa, int d, float *scores, float *out);
+void kn_attn_avx512_f16(const float *q, const uint16_t *k, const uint16_t *v,
+                        const int32_t *slot_pos, int n_slots, int32_t pos, int swa, int d,
+                        float *scores, float *out);
 
 #endif

@@ -220,8 +220,9 @@ static const kn_kernels k_avx512 = {
     },
     KN_X8_TABLE,
     .quantize = kn_quantize_avx512,
-    .quantize_k = kn_quantize_act_k,
+    .quantize_k = kn_quantize_k_avx2,
     .attn = kn_attn_avx512,
+    .attn_f16 = kn_attn_avx512_f16,
 };
 
 const kn_kernels *kn_kernels_avx512_table(void) { return &k_avx512; }

@@ -1,5 +1,5 @@
 /* ops_avx512.c — AVX-512 activation quantization and attention (the variants of
- * kn_quantize_act and kn_attn_ref in the avx512vnni table). */
+ * kn_quantize_act and kn_attn_ref / kn_attn_ref_f16 in the avx512vnni table). */
 #include <immintrin.h>
 #include <math.h>
 #include <stdbool.h>
@@ -59,20 +59,30 @@ static inline __mmask16 tail_mask(int left) {
     return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
 }
 
+/* 16 cache elements of a row from i under mask m (zeros elsewhere), F32 or F16 (widened). */
+static inline __m512 kv16(const void *row, int i, __mmask16 m, const bool f16) {
+    if (f16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)row + i));
+    return _mm512_maskz_loadu_ps(m, (const float *)row + i);
+}
+
+static inline const void *kv_row(const void *base, size_t t, int d, const bool f16) {
+    return (const uint8_t *)base + t * (size_t)d * (f16 ? 2 : 4);
+}
+
 /* q.k for four slots at once: one accumulator per slot over the head, then the four reduced
  * together (a transpose-add), which is cheaper than four separate horizontal sums. Each slot's
  * sum goes through the same tree wherever it sits in the group, so a score does not depend on
  * which other slots share its group. */
-static inline __m128 dot4_512(const float *q, const float *k0, const float *k1, const float *k2,
-                              const float *k3, int d) {
+static inline __m128 dot4_512(const float *q, const void *k0, const void *k1, const void *k2,
+                              const void *k3, int d, const bool f16) {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (int i = 0; i < d; i += 16) {
         __mmask16 m = tail_mask(d - i);
         __m512 qv = _mm512_maskz_loadu_ps(m, q + i);
-        a0 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k0 + i), a0);
-        a1 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k1 + i), a1);
-        a2 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k2 + i), a2);
-        a3 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k3 + i), a3);
+        a0 = _mm512_fmadd_ps(qv, kv16(k0, i, m, f16), a0);
+        a1 = _mm512_fmadd_ps(qv, kv16(k1, i, m, f16), a1);
+        a2 = _mm512_fmadd_ps(qv, kv16(k2, i, m, f16), a2);
+        a3 = _mm512_fmadd_ps(qv, kv16(k3, i, m, f16), a3);
     }
     /* per 128-bit lane: [a0, a1, a0, a1] partial pairs, then [a0, a1, a2, a3] lane sums */
     __m512 t01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
@@ -86,8 +96,9 @@ static inline __m128 dot4_512(const float *q, const float *k0, const float *k1, 
 
 /* As kn_attn_ref. The exponentials are summed in 16 lanes by slot index (t mod 16) from slot 0,
  * so masked slots, which add exact zeros, cannot move any rounding. */
-void kn_attn_avx512(const float *q, const float *k, const float *v, const int32_t *slot_pos,
-                    int n_slots, int32_t pos, int swa, int d, float *sc, float *out) {
+__attribute__((always_inline)) static inline void attn_512(
+    const float *q, const void *k, const void *v, const bool f16, const int32_t *slot_pos,
+    int n_slots, int32_t pos, int swa, int d, float *sc, float *out) {
     float scale = 1.0f / sqrtf((float)d);
     float mx = -INFINITY;
     int end = 0;
@@ -100,11 +111,12 @@ void kn_attn_avx512(const float *q, const float *k, const float *v, const int32_
     /* Scores four slots at a time up to the last allowed one (a short last group repeats its
      * first slot); the masked ones computed along the way are dropped. */
     for (int t = 0; t < end; t += 4) {
-        const float *kt = k + (size_t)t * d;
+        const void *kt = kv_row(k, (size_t)t, d, f16);
         int n4 = end - t < 4 ? end - t : 4;
         float s4[4];
-        _mm_storeu_ps(s4, dot4_512(q, kt, n4 > 1 ? kt + d : kt, n4 > 2 ? kt + 2 * d : kt,
-                                   n4 > 3 ? kt + 3 * d : kt, d));
+        _mm_storeu_ps(s4, dot4_512(q, kt, n4 > 1 ? kv_row(k, (size_t)t + 1, d, f16) : kt,
+                                   n4 > 2 ? kv_row(k, (size_t)t + 2, d, f16) : kt,
+                                   n4 > 3 ? kv_row(k, (size_t)t + 3, d, f16) : kt, d, f16));
         for (int j = 0; j < n4; j++) {
             if (sc[t + j] != 0.0f) continue; /* masked */
             sc[t + j] = s4[j] * scale;
@@ -132,18 +144,29 @@ void kn_attn_avx512(const float *q, const float *k, const float *v, const int32_
         for (int t = 0; t < end; t += 2) {
             if (sc[t] != 0.0f) {
                 __m512 w = _mm512_set1_ps(sc[t] * inv);
-                const float *vt = v + (size_t)t * d + c;
+                const void *vt = kv_row(v, (size_t)t, d, f16);
                 for (int i = 0; i < 4; i++)
-                    if (m[i]) e[i] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m[i], vt + 16 * i), e[i]);
+                    if (m[i]) e[i] = _mm512_fmadd_ps(w, kv16(vt, c + 16 * i, m[i], f16), e[i]);
             }
             if (t + 1 < end && sc[t + 1] != 0.0f) {
                 __m512 w = _mm512_set1_ps(sc[t + 1] * inv);
-                const float *vt = v + (size_t)(t + 1) * d + c;
+                const void *vt = kv_row(v, (size_t)t + 1, d, f16);
                 for (int i = 0; i < 4; i++)
-                    if (m[i]) od[i] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m[i], vt + 16 * i), od[i]);
+                    if (m[i]) od[i] = _mm512_fmadd_ps(w, kv16(vt, c + 16 * i, m[i], f16), od[i]);
             }
         }
         for (int i = 0; i < 4; i++)
             _mm512_mask_storeu_ps(out + c + 16 * i, m[i], _mm512_add_ps(e[i], od[i]));
     }
+}
+
+void kn_attn_avx512(const float *q, const float *k, const float *v, const int32_t *slot_pos,
+                    int n_slots, int32_t pos, int swa, int d, float *sc, float *out) {
+    attn_512(q, k, v, false, slot_pos, n_slots, pos, swa, d, sc, out);
+}
+
+void kn_attn_avx512_f16(const float *q, const uint16_t *k, const uint16_t *v,
+                        const int32_t *slot_pos, int n_slots, int32_t pos, int swa, int d,
+                        float *sc, float *out) {
+    attn_512(q, k, v, true, slot_pos, n_slots, pos, swa, d, sc, out);
 }

@@ -347,9 +347,11 @@ void kn_ref_rows_q6_k(const kn_wmat *w, int r0, int r1, const float *x, const kn
 }
 
 /* Scores of the allowed slots, softmax, weighted sum of values. Loops stop after the last
- * allowed slot, which changes nothing (later slots would add exact zeros) but the time. */
-void kn_attn_ref(const float *q, const float *k, const float *v, const int32_t *slot_pos,
-                 int n_slots, int32_t pos, int swa, int d, float *sc, float *out) {
+ * allowed slot, which changes nothing (later slots would add exact zeros) but the time. The F32
+ * and F16 caches share the body; an F16 row is widened into wide[] first (exact). */
+static inline void attn_ref(const float *q, const void *k, const void *v, bool f16,
+                            const int32_t *slot_pos, int n_slots, int32_t pos, int swa, int d,
+                            float *sc, float *out, float *wide) {
     float scale = 1.0f / sqrtf((float)d);
     float mx = -INFINITY;
     int end = 0;
@@ -359,7 +361,12 @@ void kn_attn_ref(const float *q, const float *k, const float *v, const int32_t *
             sc[t] = -INFINITY;
             continue;
         }
-        sc[t] = kn_dot_f32(q, k + (size_t)t * d, d) * scale;
+        const float *kt = (const float *)k + (size_t)t * d;
+        if (f16) {
+            for (int i = 0; i < d; i++) wide[i] = kn_fp16_to_fp32(((const uint16_t *)k)[(size_t)t * d + i]);
+            kt = wide;
+        }
+        sc[t] = kn_dot_f32(q, kt, d) * scale;
         if (sc[t] > mx) mx = sc[t];
         end = t + 1;
     }
@@ -371,8 +378,26 @@ void kn_attn_ref(const float *q, const float *k, const float *v, const int32_t *
     }
     float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
     memset(out, 0, sizeof(float) * (size_t)d);
-    for (int t = 0; t < end; t++)
-        if (sc[t] != 0.0f) kn_axpy_f32(out, sc[t] * inv, v + (size_t)t * d, d);
+    for (int t = 0; t < end; t++) {
+        if (sc[t] == 0.0f) continue;
+        const float *vt = (const float *)v + (size_t)t * d;
+        if (f16) {
+            for (int i = 0; i < d; i++) wide[i] = kn_fp16_to_fp32(((const uint16_t *)v)[(size_t)t * d + i]);
+            vt = wide;
+        }
+        kn_axpy_f32(out, sc[t] * inv, vt, d);
+    }
+}
+
+void kn_attn_ref(const float *q, const float *k, const float *v, const int32_t *slot_pos,
+                 int n_slots, int32_t pos, int swa, int d, float *sc, float *out) {
+    attn_ref(q, k, v, false, slot_pos, n_slots, pos, swa, d, sc, out, NULL);
+}
+
+void kn_attn_ref_f16(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *slot_pos,
+                     int n_slots, int32_t pos, int swa, int d, float *sc, float *out) {
+    float wide[KN_ATTN_MAX_D];
+    attn_ref(q, k, v, true, slot_pos, n_slots, pos, swa, d, sc, out, wide);
 }
 
 static const kn_kernels k_generic = {
@@ -390,6 +415,7 @@ static const kn_kernels k_generic = {
     .quantize = kn_quantize_act_bs,
     .quantize_k = kn_quantize_act_k,
     .attn = kn_attn_ref,
+    .attn_f16 = kn_attn_ref_f16,
 };
 
 const kn_kernels *kn_kernels_generic(void) { return &k_generic; }

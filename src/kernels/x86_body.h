@@ -193,8 +193,8 @@ KN_ROWS_F(rows_f32, load8_f32, 4, f32_at)
 KN_ROWS_F(rows_f16, load8_f16, 2, f16_at)
 
 /* The fields of a table that this file provides: the GGUF-layout products (the K-quants' are
- * the reference ones: the model always repacks them for these tables) and the reference
- * activation quantizers, which a file may override after this. */
+ * the reference ones: the model always repacks them for these tables), and the AVX2
+ * quantizers and attention (ops_avx2.c). */
 #define KN_TABLE_FIELDS(NAME_STR)                                                               \
     .name = NAME_STR,                                                                           \
     .rows = {                                                                                   \
@@ -207,6 +207,7 @@ KN_ROWS_F(rows_f16, load8_f16, 2, f16_at)
         [KN_TYPE_Q5_K] = kn_ref_rows_q5_k,                                                      \
         [KN_TYPE_Q6_K] = kn_ref_rows_q6_k,                                                      \
     },                                                                                          \
-    .quantize = kn_quantize_act_bs,                                                             \
-    .quantize_k = kn_quantize_act_k,                                                            \
-    .attn = kn_attn_ref
+    .quantize = kn_quantize_avx2,                                                               \
+    .quantize_k = kn_quantize_k_avx2,                                                           \
+    .attn = kn_attn_avx2,                                                                       \
+    .attn_f16 = kn_attn_avx2_f16

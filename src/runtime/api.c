@@ -218,6 +218,7 @@ static kiln_status open_backend(kiln_session *ks, kiln_error *err) {
     const char *dev = p->device && *p->device ? p->device : "auto";
     kn_backend_params bp = {0};
     bp.threads = p->threads;
+    bp.kv_f32 = p->kv == KILN_KV_F32;
     bp.stateless = p->mode == KILN_MODE_STATELESS;
     bp.offering_dir = km->dir;
     bp.ov_lib = p->openvino_lib;
@@ -284,6 +285,7 @@ static kiln_status verify_backend(kiln_session *ks, double *max_err, double *tol
     for (int i = 0; i < n; i++) ids[i] = (int32_t)((i == 0 && bos >= 0) ? bos : (1000 + 7 * i) % m->hp.n_vocab);
     kn_backend_params bp = {0};
     bp.threads = ks->p.threads;
+    bp.kv_f32 = ks->p.kv == KILN_KV_F32;
     kn_backend *cpu = NULL;
     const float *a = NULL, *b = NULL;
     kiln_status s = kn_backend_cpu_new(m, &bp, &cpu, err);
@@ -348,6 +350,7 @@ kiln_status kiln_session_new(kiln_model *km, const kiln_session_params *params,
             ks->b = NULL;
             kn_backend_params bp = {0};
             bp.threads = ks->p.threads;
+            bp.kv_f32 = ks->p.kv == KILN_KV_F32;
             s = kn_backend_cpu_new(km->m, &bp, &ks->b, err);
         } else if (vs) {
             s = kn_fail(err, vs, "%s", ve.message);

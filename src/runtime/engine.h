@@ -5,8 +5,8 @@
  * quantized matrices repacked for the CPU's kernel table (kernels/pack.c), and a type the
  * kernels cannot multiply dequantized to F32. One model serves any number of sessions.
  *
- * A kn_session owns everything a run writes: the KV cache [L,2,Hkv,W,D] (f32), the scratch
- * activations and the thread pool, all allocated once in kn_session_new. Its three steps are the
+ * A kn_session owns everything a run writes: the KV cache [L,2,Hkv,W,D] (f16 by default, or
+ * f32), the scratch activations and the thread pool, all allocated once in kn_session_new. Its three steps are the
  * three graphs of the contract, each with fixed shapes:
  *
  *   prefill(ids[C], positions[C], n_valid)  C tokens, the tail past n_valid padding (masked: it
@@ -113,6 +113,7 @@ void kn_model_free(kn_model *m);
 typedef struct kn_session_params {
     int threads;              /* >= 1 (default 1) */
     bool stateless;           /* also allocate the [W]-row buffers of the stateless graph */
+    bool kv_f16;              /* KV cache of IEEE halves (default) rather than F32 */
 } kn_session_params;
 
 kn_session_params kn_session_default_params(void);

@@ -4,7 +4,12 @@
  * writing their keys and values into a "KV view" of [2][Hkv][W][D] with a slot and a position
  * per row, then lets each row attend to every filled slot the mask allows. prefill and decode
  * use the session's cache as the view (the layer's slice of [L,2,Hkv,W,D]); stateless uses a
- * private one-layer view that starts empty each call, so it never touches the cache. */
+ * private one-layer view that starts empty each call, so it never touches the cache.
+ *
+ * The cache holds IEEE halves by default (kv_f16), F32 on request. A row is rounded to the
+ * cache's type when it is written, before any row attends to it, so a token sees the same
+ * keys and values in a decode step, a prefill chunk and a stateless window (whose private
+ * view has the same type). */
 #include <math.h>
 #include <string.h>
 
@@ -19,11 +24,12 @@ struct kn_session {
     int max_rows;             /* R: C, or W when stateless is enabled */
     int act_stride;           /* row stride of the quantized activations (multiple of 32) */
 
-    float *kv;                /* [L][2][Hkv][W][D] the cache */
+    void *kv;                 /* [L][2][Hkv][W][D] the cache, F16 or F32 elements */
+    size_t kv_elem;           /* 2 or 4 bytes */
     int32_t *slot_pos;        /* [W] position held by each slot, -1 = empty (the mask) */
     int n_slots;              /* slots [0, n_slots) may be filled */
 
-    float *sl_kv;             /* [2][Hkv][W][D] stateless: one layer, rebuilt every layer */
+    void *sl_kv;              /* [2][Hkv][W][D] stateless: one layer, rebuilt every layer */
     int32_t *sl_pos;          /* [W] */
 
     float *x;                 /* [R][E] residual stream */
@@ -45,7 +51,7 @@ struct kn_session {
 };
 
 kn_session_params kn_session_default_params(void) {
-    kn_session_params p = {1, true};
+    kn_session_params p = {1, true, true};
     return p;
 }
 
@@ -98,10 +104,11 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     s->act_stride = (int)((amax + KN_KBLOCK - 1) / KN_KBLOCK * KN_KBLOCK);
     size_t fs = sizeof(float);
     bool ok = true;
-    s->kv = alloc_f(fs * L * 2 * KD * W, &ok);
+    s->kv_elem = p->kv_f16 ? sizeof(uint16_t) : sizeof(float);
+    s->kv = alloc_f(s->kv_elem * L * 2 * KD * W, &ok);
     s->slot_pos = alloc_f(sizeof(int32_t) * W, &ok);
     if (p->stateless) {
-        s->sl_kv = alloc_f(fs * 2 * KD * W, &ok);
+        s->sl_kv = alloc_f(s->kv_elem * 2 * KD * W, &ok);
         s->sl_pos = alloc_f(sizeof(int32_t) * W, &ok);
     }
     s->x = alloc_f(fs * R * E, &ok);
@@ -135,7 +142,7 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
         return kn_fail(err, KILN_ERR_NOMEM, "out of memory creating a session (window %d)",
                        m->window);
     }
-    memset(s->kv, 0, fs * L * 2 * KD * W);
+    memset(s->kv, 0, s->kv_elem * L * 2 * KD * W);
     kn_session_reset(s);
     *out = s;
     return KILN_OK;
@@ -144,8 +151,8 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
 /* ---- the forward pass ---- */
 
 typedef struct kv_view {
-    float *k;                 /* [Hkv][W][D] */
-    float *v;                 /* [Hkv][W][D] */
+    uint8_t *k;               /* [Hkv][W][D] elements of kv_elem bytes */
+    uint8_t *v;               /* [Hkv][W][D] */
     const int32_t *pos;       /* [W] */
     int n_slots;
 } kv_view;
@@ -166,10 +173,16 @@ static void attn_item(void *ctx, int u, int n_items, int worker) {
     const kn_hparams *hp = &s->m->hp;
     int H = hp->n_head, D = hp->head_dim, W = s->m->window, group = hp->n_head / hp->n_head_kv;
     int r = u / H, h = u % H, kh = h / group;
-    s->k->attn(s->q + (size_t)r * H * D + (size_t)h * D, j->kv.k + (size_t)kh * W * D,
-               j->kv.v + (size_t)kh * W * D, j->kv.pos, j->kv.n_slots, s->rows_pos[r],
-               hp->sliding_window, D, s->scores + (size_t)worker * W,
-               s->xb + (size_t)r * H * D + (size_t)h * D);
+    const float *q = s->q + (size_t)r * H * D + (size_t)h * D;
+    const void *k = j->kv.k + (size_t)kh * W * D * s->kv_elem;
+    const void *v = j->kv.v + (size_t)kh * W * D * s->kv_elem;
+    float *sc = s->scores + (size_t)worker * W, *out = s->xb + (size_t)r * H * D + (size_t)h * D;
+    if (s->kv_elem == sizeof(uint16_t))
+        s->k->attn_f16(q, k, v, j->kv.pos, j->kv.n_slots, s->rows_pos[r], hp->sliding_window, D,
+                       sc, out);
+    else
+        s->k->attn(q, k, v, j->kv.pos, j->kv.n_slots, s->rows_pos[r], hp->sliding_window, D, sc,
+                   out);
 }
 
 /* Quantizes n rows of x (n_in floats each) into the activation forms that the matrices w[0..nw)
@@ -182,6 +195,18 @@ static void quantize_for(kn_session *s, const kn_wmat *const *w, int nw, const f
     }
     if (q8_0) s->k->quantize(&s->act, x, n, w[0]->n_in);
     if (q8_k) s->k->quantize_k(&s->act, x, n, w[0]->n_in);
+}
+
+/* One cache row of n elements from F32: rounded to halves, or copied. */
+static void store_kv(uint8_t *dst, const float *src, int n, size_t elem) {
+    if (elem == sizeof(float)) {
+        memcpy(dst, src, sizeof(float) * (size_t)n);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        uint16_t h = kn_fp32_to_fp16(src[i]);
+        memcpy(dst + 2 * (size_t)i, &h, 2);
+    }
 }
 
 /* y = W x for n rows of x (n_in floats each), quantizing x first. */
@@ -216,12 +241,12 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, in
         kv_view kv;
         if (stateless) {
             kv.k = s->sl_kv;
-            kv.v = s->sl_kv + (size_t)KD * W;
+            kv.v = kv.k + (size_t)KD * W * s->kv_elem;
             kv.pos = s->sl_pos;
             kv.n_slots = n;
         } else {
-            kv.k = s->kv + (size_t)l * 2 * KD * W;
-            kv.v = kv.k + (size_t)KD * W;
+            kv.k = (uint8_t *)s->kv + (size_t)l * 2 * KD * W * s->kv_elem;
+            kv.v = kv.k + (size_t)KD * W * s->kv_elem;
             kv.pos = s->slot_pos;
             kv.n_slots = s->n_slots;
         }
@@ -244,10 +269,9 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, in
             kn_rope_apply(s->kn + (size_t)r * KD, Hkv, D, RD, hp->rope_neox, cs);
             int slot = s->rows_slot[r];
             for (int h = 0; h < Hkv; h++) {
-                memcpy(kv.k + ((size_t)h * W + slot) * D, s->kn + (size_t)r * KD + (size_t)h * D,
-                       sizeof(float) * (size_t)D);
-                memcpy(kv.v + ((size_t)h * W + slot) * D, s->vn + (size_t)r * KD + (size_t)h * D,
-                       sizeof(float) * (size_t)D);
+                size_t at = ((size_t)h * W + slot) * D * s->kv_elem;
+                store_kv(kv.k + at, s->kn + (size_t)r * KD + (size_t)h * D, D, s->kv_elem);
+                store_kv(kv.v + at, s->vn + (size_t)r * KD + (size_t)h * D, D, s->kv_elem);
             }
         }
         attn_job aj = {s, kv, n};

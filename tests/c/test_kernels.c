@@ -552,9 +552,10 @@ TEST(kernels_quantize_variants_bitwise) {
 
 TEST(kernels_attention_variants) {
     /* Each variant against the reference (TOL_ATTN), on head sizes that are and are not
-     * multiples of 16; and, within each variant, the bits do not depend on how many masked
-     * slots follow the last allowed one (a decode step sees slots 0..p, a stateless window
-     * sees them all with the future masked). */
+     * multiples of 16, over an F32 and an F16 cache; and, within each variant, the bits do not
+     * depend on how many masked slots follow the last allowed one (a decode step sees slots
+     * 0..p, a stateless window sees them all with the future masked). The F16 reference is the
+     * F32 one on the widened cache, bit for bit. */
     const int dims[] = {8, 17, 64, 80, 128};
     enum { S = 41 };
     int nv;
@@ -565,27 +566,47 @@ TEST(kernels_attention_variants) {
               *val = malloc(sizeof(float) * S * d), sc[S], *ref = malloc(sizeof(float) * d),
               *o1 = malloc(sizeof(float) * d), *o2 = malloc(sizeof(float) * d);
         for (int i = 0; i < d; i++) q[i] = rndf() * 2.0f;
+        uint16_t *k16 = malloc(sizeof(uint16_t) * S * d), *v16 = malloc(sizeof(uint16_t) * S * d);
+        float *kw = malloc(sizeof(float) * S * d), *vw = malloc(sizeof(float) * S * d),
+              *ref16 = malloc(sizeof(float) * d);
         for (int i = 0; i < S * d; i++) {
             k[i] = rndf() * 2.0f;
             val[i] = rndf();
+            k16[i] = kn_fp32_to_fp16(k[i]);
+            v16[i] = kn_fp32_to_fp16(val[i]);
+            kw[i] = kn_fp16_to_fp32(k16[i]);
+            vw[i] = kn_fp16_to_fp32(v16[i]);
         }
         int32_t spos[S];
         for (int t = 0; t < S; t++) spos[t] = t % 7 == 3 ? -1 : t; /* a few empty slots */
         for (int32_t p = 0; p < S; p++)
             for (int swa = 0; swa <= 5; swa += 5) {
                 kn_attn_ref(q, k, val, spos, S, p, swa, d, sc, ref);
+                kn_attn_ref(q, kw, vw, spos, S, p, swa, d, sc, ref16);
+                kn_attn_ref_f16(q, k16, v16, spos, S, p, swa, d, sc, o1);
+                CHECKF(memcmp(o1, ref16, sizeof(float) * d) == 0,
+                       "ref f16 d %d pos %d: differs from the F32 reference on the widened cache",
+                       d, p);
                 double vmax = 1.0;
                 for (int vi = 0; vi < nv; vi++) {
                     if (!v[vi]) continue;
-                    v[vi]->attn(q, k, val, spos, S, p, swa, d, sc, o1);
-                    v[vi]->attn(q, k, val, spos, p + 1, p, swa, d, sc, o2);
-                    CHECKF(memcmp(o1, o2, sizeof(float) * d) == 0,
-                           "%s d %d pos %d: masked slots after pos changed the result",
-                           v[vi]->name, d, p);
-                    for (int i = 0; i < d; i++)
-                        CHECKF(fabs((double)o1[i] - ref[i]) <= TOL_ATTN * vmax,
-                               "%s d %d pos %d swa %d [%d]: %.9g vs ref %.9g", v[vi]->name, d,
-                               p, swa, i, o1[i], ref[i]);
+                    for (int h = 0; h < 2; h++) {
+                        if (h) {
+                            v[vi]->attn_f16(q, k16, v16, spos, S, p, swa, d, sc, o1);
+                            v[vi]->attn_f16(q, k16, v16, spos, p + 1, p, swa, d, sc, o2);
+                        } else {
+                            v[vi]->attn(q, k, val, spos, S, p, swa, d, sc, o1);
+                            v[vi]->attn(q, k, val, spos, p + 1, p, swa, d, sc, o2);
+                        }
+                        CHECKF(memcmp(o1, o2, sizeof(float) * d) == 0,
+                               "%s%s d %d pos %d: masked slots after pos changed the result",
+                               v[vi]->name, h ? " f16" : "", d, p);
+                        const float *r = h ? ref16 : ref;
+                        for (int i = 0; i < d; i++)
+                            CHECKF(fabs((double)o1[i] - r[i]) <= TOL_ATTN * vmax,
+                                   "%s%s d %d pos %d swa %d [%d]: %.9g vs ref %.9g", v[vi]->name,
+                                   h ? " f16" : "", d, p, swa, i, o1[i], r[i]);
+                    }
                 }
             }
         /* Nothing allowed: zeros, not NaN. */
@@ -595,7 +616,14 @@ TEST(kernels_attention_variants) {
             if (v[vi]) {
                 v[vi]->attn(q, k, val, none, S, 5, 0, d, sc, o1);
                 for (int i = 0; i < d; i++) CHECK(o1[i] == 0.0f);
+                v[vi]->attn_f16(q, k16, v16, none, S, 5, 0, d, sc, o1);
+                for (int i = 0; i < d; i++) CHECK(o1[i] == 0.0f);
             }
+        free(k16);
+        free(v16);
+        free(kw);
+        free(vw);
+        free(ref16);
         free(q);
         free(k);
         free(val);

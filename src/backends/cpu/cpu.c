@@ -42,6 +42,7 @@ kiln_status kn_backend_cpu_new(const kn_model *m, const kn_backend_params *p, kn
     kn_session_params sp = kn_session_default_params();
     sp.threads = p->threads > 0 ? p->threads : 1;
     sp.stateless = p->stateless;
+    sp.kv_f16 = !p->kv_f32;
     kiln_status s = kn_session_new(m, &sp, &b->s, err);
     if (s) {
         kn_free(b);
