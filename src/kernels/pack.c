@@ -28,6 +28,7 @@
  *
  * The K-quants' 6-bit scales and mins are widened to bytes so that the kernels need no bit
  * surgery; that adds 32 bytes per 8 super-blocks of Q4_K / Q5_K (2-3% of their bytes). */
+#include <stdbool.h>
 #include <string.h>
 
 #include "kernels/kernels.h"
@@ -68,14 +69,22 @@ kn_wmat kn_pack_view(const kn_wmat *w, const uint8_t *dst) {
     return p;
 }
 
-/* ---- one GGUF block of one row, decoded to integers ---- */
+/* ---- one block of 8 rows, straight from the GGUF blocks b[r] (NULL: a zero row) ----
+ * Most fields are gathers of whole 4-byte words: GGUF already pairs element j with j + 16 in a
+ * Q4_0 byte (and sub-block 2p with 2p + 1 in a Q4_K one), which is the pairing of a vector's
+ * low and high nibbles here. */
 
-typedef struct dec_block {
-    uint8_t d[2], m[2];      /* f16 fields as stored: d and the min / dmin (Q4_1, Q4_K, Q5_K) */
-    uint8_t sc[16];          /* K-quants: scales (Q6_K: int8 bit patterns), 8 or 16 */
-    uint8_t mn[8];           /* Q4_K / Q5_K mins */
-    uint8_t q[256];          /* unsigned quants (Q8_0: int8 bit patterns) */
-} dec_block;
+static const uint8_t k_zero_block[256];
+
+static void gather_f16(uint8_t *out, const uint8_t *const *b, size_t off) {
+    for (int r = 0; r < KN_GROUP; r++) memcpy(out + 2 * r, b[r] + off, 2);
+}
+
+/* out[v][r][0..3] = b[r][off + 4v .. off + 4v + 3] for v < nv */
+static void gather_words(uint8_t *out, const uint8_t *const *b, size_t off, int nv) {
+    for (int v = 0; v < nv; v++)
+        for (int r = 0; r < KN_GROUP; r++) memcpy(out + (v * KN_GROUP + r) * 4, b[r] + off + 4 * v, 4);
+}
 
 static void k4_scale_min(const uint8_t *s, int j, uint8_t *sc, uint8_t *m) {
     if (j < 4) {
@@ -87,140 +96,87 @@ static void k4_scale_min(const uint8_t *s, int j, uint8_t *sc, uint8_t *m) {
     }
 }
 
-static void decode(uint32_t type, const uint8_t *b, dec_block *o) {
-    switch (type) {
-    case KN_TYPE_Q4_0:
-    case KN_TYPE_Q4_1: {
-        int off = type == KN_TYPE_Q4_0 ? 2 : 4;
-        memcpy(o->d, b, 2);
-        if (type == KN_TYPE_Q4_1) memcpy(o->m, b + 2, 2);
-        for (int j = 0; j < 16; j++) {
-            o->q[j] = b[off + j] & 0x0f;
-            o->q[j + 16] = b[off + j] >> 4;
-        }
-        break;
-    }
-    case KN_TYPE_Q8_0:
-        memcpy(o->d, b, 2);
-        memcpy(o->q, b + 2, 32);
-        break;
-    case KN_TYPE_Q4_K:
-    case KN_TYPE_Q5_K: {
-        memcpy(o->d, b, 2);
-        memcpy(o->m, b + 2, 2);
-        const uint8_t *qh = b + 16, *qs = b + (type == KN_TYPE_Q5_K ? 48 : 16);
+static void put_q45_k(uint8_t *o, const uint8_t *const *b, bool five) {
+    gather_f16(o, b, 0);
+    gather_f16(o + 16, b, 2);
+    for (int r = 0; r < KN_GROUP; r++)
         for (int j = 0; j < 8; j++) {
-            k4_scale_min(b + 4, j, &o->sc[j], &o->mn[j]);
-            for (int l = 0; l < 32; l++) {
-                int q = (qs[(j / 2) * 32 + l] >> (4 * (j % 2))) & 0x0f;
-                if (type == KN_TYPE_Q5_K) q |= ((qh[l] >> j) & 1) << 4;
-                o->q[32 * j + l] = (uint8_t)q;
-            }
+            uint8_t sc, m;
+            k4_scale_min(b[r] + 4, j, &sc, &m);
+            o[32 + j * 8 + r] = sc;
+            o[96 + ((j / 2) * 8 + r) * 2 + j % 2] = m;
         }
-        break;
-    }
-    case KN_TYPE_Q6_K: {
-        const uint8_t *ql = b, *qh = b + 128;
-        memcpy(o->sc, b + 192, 16);
-        memcpy(o->d, b + 208, 2);
-        for (int e = 0; e < 256; e++) {
-            int half = e / 128, r = e % 128;
-            int lo = (ql[half * 64 + r % 64] >> (4 * (r / 64))) & 0x0f;
-            int hi = (qh[half * 32 + r % 32] >> (2 * (r / 32))) & 3;
-            o->q[e] = (uint8_t)(lo | hi << 4);
-        }
-        break;
-    }
-    default: break;
+    const size_t qs = five ? 48 : 16;
+    uint8_t *nib = o + (five ? 416 : 160);
+    /* GGUF's qs[32p + l] holds element 64p + l (sub-block 2p) low and 64p + 32 + l high */
+    for (int p = 0; p < 4; p++) gather_words(nib + p * 256, b, qs + 32 * (size_t)p, 8);
+    if (!five) return;
+    /* the fifth bit of element 32j + l is bit j of GGUF's qh[l]; here bit 2k (2k + 1) of
+     * qh[p][u][r][i] is that of element 64p + 16u + 4k + i (plus 32) */
+    uint8_t *qh = o + 160;
+    for (int p = 0; p < 4; p++)
+        for (int u = 0; u < 2; u++)
+            for (int r = 0; r < KN_GROUP; r++)
+                for (int i = 0; i < 4; i++) {
+                    int bits = 0;
+                    for (int k = 0; k < 4; k++)
+                        bits |= ((b[r][16 + 16 * u + 4 * k + i] >> (2 * p)) & 3) << (2 * k);
+                    qh[((p * 2 + u) * KN_GROUP + r) * 4 + i] = (uint8_t)bits;
+                }
+}
+
+/* GGUF Q6_K: element 128h + e' takes its low 4 bits from nibble e' / 64 of ql[64h + e' % 64]
+ * and its top 2 from qh[32h + e' % 32] >> 2 (e' / 32). */
+static void put_q6_k(uint8_t *o, const uint8_t *const *b) {
+    gather_f16(o, b, 208);
+    for (int r = 0; r < KN_GROUP; r++)
+        for (int j = 0; j < 16; j++) o[16 + ((j / 2) * 8 + r) * 2 + j % 2] = b[r][192 + j];
+    uint8_t *qh = o + 144, *nib = o + 656;
+    for (int p = 0; p < 4; p++) {
+        int h = p / 2, sh = 4 * (p % 2);
+        for (int v = 0; v < 8; v++)
+            for (int r = 0; r < KN_GROUP; r++)
+                for (int i = 0; i < 4; i++) {
+                    int l = 4 * v + i; /* element 64p + l, and 64p + 32 + l */
+                    int lo = (b[r][64 * h + l] >> sh) & 0x0f;
+                    int hi = (b[r][64 * h + 32 + l] >> sh) & 0x0f;
+                    nib[((p * 8 + v) * KN_GROUP + r) * 4 + i] = (uint8_t)(lo | hi << 4);
+                }
+        /* top bits: element 64p + l sits at e' = 64(p % 2) + l of half h, i.e. qh[32h + l % 32]
+         * shifted by 2 * ((64(p % 2) + l) / 32) */
+        for (int u = 0; u < 4; u++)
+            for (int r = 0; r < KN_GROUP; r++)
+                for (int i = 0; i < 4; i++) {
+                    int bits = 0;
+                    for (int k = 0; k < 2; k++) {
+                        int l = 4 * (2 * u + k) + i;
+                        int e0 = 64 * (p % 2) + l, e1 = e0 + 32;
+                        bits |= ((b[r][128 + 32 * h + e0 % 32] >> (2 * (e0 / 32))) & 3) << (4 * k);
+                        bits |= ((b[r][128 + 32 * h + e1 % 32] >> (2 * (e1 / 32))) & 3) << (4 * k + 2);
+                    }
+                    qh[((p * 4 + u) * KN_GROUP + r) * 4 + i] = (uint8_t)bits;
+                }
     }
 }
 
-/* ---- one block of 8 rows in the X8 layout ---- */
-
-static void put_f16s(uint8_t *out, const dec_block *rb, int which) {
-    for (int r = 0; r < KN_GROUP; r++) memcpy(out + 2 * r, which ? rb[r].m : rb[r].d, 2);
-}
-
-/* nib[v][r][i] over nv vectors: low nibble element lo_base + 4v + i, high hi_base + 4v + i. */
-static void put_nibbles(uint8_t *out, const dec_block *rb, int nv, int lo_base, int hi_base) {
-    for (int v = 0; v < nv; v++)
-        for (int r = 0; r < KN_GROUP; r++)
-            for (int i = 0; i < 4; i++)
-                out[(v * KN_GROUP + r) * 4 + i] =
-                    (uint8_t)((rb[r].q[lo_base + 4 * v + i] & 0x0f) |
-                              (rb[r].q[hi_base + 4 * v + i] & 0x0f) << 4);
-}
-
-static void put_block(uint32_t type, uint8_t *o, const dec_block *rb) {
+static void put_block(uint32_t type, uint8_t *o, const uint8_t *const *b) {
     switch (type) {
     case KN_TYPE_Q4_0:
-        put_f16s(o, rb, 0);
-        put_nibbles(o + 16, rb, 4, 0, 16);
+        gather_f16(o, b, 0);
+        gather_words(o + 16, b, 2, 4);
         break;
     case KN_TYPE_Q4_1:
-        put_f16s(o, rb, 0);
-        put_f16s(o + 16, rb, 1);
-        put_nibbles(o + 32, rb, 4, 0, 16);
+        gather_f16(o, b, 0);
+        gather_f16(o + 16, b, 2);
+        gather_words(o + 32, b, 4, 4);
         break;
     case KN_TYPE_Q8_0:
-        put_f16s(o, rb, 0);
-        for (int v = 0; v < 8; v++)
-            for (int r = 0; r < KN_GROUP; r++) memcpy(o + 16 + (v * 8 + r) * 4, rb[r].q + 4 * v, 4);
+        gather_f16(o, b, 0);
+        gather_words(o + 16, b, 2, 8);
         break;
-    case KN_TYPE_Q4_K:
-    case KN_TYPE_Q5_K: {
-        put_f16s(o, rb, 0);
-        put_f16s(o + 16, rb, 1);
-        for (int j = 0; j < 8; j++)
-            for (int r = 0; r < KN_GROUP; r++) o[32 + j * 8 + r] = rb[r].sc[j];
-        for (int p = 0; p < 4; p++)
-            for (int r = 0; r < KN_GROUP; r++) {
-                o[96 + (p * 8 + r) * 2] = rb[r].mn[2 * p];
-                o[96 + (p * 8 + r) * 2 + 1] = rb[r].mn[2 * p + 1];
-            }
-        uint8_t *nib = o + 160;
-        if (type == KN_TYPE_Q5_K) {
-            uint8_t *qh = o + 160;
-            nib = o + 160 + 256;
-            for (int p = 0; p < 4; p++)
-                for (int u = 0; u < 2; u++)
-                    for (int r = 0; r < KN_GROUP; r++)
-                        for (int i = 0; i < 4; i++) {
-                            int bits = 0;
-                            for (int k = 0; k < 4; k++) {
-                                int v = 4 * u + k;
-                                bits |= (rb[r].q[64 * p + 4 * v + i] >> 4 & 1) << (2 * k);
-                                bits |= (rb[r].q[64 * p + 32 + 4 * v + i] >> 4 & 1) << (2 * k + 1);
-                            }
-                            qh[((p * 2 + u) * KN_GROUP + r) * 4 + i] = (uint8_t)bits;
-                        }
-        }
-        for (int p = 0; p < 4; p++) put_nibbles(nib + p * 256, rb, 8, 64 * p, 64 * p + 32);
-        break;
-    }
-    case KN_TYPE_Q6_K: {
-        put_f16s(o, rb, 0);
-        for (int p = 0; p < 8; p++)
-            for (int r = 0; r < KN_GROUP; r++) {
-                o[16 + (p * 8 + r) * 2] = rb[r].sc[2 * p];
-                o[16 + (p * 8 + r) * 2 + 1] = rb[r].sc[2 * p + 1];
-            }
-        uint8_t *qh = o + 144, *nib = o + 144 + 512;
-        for (int p = 0; p < 4; p++)
-            for (int u = 0; u < 4; u++)
-                for (int r = 0; r < KN_GROUP; r++)
-                    for (int i = 0; i < 4; i++) {
-                        int bits = 0;
-                        for (int k = 0; k < 2; k++) {
-                            int v = 2 * u + k;
-                            bits |= (rb[r].q[64 * p + 4 * v + i] >> 4 & 3) << (4 * k);
-                            bits |= (rb[r].q[64 * p + 32 + 4 * v + i] >> 4 & 3) << (4 * k + 2);
-                        }
-                        qh[((p * 4 + u) * KN_GROUP + r) * 4 + i] = (uint8_t)bits;
-                    }
-        for (int p = 0; p < 4; p++) put_nibbles(nib + p * 256, rb, 8, 64 * p, 64 * p + 32);
-        break;
-    }
+    case KN_TYPE_Q4_K: put_q45_k(o, b, false); break;
+    case KN_TYPE_Q5_K: put_q45_k(o, b, true); break;
+    case KN_TYPE_Q6_K: put_q6_k(o, b); break;
     default: break;
     }
 }
@@ -229,19 +185,17 @@ void kn_pack_groups(const kn_wmat *w, uint8_t *dst, int g0, int g1) {
     const kn_type_traits *t = kn_type_get(w->type);
     size_t bb = x8_block_bytes(w->type), gb = kn_x8_group_bytes(w->type, w->n_in);
     int nb = w->n_in / (int)t->block;
-    dec_block rb[KN_GROUP];
+    const uint8_t *rows[KN_GROUP];
     for (int g = g0; g < g1; g++) {
         uint8_t *out = dst + (size_t)g * gb;
         for (int b = 0; b < nb; b++) {
             for (int r = 0; r < KN_GROUP; r++) {
                 int row = g * KN_GROUP + r;
-                if (row < w->n_out)
-                    decode(w->type, w->data + (size_t)row * w->row_bytes + (size_t)b * t->block_bytes,
-                           &rb[r]);
-                else
-                    memset(&rb[r], 0, sizeof rb[r]);
+                rows[r] = row < w->n_out
+                              ? w->data + (size_t)row * w->row_bytes + (size_t)b * t->block_bytes
+                              : k_zero_block;
             }
-            put_block(w->type, out + (size_t)b * bb, rb);
+            put_block(w->type, out + (size_t)b * bb, rows);
         }
     }
 }

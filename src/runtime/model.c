@@ -8,6 +8,7 @@
  * the copy instead of the file's pages, not both. */
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "kernels/kernels.h"
 #include "quant/quant.h"
@@ -88,8 +89,24 @@ static kiln_status load_vec(kn_model *m, const char *name, int64_t n, const floa
     return KILN_OK;
 }
 
-/* w repacked for the model's kernel table into an owned copy, when the table wants that. */
-static kiln_status pack_mat(kn_model *m, kn_wmat *w, const kn_gguf_tensor *t, kiln_error *err) {
+typedef struct pack_job {
+    const kn_wmat *src;
+    uint8_t *dst;
+    int n_groups, per_item;
+} pack_job;
+
+static void pack_item(void *ctx, int i, int n, int worker) {
+    (void)n;
+    (void)worker;
+    const pack_job *j = ctx;
+    int g0 = i * j->per_item, g1 = g0 + j->per_item < j->n_groups ? g0 + j->per_item : j->n_groups;
+    kn_pack_groups(j->src, j->dst, g0, g1);
+}
+
+/* w repacked for the model's kernel table into an owned copy, when the table wants that; the
+ * groups are shared out over the load's thread pool. */
+static kiln_status pack_mat(kn_model *m, kn_pool *pool, kn_wmat *w, const kn_gguf_tensor *t,
+                            kiln_error *err) {
     size_t n = kn_pack_bytes(m->k, w);
     if (!n) return KILN_OK;
     /* 64-byte aligned inside an owned block, so no 32-byte load straddles two cache lines */
@@ -98,7 +115,9 @@ static kiln_status pack_mat(kn_model *m, kn_wmat *w, const kn_gguf_tensor *t, ki
     kiln_status s = keep_owned(m, raw, err);
     if (s) return s;
     uint8_t *dst = (uint8_t *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
-    *w = kn_pack(w, dst);
+    pack_job j = {w, dst, (w->n_out + KN_GROUP - 1) / KN_GROUP, 16};
+    kn_pool_run(pool, pack_item, &j, (j.n_groups + j.per_item - 1) / j.per_item);
+    *w = kn_pack_view(w, dst);
     m->packed_bytes += n;
     kn_map_release(&m->gguf->map, t->data, (size_t)t->nbytes);
     return KILN_OK;
@@ -107,8 +126,8 @@ static kiln_status pack_mat(kn_model *m, kn_wmat *w, const kn_gguf_tensor *t, ki
 /* A weight matrix of n_out rows of n_in: a view in place when the kernels take its type as
  * stored (and F32/F16 rows are aligned for their element), a repacked copy when the kernel
  * table wants one, an F32 copy for a type the kernels lack. */
-static kiln_status load_mat(kn_model *m, const char *name, int64_t n_in, int64_t n_out,
-                            kn_wmat *w, kiln_error *err) {
+static kiln_status load_mat(kn_model *m, kn_pool *pool, const char *name, int64_t n_in,
+                            int64_t n_out, kn_wmat *w, kiln_error *err) {
     const kn_gguf_tensor *t = NULL;
     kiln_status s = find(m, name, n_in, n_out, &t, err);
     if (s) return s;
@@ -117,7 +136,7 @@ static kiln_status load_mat(kn_model *m, const char *name, int64_t n_in, int64_t
     bool aligned = t->type != KN_TYPE_F32 || ((uintptr_t)t->data & 3) == 0;
     if (kn_kernels_type_ok(t->type) && aligned && n_in % kn_type_act_block(t->type) == 0) {
         *w = (kn_wmat){t->type, (int)n_in, (int)n_out, (size_t)rb, t->data, KN_LAYOUT_GGUF};
-        return pack_mat(m, w, t, err);
+        return pack_mat(m, pool, w, t, err);
     }
     float *f;
     if ((s = dequant_copy(m, t, n_in * n_out, &f, err))) return s;
@@ -126,7 +145,7 @@ static kiln_status load_mat(kn_model *m, const char *name, int64_t n_in, int64_t
     return KILN_OK;
 }
 
-static kiln_status load_layer(kn_model *m, int l, kiln_error *err) {
+static kiln_status load_layer(kn_model *m, kn_pool *pool, int l, kiln_error *err) {
     const kn_hparams *hp = &m->hp;
     kn_layer *L = &m->layers[l];
     int64_t E = hp->n_embd, QD = (int64_t)hp->n_head * hp->head_dim,
@@ -135,14 +154,14 @@ static kiln_status load_layer(kn_model *m, int l, kiln_error *err) {
     kiln_status s;
 #define NAME(x) (snprintf(n, sizeof n, "blk.%d." x, l), n)
     if ((s = load_vec(m, NAME("attn_norm.weight"), E, &L->attn_norm, err)) ||
-        (s = load_mat(m, NAME("attn_q.weight"), E, QD, &L->wq, err)) ||
-        (s = load_mat(m, NAME("attn_k.weight"), E, KD, &L->wk, err)) ||
-        (s = load_mat(m, NAME("attn_v.weight"), E, KD, &L->wv, err)) ||
-        (s = load_mat(m, NAME("attn_output.weight"), QD, E, &L->wo, err)) ||
+        (s = load_mat(m, pool, NAME("attn_q.weight"), E, QD, &L->wq, err)) ||
+        (s = load_mat(m, pool, NAME("attn_k.weight"), E, KD, &L->wk, err)) ||
+        (s = load_mat(m, pool, NAME("attn_v.weight"), E, KD, &L->wv, err)) ||
+        (s = load_mat(m, pool, NAME("attn_output.weight"), QD, E, &L->wo, err)) ||
         (s = load_vec(m, NAME("ffn_norm.weight"), E, &L->ffn_norm, err)) ||
-        (s = load_mat(m, NAME("ffn_gate.weight"), E, F, &L->gate, err)) ||
-        (s = load_mat(m, NAME("ffn_up.weight"), E, F, &L->up, err)) ||
-        (s = load_mat(m, NAME("ffn_down.weight"), F, E, &L->down, err)))
+        (s = load_mat(m, pool, NAME("ffn_gate.weight"), E, F, &L->gate, err)) ||
+        (s = load_mat(m, pool, NAME("ffn_up.weight"), E, F, &L->up, err)) ||
+        (s = load_mat(m, pool, NAME("ffn_down.weight"), F, E, &L->down, err)))
         return s;
     if (hp->qkv_bias &&
         ((s = load_vec(m, NAME("attn_q.bias"), QD, &L->bq, err)) ||
@@ -170,6 +189,7 @@ kiln_status kn_model_load(const kn_gguf *g, const kn_hparams *hp, const kn_model
     if (!p) p = &def;
     kn_model *m = kn_calloc(1, sizeof *m);
     if (!m) return kn_fail(err, KILN_ERR_NOMEM, "out of memory loading the model");
+    kn_pool *pool = NULL;
     m->hp = *hp;
     m->gguf = g;
     m->k = kn_kernels_get();
@@ -213,8 +233,11 @@ kiln_status kn_model_load(const kn_gguf *g, const kn_hparams *hp, const kn_model
     m->tok_embd = (kn_wmat){emb->type, hp->n_embd, hp->n_vocab, (size_t)erb, emb->data,
                             KN_LAYOUT_GGUF};
     if ((s = load_vec(m, "output_norm.weight", hp->n_embd, &m->output_norm, err))) goto fail;
-    if ((s = load_mat(m, kn_gguf_find_tensor(g, "output.weight") ? "output.weight"
-                                                                 : "token_embd.weight",
+    /* Repacking runs on every core; the pool lives for the load only. */
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    pool = kn_pool_new(ncpu < 1 ? 1 : ncpu > 16 ? 16 : (int)ncpu); /* NULL: this thread alone */
+    if ((s = load_mat(m, pool, kn_gguf_find_tensor(g, "output.weight") ? "output.weight"
+                                                                       : "token_embd.weight",
                       hp->n_embd, hp->n_vocab, &m->output, err)))
         goto fail;
     m->layers = kn_calloc((size_t)hp->n_layer, sizeof *m->layers);
@@ -224,7 +247,9 @@ kiln_status kn_model_load(const kn_gguf *g, const kn_hparams *hp, const kn_model
         goto fail;
     }
     for (int l = 0; l < hp->n_layer; l++)
-        if ((s = load_layer(m, l, err))) goto fail;
+        if ((s = load_layer(m, pool, l, err))) goto fail;
+    kn_pool_free(pool);
+    pool = NULL;
     kn_rope_cfg rc = {hp->rope_theta,          hp->rope_dim,          (int)hp->rope_scaling,
                       hp->rope_factor,         hp->rope_low_freq_factor, hp->rope_high_freq_factor,
                       hp->rope_orig_ctx};
@@ -232,6 +257,7 @@ kiln_status kn_model_load(const kn_gguf *g, const kn_hparams *hp, const kn_model
     *out = m;
     return KILN_OK;
 fail:
+    kn_pool_free(pool);
     kn_model_free(m);
     return s;
 }
