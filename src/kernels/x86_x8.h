@@ -162,37 +162,36 @@ KN_X8_AI void x8_tile_q4(const uint32_t type, const uint8_t *gp, int nb, const k
         const uint8_t *bp = gp + (size_t)b * bb;
         _mm_prefetch((const char *)bp + KN_X8_PREFETCH, _MM_HINT_T0);
         _mm_prefetch((const char *)bp + KN_X8_PREFETCH + 64, _MM_HINT_T0);
-        __m256i s[KN_X8_NT][X8_NACC];
-        for (int t = 0; t < nt; t++)
-            for (int k = 0; k < X8_NACC; k++)
-                /* VNNI: Q4_0's offset is where the sum starts */
-                s[t][k] = KN_VNNI && k == 0 && type == KN_TYPE_Q4_0
-                              ? _mm256_set1_epi32(tk.q4off[t][b])
-                              : _mm256_setzero_si256();
+        /* the block's 8 weight vectors stay in registers while each token passes through */
+        __m256i w[8];
         for (int v = 0; v < 4; v++) {
             __m256i raw = x8_load(bp + qoff + 32 * v);
-            __m256i wl = _mm256_and_si256(raw, m4);
-            __m256i wh = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-            for (int t = 0; t < nt; t++) {
-                const int8_t *aq = tk.q[t] + b * KN_QBLOCK + 4 * v;
-#if KN_VNNI
-                const int k0 = x8_acc(nt, 2 * v), k1 = x8_acc(nt, 2 * v + 1);
-                s[t][k0] = KN_DPBUSD(s[t][k0], wl, x8_bcast4(aq));
-                s[t][k1] = KN_DPBUSD(s[t][k1], wh, x8_bcast4(aq + 16));
-#else
-                s[t][0] = _mm256_add_epi16(
-                    s[t][0], _mm256_add_epi16(_mm256_maddubs_epi16(wl, x8_bcast4(aq)),
-                                              _mm256_maddubs_epi16(wh, x8_bcast4(aq + 16))));
-#endif
-            }
+            w[v] = _mm256_and_si256(raw, m4);
+            w[4 + v] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
         }
         __m256 dw = x8_f16x8(bp);
         __m256 mw = type == KN_TYPE_Q4_1 ? x8_f16x8(bp + 16) : _mm256_setzero_ps();
         for (int t = 0; t < nt; t++) {
+            const int8_t *aq = tk.q[t] + b * KN_QBLOCK;
 #if KN_VNNI
-            __m256i s32 = x8_sum_acc(s[t], nt);
+            __m256i s[X8_NACC];
+            for (int k = 0; k < X8_NACC; k++)
+                /* Q4_0's offset is where the sum starts */
+                s[k] = k == 0 && type == KN_TYPE_Q4_0 ? _mm256_set1_epi32(tk.q4off[t][b])
+                                                      : _mm256_setzero_si256();
+            for (int v = 0; v < 4; v++) {
+                const int k0 = x8_acc(nt, 2 * v), k1 = x8_acc(nt, 2 * v + 1);
+                s[k0] = KN_DPBUSD(s[k0], w[v], x8_bcast4(aq + 4 * v));
+                s[k1] = KN_DPBUSD(s[k1], w[4 + v], x8_bcast4(aq + 16 + 4 * v));
+            }
+            __m256i s32 = x8_sum_acc(s, nt);
 #else
-            __m256i s32 = _mm256_madd_epi16(s[t][0], _mm256_set1_epi16(1));
+            __m256i s16 = _mm256_setzero_si256();
+            for (int v = 0; v < 4; v++)
+                s16 = _mm256_add_epi16(
+                    s16, _mm256_add_epi16(_mm256_maddubs_epi16(w[v], x8_bcast4(aq + 4 * v)),
+                                          _mm256_maddubs_epi16(w[4 + v], x8_bcast4(aq + 16 + 4 * v))));
+            __m256i s32 = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
             if (type == KN_TYPE_Q4_0) s32 = _mm256_add_epi32(s32, _mm256_set1_epi32(tk.q4off[t][b]));
 #endif
             __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(tk.d[t][b]));
@@ -254,57 +253,49 @@ KN_X8_AI void x8_tile_q8_0(const uint32_t type, const uint8_t *gp, int nb, const
 /* ---- Q4_K, Q5_K: super-blocks of 8 sub-blocks of 32 with 6-bit scales and mins ---- */
 
 /* Sub-blocks 2p + hf of super-block b for hf in [h0, h1] (pair p: hf 0 the low nibbles, 1 the
- * high ones): isum[t] += sc_j * dot_j. Both in one pass would share each 32-byte load, but GCC
- * then widens the 16-bit sums into a tree that spills; the tile passes once per sub-block. */
+ * high ones): isum[t] += sc_j * dot_j. A sub-block's 8 weight vectors are unpacked into
+ * registers once, then each token of the tile passes through them; the tile takes the pair's
+ * two sub-blocks in turn so that 8 weights and the token's sums fit in AVX2's 16 registers. */
 KN_X8_AI void x8_q45_pass(const bool five, const uint8_t *bp, int p, const int h0, const int h1,
                           const x8_tok *tk, int b, const int nt, __m256i *isum) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     const uint8_t *nib = bp + (five ? 416 : 160) + 256 * p, *qh = bp + 160 + 64 * p;
-#if !KN_VNNI
-    __m256i sc16[2];
-    for (int hf = h0; hf <= h1; hf++) sc16[hf] = x8_scale_dup16(bp + 32 + 8 * (2 * p + hf));
-#endif
-    __m256i s[2][KN_X8_NT][X8_NACC];
-    for (int hf = h0; hf <= h1; hf++)
-        for (int t = 0; t < nt; t++)
-            for (int k = 0; k < X8_NACC; k++) s[hf][t][k] = _mm256_setzero_si256();
-    for (int v = 0; v < 8; v++) {
-        __m256i raw = x8_load(nib + 32 * v);
-        __m256i h = five ? x8_load(qh + 32 * (v / 4)) : _mm256_setzero_si256();
-        for (int hf = h0; hf <= h1; hf++) {
-            __m256i w = hf ? _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4)
-                           : _mm256_and_si256(raw, m4);
-            if (five) w = _mm256_or_si256(w, x8_bit4(h, 2 * (v % 4) + hf));
-            const int aoff = b * KN_KBLOCK + 32 * (2 * p + hf) + 4 * v;
-            for (int t = 0; t < nt; t++) {
-                __m256i av = x8_bcast4(tk->q[t] + aoff);
+    for (int hf = h0; hf <= h1; hf++) {
+        const int j = 2 * p + hf;
+        __m256i w[8];
+        for (int v = 0; v < 8; v++) {
+            __m256i raw = x8_load(nib + 32 * v);
+            w[v] = hf ? _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4) : _mm256_and_si256(raw, m4);
+            if (five) w[v] = _mm256_or_si256(w[v], x8_bit4(x8_load(qh + 32 * (v / 4)), 2 * (v % 4) + hf));
+        }
 #if KN_VNNI
-                const int k = x8_acc(nt, v);
-                s[hf][t][k] = KN_DPBUSD(s[hf][t][k], w, av);
+        __m256i sc32 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(bp + 32 + 8 * j)));
 #else
-                s[hf][t][0] = _mm256_add_epi16(s[hf][t][0], _mm256_maddubs_epi16(w, av));
+        __m256i sc16 = x8_scale_dup16(bp + 32 + 8 * j);
 #endif
+        for (int t = 0; t < nt; t++) {
+            const int8_t *aq = tk->q[t] + b * KN_KBLOCK + 32 * j;
+#if KN_VNNI
+            __m256i s[X8_NACC];
+            for (int k = 0; k < X8_NACC; k++) s[k] = _mm256_setzero_si256();
+            for (int v = 0; v < 8; v++) {
+                const int k = x8_acc(nt, v);
+                s[k] = KN_DPBUSD(s[k], w[v], x8_bcast4(aq + 4 * v));
             }
-#if !KN_VNNI
-            /* Q5: at most 4 pair sums of 7874 fit in 16 bits */
-            if (five && v == 3)
-                for (int t = 0; t < nt; t++) {
-                    isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[hf][t][0], sc16[hf]));
-                    s[hf][t][0] = _mm256_setzero_si256();
+            isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(x8_sum_acc(s, nt), sc32));
+#else
+            /* Q5: at most 4 pair sums of 7874 fit in 16 bits; Q4: all 8 of 3810 */
+            __m256i s16 = _mm256_setzero_si256();
+            for (int v = 0; v < 8; v++) {
+                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[v], x8_bcast4(aq + 4 * v)));
+                if (five && v == 3) {
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16, sc16));
+                    s16 = _mm256_setzero_si256();
                 }
+            }
+            isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16, sc16));
 #endif
         }
-    }
-    for (int hf = h0; hf <= h1; hf++) {
-#if KN_VNNI
-        __m256i sc32 = _mm256_cvtepu8_epi32(
-            _mm_loadl_epi64((const __m128i *)(const void *)(bp + 32 + 8 * (2 * p + hf))));
-        for (int t = 0; t < nt; t++)
-            isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(x8_sum_acc(s[hf][t], nt), sc32));
-#else
-        for (int t = 0; t < nt; t++)
-            isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[hf][t][0], sc16[hf]));
-#endif
     }
 }
 
@@ -344,72 +335,54 @@ KN_X8_AI void x8_tile_q45_k(const uint32_t type, const uint8_t *gp, int nb, cons
 /* ---- Q6_K: super-blocks of 16 sub-blocks of 16 with int8 scales, q - 32 ---- */
 
 /* Chunks c = 2p + hf (32 elements each: sub-blocks 2c, 2c+1) of super-block b for hf in
- * [h0, h1], in one pass over the pair's loads (see x8_q45_pass). */
+ * [h0, h1]: weights unpacked into registers once, then each token (see x8_q45_pass). */
 KN_X8_AI void x8_q6_pass(const uint8_t *bp, int p, const int h0, const int h1, const x8_tok *tk,
                          int b, const int nt, __m256i *isum) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     const uint8_t *nib = bp + 656 + 256 * p, *qh = bp + 144 + 128 * p;
-    /* [sc_2c, sc_2c+1] of each row as i16 pairs, and each of them alone per 32-bit lane */
-    __m256i pc[2], sc_lo[2], sc_hi[2];
     for (int hf = h0; hf <= h1; hf++) {
         const int c = 2 * p + hf;
-        pc[hf] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(bp + 16 + 16 * c)));
+        __m256i w[8];
+        for (int v = 0; v < 8; v++) {
+            __m256i raw = x8_load(nib + 32 * v);
+            w[v] = hf ? _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4) : _mm256_and_si256(raw, m4);
+            w[v] = _mm256_or_si256(w[v], x8_bits45(x8_load(qh + 32 * (v / 2)), 4 * (v % 2) + 2 * hf));
+        }
+        /* [sc_2c, sc_2c+1] of each row as i16 pairs, and each of them alone per 32-bit lane */
+        __m256i pc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(bp + 16 + 16 * c)));
 #if KN_VNNI
-        sc_lo[hf] = _mm256_srai_epi32(_mm256_slli_epi32(pc[hf], 16), 16);
-        sc_hi[hf] = _mm256_srai_epi32(pc[hf], 16);
+        __m256i sc_lo = _mm256_srai_epi32(_mm256_slli_epi32(pc, 16), 16), sc_hi = _mm256_srai_epi32(pc, 16);
 #else
-        sc_lo[hf] = _mm256_blend_epi16(pc[hf], _mm256_slli_epi32(pc[hf], 16), 0xAA);
-        sc_hi[hf] = _mm256_blend_epi16(_mm256_srli_epi32(pc[hf], 16), pc[hf], 0xAA);
+        __m256i sc_lo = _mm256_blend_epi16(pc, _mm256_slli_epi32(pc, 16), 0xAA);
+        __m256i sc_hi = _mm256_blend_epi16(_mm256_srli_epi32(pc, 16), pc, 0xAA);
 #endif
-    }
-    __m256i s[2][KN_X8_NT][X8_NACC];
-    for (int hf = h0; hf <= h1; hf++)
-        for (int t = 0; t < nt; t++)
-            for (int k = 0; k < X8_NACC; k++) s[hf][t][k] = _mm256_setzero_si256();
-    for (int v = 0; v < 8; v++) {
-        __m256i raw = x8_load(nib + 32 * v);
-        __m256i h = x8_load(qh + 32 * (v / 2));
-        for (int hf = h0; hf <= h1; hf++) {
-            __m256i w = hf ? _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4)
-                           : _mm256_and_si256(raw, m4);
-            w = _mm256_or_si256(w, x8_bits45(h, 4 * (v % 2) + 2 * hf));
-            const int aoff = b * KN_KBLOCK + 32 * (2 * p + hf) + 4 * v;
-            for (int t = 0; t < nt; t++) {
-                __m256i av = x8_bcast4(tk->q[t] + aoff);
+        for (int t = 0; t < nt; t++) {
+            const int8_t *aq = tk->q[t] + b * KN_KBLOCK + 32 * c;
+            __m256i acc32 = isum[t];
 #if KN_VNNI
-                const int k = x8_acc(nt, v);
-                s[hf][t][k] = KN_DPBUSD(s[hf][t][k], w, av);
-#else
-                s[hf][t][0] = _mm256_add_epi16(s[hf][t][0], _mm256_maddubs_epi16(w, av));
-#endif
-            }
-#if KN_VNNI
-            if (v == 3 || v == 7)
-                for (int t = 0; t < nt; t++) {
-                    isum[t] = _mm256_add_epi32(
-                        isum[t],
-                        _mm256_mullo_epi32(x8_sum_acc(s[hf][t], nt), v == 3 ? sc_lo[hf] : sc_hi[hf]));
-                    for (int k = 0; k < X8_NACC; k++) s[hf][t][k] = _mm256_setzero_si256();
+            for (int half = 0; half < 2; half++) {
+                __m256i s[X8_NACC];
+                for (int k = 0; k < X8_NACC; k++) s[k] = _mm256_setzero_si256();
+                for (int v = 4 * half; v < 4 * half + 4; v++) {
+                    const int k = x8_acc(nt, v);
+                    s[k] = KN_DPBUSD(s[k], w[v], x8_bcast4(aq + 4 * v));
                 }
+                acc32 = _mm256_add_epi32(acc32, _mm256_mullo_epi32(x8_sum_acc(s, nt), half ? sc_hi : sc_lo));
+            }
 #else
             /* at most 2 pair sums of 16002 fit in 16 bits */
-            if (v % 2)
-                for (int t = 0; t < nt; t++) {
-                    isum[t] = _mm256_add_epi32(
-                        isum[t], _mm256_madd_epi16(s[hf][t][0], v < 4 ? sc_lo[hf] : sc_hi[hf]));
-                    s[hf][t][0] = _mm256_setzero_si256();
-                }
+            for (int v = 0; v < 8; v += 2) {
+                __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(w[v], x8_bcast4(aq + 4 * v)),
+                                               _mm256_maddubs_epi16(w[v + 1], x8_bcast4(aq + 4 * v + 4)));
+                acc32 = _mm256_add_epi32(acc32, _mm256_madd_epi16(s16, v < 4 ? sc_lo : sc_hi));
+            }
 #endif
+            /* the offset of 32: sum over both sub-blocks of scale * sum(a) */
+            acc32 = _mm256_sub_epi32(
+                acc32, _mm256_slli_epi32(_mm256_madd_epi16(pc, x8_bcast4((const int8_t *)(tk->bs[t] + 16 * b + 2 * c))), 5));
+            isum[t] = acc32;
         }
     }
-    /* the offset of 32: sum over the sub-blocks of scale * sum(a) */
-    for (int hf = h0; hf <= h1; hf++)
-        for (int t = 0; t < nt; t++)
-            isum[t] = _mm256_sub_epi32(
-                isum[t],
-                _mm256_slli_epi32(_mm256_madd_epi16(pc[hf], x8_bcast4((const int8_t *)(
-                                                                 tk->bs[t] + 16 * b + 2 * (2 * p + hf)))),
-                                  5));
 }
 
 KN_X8_AI void x8_tile_q6_k(const uint32_t type, const uint8_t *gp, int nb, const kn_act *a,
@@ -426,12 +399,7 @@ KN_X8_AI void x8_tile_q6_k(const uint32_t type, const uint8_t *gp, int nb, const
 #pragma GCC unroll 4
         for (int p = 0; p < 4; p++) {
             x8_prefetch_part(bp, 1680, p);
-            if (nt <= 2) {
-                x8_q6_pass(bp, p, 0, 1, &tk, b, nt, isum);
-            } else {
-                x8_q6_pass(bp, p, 0, 0, &tk, b, nt, isum);
-                x8_q6_pass(bp, p, 1, 1, &tk, b, nt, isum);
-            }
+            x8_q6_pass(bp, p, 0, 1, &tk, b, nt, isum);
         }
         __m256 dw = x8_f16x8(bp);
         for (int t = 0; t < nt; t++)
