@@ -175,13 +175,17 @@ void kn_map_release(const kn_map *map, const void *p, size_t n) {
     if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
 }
 
-size_t kn_rss_bytes(void) {
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (!f) return 0;
-    unsigned long long size = 0, res = 0;
-    int ok = fscanf(f, "%llu %llu", &size, &res) == 2;
-    fclose(f);
-    return ok ? (size_t)res * (size_t)sysconf(_SC_PAGESIZE) : 0;
+void kn_map_populate(const kn_map *map, const void *p, size_t n) {
+#ifdef MADV_POPULATE_READ
+    if (!map->mapped || !p || !n) return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)p / page * page;
+    (void)madvise((void *)a, (uintptr_t)p + n - a, MADV_POPULATE_READ);
+#else
+    (void)map;
+    (void)p;
+    (void)n;
+#endif
 }
 
 void kn_map_close(kn_map *map) {

@@ -93,14 +93,21 @@ typedef struct pack_job {
     const kn_wmat *src;
     uint8_t *dst;
     int n_groups, per_item;
+    const kn_map *map;
 } pack_job;
 
+/* Groups [g0, g1) read GGUF rows [8 g0, 8 g1): mapped in one call first, handed back after. */
 static void pack_item(void *ctx, int i, int n, int worker) {
     (void)n;
     (void)worker;
     const pack_job *j = ctx;
     int g0 = i * j->per_item, g1 = g0 + j->per_item < j->n_groups ? g0 + j->per_item : j->n_groups;
+    int r0 = g0 * KN_GROUP, r1 = g1 * KN_GROUP < j->src->n_out ? g1 * KN_GROUP : j->src->n_out;
+    const uint8_t *rows = j->src->data + (size_t)r0 * j->src->row_bytes;
+    size_t bytes = (size_t)(r1 - r0) * j->src->row_bytes;
+    kn_map_populate(j->map, rows, bytes);
     kn_pack_groups(j->src, j->dst, g0, g1);
+    kn_map_release(j->map, rows, bytes);
 }
 
 /* w repacked for the model's kernel table into an owned copy, when the table wants that; the
@@ -115,7 +122,7 @@ static kiln_status pack_mat(kn_model *m, kn_pool *pool, kn_wmat *w, const kn_ggu
     kiln_status s = keep_owned(m, raw, err);
     if (s) return s;
     uint8_t *dst = (uint8_t *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
-    pack_job j = {w, dst, (w->n_out + KN_GROUP - 1) / KN_GROUP, 16};
+    pack_job j = {w, dst, (w->n_out + KN_GROUP - 1) / KN_GROUP, 16, &m->gguf->map};
     kn_pool_run(pool, pack_item, &j, (j.n_groups + j.per_item - 1) / j.per_item);
     *w = kn_pack_view(w, dst);
     m->packed_bytes += n;
