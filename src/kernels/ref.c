@@ -389,15 +389,20 @@ static inline void attn_ref(const float *q, const void *k, const void *v, bool f
     }
 }
 
+/* One head at a time. */
 void kn_attn_ref(const float *q, const float *k, const float *v, const int32_t *slot_pos,
-                 int n_slots, int32_t pos, int swa, int d, float *sc, float *out) {
-    attn_ref(q, k, v, false, slot_pos, n_slots, pos, swa, d, sc, out, NULL);
+                 int n_slots, int32_t pos, int swa, int d, int n_q, float *sc, float *out) {
+    for (int h = 0; h < n_q; h++)
+        attn_ref(q + (size_t)h * d, k, v, false, slot_pos, n_slots, pos, swa, d,
+                 sc + (size_t)h * n_slots, out + (size_t)h * d, NULL);
 }
 
 void kn_attn_ref_f16(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *slot_pos,
-                     int n_slots, int32_t pos, int swa, int d, float *sc, float *out) {
+                     int n_slots, int32_t pos, int swa, int d, int n_q, float *sc, float *out) {
     float wide[KN_ATTN_MAX_D];
-    attn_ref(q, k, v, true, slot_pos, n_slots, pos, swa, d, sc, out, wide);
+    for (int h = 0; h < n_q; h++)
+        attn_ref(q + (size_t)h * d, k, v, true, slot_pos, n_slots, pos, swa, d,
+                 sc + (size_t)h * n_slots, out + (size_t)h * d, wide);
 }
 
 static const kn_kernels k_generic = {

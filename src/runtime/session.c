@@ -41,7 +41,7 @@ struct kn_session {
     float *hb;                /* [R][F] gate, then SwiGLU */
     float *hb2;               /* [R][F] up */
     float *cs;                /* [R][rope_dim] cos/sin per row */
-    float *scores;            /* [threads][W] attention weights per worker */
+    float *scores;            /* [threads][KN_ATTN_SCRATCH(H/Hkv)][W] attention weights */
     float *logits;            /* [V] */
     int32_t *rows_pos;        /* [R] position of each row */
     int32_t *rows_slot;       /* [R] KV slot of each row */
@@ -120,7 +120,8 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     s->hb = alloc_f(fs * R * F, &ok);
     s->hb2 = alloc_f(fs * R * F, &ok);
     s->cs = alloc_f(fs * R * (size_t)hp->rope_dim, &ok);
-    s->scores = alloc_f(fs * (size_t)p->threads * W, &ok);
+    size_t group = (size_t)KN_ATTN_SCRATCH(hp->n_head / hp->n_head_kv);
+    s->scores = alloc_f(fs * (size_t)p->threads * group * W, &ok);
     s->logits = alloc_f(fs * V, &ok);
     s->rows_pos = alloc_f(sizeof(int32_t) * R, &ok);
     s->rows_slot = alloc_f(sizeof(int32_t) * R, &ok);
@@ -163,26 +164,29 @@ typedef struct attn_job {
     int n_rows;
 } attn_job;
 
-/* Item u is the pair (row u / H, head u % H): scores over the allowed slots, softmax, and the
- * weighted sum of values into xb. Nothing in it depends on the other rows, so a row gives the
- * same bits in a decode step as inside a prefill chunk or a stateless window. */
+/* Item u is the pair (row u / Hkv, KV head u % Hkv): for each query head of that KV head's
+ * group, scores over the allowed slots, softmax, and the weighted sum of values into xb (one
+ * pass over the cached rows serves the whole group). Nothing in it depends on the other rows,
+ * so a row gives the same bits in a decode step as inside a prefill chunk or a stateless
+ * window. */
 static void attn_item(void *ctx, int u, int n_items, int worker) {
     (void)n_items;
     const attn_job *j = ctx;
     kn_session *s = j->s;
     const kn_hparams *hp = &s->m->hp;
-    int H = hp->n_head, D = hp->head_dim, W = s->m->window, group = hp->n_head / hp->n_head_kv;
-    int r = u / H, h = u % H, kh = h / group;
-    const float *q = s->q + (size_t)r * H * D + (size_t)h * D;
+    int H = hp->n_head, Hkv = hp->n_head_kv, D = hp->head_dim, W = s->m->window;
+    int group = H / Hkv, r = u / Hkv, kh = u % Hkv;
+    const float *q = s->q + (size_t)r * H * D + (size_t)kh * group * D;
     const void *k = j->kv.k + (size_t)kh * W * D * s->kv_elem;
     const void *v = j->kv.v + (size_t)kh * W * D * s->kv_elem;
-    float *sc = s->scores + (size_t)worker * W, *out = s->xb + (size_t)r * H * D + (size_t)h * D;
+    float *sc = s->scores + (size_t)worker * KN_ATTN_SCRATCH(group) * W;
+    float *out = s->xb + (size_t)r * H * D + (size_t)kh * group * D;
     if (s->kv_elem == sizeof(uint16_t))
         s->k->attn_f16(q, k, v, j->kv.pos, j->kv.n_slots, s->rows_pos[r], hp->sliding_window, D,
-                       sc, out);
+                       group, sc, out);
     else
-        s->k->attn(q, k, v, j->kv.pos, j->kv.n_slots, s->rows_pos[r], hp->sliding_window, D, sc,
-                   out);
+        s->k->attn(q, k, v, j->kv.pos, j->kv.n_slots, s->rows_pos[r], hp->sliding_window, D,
+                   group, sc, out);
 }
 
 /* Quantizes n rows of x (n_in floats each) into the activation forms that the matrices w[0..nw)
@@ -275,7 +279,7 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, in
             }
         }
         attn_job aj = {s, kv, n};
-        kn_pool_run(n * H * kv.n_slots * D < 16384 ? NULL : s->pool, attn_item, &aj, n * H);
+        kn_pool_run(n * H * kv.n_slots * D < 16384 ? NULL : s->pool, attn_item, &aj, n * Hkv);
         mm(s, &L->wo, s->xb, n, s->xb2);
         for (size_t i = 0; i < (size_t)n * E; i++) s->x[i] += s->xb2[i];
 

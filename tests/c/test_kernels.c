@@ -552,23 +552,26 @@ TEST(kernels_quantize_variants_bitwise) {
 
 TEST(kernels_attention_variants) {
     /* Each variant against the reference (TOL_ATTN), on head sizes that are and are not
-     * multiples of 16, over an F32 and an F16 cache; and, within each variant, the bits do not
-     * depend on how many masked slots follow the last allowed one (a decode step sees slots
-     * 0..p, a stateless window sees them all with the future masked). The F16 reference is the
-     * F32 one on the widened cache, bit for bit. */
+     * multiples of 8 and 16, over an F32 and an F16 cache, for groups of 1 to 9 query heads
+     * sharing the KV head; and, within each variant, the bits do not depend on how many masked
+     * slots follow the last allowed one (a decode step sees slots 0..p, a stateless window sees
+     * them all with the future masked), nor on the size of the group a head is computed in.
+     * The F16 reference is the F32 one on the widened cache, bit for bit. */
     const int dims[] = {8, 17, 64, 80, 128};
-    enum { S = 41 };
+    const int groups[] = {1, 3, 8, 9};
+    enum { S = 41, GMAX = 9 };
     int nv;
     const kn_kernels *const *v = all_variants(&nv);
     for (int di = 0; di < 5; di++) {
         int d = dims[di];
-        float *q = malloc(sizeof(float) * d), *k = malloc(sizeof(float) * S * d),
-              *val = malloc(sizeof(float) * S * d), sc[S], *ref = malloc(sizeof(float) * d),
-              *o1 = malloc(sizeof(float) * d), *o2 = malloc(sizeof(float) * d);
-        for (int i = 0; i < d; i++) q[i] = rndf() * 2.0f;
+        float *q = malloc(sizeof(float) * GMAX * d), *k = malloc(sizeof(float) * S * d),
+              *val = malloc(sizeof(float) * S * d), *sc = malloc(sizeof(float) * KN_ATTN_SCRATCH(GMAX) * S),
+              *ref = malloc(sizeof(float) * GMAX * d), *ref16 = malloc(sizeof(float) * GMAX * d),
+              *o1 = malloc(sizeof(float) * GMAX * d), *o2 = malloc(sizeof(float) * GMAX * d),
+              *o3 = malloc(sizeof(float) * GMAX * d);
         uint16_t *k16 = malloc(sizeof(uint16_t) * S * d), *v16 = malloc(sizeof(uint16_t) * S * d);
-        float *kw = malloc(sizeof(float) * S * d), *vw = malloc(sizeof(float) * S * d),
-              *ref16 = malloc(sizeof(float) * d);
+        float *kw = malloc(sizeof(float) * S * d), *vw = malloc(sizeof(float) * S * d);
+        for (int i = 0; i < GMAX * d; i++) q[i] = rndf() * 2.0f;
         for (int i = 0; i < S * d; i++) {
             k[i] = rndf() * 2.0f;
             val[i] = rndf();
@@ -579,45 +582,58 @@ TEST(kernels_attention_variants) {
         }
         int32_t spos[S];
         for (int t = 0; t < S; t++) spos[t] = t % 7 == 3 ? -1 : t; /* a few empty slots */
-        for (int32_t p = 0; p < S; p++)
-            for (int swa = 0; swa <= 5; swa += 5) {
-                kn_attn_ref(q, k, val, spos, S, p, swa, d, sc, ref);
-                kn_attn_ref(q, kw, vw, spos, S, p, swa, d, sc, ref16);
-                kn_attn_ref_f16(q, k16, v16, spos, S, p, swa, d, sc, o1);
-                CHECKF(memcmp(o1, ref16, sizeof(float) * d) == 0,
-                       "ref f16 d %d pos %d: differs from the F32 reference on the widened cache",
-                       d, p);
-                double vmax = 1.0;
-                for (int vi = 0; vi < nv; vi++) {
-                    if (!v[vi]) continue;
-                    for (int h = 0; h < 2; h++) {
-                        if (h) {
-                            v[vi]->attn_f16(q, k16, v16, spos, S, p, swa, d, sc, o1);
-                            v[vi]->attn_f16(q, k16, v16, spos, p + 1, p, swa, d, sc, o2);
-                        } else {
-                            v[vi]->attn(q, k, val, spos, S, p, swa, d, sc, o1);
-                            v[vi]->attn(q, k, val, spos, p + 1, p, swa, d, sc, o2);
+        for (int gi = 0; gi < 4; gi++) {
+            int g = groups[gi];
+            for (int32_t p = 0; p < S; p += (g == 8 ? 1 : 3))
+                for (int swa = 0; swa <= 5; swa += 5) {
+                    kn_attn_ref(q, k, val, spos, S, p, swa, d, g, sc, ref);
+                    kn_attn_ref(q, kw, vw, spos, S, p, swa, d, g, sc, ref16);
+                    kn_attn_ref_f16(q, k16, v16, spos, S, p, swa, d, g, sc, o1);
+                    CHECKF(memcmp(o1, ref16, sizeof(float) * g * d) == 0,
+                           "ref f16 d %d pos %d: differs from the F32 reference on the widened "
+                           "cache", d, p);
+                    double vmax = 1.0;
+                    for (int vi = 0; vi < nv; vi++) {
+                        if (!v[vi]) continue;
+                        for (int h = 0; h < 2; h++) {
+                            if (h) {
+                                v[vi]->attn_f16(q, k16, v16, spos, S, p, swa, d, g, sc, o1);
+                                v[vi]->attn_f16(q, k16, v16, spos, p + 1, p, swa, d, g, sc, o2);
+                            } else {
+                                v[vi]->attn(q, k, val, spos, S, p, swa, d, g, sc, o1);
+                                v[vi]->attn(q, k, val, spos, p + 1, p, swa, d, g, sc, o2);
+                            }
+                            CHECKF(memcmp(o1, o2, sizeof(float) * g * d) == 0,
+                                   "%s%s d %d pos %d: masked slots after pos changed the result",
+                                   v[vi]->name, h ? " f16" : "", d, p);
+                            /* the last head alone gives the same bits as inside the group */
+                            const float *ql = q + (size_t)(g - 1) * d;
+                            if (h) v[vi]->attn_f16(ql, k16, v16, spos, S, p, swa, d, 1, sc, o3);
+                            else v[vi]->attn(ql, k, val, spos, S, p, swa, d, 1, sc, o3);
+                            CHECKF(memcmp(o3, o1 + (size_t)(g - 1) * d, sizeof(float) * d) == 0,
+                                   "%s%s d %d: head %d differs alone and in a group of %d",
+                                   v[vi]->name, h ? " f16" : "", d, g - 1, g);
+                            const float *r = h ? ref16 : ref;
+                            for (int i = 0; i < g * d; i++)
+                                CHECKF(fabs((double)o1[i] - r[i]) <= TOL_ATTN * vmax,
+                                       "%s%s d %d group %d pos %d swa %d [%d]: %.9g vs ref %.9g",
+                                       v[vi]->name, h ? " f16" : "", d, g, p, swa, i, o1[i],
+                                       r[i]);
                         }
-                        CHECKF(memcmp(o1, o2, sizeof(float) * d) == 0,
-                               "%s%s d %d pos %d: masked slots after pos changed the result",
-                               v[vi]->name, h ? " f16" : "", d, p);
-                        const float *r = h ? ref16 : ref;
-                        for (int i = 0; i < d; i++)
-                            CHECKF(fabs((double)o1[i] - r[i]) <= TOL_ATTN * vmax,
-                                   "%s%s d %d pos %d swa %d [%d]: %.9g vs ref %.9g", v[vi]->name,
-                                   h ? " f16" : "", d, p, swa, i, o1[i], r[i]);
                     }
                 }
-            }
+        }
         /* Nothing allowed: zeros, not NaN. */
         int32_t none[S];
         for (int t = 0; t < S; t++) none[t] = -1;
         for (int vi = 0; vi < nv; vi++)
             if (v[vi]) {
-                v[vi]->attn(q, k, val, none, S, 5, 0, d, sc, o1);
-                for (int i = 0; i < d; i++) CHECK(o1[i] == 0.0f);
-                v[vi]->attn_f16(q, k16, v16, none, S, 5, 0, d, sc, o1);
-                for (int i = 0; i < d; i++) CHECK(o1[i] == 0.0f);
+                for (int i = 0; i < 3 * d; i++) o1[i] = NAN;
+                v[vi]->attn(q, k, val, none, S, 5, 0, d, 3, sc, o1);
+                for (int i = 0; i < 3 * d; i++) CHECK(o1[i] == 0.0f);
+                for (int i = 0; i < 3 * d; i++) o1[i] = NAN;
+                v[vi]->attn_f16(q, k16, v16, none, S, 5, 0, d, 3, sc, o1);
+                for (int i = 0; i < 3 * d; i++) CHECK(o1[i] == 0.0f);
             }
         free(k16);
         free(v16);
@@ -627,9 +643,11 @@ TEST(kernels_attention_variants) {
         free(q);
         free(k);
         free(val);
+        free(sc);
         free(ref);
         free(o1);
         free(o2);
+        free(o3);
     }
 }
 
