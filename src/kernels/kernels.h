@@ -134,6 +134,9 @@ typedef struct kn_kernels {
     kn_quant_fn quantize_k;         /* the Q8_K form; n a multiple of 256 */
     kn_attn_fn attn;
     kn_attn_f16_fn attn_f16;
+    void (*swiglu)(float *g, const float *u, int n); /* as kn_swiglu; one row per call, so
+                                                      * that a row's bits do not depend on the
+                                                      * rows before it */
 } kn_kernels;
 
 /* The variant for this CPU, chosen once (thread-safe after the first call returns). Setting the
@@ -208,7 +211,7 @@ void kn_matmul_multi(kn_pool *pool, const kn_kernels *k, int n_mats, const kn_wm
 void kn_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
 /* Softmax in place. */
 void kn_softmax(float *x, int n);
-/* g[i] = silu(g[i]) * u[i]. */
+/* g[i] = silu(g[i]) * u[i]; the reference of kn_kernels.swiglu. */
 void kn_swiglu(float *g, const float *u, int n);
 float kn_silu(float x);
 

@@ -31,6 +31,7 @@ const kn_kernels *kn_kernels_avx512_table(void);
 /* ops_avx2.c (AVX2 + FMA + F16C) */
 void kn_quantize_avx2(kn_act *a, const float *x, int n_tok, int n);
 void kn_quantize_k_avx2(kn_act *a, const float *x, int n_tok, int n);
+void kn_swiglu_avx2(float *g, const float *u, int n);
 void kn_attn_avx2(const float *q, const float *k, const float *v, const int32_t *slot_pos,
                   int n_slots, int32_t pos, int swa, int d, int n_q, float *scores, float *out);
 void kn_attn_avx2_f16(const float *q, const uint16_t *k, const uint16_t *v,

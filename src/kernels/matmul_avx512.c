@@ -223,6 +223,7 @@ static const kn_kernels k_avx512 = {
     .quantize_k = kn_quantize_k_avx2,
     .attn = kn_attn_avx512,
     .attn_f16 = kn_attn_avx512_f16,
+    .swiglu = kn_swiglu_avx2,
 };
 
 const kn_kernels *kn_kernels_avx512_table(void) { return &k_avx512; }

@@ -134,6 +134,45 @@ void kn_quantize_k_avx2(kn_act *a, const float *x, int n_tok, int n) {
     }
 }
 
+/* ---- SwiGLU ---- */
+
+/* e^x for any x: the attention's polynomial (attn_x86.h) with the argument capped where 2^n
+ * stays representable: 0 below -87.3, +inf past 88.7. */
+AI __m256 exp_any8(__m256 x) {
+    x = _mm256_min_ps(x, _mm256_set1_ps(88.8f));
+    __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_GE_OQ);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    /* n in [-126, 128]; 128 makes the exponent field all ones: +inf, the right overflow */
+    __m256i e = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_max_ps(n, _mm256_set1_ps(-126.0f))),
+                         _mm256_set1_epi32(127)),
+        23);
+    return _mm256_and_ps(live, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+/* g = g / (1 + e^-g) * u, 8 at a time (the tail through the reference). */
+void kn_swiglu_avx2(float *g, const float *u, int n) {
+    int i = 0;
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(g + i);
+        __m256 e = exp_any8(_mm256_xor_ps(x, sign));
+        __m256 silu = _mm256_div_ps(x, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(silu, _mm256_loadu_ps(u + i)));
+    }
+    if (i < n) kn_swiglu(g + i, u + i, n - i);
+}
+
 /* ---- attention ---- */
 
 #define KN_ATTN_NAME(sfx) kn_attn_avx2##sfx

@@ -421,6 +421,7 @@ static const kn_kernels k_generic = {
     .quantize_k = kn_quantize_act_k,
     .attn = kn_attn_ref,
     .attn_f16 = kn_attn_ref_f16,
+    .swiglu = kn_swiglu,
 };
 
 const kn_kernels *kn_kernels_generic(void) { return &k_generic; }

@@ -210,4 +210,5 @@ KN_ROWS_F(rows_f16, load8_f16, 2, f16_at)
     .quantize = kn_quantize_avx2,                                                               \
     .quantize_k = kn_quantize_k_avx2,                                                           \
     .attn = kn_attn_avx2,                                                                       \
-    .attn_f16 = kn_attn_avx2_f16
+    .attn_f16 = kn_attn_avx2_f16,                                                               \
+    .swiglu = kn_swiglu_avx2

@@ -292,7 +292,9 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, in
             quantize_for(s, w2, 2, s->xb, n);
             kn_matmul_multi(s->pool, s->k, 2, w2, s->xb, &s->act, n, y2);
         }
-        kn_swiglu(s->hb, s->hb2, n * F);
+        /* per row: where a row's tail starts must not depend on the rows before it */
+        for (int r = 0; r < n; r++)
+            s->k->swiglu(s->hb + (size_t)r * F, s->hb2 + (size_t)r * F, F);
         mm(s, &L->down, s->hb, n, s->xb2);
         for (size_t i = 0; i < (size_t)n * E; i++) s->x[i] += s->xb2[i];
     }

@@ -23,6 +23,9 @@
 /* Attention output of a SIMD variant vs the reference, relative to max |v|: the softmax weights
  * differ by the exponential (expf vs a 2-ulp polynomial) and summation order, a few ulps each. */
 #define TOL_ATTN 2e-6
+/* SwiGLU of a variant vs the reference, relative: the exponential's 2 ulps, then a division and
+ * a product, each within half an ulp. */
+#define TOL_SWIGLU 4e-7
 
 static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
 static uint32_t rnd(void) {
@@ -480,6 +483,37 @@ TEST(kernels_batch_invariant) {
             prob_free(&p);
         }
     kn_pool_free(pool);
+}
+
+TEST(kernels_swiglu_variants) {
+    /* Each variant against the reference: the exponential is a 2-ulp polynomial instead of
+     * expf, so silu moves by a few ulps (TOL_SWIGLU relative); the extremes (overflowing
+     * e^-x, underflow, zero) are exact. Lengths that are not multiples of 8 take the tail. */
+    enum { N = 203 };
+    float g0[N], u[N], ref[N], got[N];
+    for (int i = 0; i < N; i++) {
+        g0[i] = rndf() * (i % 5 == 0 ? 40.0f : 6.0f);
+        u[i] = rndf() * 3.0f;
+    }
+    const float edge[] = {0.0f, -0.0f, 100.0f, -100.0f, 88.0f, -88.0f, 1e-30f, -1e-30f, 30.0f, -30.0f};
+    memcpy(g0, edge, sizeof edge);
+    memcpy(ref, g0, sizeof ref);
+    kn_swiglu(ref, u, N);
+    int nv;
+    const kn_kernels *const *v = all_variants(&nv);
+    for (int vi = 0; vi < nv; vi++) {
+        if (!v[vi]) continue;
+        for (int n = N - 8; n <= N; n += 8 - 1) {
+            memcpy(got, g0, sizeof got);
+            v[vi]->swiglu(got, u, n);
+            for (int i = 0; i < n; i++)
+                CHECKF(fabsf(got[i] - ref[i]) <= TOL_SWIGLU * fabsf(ref[i]) &&
+                           (ref[i] == ref[i]) == (got[i] == got[i]),
+                       "%s swiglu [%d] of %d: %.9g vs ref %.9g (g %.9g)", v[vi]->name, i, n,
+                       got[i], ref[i], g0[i]);
+            for (int i = n; i < N; i++) CHECK(memcmp(&got[i], &g0[i], sizeof(float)) == 0);
+        }
+    }
 }
 
 TEST(kernels_quantize_variants_bitwise) {
