@@ -203,6 +203,69 @@ KN_X8_AI void x8_tile_q4(const uint32_t type, const uint8_t *gp, int nb, const k
     for (int t = 0; t < nt; t++) x8_store(y + (size_t)(t0 + t) * ldy + row0, acc[t], lo, hi);
 }
 
+/* A decode step (one token) over two adjacent groups of Q4_0 / Q4_1: each broadcast of 4
+ * activation bytes feeds 16 rows. Lane for lane the same operations as x8_tile_q4 with nt = 1
+ * (the integer sums are exact in any order), so a row's bits do not depend on whether its group
+ * was paired. */
+KN_X8_AI void x8_pair_q4(const uint32_t type, const uint8_t *gp0, const uint8_t *gp1, int nb,
+                         const kn_act *a, float *y0, float *y1, int lo0, int hi0, int lo1,
+                         int hi1) {
+    const size_t bb = type == KN_TYPE_Q4_0 ? 144 : 160;
+    const int qoff = type == KN_TYPE_Q4_0 ? 16 : 32;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    x8_tok tk;
+    x8_tok_q8_0(&tk, a, 0, 1);
+    const uint8_t *gp[2] = {gp0, gp1};
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int b = 0; b < nb; b++) {
+        const int8_t *aq = tk.q[0] + b * KN_QBLOCK;
+        const uint8_t *bp[2] = {gp[0] + (size_t)b * bb, gp[1] + (size_t)b * bb};
+        for (int g = 0; g < 2; g++) {
+            _mm_prefetch((const char *)bp[g] + KN_X8_PREFETCH, _MM_HINT_T0);
+            _mm_prefetch((const char *)bp[g] + KN_X8_PREFETCH + 64, _MM_HINT_T0);
+        }
+#if KN_VNNI
+        __m256i s[2][2];
+        for (int g = 0; g < 2; g++) {
+            s[g][0] = type == KN_TYPE_Q4_0 ? _mm256_set1_epi32(tk.q4off[0][b]) : _mm256_setzero_si256();
+            s[g][1] = _mm256_setzero_si256();
+        }
+#else
+        __m256i s[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+#endif
+        for (int v = 0; v < 4; v++) {
+            __m256i bl = x8_bcast4(aq + 4 * v), bh = x8_bcast4(aq + 16 + 4 * v);
+            for (int g = 0; g < 2; g++) {
+                __m256i raw = x8_load(bp[g] + qoff + 32 * v);
+                __m256i wl = _mm256_and_si256(raw, m4);
+                __m256i wh = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+#if KN_VNNI
+                s[g][0] = KN_DPBUSD(s[g][0], wl, bl);
+                s[g][1] = KN_DPBUSD(s[g][1], wh, bh);
+#else
+                s[g] = _mm256_add_epi16(s[g], _mm256_add_epi16(_mm256_maddubs_epi16(wl, bl),
+                                                              _mm256_maddubs_epi16(wh, bh)));
+#endif
+            }
+        }
+        __m256 da = _mm256_set1_ps(tk.d[0][b]);
+        for (int g = 0; g < 2; g++) {
+#if KN_VNNI
+            __m256i s32 = _mm256_add_epi32(s[g][0], s[g][1]);
+#else
+            __m256i s32 = _mm256_madd_epi16(s[g], _mm256_set1_epi16(1));
+            if (type == KN_TYPE_Q4_0) s32 = _mm256_add_epi32(s32, _mm256_set1_epi32(tk.q4off[0][b]));
+#endif
+            __m256 dd = _mm256_mul_ps(x8_f16x8(bp[g]), da);
+            acc[g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), dd, acc[g]);
+            if (type == KN_TYPE_Q4_1)
+                acc[g] = _mm256_fmadd_ps(x8_f16x8(bp[g] + 16), _mm256_set1_ps(tk.s[0][b]), acc[g]);
+        }
+    }
+    x8_store(y0, acc[0], lo0, hi0);
+    x8_store(y1, acc[1], lo1, hi1);
+}
+
 /* ---- Q8_0: signed bytes; |w| times the activation carrying w's sign ---- */
 
 KN_X8_AI void x8_tile_q8_0(const uint32_t type, const uint8_t *gp, int nb, const kn_act *a,
@@ -411,12 +474,25 @@ KN_X8_AI void x8_tile_q6_k(const uint32_t type, const uint8_t *gp, int nb, const
 
 /* Rows [r0, r1) x all tokens: the groups that hold them, each in tiles of KN_X8_NT tokens
  * (the remainders get their own specialized copies through the constant nt). */
-#define KN_X8_ROWS(NAME, TILE, TYPE, BLOCK)                                                      \
+#define KN_X8_ROWS(NAME, TILE, TYPE, BLOCK) KN_X8_ROWS_PAIR(NAME, TILE, x8_pair_none, 0, TYPE, BLOCK)
+
+/* With PAIR_ON, a 1-token call (decode) takes the groups two at a time through PAIR. */
+#define KN_X8_ROWS_PAIR(NAME, TILE, PAIR, PAIR_ON, TYPE, BLOCK)                                  \
     static void NAME(const kn_wmat *w, int r0, int r1, const float *x, const kn_act *a,        \
                      int n_tok, float *y, int ldy) {                                            \
         (void)x;                                                                                 \
         int nb = w->n_in / (BLOCK);                                                              \
-        for (int g = r0 / KN_GROUP; g * KN_GROUP < r1; g++) {                                   \
+        int g = r0 / KN_GROUP;                                                                   \
+        if (n_tok == 1 && (PAIR_ON))                                                             \
+            for (; (g + 1) * KN_GROUP < r1; g += 2) {                                            \
+                int row0 = g * KN_GROUP, row1 = row0 + KN_GROUP;                                 \
+                int lo0 = r0 > row0 ? r0 - row0 : 0;                                            \
+                int hi1 = r1 < row1 + KN_GROUP ? r1 - row1 : KN_GROUP;                           \
+                PAIR(TYPE, w->data + (size_t)g * w->row_bytes,                                   \
+                     w->data + (size_t)(g + 1) * w->row_bytes, nb, a, y + row0, y + row1, lo0,   \
+                     KN_GROUP, 0, hi1);                                                          \
+            }                                                                                    \
+        for (; g * KN_GROUP < r1; g++) {                                                         \
             const uint8_t *gp = w->data + (size_t)g * w->row_bytes;                              \
             int row0 = g * KN_GROUP;                                                             \
             int lo = r0 > row0 ? r0 - row0 : 0;                                                 \
@@ -446,8 +522,16 @@ KN_X8_AI void x8_tile_q6_k(const uint32_t type, const uint8_t *gp, int nb, const
 #error "KN_X8_NT must be 4 or 8"
 #endif
 
-KN_X8_ROWS(x8_rows_q4_0, x8_tile_q4, KN_TYPE_Q4_0, KN_QBLOCK)
-KN_X8_ROWS(x8_rows_q4_1, x8_tile_q4, KN_TYPE_Q4_1, KN_QBLOCK)
+/* The PAIR of types without one: never called. */
+KN_X8_AI void x8_pair_none(const uint32_t type, const uint8_t *gp0, const uint8_t *gp1, int nb,
+                           const kn_act *a, float *y0, float *y1, int lo0, int hi0, int lo1,
+                           int hi1) {
+    (void)type, (void)gp0, (void)gp1, (void)nb, (void)a, (void)y0, (void)y1;
+    (void)lo0, (void)hi0, (void)lo1, (void)hi1;
+}
+
+KN_X8_ROWS_PAIR(x8_rows_q4_0, x8_tile_q4, x8_pair_q4, 1, KN_TYPE_Q4_0, KN_QBLOCK)
+KN_X8_ROWS_PAIR(x8_rows_q4_1, x8_tile_q4, x8_pair_q4, 1, KN_TYPE_Q4_1, KN_QBLOCK)
 KN_X8_ROWS(x8_rows_q8_0, x8_tile_q8_0, KN_TYPE_Q8_0, KN_QBLOCK)
 KN_X8_ROWS(x8_rows_q4_k, x8_tile_q45_k, KN_TYPE_Q4_K, KN_KBLOCK)
 KN_X8_ROWS(x8_rows_q5_k, x8_tile_q45_k, KN_TYPE_Q5_K, KN_KBLOCK)
