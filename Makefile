@@ -5,7 +5,7 @@ BUILD ?= build
 JOBS ?= 2
 PY := .venv/bin/python
 
-.PHONY: all deps pyenv models test test-c test-py test-sanitize fuzz demo clean
+.PHONY: all deps pyenv models test test-c test-py test-sanitize test-tsan fuzz demo clean
 
 all: $(BUILD)/kiln
 
@@ -35,8 +35,15 @@ test-sanitize: deps pyenv models
 	cmake --build build-san -j$(JOBS)
 	@scripts/run_tests.sh build-san
 
-# libFuzzer targets, each run for FUZZ_SECONDS.
-FUZZ_SECONDS ?= 30
+# Many sessions on one model from many threads, under ThreadSanitizer.
+test-tsan: deps pyenv models
+	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKILN_TSAN=ON >/dev/null
+	cmake --build build-tsan -j$(JOBS) --target kiln kn_sessions_tool
+	KILN_BUILD=$(CURDIR)/build-tsan KILN_TSAN=1 KILN_SHARED=$${KILN_SHARED:-$(CURDIR)/../shared} \
+	  .venv/bin/python -m pytest -q -p no:cacheprovider tests/py/test_sessions.py
+
+# libFuzzer targets (one per parser: tests/fuzz/fuzz_*.c), each run for FUZZ_SECONDS.
+FUZZ_SECONDS ?= 15
 fuzz: deps
 	CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DKILN_FUZZ=ON >/dev/null
 	cmake --build build-fuzz -j$(JOBS)
@@ -46,4 +53,4 @@ demo: all pyenv models
 	@scripts/demo.sh $(BUILD)
 
 clean:
-	rm -rf $(BUILD) build-san build-fuzz
+	rm -rf $(BUILD) build-san build-tsan build-fuzz

@@ -48,7 +48,9 @@ typedef enum kiln_status {
     KILN_ERR_NOMEM = 5,         /* an allocation failed */
     KILN_ERR_DEVICE = 6,        /* the requested device is not available */
     KILN_ERR_INTERNAL = 7,      /* a bug in kiln */
-    KILN_ERR_CANCELLED = 8      /* the caller asked to stop (a progress callback said so) */
+    KILN_ERR_CANCELLED = 8,     /* the caller asked to stop (a progress callback said so) */
+    KILN_ERR_WRITE = 9          /* the output could not be written: disk full, permissions,
+                                   another bake writing the same offering */
 } kiln_status;
 
 /* The words of the last failure of a call. Owned by the caller; no allocation inside. */
@@ -133,9 +135,13 @@ kiln_status kiln_bake_from_ir(const char *xml, const char *out_dir,
 
 /*
  * Bakes SOURCE (a .gguf file, a Hugging Face model folder, or "ORG/NAME" looked up in the local
- * Hugging Face cache) into the offering directory OUT_DIR. The offering is written under a
- * temporary name and renamed into place, so a failed bake leaves nothing behind. An existing
- * OUT_DIR that is an offering is replaced; any other existing OUT_DIR is refused.
+ * Hugging Face cache) into the offering directory OUT_DIR. The offering is written in a
+ * staging directory beside it and swapped into place atomically (an existing offering is
+ * replaced in one step: a reader sees the old or the new one, never none), so a failed bake
+ * leaves nothing behind. An existing OUT_DIR that is an offering is replaced; any other
+ * existing OUT_DIR is refused. A bake locks its staging directory: a second bake to the same
+ * OUT_DIR meanwhile is refused (KILN_ERR_WRITE), and staging left by a killed bake is removed
+ * by the next one.
  */
 kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_params *params,
                       kiln_error *err);
@@ -149,15 +155,13 @@ typedef enum kiln_describe_format {
  * Describes an offering or any source kiln_bake reads: graphs with every input and output
  * (name, dtype, static shape), hyperparameters, quantization per tensor class, provenance and
  * the validation verdict. *out is a NUL-terminated string to free with kiln_free.
- * A source that is not an offering is described as the offering a default bake would make.
- * An offering that fails a validation check gives KILN_ERR_FORMAT with *out still set (the
- * description names the failing check).
+ * A source that is not an offering is described as the offering a default bake would make,
+ * with the checks a bake makes before writing (its tokenizer against the model).
+ * An offering or source that fails a validation check gives KILN_ERR_FORMAT with *out still
+ * set (the description names the failing check).
  */
 kiln_status kiln_describe(const char *path, kiln_describe_format format, char **out,
                           kiln_error *err);
-
-/* Maps a status to the exit code of the kiln command: 0 ok, 2 bad input, 3 device, 1 other. */
-int kiln_exit_code(kiln_status status);
 
 /* ---- tokenizer ---- */
 /*
@@ -167,8 +171,8 @@ int kiln_exit_code(kiln_status status);
  *     if (kiln_tokenizer_open("offering_int4_binary", &tok, &err) != KILN_OK) ...
  *     int32_t *ids; size_t n;
  *     kiln_tokenize(tok, "Hello", 5, KILN_TOKENIZE_ADD_BOS, &ids, &n, &err);
- *     char *text;
- *     kiln_detokenize(tok, ids, n, 0, &text, &err);
+ *     char *text; size_t len;
+ *     kiln_detokenize(tok, ids, n, 0, &text, &len, &err);
  *     kiln_free(ids); kiln_free(text); kiln_tokenizer_free(tok);
  */
 typedef struct kiln_tokenizer kiln_tokenizer;
@@ -190,20 +194,24 @@ kiln_status kiln_tokenize(const kiln_tokenizer *tok, const char *text, size_t le
 enum {
     KILN_DETOKENIZE_SPECIAL = 1 /* render special tokens as their text */
 };
-/* Decodes ids into a NUL-terminated UTF-8 string (free with kiln_free). An id outside the
+/* Decodes ids into UTF-8 text (free with kiln_free), NUL-terminated for convenience; *len
+ * (optional) is its length in bytes, which counts the NUL bytes a token may decode to (a
+ * byte token <0x00>), so print with the length, not as a C string. An id outside the
  * vocabulary is KILN_ERR_INVALID_ARG. */
 kiln_status kiln_detokenize(const kiln_tokenizer *tok, const int32_t *ids, size_t n,
-                            unsigned flags, char **text, kiln_error *err);
+                            unsigned flags, char **text, size_t *len, kiln_error *err);
 
 /* Streaming decoder: each push returns the text that became complete (possibly ""), holding
  * back the bytes of a character split across tokens; finish returns what is left (an
- * incomplete character becomes U+FFFD). Strings are freed with kiln_free. */
+ * incomplete character becomes U+FFFD). Strings are freed with kiln_free; *len (optional) as
+ * for kiln_detokenize. */
 typedef struct kiln_detok_stream kiln_detok_stream;
 kiln_status kiln_detok_stream_new(const kiln_tokenizer *tok, unsigned flags,
                                   kiln_detok_stream **out, kiln_error *err);
-kiln_status kiln_detok_stream_push(kiln_detok_stream *s, int32_t id, char **text,
+kiln_status kiln_detok_stream_push(kiln_detok_stream *s, int32_t id, char **text, size_t *len,
                                    kiln_error *err);
-kiln_status kiln_detok_stream_finish(kiln_detok_stream *s, char **text, kiln_error *err);
+kiln_status kiln_detok_stream_finish(kiln_detok_stream *s, char **text, size_t *len,
+                                     kiln_error *err);
 void kiln_detok_stream_free(kiln_detok_stream *s);
 
 uint32_t kiln_tokenizer_n_vocab(const kiln_tokenizer *tok);
@@ -242,8 +250,18 @@ kiln_status kiln_chat_render(const kiln_tokenizer *tok, const char *template_nam
  *     printf("%s\n%s\n", r.text, r.metrics.finish_reason);
  *     kiln_result_free(&r); kiln_session_free(s); kiln_model_free(m);
  *
- * A model is read-only and may serve several sessions; a session owns its KV cache and scratch,
- * all sized once from the static contract, so generating allocates nothing per token.
+ * Model and sessions. A kiln_model holds what its sessions share: the weights (mapped, read
+ * only), the tokenizer, and per device the compiled graphs (OpenVINO compiles or imports each
+ * graph once per model and device, whatever the number of sessions) and one thread pool. A
+ * kiln_session holds only what one conversation writes: its KV cache, scratch buffers, device
+ * requests and sampler, all sized once from the static contract, so generating allocates
+ * nothing per token. A kiln_chat keeps a conversation's messages above a session.
+ *
+ * Threads. kiln_model_open and kiln_model_free run alone. Between them, any number of threads
+ * may call kiln_session_new / kiln_session_free and the kiln_model_* queries on one model at
+ * once, and use different sessions at the same time (their steps take turns on the model's
+ * CPU thread pool, and give the same ids as one after another). One session, and a kiln_chat
+ * over it, is used by one thread at a time. Every session is freed before its model.
  */
 typedef struct kiln_model kiln_model;
 typedef struct kiln_session kiln_session;
@@ -251,15 +269,22 @@ typedef struct kiln_session kiln_session;
 typedef struct kiln_model_params {
     const char *tokenizer;    /* optional: an HF folder or cached ORG/NAME whose tokenizer
                                  replaces the offering's (the old --tokenizer_id) */
-    int window;               /* for a source that is not an offering: W (default 1024) */
-    int chunk;                /* for a source that is not an offering: C (default 128) */
+    /* The contract of a source that is not an offering: W (0 = 1024) and C (0 = 128). An
+     * offering runs with the contract it was baked with; a different window or chunk here is
+     * KILN_ERR_INVALID_ARG. */
+    int window;
+    int chunk;
+    kiln_log_fn log;          /* told what opening does on the caller's behalf */
+    void *log_user;
 } kiln_model_params;
 
 kiln_model_params kiln_model_default_params(void);
 
 /* path: an offering directory, a file inside one (model.gguf, manifest.json,
- * openvino_model.xml), or any source kiln_bake reads, used with its weights as they are and the
- * default contract (W, C above). */
+ * openvino_model.xml), a GGUF file used with its weights as they are and the default contract
+ * (W, C above), or a Hugging Face folder / cached ORG/NAME, which is baked with its weights kept
+ * into a private directory under $TMPDIR (/tmp without it) — said through the log callback —
+ * mapped, and removed at once (bake it yourself to keep or quantize it). */
 kiln_status kiln_model_open(const char *path, const kiln_model_params *params, kiln_model **out,
                             kiln_error *err);
 void kiln_model_free(kiln_model *model);
@@ -267,6 +292,9 @@ const kiln_tokenizer *kiln_model_tokenizer(const kiln_model *model);
 int kiln_model_window(const kiln_model *model);
 int kiln_model_chunk(const kiln_model *model);
 int kiln_model_n_vocab(const kiln_model *model);
+/* How many device graphs the model has compiled or imported from the blob cache so far, over
+ * every device its sessions opened (0 on the native CPU, which compiles nothing). */
+int kiln_model_compiles(const kiln_model *model);
 
 typedef enum kiln_mode {
     KILN_MODE_KV = 0,         /* prefill chunks [1,C] + decode [1,1] against a W-slot KV cache */
@@ -292,7 +320,8 @@ typedef struct kiln_session_params {
     kiln_kv_type kv;          /* the native CPU engine's KV cache (default F16) */
     /* "auto" (default: NPU, then GPU through OpenVINO when the offering has its IR, else the
      * native CPU), "cpu", "npu", "gpu" or "openvino:DEVICE". A named device that is not there
-     * is KILN_ERR_DEVICE, never a silent fallback. */
+     * is KILN_ERR_DEVICE, never a silent fallback. Sessions of one model asking for the same
+     * device, mode and threads share what the device compiled for the first of them. */
     const char *device;
     int no_fallback;          /* with "auto": a missing NPU is an error, not a fallback */
     const char *openvino_lib; /* libopenvino_c path (else $KILN_OPENVINO_LIB, the openvino
@@ -310,8 +339,32 @@ kiln_status kiln_session_new(kiln_model *model, const kiln_session_params *param
 void kiln_session_free(kiln_session *session);
 /* The device the session runs on: "cpu", "openvino:NPU", ... */
 const char *kiln_session_device(const kiln_session *session);
-/* Forgets the conversation: empties the KV cache. */
+/* The CPU kernel table it runs ("avx2" ...), or "" when the device is not the native CPU. */
+const char *kiln_session_kernels(const kiln_session *session);
+/* What auto skipped before this device: "" or e.g. "npu,gpu". */
+const char *kiln_session_fallback(const kiln_session *session);
+
+/* The CPU kernel tables this machine can run, reference first and best last, space-separated
+ * ("generic avx2 avx512vnni"), and in *chosen the one sessions use: $KILN_KERNELS, else the
+ * best. KILN_ERR_INVALID_ARG (the message naming the valid choices) when KILN_KERNELS names a
+ * table that does not exist or that this CPU cannot run. */
+kiln_status kiln_cpu_kernels(const char **usable, const char **chosen, kiln_error *err);
+/* Forgets everything the session's cache holds. */
 void kiln_session_reset(kiln_session *session);
+/* The ids the session's cache holds, position by position (its last generation's prompt and
+ * answer; kv mode only, else *n = 0): what reuse_prefix can keep. A server picks, for a
+ * request, the free session whose ids share the longest prefix with it. Valid until the next
+ * call on the session. */
+void kiln_session_cached(const kiln_session *session, const int32_t **ids, int *n);
+
+/* Low level, for benchmarks and servers that run their own loop: feeds n token ids at positions
+ * pos0, pos0 + 1, ... (kv mode: the cache keeps what it holds before pos0; stateless: the ids
+ * join the window, whose positions are its own) through fixed-shape calls, and points *logits
+ * at the n_vocab logits that predict the next token, valid until the next call on the session.
+ * KILN_ERR_INVALID_ARG for an id outside the vocabulary or (--overflow stop) tokens past the
+ * window. */
+kiln_status kiln_session_feed(kiln_session *session, const int32_t *ids, int n, int pos0,
+                              const float **logits, kiln_error *err);
 
 typedef struct kiln_sampling {
     float temperature;        /* <= 0: greedy (default) */
@@ -338,21 +391,29 @@ typedef struct kiln_generate_params {
     kiln_text_fn on_text;
     void *user;
     volatile int *cancel;     /* optional: set non-zero (e.g. from a signal) to stop */
+    /* 1: keep the longest prefix of the prompt that the session's cache already holds (the
+     * prompt and answer of its previous generation) and prefill only the rest, as a chat or a
+     * server resending a conversation wants; metrics.cached_tokens counts what was kept.
+     * 0 (default): the cache is emptied first. Stateless mode has no cache to keep. */
+    int reuse_prefix;
 } kiln_generate_params;
 
 kiln_generate_params kiln_generate_default_params(void);
 
 typedef struct kiln_metrics {
-    int prompt_tokens;
+    int prompt_tokens;        /* the whole prompt, cached tokens included */
+    int cached_tokens;        /* of those, kept from the cache (reuse_prefix), not prefilled */
     int generated_tokens;
     double ttft_ms;           /* prompt in -> first token out */
-    double prefill_tps;       /* prompt tokens / prefill time */
+    double prefill_tps;       /* prefilled tokens / prefill time */
     double decode_tps;        /* tokens after the first / their time */
     double p50_ms, p95_ms;    /* per-token latency of decode steps */
     double total_ms;
     double peak_rss_mb;
     const char *device;       /* "cpu", "openvino:NPU", ... */
     const char *fallback;     /* "" or what auto skipped, e.g. "npu,gpu" */
+    const char *kernels;      /* the CPU kernel table ("generic", "avx2", "avx512vnni"), or ""
+                                 when the device is not the native CPU */
     const char *mode;         /* "kv" or "stateless" */
     const char *finish_reason;/* "stop" (EOS / end of turn / stop string), "length", "cancelled" */
     int threads;
@@ -360,30 +421,40 @@ typedef struct kiln_metrics {
 
 typedef struct kiln_result {
     char *text;               /* everything generated, NUL-terminated */
-    int32_t *prompt_ids;      /* the prompt as fed */
+    size_t text_len;          /* its length (the text may hold NUL bytes) */
+    int32_t *prompt_ids;      /* the whole prompt, cached tokens included */
     int n_prompt;
     int32_t *ids;             /* generated ids (an ending EOS / end-of-turn id included) */
     int n_ids;
     kiln_metrics metrics;
 } kiln_result;
 
-/* One prompt -> one answer, from an empty cache (the session is reset first). */
+/* The longest prompt (or chat message, or system message) kiln_generate and kiln_chat_turn
+ * take, in bytes; `kiln chat` reads input lines up to this length. */
+#define KILN_MAX_PROMPT_BYTES (8u << 20)
+
+/* One prompt -> one answer: through the chat template unless raw, then as kiln_generate_ids. */
 kiln_status kiln_generate(kiln_session *session, const char *prompt,
                           const kiln_generate_params *params, kiln_result *out, kiln_error *err);
-/* The same from token ids (no template, no tokenization). */
+/* The same from token ids (no template, no tokenization): from an empty cache, or keeping what
+ * it holds of the prompt with reuse_prefix. */
 kiln_status kiln_generate_ids(kiln_session *session, const int32_t *prompt, int n,
                               const kiln_generate_params *params, kiln_result *out,
                               kiln_error *err);
-/* One turn of a conversation: the session keeps the history and its KV cache between turns,
- * so only the new turn is prefilled. */
-kiln_status kiln_chat_turn(kiln_session *session, const char *user_text,
-                           const kiln_generate_params *params, kiln_result *out, kiln_error *err);
 void kiln_result_free(kiln_result *result);
 
-/* Benchmark helpers (kiln bench): time one prefill of n random tokens, or n decode steps after
- * them, from an empty cache. Seconds in *seconds. */
-kiln_status kiln_bench_prefill(kiln_session *session, int n, double *seconds, kiln_error *err);
-kiln_status kiln_bench_decode(kiln_session *session, int n, double *seconds, kiln_error *err);
+/* A conversation over a session: the messages so far, rendered with the chat template each
+ * turn; the session's cache keeps the conversation, so a turn prefills only what is new (also
+ * after --overflow slide has rolled the window). */
+typedef struct kiln_chat kiln_chat;
+kiln_status kiln_chat_new(kiln_session *session, kiln_chat **out, kiln_error *err);
+void kiln_chat_free(kiln_chat *chat);
+/* Forgets the messages and empties the session's cache. */
+void kiln_chat_reset(kiln_chat *chat);
+/* One user turn -> the assistant's answer (added to the conversation). params->system, on the
+ * first turn, starts the conversation with a system message. */
+kiln_status kiln_chat_turn(kiln_chat *chat, const char *user_text,
+                           const kiln_generate_params *params, kiln_result *out, kiln_error *err);
 /* ---- end runtime ---- */
 
 #ifdef __cplusplus

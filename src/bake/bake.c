@@ -14,8 +14,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "backends/openvino/ir.h"
+#include "bake/openvino/ir.h"
 #include "quant/quant.h"
+#include "tokenizer/tokenizer.h"
 
 kiln_bake_params kiln_bake_default_params(void) {
     kiln_bake_params p;
@@ -353,6 +354,12 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
 
     kn_source *src = NULL;
     if ((s = kn_source_open(source, &src, err))) return s;
+    /* A GGUF's tokenizer must serve the model before anything is written (an HF folder's is
+     * checked, and padded, when it is converted: kn_bake_hf_tokenizer). */
+    if (src->gguf && (s = kn_tokenizer_check_gguf(src->gguf, src->hp.n_vocab, err))) {
+        kn_source_close(src);
+        return s;
+    }
     kn_contract c;
     if ((s = kn_contract_build(&src->hp, p->window, p->chunk, p->sink, &c, err))) {
         kn_source_close(src);
@@ -415,13 +422,13 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
     }
     f = fopen(model, "wb");
     if (!f) {
-        s = kn_fail(err, KILN_ERR_IO, "%s: cannot create: %s", model, strerror(errno));
+        s = kn_fail(err, KILN_ERR_WRITE, "%s: cannot create: %s", model, strerror(errno));
         goto done;
     }
     ctx.t0 = kn_now_seconds();
     if ((s = kn_gguf_writer_write(w, f, model, fill, &ctx, err))) goto done;
     if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
-        s = kn_fail(err, KILN_ERR_IO, "%s: write failed: %s", model, strerror(errno));
+        s = kn_fail(err, KILN_ERR_WRITE, "%s: write failed: %s", model, strerror(errno));
         goto done;
     }
     fclose(f);
@@ -439,12 +446,10 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
     if ((s = kn_write_file(manifest, desc.data, desc.len, err))) goto done;
 
     if ((s = kn_stage_commit(&stage, err))) goto done;
-    if (p->log && n_fallback) {
-        char msg[256];
-        snprintf(msg, sizeof msg, "%d tensor(s) with rows that are not a whole number of %s "
-                 "groups (e.g. %s) stored as F16", n_fallback, kiln_quant_name(q), first_fallback);
-        p->log(KILN_LOG_WARN, msg, p->log_user);
-    }
+    if (n_fallback)
+        kn_log(p->log, p->log_user, KILN_LOG_WARN, "%d tensor(s) with rows that are not a whole "
+               "number of %s groups (e.g. %s) stored as F16", n_fallback, kiln_quant_name(q),
+               first_fallback);
 done:
     if (f) fclose(f);
     kn_stage_end(&stage);

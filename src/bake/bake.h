@@ -2,7 +2,7 @@
 #ifndef KN_BAKE_H
 #define KN_BAKE_H
 
-#include "formats/source.h"
+#include "model/source.h"
 #include "model/contract.h"
 
 /* Tensor classes reported per quantization scheme. */
@@ -14,9 +14,17 @@ const char *kn_tensor_class(const char *name);
 kiln_status kn_describe_offering(const char *model_path, kiln_describe_format fmt, kn_buf *out,
                                  bool *valid, kiln_error *err);
 
-/* Description of a source that is not an offering: what a default bake would produce. */
+/* Description of a source that is not an offering: what a default bake would produce, with
+ * the checks a bake makes before writing (*valid false when one fails). */
 kiln_status kn_describe_source(kn_source *src, kiln_describe_format fmt, kn_buf *out,
-                               kiln_error *err);
+                               bool *valid, kiln_error *err);
+
+/* The description of an offering baked --from-ir from its manifest.json text (label names it;
+ * ir_xml, if given, is the IR to check): the contract must be integers in range and every input
+ * static. *valid reports the checks; KILN_ERR_FORMAT only for text that is not a JSON object. */
+kiln_status kn_manifest_describe(const char *text, size_t len, const char *label,
+                                 const char *ir_xml, kiln_describe_format fmt, kn_buf *out,
+                                 bool *valid, kiln_error *err);
 
 /* Output type of a tensor under a scheme (KN_TYPE_* id); *group gets the int4_sym group. */
 uint32_t kn_bake_out_type(const kn_src_tensor *t, kiln_quant quant, int *group);
@@ -24,15 +32,21 @@ uint32_t kn_bake_out_type(const kn_src_tensor *t, kiln_quant quant, int *group);
 
 
 /* Writes the tokenizer of a Hugging Face source (tokenizer.json, tokenizer_config.json) as GGUF
- * tokenizer.* keys, plus its chat template. */
+ * tokenizer.* keys, plus its chat template, after checking it against the model (ids against
+ * the embedding rows, padded as llama.cpp's converter pads; config BOS/EOS ids in range).
+ * w NULL: the checks only. */
 kiln_status kn_bake_hf_tokenizer(const kn_source *src, kn_gguf_writer *w, kiln_error *err);
-/* An offering written atomically (staging.c): begin makes the hidden staging directory tmp
- * beside out_dir; commit renames it into place, replacing an existing offering; end removes
- * whatever was not committed. */
+/* An offering written atomically (staging.c): begin sweeps the staging of killed bakes and
+ * makes (and locks) the staging directory tmp beside out_dir, or refuses while another bake
+ * writes out_dir; commit swaps it into place in one step, replacing an existing offering;
+ * end removes whatever was not committed and drops the lock. */
 typedef struct kn_stage {
     const char *out_dir;
     char *tmp;      /* the staging directory, "" once committed */
-    char *old;      /* where an existing offering waits during the swap */
+    char *old;      /* where an existing offering waits when the swap takes two renames */
+    char *parent, *base; /* out_dir split */
+    int lock_fd;    /* flock on tmp while the bake runs (when locked) */
+    bool locked;
     bool exists;    /* out_dir existed at begin */
 } kn_stage;
 

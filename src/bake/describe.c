@@ -5,10 +5,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backends/openvino/ir_check.h"
 #include "bake/bake.h"
+#include "base/limits.h"
+#include "formats/json.h"
 #include "quant/quant.h"
+#include "tokenizer/tokenizer.h"
 
-#define MAX_CHECKS 8
+#define MAX_CHECKS 12
 
 typedef struct tinfo {
     const char *name;
@@ -84,6 +88,26 @@ static int class_counts(const desc *d, cls_count *out, int cap) {
         if (j < n) out[j].n++;
     }
     return n;
+}
+
+static void append_cjson(kn_buf *b, const char *txt);
+
+/* The provenance as JSON: the file's text only if it is JSON, printed by cJSON (so it cannot
+ * break the document) with DEL and C1 escaped too; otherwise as a string. */
+static void provenance_json(kn_buf *b, kn_str prov) {
+    if (!prov.len) {
+        kn_buf_printf(b, "null");
+        return;
+    }
+    cJSON *j = cJSON_ParseWithLength(prov.ptr, (size_t)prov.len);
+    char *txt = j ? cJSON_PrintUnformatted(j) : NULL;
+    if (txt) {
+        append_cjson(b, txt);
+    } else {
+        kn_buf_json_str(b, prov.ptr, (size_t)prov.len);
+    }
+    cJSON_free(txt);
+    cJSON_Delete(j);
 }
 
 static void render_json(const desc *d, kn_buf *b) {
@@ -164,8 +188,7 @@ static void render_json(const desc *d, kn_buf *b) {
             kn_buf_printf(b, "null,\n");
     }
     kn_buf_printf(b, "  \"provenance\": ");
-    if (d->provenance.len) kn_buf_append(b, d->provenance.ptr, d->provenance.len);
-    else kn_buf_printf(b, "null");
+    provenance_json(b, d->provenance);
     kn_buf_printf(b, ",\n  \"validation\": {\"ok\": %s, \"checks\": [",
                   desc_valid(d) ? "true" : "false");
     for (int i = 0; i < d->n_checks; i++) {
@@ -187,9 +210,14 @@ static void shape_str(const kn_io *x, char *s, size_t n) {
 static void render_text(const desc *d, kn_buf *b) {
     const kn_hparams *hp = d->hp;
     const kn_contract *c = d->c;
-    kn_buf_printf(b, "%s %s\n", d->offering ? "offering" : "source (not baked; shown as a "
-                  "default bake would make it):", d->path);
-    kn_buf_printf(b, "  name %s, architecture %s\n", d->name ? d->name : "?", hp->arch_name);
+    /* Strings from the file (name, tokenizer, provenance) are escaped: a newline or a
+     * terminal escape sequence in a model file must not reach the terminal as itself. */
+    kn_buf_printf(b, "%s ", d->offering ? "offering" : "source (not baked; shown as a "
+                  "default bake would make it):");
+    kn_buf_escaped(b, d->path, strlen(d->path));
+    kn_buf_printf(b, "\n  name ");
+    kn_buf_escaped(b, d->name ? d->name : "?", d->name ? strlen(d->name) : 1);
+    kn_buf_printf(b, ", architecture %s\n", hp->arch_name);
     kn_buf_printf(b, "  layers %d, width %d, heads %d (kv %d, dim %d), ffn %d, vocab %d, "
                      "trained context %d\n",
                   hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_ff,
@@ -221,8 +249,13 @@ static void render_text(const desc *d, kn_buf *b) {
     int ncc = class_counts(d, cc, 64);
     for (int i = 0; i < ncc; i++)
         kn_buf_printf(b, "  %-11s %-5s x%d\n", cc[i].cls, kn_type_name(cc[i].type), cc[i].n);
-    kn_buf_printf(b, "\ntokenizer: %.*s", d->tok_model_len, d->tok_model ? d->tok_model : "");
-    if (d->tok_pre_len) kn_buf_printf(b, " (pre %.*s)", d->tok_pre_len, d->tok_pre);
+    kn_buf_printf(b, "\ntokenizer: ");
+    if (d->tok_model) kn_buf_escaped(b, d->tok_model, (size_t)d->tok_model_len);
+    if (d->tok_pre_len) {
+        kn_buf_printf(b, " (pre ");
+        kn_buf_escaped(b, d->tok_pre, (size_t)d->tok_pre_len);
+        kn_buf_printf(b, ")");
+    }
     kn_buf_printf(b, ", %lld tokens, %lld merges, bos %lld, eos %lld, chat template %s\n",
                   (long long)d->n_tokens, (long long)d->n_merges, (long long)d->bos,
                   (long long)d->eos, d->chat_template ? "yes" : "no");
@@ -231,12 +264,18 @@ static void render_text(const desc *d, kn_buf *b) {
                       d->ov_prefill ? " openvino_model.xml (prefill)" : "",
                       d->ov_decode ? " openvino_decode.xml (decode)" : "",
                       d->ov_stateless ? " openvino_stateless.xml (stateless)" : "");
-    if (d->provenance.len)
-        kn_buf_printf(b, "\nprovenance: %.*s\n", (int)d->provenance.len, d->provenance.ptr);
+    if (d->provenance.len) {
+        kn_buf_printf(b, "\nprovenance: ");
+        kn_buf_escaped(b, d->provenance.ptr, (size_t)d->provenance.len);
+        kn_buf_printf(b, "\n");
+    }
     kn_buf_printf(b, "\nvalidation: %s\n", desc_valid(d) ? "ok" : "FAILED");
-    for (int i = 0; i < d->n_checks; i++)
-        kn_buf_printf(b, "  [%s] %s%s%s\n", d->check_ok[i] ? "ok" : "FAIL", d->check_name[i],
-                      d->check_msg[i][0] ? ": " : "", d->check_msg[i]);
+    for (int i = 0; i < d->n_checks; i++) {
+        kn_buf_printf(b, "  [%s] %s%s", d->check_ok[i] ? "ok" : "FAIL", d->check_name[i],
+                      d->check_msg[i][0] ? ": " : "");
+        kn_buf_escaped(b, d->check_msg[i], strlen(d->check_msg[i]));
+        kn_buf_printf(b, "\n");
+    }
 }
 
 static void tokenizer_info(desc *d, const kn_gguf *g) {
@@ -258,6 +297,20 @@ static void tokenizer_info(desc *d, const kn_gguf *g) {
     kn_gguf_get_i64(g, "tokenizer.ggml.eos_token_id", &d->eos);
     d->chat_template = kn_gguf_find(g, "tokenizer.chat_template") != NULL;
     d->hf_json = kn_gguf_find(g, "tokenizer.huggingface.json") != NULL;
+}
+
+/* The tokenizer against the model: a GGUF's (g), or an HF folder's tokenizer.json (src). */
+static void tokenizer_check(desc *d, const kn_gguf *g, const kn_source *src, int64_t rows) {
+    static const char name[] = "tokenizer matches the model (one token per embedding row, "
+                               "special ids inside the vocabulary)";
+    kiln_error e;
+    kiln_status s;
+    if (g && !kn_gguf_has_tokenizer(g)) {
+        add_check(d, name, true, "no tokenizer: kiln run needs --tokenizer_id");
+        return;
+    }
+    s = g ? kn_tokenizer_check_gguf(g, rows, &e) : kn_bake_hf_tokenizer(src, NULL, &e);
+    add_check(d, name, s == KILN_OK, s ? e.message : NULL);
 }
 
 static void render(const desc *d, kiln_describe_format fmt, kn_buf *out) {
@@ -345,6 +398,16 @@ kiln_status kn_describe_offering(const char *model_path, kiln_describe_format fm
         d.ov_prefill = x1 && kn_is_file(x1);
         d.ov_decode = x2 && kn_is_file(x2);
         d.ov_stateless = x3 && kn_is_file(x3);
+        /* the IR the offering carries must be one, with all its weights */
+        const char *xs[3] = {d.ov_prefill ? x1 : NULL, d.ov_decode ? x2 : NULL,
+                             d.ov_stateless ? x3 : NULL};
+        kiln_status is = KILN_OK;
+        kiln_error ie;
+        for (int i = 0; i < 3 && !is; i++)
+            if (xs[i]) is = kn_ov_ir_check(xs[i], &ie);
+        if (d.ov_prefill || d.ov_decode || d.ov_stateless)
+            add_check(&d, "openvino IR (a complete <net>, every weight inside its .bin)",
+                      is == KILN_OK, is ? ie.message : NULL);
         kn_free(x1);
         kn_free(x2);
         kn_free(x3);
@@ -369,6 +432,7 @@ kiln_status kn_describe_offering(const char *model_path, kiln_describe_format fm
     add_check(&d, "tensors present with the shapes the hyperparameters imply", ss == KILN_OK,
               ss ? e2.message : NULL);
     kn_source_close(src);
+    tokenizer_check(&d, g, NULL, hp.n_vocab);
     char msg[256];
     bool fin = scan_finite(g, msg, sizeof msg);
     add_check(&d, "weights finite (no NaN / Inf)", fin, msg);
@@ -381,7 +445,7 @@ kiln_status kn_describe_offering(const char *model_path, kiln_describe_format fm
 }
 
 kiln_status kn_describe_source(kn_source *src, kiln_describe_format fmt, kn_buf *out,
-                               kiln_error *err) {
+                               bool *valid, kiln_error *err) {
     kiln_bake_params p = kiln_bake_default_params();
     kn_contract c;
     kiln_status s = kn_contract_build(&src->hp, p.window, p.chunk, p.sink, &c, err);
@@ -412,7 +476,10 @@ kiln_status kn_describe_source(kn_source *src, kiln_describe_format fmt, kn_buf 
     }
     d.n_t = src->n_tensors;
     add_check(&d, "source structure and tensor schema", true, "data is checked when baked");
+    if (src->gguf) tokenizer_check(&d, src->gguf, NULL, src->hp.n_vocab);
+    else if (src->tokenizer_json) tokenizer_check(&d, NULL, src, src->hp.n_vocab);
     render(&d, fmt, out);
+    *valid = desc_valid(&d);
     kn_free(d.t);
     if (out->oom) return kn_fail(err, KILN_ERR_NOMEM, "out of memory");
     return KILN_OK;
@@ -453,43 +520,120 @@ static char *offering_model_path(const char *path) {
     return NULL;
 }
 
-/* An offering baked --from-ir has no model.gguf: its manifest is the description. */
-static kiln_status describe_ir_offering(const char *dir, kiln_describe_format fmt, kn_buf *b,
-                                        kiln_error *err) {
-    char *mp = kn_path_join(dir, "manifest.json");
-    char *text = NULL;
-    kiln_status s = mp ? kn_read_text(mp, 64u << 20, &text, NULL, err)
-                       : kn_fail(err, KILN_ERR_NOMEM, "out of memory");
-    cJSON *j = s ? NULL : cJSON_Parse(text);
-    if (!s && !j) s = kn_fail(err, KILN_ERR_FORMAT, "%s: not valid JSON", mp);
-    if (!s && fmt == KILN_DESCRIBE_JSON) {
-        kn_buf_append(b, text, strlen(text));
-    } else if (!s) {
-        const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "contract");
-        kn_buf_printf(b, "offering %s (OpenVINO IR locked by --from-ir)\n\nstatic contract: "
-                         "window W=%d, chunk C=%d, batch 1\n", dir,
-                      cJSON_GetObjectItemCaseSensitive(c, "window")
-                          ? cJSON_GetObjectItemCaseSensitive(c, "window")->valueint : 0,
-                      cJSON_GetObjectItemCaseSensitive(c, "chunk")
-                          ? cJSON_GetObjectItemCaseSensitive(c, "chunk")->valueint : 0);
-        const cJSON *g = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(c, "graphs"), 0);
-        const cJSON *in;
-        cJSON_ArrayForEach(in, cJSON_GetObjectItemCaseSensitive(g, "inputs")) {
-            const cJSON *nm = cJSON_GetObjectItemCaseSensitive(in, "name");
-            const cJSON *dt = cJSON_GetObjectItemCaseSensitive(in, "dtype");
-            kn_buf_printf(b, "    input  %-28s %-4s [", cJSON_IsString(nm) ? nm->valuestring : "?",
-                          cJSON_IsString(dt) ? dt->valuestring : "?");
-            const cJSON *d;
-            int k = 0;
-            cJSON_ArrayForEach(d, cJSON_GetObjectItemCaseSensitive(in, "shape"))
-                kn_buf_printf(b, "%s%d", k++ ? ", " : "", d->valueint);
-            kn_buf_printf(b, "]\n");
+/* Appends JSON text produced by cJSON with DEL and C1 escaped as well (cJSON escapes only
+ * C0): what a file put in a string cannot act on a terminal showing the document. */
+static void append_cjson(kn_buf *b, const char *txt) {
+    for (const unsigned char *c = (const unsigned char *)txt; *c; c++) {
+        if (*c == 0x7f) kn_buf_printf(b, "\\u007f");
+        else if (*c == 0xc2 && c[1] >= 0x80 && c[1] < 0xa0) kn_buf_printf(b, "\\u%04x", *++c);
+        else kn_buf_append(b, (const char *)c, 1);
+    }
+}
+
+kiln_status kn_manifest_describe(const char *text, size_t len, const char *label,
+                                 const char *ir_xml, kiln_describe_format fmt, kn_buf *b,
+                                 bool *valid, kiln_error *err) {
+    *valid = false;
+    cJSON *j = cJSON_ParseWithLength(text, len);
+    if (!cJSON_IsObject(j)) {
+        cJSON_Delete(j);
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: not a JSON object", label);
+    }
+    desc d = {0}; /* only its checks are used */
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "contract");
+    int64_t w = 0, ch = 0;
+    kiln_error e;
+    bool ok = cJSON_IsObject(c) &&
+              kn_json_i64(cJSON_GetObjectItemCaseSensitive(c, "window"), 1, 1 << 20, &w) &&
+              kn_json_i64(cJSON_GetObjectItemCaseSensitive(c, "chunk"), 1, w, &ch);
+    add_check(&d, "contract (window and chunk: integers, 1 <= chunk <= window <= 1048576)", ok,
+              NULL);
+    /* every input of every graph: a name, a dtype and a static shape */
+    const cJSON *graphs = cJSON_IsObject(c) ? cJSON_GetObjectItemCaseSensitive(c, "graphs") : NULL;
+    const cJSON *g, *in, *dim;
+    int n_in = 0;
+    bool stat = cJSON_IsArray(graphs) && cJSON_GetArraySize(graphs) > 0;
+    cJSON_ArrayForEach(g, graphs) {
+        const cJSON *ins = cJSON_GetObjectItemCaseSensitive(g, "inputs");
+        stat = stat && cJSON_IsArray(ins);
+        cJSON_ArrayForEach(in, ins) {
+            const cJSON *sh = cJSON_GetObjectItemCaseSensitive(in, "shape");
+            int64_t v;
+            stat = stat && cJSON_IsString(cJSON_GetObjectItemCaseSensitive(in, "name")) &&
+                   cJSON_IsString(cJSON_GetObjectItemCaseSensitive(in, "dtype")) &&
+                   cJSON_IsArray(sh) && cJSON_GetArraySize(sh) <= KN_MAX_RANK;
+            cJSON_ArrayForEach(dim, sh) stat = stat && kn_json_i64(dim, 1, INT32_MAX, &v);
+            n_in++;
         }
-        kn_buf_printf(b, "\nvalidation: ok\n  [ok] every input static\n");
+    }
+    char msg[64];
+    snprintf(msg, sizeof msg, "%d inputs", n_in);
+    add_check(&d, "every input static (a name, a dtype, positive fixed dimensions)", stat, msg);
+    if (ir_xml) {
+        kiln_status is = kn_ov_ir_check(ir_xml, &e);
+        add_check(&d, "openvino IR (a complete <net>, every weight inside its .bin)", !is,
+                  is ? e.message : NULL);
+    }
+    *valid = desc_valid(&d);
+    if (fmt == KILN_DESCRIBE_JSON) {
+        char *txt = cJSON_Print(j);
+        if (!txt) {
+            cJSON_Delete(j);
+            return kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+        }
+        append_cjson(b, txt);
+        kn_buf_append(b, "\n", 1);
+        cJSON_free(txt);
+    } else {
+        kn_buf_printf(b, "offering ");
+        kn_buf_escaped(b, label, strlen(label));
+        kn_buf_printf(b, " (OpenVINO IR locked by --from-ir)\n\nstatic contract: window W=%lld, "
+                         "chunk C=%lld, batch 1\n", (long long)w, (long long)ch);
+        cJSON_ArrayForEach(g, graphs) {
+            cJSON_ArrayForEach(in, cJSON_GetObjectItemCaseSensitive(g, "inputs")) {
+                const cJSON *nm = cJSON_GetObjectItemCaseSensitive(in, "name");
+                const cJSON *dt = cJSON_GetObjectItemCaseSensitive(in, "dtype");
+                const char *ns = cJSON_IsString(nm) ? nm->valuestring : "?";
+                const char *ds = cJSON_IsString(dt) ? dt->valuestring : "?";
+                kn_buf_printf(b, "    input  ");
+                kn_buf_escaped(b, ns, strlen(ns));
+                kn_buf_printf(b, "%*s ", (int)(strlen(ns) < 28 ? 28 - strlen(ns) : 0), "");
+                kn_buf_escaped(b, ds, strlen(ds));
+                kn_buf_printf(b, "%*s [", (int)(strlen(ds) < 4 ? 4 - strlen(ds) : 0), "");
+                int k = 0;
+                cJSON_ArrayForEach(dim, cJSON_GetObjectItemCaseSensitive(in, "shape")) {
+                    char num[32] = "?";
+                    if (cJSON_IsNumber(dim)) snprintf(num, sizeof num, "%.17g", dim->valuedouble);
+                    kn_buf_printf(b, "%s%s", k++ ? ", " : "", num);
+                }
+                kn_buf_printf(b, "]\n");
+            }
+        }
+        kn_buf_printf(b, "\nvalidation: %s\n", *valid ? "ok" : "FAILED");
+        for (int i = 0; i < d.n_checks; i++) {
+            kn_buf_printf(b, "  [%s] %s%s", d.check_ok[i] ? "ok" : "FAIL", d.check_name[i],
+                          d.check_msg[i][0] ? ": " : "");
+            kn_buf_escaped(b, d.check_msg[i], strlen(d.check_msg[i]));
+            kn_buf_printf(b, "\n");
+        }
     }
     cJSON_Delete(j);
+    return b->oom ? kn_fail(err, KILN_ERR_NOMEM, "out of memory") : KILN_OK;
+}
+
+/* An offering baked --from-ir has no model.gguf: its manifest is the description. */
+static kiln_status describe_ir_offering(const char *dir, kiln_describe_format fmt, kn_buf *b,
+                                        bool *valid, kiln_error *err) {
+    char *mp = kn_path_join(dir, "manifest.json");
+    char *xml = kn_path_join(dir, "openvino_model.xml");
+    char *text = NULL;
+    size_t len = 0;
+    kiln_status s = mp && xml ? kn_read_text(mp, KN_MAX_JSON_BYTES, &text, &len, err)
+                              : kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+    if (!s) s = kn_manifest_describe(text, len, mp, xml, fmt, b, valid, err);
     kn_free(text);
     kn_free(mp);
+    kn_free(xml);
     return s;
 }
 
@@ -507,12 +651,15 @@ kiln_status kiln_describe(const char *path, kiln_describe_format fmt, char **out
         kn_free(x);
         kn_free(m);
         if (ir_only) {
-            s = describe_ir_offering(path, fmt, &b, err);
+            bool valid = false;
+            s = describe_ir_offering(path, fmt, &b, &valid, err);
             if (s) {
                 kn_buf_free(&b);
                 return s;
             }
             *out = b.data;
+            if (!valid)
+                return kn_fail(err, KILN_ERR_FORMAT, "%s: the offering fails validation", path);
             return KILN_OK;
         }
     }
@@ -530,9 +677,16 @@ kiln_status kiln_describe(const char *path, kiln_describe_format fmt, char **out
         kn_free(model);
     } else {
         kn_source *src = NULL;
+        bool valid = true;
         s = kn_source_open(path, &src, err);
-        if (!s) s = kn_describe_source(src, fmt, &b, err);
+        if (!s) s = kn_describe_source(src, fmt, &b, &valid, err);
         kn_source_close(src);
+        if (!s && !valid) {
+            kn_fail(err, KILN_ERR_FORMAT, "%s: the source fails validation (a bake would refuse "
+                    "it)", path);
+            *out = b.data;
+            return KILN_ERR_FORMAT;
+        }
     }
     if (s) {
         kn_buf_free(&b);

@@ -19,9 +19,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "backends/openvino/ir_check.h"
 #include "bake/bake.h"
 
-#define IR_MAX (256u << 20)
+#define IR_MAX KN_OV_IR_MAX
 #define MAX_PARAMS 512
 
 typedef struct param {
@@ -168,13 +169,13 @@ static kiln_status copy_file(const char *from, const char *to, kiln_error *err) 
     FILE *f = fopen(to, "wb");
     if (!f) {
         kn_map_close(&m);
-        return kn_fail(err, KILN_ERR_IO, "%s: cannot create: %s", to, strerror(errno));
+        return kn_fail(err, KILN_ERR_WRITE, "%s: cannot create: %s", to, strerror(errno));
     }
     bool ok = (m.size == 0 || fwrite(m.data, 1, m.size, f) == m.size) && fflush(f) == 0 &&
               fsync(fileno(f)) == 0;
     ok = fclose(f) == 0 && ok;
     kn_map_close(&m);
-    return ok ? KILN_OK : kn_fail(err, KILN_ERR_IO, "%s: write failed", to);
+    return ok ? KILN_OK : kn_fail(err, KILN_ERR_WRITE, "%s: write failed", to);
 }
 
 kiln_status kn_bake_from_ir(const char *xml, const char *out_dir, const kiln_bake_params *p,
@@ -185,12 +186,9 @@ kiln_status kn_bake_from_ir(const char *xml, const char *out_dir, const kiln_bak
     kn_buf out = {0}, man = {0};
     param *params = NULL;
     int np = 0;
-    kiln_status s = kn_read_text(xml, IR_MAX, &text, &len, err);
+    kiln_status s = kn_ov_ir_check(xml, err);
     if (s) return s;
-    if (!strstr(text, "<net") || !strstr(text, "<layers>")) {
-        kn_free(text);
-        return kn_fail(err, KILN_ERR_FORMAT, "%s: not an OpenVINO IR (no <net>/<layers>)", xml);
-    }
+    if ((s = kn_read_text(xml, IR_MAX, &text, &len, err))) return s;
     size_t xl = strlen(xml);
     bin = kn_malloc(xl + 5);
     params = kn_calloc(MAX_PARAMS, sizeof *params);

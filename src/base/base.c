@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +16,10 @@
 static void vfail(kiln_error *err, kiln_status code, const char *fmt, va_list ap) {
     if (!err) return;
     err->code = code;
-    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    char raw[sizeof err->message];
+    int n = vsnprintf(raw, sizeof raw, fmt, ap);
+    size_t len = n < 0 ? 0 : (size_t)n < sizeof raw ? (size_t)n : sizeof raw - 1;
+    kn_escape(err->message, sizeof err->message, raw, len);
 }
 
 kiln_status kn_fail(kiln_error *err, kiln_status code, const char *fmt, ...) {
@@ -34,13 +38,28 @@ kiln_status kn_fail_prefix(kiln_error *err, const char *fmt, ...) {
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, err->message, sizeof old);
-    size_t np = strlen(prefix), no = strnlen(old, sizeof old - 1);
+    char esc[sizeof prefix];
+    size_t np = kn_escape(esc, sizeof esc, prefix, strlen(prefix)),
+           no = strnlen(old, sizeof old - 1);
+    memcpy(prefix, esc, np + 1);
     if (np > sizeof err->message - 1) np = sizeof err->message - 1;
     if (no > sizeof err->message - 1 - np) no = sizeof err->message - 1 - np;
     memcpy(err->message, prefix, np);
     memcpy(err->message + np, old, no);
     err->message[np + no] = 0;
     return err->code;
+}
+
+void kn_log(kiln_log_fn fn, void *user, kiln_log_level level, const char *fmt, ...) {
+    if (!fn) return;
+    char raw[1024], msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(raw, sizeof raw, fmt, ap);
+    va_end(ap);
+    size_t len = n < 0 ? 0 : (size_t)n < sizeof raw ? (size_t)n : sizeof raw - 1;
+    kn_escape(msg, sizeof msg, raw, len);
+    fn(level, msg, user);
 }
 
 void kn_error_clear(kiln_error *err) {
@@ -60,39 +79,30 @@ const char *kiln_status_str(kiln_status s) {
     case KILN_ERR_DEVICE: return "device unavailable";
     case KILN_ERR_INTERNAL: return "internal error";
     case KILN_ERR_CANCELLED: return "cancelled";
+    case KILN_ERR_WRITE: return "cannot write the output";
     }
     return "unknown status";
 }
 
-int kiln_exit_code(kiln_status s) {
-    switch (s) {
-    case KILN_OK: return 0;
-    case KILN_ERR_INVALID_ARG:
-    case KILN_ERR_IO:
-    case KILN_ERR_FORMAT:
-    case KILN_ERR_UNSUPPORTED: return 2;
-    case KILN_ERR_DEVICE: return 3;
-    case KILN_ERR_CANCELLED: return 130;
-    default: return 1;
-    }
-}
 
 /* ---- allocation ---- */
 
-static uint64_t g_alloc_count;
-static uint64_t g_alloc_fail_at; /* 0: never */
+/* Atomic (relaxed) because sessions of one model allocate from several threads at once; the
+ * fault injection itself is for single-threaded tests. */
+static _Atomic uint64_t g_alloc_count;
+static _Atomic uint64_t g_alloc_fail_at; /* 0: never */
 
 static bool alloc_should_fail(void) {
-    g_alloc_count++;
-    if (g_alloc_fail_at && g_alloc_count >= g_alloc_fail_at) return true;
-    return false;
+    uint64_t n = atomic_fetch_add_explicit(&g_alloc_count, 1, memory_order_relaxed) + 1;
+    uint64_t at = atomic_load_explicit(&g_alloc_fail_at, memory_order_relaxed);
+    return at && n >= at;
 }
 
-uint64_t kn_alloc_count(void) { return g_alloc_count; }
+uint64_t kn_alloc_count(void) { return atomic_load_explicit(&g_alloc_count, memory_order_relaxed); }
 
 void kn_alloc_fail_after(uint64_t n) {
-    g_alloc_count = 0;
-    g_alloc_fail_at = n;
+    atomic_store_explicit(&g_alloc_count, 0, memory_order_relaxed);
+    atomic_store_explicit(&g_alloc_fail_at, n, memory_order_relaxed);
 }
 
 void *kn_malloc(size_t n) {
@@ -313,11 +323,103 @@ void kn_buf_json_str(kn_buf *b, const char *s, size_t n) {
         case '\r': kn_buf_append(b, "\\r", 2); break;
         case '\t': kn_buf_append(b, "\\t", 2); break;
         default:
-            if (c < 0x20) kn_buf_printf(b, "\\u%04x", c);
+            /* C0, DEL and C1 (U+0080..U+009F as UTF-8) escaped: valid JSON either way, but
+             * a terminal showing the JSON must not act on them */
+            if (c < 0x20 || c == 0x7f) kn_buf_printf(b, "\\u%04x", c);
+            else if (c == 0xc2 && i + 1 < n && (unsigned char)s[i + 1] >= 0x80 &&
+                     (unsigned char)s[i + 1] < 0xa0)
+                kn_buf_printf(b, "\\u%04x", (unsigned char)s[++i]);
             else kn_buf_append(b, (const char *)&c, 1);
         }
     }
     kn_buf_append(b, "\"", 1);
+}
+
+/* Length of the well-formed UTF-8 sequence at s[0..n) (overlongs, surrogates and values past
+ * U+10FFFF are not), or 0. */
+static size_t utf8_seq(const unsigned char *s, size_t n) {
+    unsigned c = s[0];
+    size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (!len || len > n) return 0;
+    uint32_t cp = len == 1 ? c : len == 2 ? c & 0x1f : len == 3 ? c & 0x0f : c & 0x07;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+        cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return len;
+}
+
+/* One byte sequence of src as its escaped form in out (up to 7 bytes); returns the bytes of
+ * src consumed. */
+static size_t escape_one(const unsigned char *s, size_t n, char *out, size_t *olen) {
+    static const char hex[] = "0123456789abcdef";
+    unsigned c = s[0];
+    size_t len = utf8_seq(s, n);
+    if (len == 1 && c >= 0x20 && c != 0x7f) {
+        out[0] = (char)c;
+        *olen = 1;
+        return 1;
+    }
+    if (len == 1) {
+        const char *e = c == '\n' ? "\\n" : c == '\t' ? "\\t" : c == '\r' ? "\\r" : NULL;
+        if (e) {
+            memcpy(out, e, 2);
+            *olen = 2;
+        } else {
+            memcpy(out, "\\x", 2);
+            out[2] = hex[c >> 4];
+            out[3] = hex[c & 15];
+            *olen = 4;
+        }
+        return 1;
+    }
+    if (len == 2 && c == 0xc2 && s[1] < 0xa0) { /* U+0080..U+009F: C1 controls (CSI ...) */
+        memcpy(out, "\\u00", 4);
+        out[4] = hex[s[1] >> 4];
+        out[5] = hex[s[1] & 15];
+        *olen = 6;
+        return 2;
+    }
+    if (len) {
+        memcpy(out, s, len);
+        *olen = len;
+        return len;
+    }
+    memcpy(out, "\\x", 2);
+    out[2] = hex[c >> 4];
+    out[3] = hex[c & 15];
+    *olen = 4;
+    return 1;
+}
+
+size_t kn_escape(char *dst, size_t cap, const char *src, size_t n) {
+    if (!cap) return 0;
+    const unsigned char *s = (const unsigned char *)src;
+    size_t o = 0, i = 0;
+    while (i < n) {
+        char e[8];
+        size_t el;
+        size_t used = escape_one(s + i, n - i, e, &el);
+        if (o + el >= cap) break;
+        memcpy(dst + o, e, el);
+        o += el;
+        i += used;
+    }
+    dst[o] = 0;
+    return o;
+}
+
+void kn_buf_escaped(kn_buf *b, const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        char e[8];
+        size_t el;
+        i += escape_one(u + i, n - i, e, &el);
+        kn_buf_append(b, e, el);
+    }
 }
 
 void kn_buf_free(kn_buf *b) {

@@ -35,12 +35,18 @@ bool kiln_arg_value(int argc, char **argv, int *i, const char *name, const char 
         return true;
     }
     if (strcmp(a, name) != 0 && !(alias && strcmp(a, alias) == 0)) return false;
-    if (*i + 1 >= argc) {
-        kiln_cli_error("%s needs a value", name);
+    /* The next argument is the value, unless there is none or it is another long option:
+     * `--device --json` is a missing device, not the device "--json". A value that starts
+     * with "--" is written --name=--value. */
+    const char *next = *i + 1 < argc ? argv[*i + 1] : NULL;
+    if (!next || (next[0] == '-' && next[1] == '-' && next[2])) {
+        kiln_cli_error("%s needs a value", a);
+        *value = NULL;
         *bad = true;
         return true;
     }
-    *value = argv[++*i];
+    *value = next;
+    ++*i;
     return true;
 }
 
@@ -75,3 +81,24 @@ bool kiln_arg_utf8_ok(const char *s) {
     }
     return true;
 }
+
+void kiln_cli_log_stderr(kiln_log_level level, const char *msg, void *user) {
+    (void)user;
+    if (level <= KILN_LOG_INFO) fprintf(stderr, "kiln: %s\n", msg);
+}
+
+void kiln_cli_json_strn(FILE *f, const char *s, size_t n) {
+    fputc('"', f);
+    for (const char *e = s + n; s < e; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+        else if (c == '\n') fputs("\\n", f);
+        else if (c == '\r') fputs("\\r", f);
+        else if (c == '\t') fputs("\\t", f);
+        else if (c < 0x20) fprintf(f, "\\u%04x", c);
+        else fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+void kiln_cli_json_str(FILE *f, const char *s) { kiln_cli_json_strn(f, s, strlen(s)); }

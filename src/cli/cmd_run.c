@@ -1,4 +1,5 @@
-/* cmd_run.c — `kiln run`, `kiln chat` and `kiln bench`. */
+/* cmd_run.c — `kiln run` and `kiln chat`. */
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -66,9 +67,11 @@ static int parse_common(int argc, char **argv, int *i, run_opts *o) {
         if (!bad && !parse_float("--repeat-penalty", v, 0.01, 100, &o->gp.sampling.repeat_penalty))
             return -1;
     } else if (kiln_arg_value(argc, argv, i, "--seed", NULL, &v, &bad)) {
+        if (bad) return -1;
         char *end;
+        errno = 0;
         unsigned long long s = strtoull(v, &end, 10);
-        if (!bad && (end == v || *end)) {
+        if (end == v || *end || errno || v[0] == '-') {
             kiln_cli_error("--seed: '%s' is not a non-negative integer", v);
             return -1;
         }
@@ -127,16 +130,13 @@ static void init_opts(run_opts *o) {
     o->device = "auto";
 }
 
-static void log_stderr(kiln_log_level level, const char *msg, void *user) {
-    (void)user;
-    if (level <= KILN_LOG_INFO) fprintf(stderr, "kiln: %s\n", msg);
-}
 
 static int open_all(run_opts *o, kiln_model **m, kiln_session **s) {
     kiln_error err;
     o->mp.tokenizer = o->tokenizer;
+    o->mp.log = kiln_cli_log_stderr;
     o->sp.device = o->device;
-    o->sp.log = log_stderr;
+    o->sp.log = kiln_cli_log_stderr;
     kiln_status st = kiln_model_open(o->model, &o->mp, m, &err);
     if (!st) st = kiln_session_new(*m, &o->sp, s, &err);
     if (st) {
@@ -151,19 +151,6 @@ static int open_all(run_opts *o, kiln_model **m, kiln_session **s) {
     return 0;
 }
 
-static void json_str(FILE *f, const char *s) {
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-        else if (c == '\n') fputs("\\n", f);
-        else if (c == '\r') fputs("\\r", f);
-        else if (c == '\t') fputs("\\t", f);
-        else if (c < 0x20) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
-    }
-    fputc('"', f);
-}
 
 static void print_ids(FILE *f, const int32_t *ids, int n) {
     fputc('[', f);
@@ -172,14 +159,18 @@ static void print_ids(FILE *f, const int32_t *ids, int n) {
 }
 
 static void print_metrics_line(const kiln_metrics *m) {
-    char fb[96] = "";
+    char fb[96] = "", cached[48] = "";
     if (m->fallback && *m->fallback) snprintf(fb, sizeof fb, " (fallback: skipped %s)", m->fallback);
+    if (m->cached_tokens)
+        snprintf(cached, sizeof cached, " (%d cached, %d prefilled)", m->cached_tokens,
+                 m->prompt_tokens - m->cached_tokens);
     fprintf(stderr,
-            "\n[kiln] prompt %d tok, generated %d tok | TTFT %.1f ms | prefill %.1f tok/s | "
+            "\n[kiln] prompt %d tok%s, generated %d tok | TTFT %.1f ms | prefill %.1f tok/s | "
             "decode %.1f tok/s | latency p50 %.2f ms p95 %.2f ms | peak RSS %.0f MB | device %s%s "
-            "| mode %s | threads %d | finish %s\n",
-            m->prompt_tokens, m->generated_tokens, m->ttft_ms, m->prefill_tps, m->decode_tps,
-            m->p50_ms, m->p95_ms, m->peak_rss_mb, m->device, fb, m->mode, m->threads,
+            "| kernels %s | mode %s | threads %d | finish %s\n",
+            m->prompt_tokens, cached, m->generated_tokens, m->ttft_ms, m->prefill_tps, m->decode_tps,
+            m->p50_ms, m->p95_ms, m->peak_rss_mb, m->device, fb,
+            m->kernels && *m->kernels ? m->kernels : "-", m->mode, m->threads,
             m->finish_reason);
 }
 
@@ -212,7 +203,8 @@ static void run_usage(FILE *f) {
             "                       first; refuse it (auto: fall back) if the logits diverge\n"
             "  --openvino-lib PATH  libopenvino_c (else $KILN_OPENVINO_LIB, the openvino wheel)\n"
             "  --threads N          default: physical cores (-t)\n"
-            "  --window W --chunk C contract for a source that is not an offering\n"
+            "  --window W --chunk C contract for a source that is not an offering (an\n"
+            "                       offering runs with the contract it was baked with)\n"
             "  --tokenizer_id ID    use another tokenizer (HF folder or cached ORG/NAME)\n"
             "  --json               one JSON object: text, ids and every metric\n");
 }
@@ -279,7 +271,7 @@ int kiln_cli_run(int argc, char **argv) {
     } else if (o.json) {
         const kiln_metrics *mt = &r.metrics;
         printf("{\"text\": ");
-        json_str(stdout, r.text);
+        kiln_cli_json_strn(stdout, r.text, r.text_len);
         printf(", \"prompt_tokens\": ");
         print_ids(stdout, r.prompt_ids, r.n_prompt);
         printf(", \"tokens\": ");
@@ -288,11 +280,12 @@ int kiln_cli_run(int argc, char **argv) {
         printf(", \"finish_reason\": \"%s\", \"n_prompt\": %d, \"n_generated\": %d, "
                "\"ttft_ms\": %.3f, \"prefill_tps\": %.3f, \"decode_tps\": %.3f, "
                "\"latency_p50_ms\": %.3f, \"latency_p95_ms\": %.3f, \"total_ms\": %.3f, "
-               "\"peak_rss_mb\": %.1f, \"device\": \"%s\", \"mode\": \"%s\", \"threads\": %d, "
-               "\"window\": %d, \"chunk\": %d}\n",
+               "\"peak_rss_mb\": %.1f, \"device\": \"%s\", \"kernels\": \"%s\", \"mode\": \"%s\", "
+               "\"threads\": %d, \"window\": %d, \"chunk\": %d}\n",
                mt->finish_reason, mt->prompt_tokens, mt->generated_tokens, mt->ttft_ms,
                mt->prefill_tps, mt->decode_tps, mt->p50_ms, mt->p95_ms, mt->total_ms,
-               mt->peak_rss_mb, mt->device, mt->mode, mt->threads, kiln_model_window(m),
+               mt->peak_rss_mb, mt->device, mt->kernels ? mt->kernels : "", mt->mode,
+               mt->threads, kiln_model_window(m),
                kiln_model_chunk(m));
     } else {
         fputc('\n', stdout);
@@ -305,6 +298,38 @@ int kiln_cli_run(int argc, char **argv) {
     return rc;
 }
 
+enum { LINE_OK, LINE_END, LINE_TOO_LONG, LINE_NOMEM };
+
+/* One whole line of input (any length up to max bytes, newline kept) into *buf, grown as
+ * needed: LINE_OK; LINE_END at end of input or an interrupted read; LINE_TOO_LONG when the
+ * line is longer than max (the rest of it is read and dropped, so it counts as one line). */
+static int read_line(FILE *f, char **buf, size_t *cap, size_t max) {
+    size_t len = 0;
+    bool too_long = false;
+    for (;;) {
+        if (*cap - len < 2 && !too_long) {
+            size_t nc = *cap ? *cap * 2 : 4096;
+            char *nb = realloc(*buf, nc);
+            if (!nb) return LINE_NOMEM;
+            *buf = nb;
+            *cap = nc;
+        }
+        size_t room = too_long ? *cap : *cap - len; /* past the limit: read into the start */
+        char *at = too_long ? *buf : *buf + len;
+        if (!fgets(at, (int)(room > INT32_MAX ? INT32_MAX : room), f)) {
+            if (ferror(f)) return LINE_END; /* interrupted (Ctrl-C): the partial line is dropped */
+            return too_long ? LINE_TOO_LONG : len ? LINE_OK : LINE_END;
+        }
+        size_t got = strlen(at);
+        bool nl = got && at[got - 1] == '\n';
+        if (!too_long) {
+            len += got;
+            if (len > max + 1 || (len > max && !nl)) too_long = true;
+        }
+        if (nl) return too_long ? LINE_TOO_LONG : LINE_OK;
+    }
+}
+
 int kiln_cli_chat(int argc, char **argv) {
     run_opts o;
     init_opts(&o);
@@ -314,8 +339,10 @@ int kiln_cli_chat(int argc, char **argv) {
         if (kiln_arg_is_help(a)) {
             printf("usage: kiln chat OFFERING [options of kiln run]\n\n"
                    "Multi-turn chat on a terminal. The KV cache is kept between turns: only the\n"
-                   "new turn is prefilled. /reset forgets the conversation; Ctrl-C stops the\n"
-                   "current answer; Ctrl-D or /quit leaves.\n");
+                   "new turn is prefilled (with --overflow slide too, once the conversation is\n"
+                   "longer than the window). Each input line is one message, up to 8 MiB.\n"
+                   "/reset forgets the conversation; Ctrl-C stops the current answer; Ctrl-D or\n"
+                   "/quit leaves.\n");
             return 0;
         }
         int c = parse_common(argc, argv, &i, &o);
@@ -339,26 +366,46 @@ int kiln_cli_chat(int argc, char **argv) {
     kiln_session *s = NULL;
     int rc = open_all(&o, &m, &s);
     if (rc) return rc;
+    kiln_chat *chat = NULL;
+    kiln_error cerr;
+    if (kiln_chat_new(s, &chat, &cerr)) {
+        kiln_cli_error("%s", cerr.message);
+        kiln_session_free(s);
+        kiln_model_free(m);
+        return 1;
+    }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;
     sigaction(SIGINT, &sa, NULL); /* no SA_RESTART: Ctrl-C interrupts a read, not the program */
     o.gp.on_text = print_text;
     bool tty = isatty(0);
-    char line[8192];
+    char *line = NULL;
+    size_t cap = 0;
     for (;;) {
         if (tty) {
             fputs("> ", stdout);
             fflush(stdout);
         }
         g_cancel = 0;
-        if (!fgets(line, sizeof line, stdin)) {
+        int got = read_line(stdin, &line, &cap, KILN_MAX_PROMPT_BYTES);
+        if (got == LINE_NOMEM) {
+            kiln_cli_error("chat: out of memory reading input");
+            rc = 1;
+            break;
+        }
+        if (got == LINE_END) {
             if (g_cancel && !feof(stdin)) {
                 clearerr(stdin);
                 fputc('\n', stdout);
                 continue;
             }
             break;
+        }
+        if (got == LINE_TOO_LONG) {
+            kiln_cli_error("input line longer than %u MiB (the most kiln takes); ignored",
+                           KILN_MAX_PROMPT_BYTES >> 20);
+            continue;
         }
         line[strcspn(line, "\r\n")] = 0;
         if (!line[0]) continue;
@@ -368,13 +415,13 @@ int kiln_cli_chat(int argc, char **argv) {
         }
         if (strcmp(line, "/quit") == 0 || strcmp(line, "/exit") == 0) break;
         if (strcmp(line, "/reset") == 0) {
-            kiln_session_reset(s);
+            kiln_chat_reset(chat);
             fputs("(conversation reset)\n", stdout);
             continue;
         }
         kiln_result r;
         kiln_error err;
-        kiln_status st = kiln_chat_turn(s, line, &o.gp, &r, &err);
+        kiln_status st = kiln_chat_turn(chat, line, &o.gp, &r, &err);
         if (st) {
             kiln_cli_error("%s", err.message);
             if (st != KILN_ERR_INVALID_ARG) {
@@ -387,171 +434,10 @@ int kiln_cli_chat(int argc, char **argv) {
         print_metrics_line(&r.metrics);
         kiln_result_free(&r);
     }
+    free(line);
+    kiln_chat_free(chat);
     kiln_session_free(s);
     kiln_model_free(m);
     return rc;
 }
 
-/* Parses "128,512" into up to 16 positive ints. */
-static int parse_list(const char *opt, const char *v, int *out, int max, long hi) {
-    int n = 0;
-    char buf[256];
-    snprintf(buf, sizeof buf, "%s", v);
-    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
-        if (n == max) {
-            kiln_cli_error("%s: at most %d values", opt, max);
-            return -1;
-        }
-        if (!kiln_arg_int(opt, tok, 0, hi, &out[n])) return -1;
-        n++;
-    }
-    if (!n) kiln_cli_error("%s: no values", opt);
-    return n ? n : -1;
-}
-
-int kiln_cli_bench(int argc, char **argv) {
-    const char *model = NULL, *v = NULL;
-    int pp[16] = {128, 512}, n_pp = 2, tg[16] = {128}, n_tg = 1, th[16] = {1, 2}, n_th = 2;
-    int modes[2] = {KILN_MODE_KV}, n_modes = 1, reps = 3;
-    kiln_kv_type kv = KILN_KV_F16;
-    bool json = false;
-    run_opts o;
-    init_opts(&o);
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        bool bad = false;
-        if (kiln_arg_is_help(a)) {
-            printf("usage: kiln bench OFFERING [-p 128,512] [-n 128] [-t 1,2] [--mode kv,stateless]\n"
-                   "                  [--kv f16|f32] [-r REPS] [--json]\n\n"
-                   "Prompt processing (pp: one prefill of N tokens in [1,C] chunks) and text\n"
-                   "generation (tg: N decode steps) in tokens/s, like llama-bench: each test is\n"
-                   "repeated REPS times (default 3) and reported as mean and standard deviation.\n"
-                   "0 in -p or -n skips that test. --json prints llama-bench's fields (n_prompt,\n"
-                   "n_gen, n_threads, avg_ts, stddev_ts, type_k, type_v) plus mode and window.\n"
-                   "--kv: the native cpu engine's KV cache (default f16).\n");
-            return 0;
-        }
-        if (kiln_arg_value(argc, argv, &i, "-p", "--n-prompt", &v, &bad)) {
-            if (bad || (n_pp = parse_list("-p", v, pp, 16, 1 << 20)) < 0) return 2;
-        } else if (kiln_arg_value(argc, argv, &i, "-n", "--n-gen", &v, &bad)) {
-            if (bad || (n_tg = parse_list("-n", v, tg, 16, 1 << 20)) < 0) return 2;
-        } else if (kiln_arg_value(argc, argv, &i, "-t", "--threads", &v, &bad)) {
-            if (bad || (n_th = parse_list("-t", v, th, 16, 1024)) < 0) return 2;
-            for (int k = 0; k < n_th; k++)
-                if (th[k] < 1) {
-                    kiln_cli_error("-t: threads must be >= 1");
-                    return 2;
-                }
-        } else if (kiln_arg_value(argc, argv, &i, "-r", "--repetitions", &v, &bad)) {
-            if (bad || !kiln_arg_int("-r", v, 1, 1000, &reps)) return 2;
-        } else if (kiln_arg_value(argc, argv, &i, "--mode", NULL, &v, &bad)) {
-            if (bad) return 2;
-            n_modes = 0;
-            char buf[64];
-            snprintf(buf, sizeof buf, "%s", v);
-            for (char *t = strtok(buf, ","); t; t = strtok(NULL, ",")) {
-                if (n_modes == 2 || (strcmp(t, "kv") && strcmp(t, "stateless"))) {
-                    kiln_cli_error("--mode: '%s' is not kv, stateless or kv,stateless", v);
-                    return 2;
-                }
-                modes[n_modes++] = strcmp(t, "kv") == 0 ? KILN_MODE_KV : KILN_MODE_STATELESS;
-            }
-        } else if (kiln_arg_value(argc, argv, &i, "--kv", NULL, &v, &bad)) {
-            static const char *const kv_types[] = {"f16", "f32", NULL}; /* kiln_kv_type order */
-            int k;
-            if (bad || !kiln_arg_choice("--kv", v, kv_types, &k)) return 2;
-            kv = (kiln_kv_type)k;
-        } else if (kiln_arg_value(argc, argv, &i, "--device", NULL, &v, &bad)) {
-            o.device = v;
-        } else if (strcmp(a, "--json") == 0) {
-            json = true;
-        } else if (a[0] == '-' && a[1]) {
-            kiln_cli_error("bench: unknown option '%s' (kiln bench --help)", a);
-            return 2;
-        } else {
-            model = a;
-        }
-    }
-    if (!model) {
-        kiln_cli_error("bench: no OFFERING given (kiln bench --help)");
-        return 2;
-    }
-    int rc = 0;
-    kiln_error err;
-    kiln_model *m = NULL;
-    kiln_status st = kiln_model_open(model, NULL, &m, &err);
-    if (st) {
-        kiln_cli_error("%s", err.message);
-        return kiln_exit_code(st);
-    }
-    if (json) printf("[\n");
-    else
-        printf("| model | backend | mode | threads | test | t/s |\n"
-               "| --- | --- | --- | ---: | ---: | ---: |\n");
-    const char *name = strrchr(model, '/');
-    name = name && name[1] ? name + 1 : model;
-    int first = 1;
-    for (int mi = 0; mi < n_modes && !rc; mi++)
-        for (int ti = 0; ti < n_th && !rc; ti++) {
-            kiln_session_params sp = kiln_session_default_params();
-            sp.device = o.device;
-            sp.log = log_stderr;
-            sp.threads = th[ti];
-            sp.mode = (kiln_mode)modes[mi];
-            sp.kv = kv;
-            kiln_session *s = NULL;
-            if ((st = kiln_session_new(m, &sp, &s, &err))) {
-                kiln_cli_error("%s", err.message);
-                rc = kiln_exit_code(st);
-                break;
-            }
-            for (int kind = 0; kind < 2 && !rc; kind++) {
-                int *ns = kind == 0 ? pp : tg, cnt = kind == 0 ? n_pp : n_tg;
-                for (int k = 0; k < cnt && !rc; k++) {
-                    int n = ns[k];
-                    if (n == 0) continue;
-                    double sum = 0, sum2 = 0, secs;
-                    /* one warm-up run: page in the weights, settle the thread pool */
-                    st = kind == 0 ? kiln_bench_prefill(s, n, &secs, &err)
-                                   : kiln_bench_decode(s, n, &secs, &err);
-                    for (int r = 0; r < reps && !st; r++) {
-                        st = kind == 0 ? kiln_bench_prefill(s, n, &secs, &err)
-                                       : kiln_bench_decode(s, n, &secs, &err);
-                        double ts = n / secs;
-                        sum += ts;
-                        sum2 += ts * ts;
-                    }
-                    if (st) {
-                        kiln_cli_error("%s", err.message);
-                        rc = kiln_exit_code(st);
-                        break;
-                    }
-                    double avg = sum / reps;
-                    double var = reps > 1 ? (sum2 - reps * avg * avg) / (reps - 1) : 0;
-                    double sd = var > 0 ? sqrt(var) : 0;
-                    const char *mode = modes[mi] == KILN_MODE_KV ? "kv" : "stateless";
-                    if (json) {
-                        printf("%s  {\"model\": ", first ? "" : ",\n");
-                        json_str(stdout, name);
-                        printf(", \"backend\": \"%s\", \"mode\": \"%s\", \"window\": %d, "
-                               "\"chunk\": %d, \"n_prompt\": %d, \"n_gen\": %d, "
-                               "\"n_threads\": %d, \"type_k\": \"%s\", \"type_v\": \"%s\", "
-                               "\"repetitions\": %d, \"avg_ts\": %.3f, \"stddev_ts\": %.3f}",
-                               kiln_session_device(s), mode, kiln_model_window(m), kiln_model_chunk(m),
-                               kind == 0 ? n : 0, kind == 1 ? n : 0, th[ti], kv == KILN_KV_F32 ? "f32" : "f16",
-                               kv == KILN_KV_F32 ? "f32" : "f16", reps, avg, sd);
-                        first = 0;
-                    } else {
-                        printf("| %s | %s | %s | %d | %s%d | %.2f ± %.2f |\n", name,
-                               kiln_session_device(s), mode, th[ti],
-                               kind == 0 ? "pp" : "tg", n, avg, sd);
-                    }
-                    fflush(stdout);
-                }
-            }
-            kiln_session_free(s);
-        }
-    if (json) printf("\n]\n");
-    kiln_model_free(m);
-    return rc;
-}

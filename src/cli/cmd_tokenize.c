@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "args.h"
 #include "cli.h"
 #include "kiln.h"
 
@@ -60,17 +61,17 @@ int kiln_cli_tokenize(int argc, char **argv) {
     const char *source = NULL, *text = NULL, *file = NULL;
     int bos = 0, special = 0, json = 0;
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
+        const char *a = argv[i], *v = NULL;
+        bool bad = false;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(k_tok_usage, stdout);
             return 0;
-        } else if (!strcmp(a, "--text") || !strcmp(a, "--file")) {
-            if (i + 1 >= argc) {
-                kiln_cli_error("tokenize: %s needs a value", a);
-                return 2;
-            }
-            if (a[2] == 't') text = argv[++i];
-            else file = argv[++i];
+        } else if (kiln_arg_value(argc, argv, &i, "--text", NULL, &v, &bad)) {
+            if (bad) return 2;
+            text = v;
+        } else if (kiln_arg_value(argc, argv, &i, "--file", NULL, &v, &bad)) {
+            if (bad) return 2;
+            file = v;
         } else if (!strcmp(a, "--bos")) {
             bos = 1;
         } else if (!strcmp(a, "--special")) {
@@ -196,14 +197,15 @@ int kiln_cli_detokenize(int argc, char **argv) {
         return kiln_exit_code(st);
     }
     char *text = NULL;
-    st = kiln_detokenize(tok, ids, n, special ? KILN_DETOKENIZE_SPECIAL : 0, &text, &err);
+    size_t len = 0;
+    st = kiln_detokenize(tok, ids, n, special ? KILN_DETOKENIZE_SPECIAL : 0, &text, &len, &err);
     free(ids);
     kiln_tokenizer_free(tok);
     if (st != KILN_OK) {
         kiln_cli_error("detokenize: %s", err.message);
         return kiln_exit_code(st);
     }
-    fputs(text, stdout);
+    fwrite(text, 1, len, stdout); /* every byte: a token may decode to NUL */
     fputc('\n', stdout);
     kiln_free(text);
     return fflush(stdout) == 0 ? 0 : 1;

@@ -35,7 +35,8 @@ static void usage(FILE *f) {
             KILN_VERSION);
     for (size_t i = 0; i < sizeof k_cmds / sizeof k_cmds[0]; i++)
         fprintf(f, "  %-11s %s\n", k_cmds[i].name, k_cmds[i].what);
-    fprintf(f, "\nexit status: 0 ok, 2 bad input or usage, 3 device unavailable, 1 other\n");
+    fprintf(f, "\nexit status: 0 ok, 2 bad input or usage, 3 device unavailable, 130 interrupted\n"
+               "(Ctrl-C), 1 anything else (a failed write included)\n");
 }
 
 int main(int argc, char **argv) {
@@ -56,7 +57,17 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (strcmp(argv[1], "--version") == 0) {
-        printf("kiln %s\n", KILN_VERSION);
+        /* The second line is what a bug report needs about this CPU: the kernel tables it can
+         * run and the one kiln will use (KILN_KERNELS picks another). */
+        const char *usable, *chosen;
+        kiln_error err;
+        kiln_status st = kiln_cpu_kernels(&usable, &chosen, &err);
+        printf("kiln %s\ncpu kernels: %s (usable here: %s)\n", KILN_VERSION,
+               st ? "none" : chosen, usable);
+        if (st) {
+            kiln_cli_error("%s", err.message);
+            return 2;
+        }
         return 0;
     }
     for (size_t i = 0; i < sizeof k_cmds / sizeof k_cmds[0]; i++)

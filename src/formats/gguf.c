@@ -6,13 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/limits.h"
 #include "quant/quant.h"
 
 #define GGUF_MAGIC 0x46554747u /* "GGUF" little-endian */
 #define GGUF_DEFAULT_ALIGNMENT 32
-/* Caps that no real model reaches; they turn absurd counts into errors before any allocation. */
-#define GGUF_MAX_KEY_LEN 65535
-#define GGUF_MAX_NAME_LEN 65535
 
 bool kn_str_eq(kn_str s, const char *z) {
     size_t n = strlen(z);
@@ -155,7 +153,7 @@ static kiln_status rd_skip(rd *r, uint32_t type, int depth, const char *what) {
 
 static kiln_status rd_kv(rd *r, kn_gguf_kv *kv) {
     char what[96];
-    kiln_status s = rd_str(r, &kv->key, GGUF_MAX_KEY_LEN, "metadata key");
+    kiln_status s = rd_str(r, &kv->key, KN_MAX_NAME_LEN, "metadata key");
     if (s) return s;
     snprintf(what, sizeof what, "key '%.*s'", (int)(kv->key.len < 64 ? kv->key.len : 64),
              kv->key.ptr);
@@ -198,7 +196,7 @@ static kiln_status rd_kv(rd *r, kn_gguf_kv *kv) {
  * element-type ARRAY case by skipping each element in place. */
 static kiln_status rd_kv_checked(rd *r, kn_gguf_kv *kv) {
     uint64_t save = r->pos;
-    kiln_status s = rd_str(r, &kv->key, GGUF_MAX_KEY_LEN, "metadata key");
+    kiln_status s = rd_str(r, &kv->key, KN_MAX_NAME_LEN, "metadata key");
     if (s) return s;
     uint32_t type, et = 0;
     if ((s = rd_u32(r, &type, "value type"))) return s;
@@ -250,19 +248,28 @@ static kiln_status parse(kn_gguf *g, kiln_error *err) {
     if (n_tensors > (r.size - r.pos) / 32)
         return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor count %llu exceeds the file", g->path,
                        (unsigned long long)n_tensors);
+    if (n_kv > KN_MAX_KV)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: %llu metadata keys (kiln reads at most %d)",
+                       g->path, (unsigned long long)n_kv, KN_MAX_KV);
+    if (n_tensors > KN_MAX_TENSORS)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: %llu tensors (kiln reads at most %d)", g->path,
+                       (unsigned long long)n_tensors, KN_MAX_TENSORS);
     g->kv = kn_calloc((size_t)n_kv + 1, sizeof *g->kv);
     g->tensors = kn_calloc((size_t)n_tensors + 1, sizeof *g->tensors);
-    if (!g->kv || !g->tensors) return kn_fail(err, KILN_ERR_NOMEM, "%s: out of memory", g->path);
+    g->kv_names = kn_malloc(((size_t)n_kv + 1) * sizeof *g->kv_names);
+    g->tensor_names = kn_malloc(((size_t)n_tensors + 1) * sizeof *g->tensor_names);
+    if (!g->kv || !g->tensors || !g->kv_names || !g->tensor_names)
+        return kn_fail(err, KILN_ERR_NOMEM, "%s: out of memory", g->path);
     for (uint64_t i = 0; i < n_kv; i++) {
         if ((s = rd_kv_checked(&r, &g->kv[i]))) return s;
         g->n_kv = i + 1;
-        for (uint64_t j = 0; j < i; j++)
-            if (g->kv[j].key.len == g->kv[i].key.len &&
-                memcmp(g->kv[j].key.ptr, g->kv[i].key.ptr, g->kv[i].key.len) == 0)
-                return kn_fail(err, KILN_ERR_FORMAT, "%s: duplicate metadata key '%.*s'",
-                               g->path, (int)(g->kv[i].key.len > 80 ? 80 : g->kv[i].key.len),
-                               g->kv[i].key.ptr);
+        g->kv_names[i] = (kn_name_ref){g->kv[i].key.ptr, g->kv[i].key.len, i};
     }
+    kn_names_sort(g->kv_names, (size_t)g->n_kv);
+    const kn_name_ref *dup = kn_names_dup(g->kv_names, (size_t)g->n_kv);
+    if (dup)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: duplicate metadata key '%.*s'", g->path,
+                       (int)(dup->len > 80 ? 80 : dup->len), dup->ptr);
     g->alignment = GGUF_DEFAULT_ALIGNMENT;
     const kn_gguf_kv *al = kn_gguf_find(g, "general.alignment");
     if (al) {
@@ -274,7 +281,7 @@ static kiln_status parse(kn_gguf *g, kiln_error *err) {
     }
     for (uint64_t i = 0; i < n_tensors; i++) {
         kn_gguf_tensor *t = &g->tensors[i];
-        if ((s = rd_str(&r, &t->name, GGUF_MAX_NAME_LEN, "tensor name"))) return s;
+        if ((s = rd_str(&r, &t->name, KN_MAX_NAME_LEN, "tensor name"))) return s;
         int nl = (int)(t->name.len > 80 ? 80 : t->name.len);
         if ((s = rd_u32(&r, &t->n_dims, "tensor dims"))) return s;
         if (t->n_dims < 1 || t->n_dims > 4)
@@ -308,13 +315,13 @@ static kiln_status parse(kn_gguf *g, kiln_error *err) {
         if (t->offset % g->alignment)
             return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor '%.*s' offset %llu is not aligned",
                            g->path, nl, t->name.ptr, (unsigned long long)t->offset);
-        for (uint64_t j = 0; j < i; j++)
-            if (g->tensors[j].name.len == t->name.len &&
-                memcmp(g->tensors[j].name.ptr, t->name.ptr, t->name.len) == 0)
-                return kn_fail(err, KILN_ERR_FORMAT, "%s: duplicate tensor '%.*s'", g->path, nl,
-                               t->name.ptr);
+        g->tensor_names[i] = (kn_name_ref){t->name.ptr, t->name.len, i};
         g->n_tensors = i + 1;
     }
+    kn_names_sort(g->tensor_names, (size_t)g->n_tensors);
+    if ((dup = kn_names_dup(g->tensor_names, (size_t)g->n_tensors)))
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: duplicate tensor '%.*s'", g->path,
+                       (int)(dup->len > 80 ? 80 : dup->len), dup->ptr);
     uint64_t data = (r.pos + g->alignment - 1) / g->alignment * g->alignment;
     if (n_tensors > 0 && data > r.size)
         return kn_fail(err, KILN_ERR_FORMAT, "%s: truncated before the tensor data", g->path);
@@ -397,21 +404,22 @@ void kn_gguf_close(kn_gguf *g) {
         for (uint64_t i = 0; i < g->n_kv + 1; i++) kn_free(g->kv[i].strs);
     kn_free(g->kv);
     kn_free(g->tensors);
+    kn_free(g->kv_names);
+    kn_free(g->tensor_names);
     kn_map_close(&g->map);
     kn_free(g->path);
     kn_free(g);
 }
 
 const kn_gguf_kv *kn_gguf_find(const kn_gguf *g, const char *key) {
-    for (uint64_t i = 0; i < g->n_kv; i++)
-        if (kn_str_eq(g->kv[i].key, key)) return &g->kv[i];
-    return NULL;
+    const kn_name_ref *r = kn_names_find(g->kv_names, (size_t)g->n_kv, key, strlen(key));
+    return r ? &g->kv[r->idx] : NULL;
 }
 
 const kn_gguf_tensor *kn_gguf_find_tensor(const kn_gguf *g, const char *name) {
-    for (uint64_t i = 0; i < g->n_tensors; i++)
-        if (kn_str_eq(g->tensors[i].name, name)) return &g->tensors[i];
-    return NULL;
+    const kn_name_ref *r =
+        kn_names_find(g->tensor_names, (size_t)g->n_tensors, name, strlen(name));
+    return r ? &g->tensors[r->idx] : NULL;
 }
 
 static bool kv_int(const kn_gguf_kv *kv, int64_t *lo_out, uint64_t *hi_out, bool *is_signed) {
@@ -463,7 +471,9 @@ bool kn_gguf_get_f32(const kn_gguf *g, const char *key, float *out) {
     const kn_gguf_kv *kv = kn_gguf_find(g, key);
     if (!kv) return false;
     if (kv->type == KN_GGUF_FLOAT32 || kv->type == KN_GGUF_FLOAT64) {
-        *out = (float)kv->v.f;
+        if (kv->type == KN_GGUF_FLOAT64 && isfinite(kv->v.f))
+            return kn_f64_to_f32(kv->v.f, out); /* a finite f64 past float's range is refused */
+        *out = (float)kv->v.f; /* exact (it was a float), or NaN / Inf as themselves */
         return true;
     }
     int64_t i;
@@ -512,8 +522,8 @@ int64_t kn_gguf_arr_i64(const kn_gguf_kv *kv, uint64_t i) {
     case KN_GGUF_INT32: { int32_t x; memcpy(&x, p, 4); return x; }
     case KN_GGUF_UINT64: { uint64_t x; memcpy(&x, p, 8); return (int64_t)x; }
     case KN_GGUF_INT64: { int64_t x; memcpy(&x, p, 8); return x; }
-    case KN_GGUF_FLOAT32: { float x; memcpy(&x, p, 4); return (int64_t)x; }
-    case KN_GGUF_FLOAT64: { double x; memcpy(&x, p, 8); return (int64_t)x; }
+    case KN_GGUF_FLOAT32: { float x; memcpy(&x, p, 4); int64_t v = 0; kn_f64_to_i64(x, INT64_MIN, INT64_MAX, &v); return v; }
+    case KN_GGUF_FLOAT64: { double x; memcpy(&x, p, 8); int64_t v = 0; kn_f64_to_i64(x, INT64_MIN, INT64_MAX, &v); return v; }
     default: return 0;
     }
 }
@@ -536,13 +546,49 @@ typedef struct wtensor {
 struct kn_gguf_writer {
     wkv *kv;
     size_t n_kv, cap_kv;
+    /* key -> index + 1 (0 empty), open addressing: setting a key is O(1) however many a source
+     * brought, so copying a hostile file's keys stays linear. The hash is seeded per writer,
+     * so no file can choose keys that collide. */
+    uint32_t *slot;
+    size_t slot_cap;          /* power of two, >= 2 * n_kv */
+    uint64_t seed;
     wtensor *t;
     size_t n_t, cap_t;
     bool oom;
     char bad[256]; /* first invalid tensor description */
 };
 
-kn_gguf_writer *kn_gguf_writer_new(void) { return kn_calloc(1, sizeof(kn_gguf_writer)); }
+kn_gguf_writer *kn_gguf_writer_new(void) {
+    kn_gguf_writer *w = kn_calloc(1, sizeof(kn_gguf_writer));
+    if (w) w->seed = (uint64_t)(uintptr_t)w * 0x9E3779B97F4A7C15ull ^ (uint64_t)kn_now_seconds();
+    return w;
+}
+
+static uint64_t key_hash(const kn_gguf_writer *w, const char *k) {
+    uint64_t h = 1469598103934665603ull ^ w->seed;
+    for (; *k; k++) {
+        h ^= (uint8_t)*k;
+        h *= 1099511628211ull;
+    }
+    return h ^ (h >> 31);
+}
+
+/* The slot holding key, or the empty slot where it would go. */
+static size_t key_slot(const kn_gguf_writer *w, const char *key) {
+    size_t i = (size_t)key_hash(w, key) & (w->slot_cap - 1);
+    while (w->slot[i] && strcmp(w->kv[w->slot[i] - 1].key, key) != 0) i = (i + 1) & (w->slot_cap - 1);
+    return i;
+}
+
+static bool rehash(kn_gguf_writer *w, size_t cap) {
+    uint32_t *ns = kn_calloc(cap, sizeof *ns);
+    if (!ns) return false;
+    kn_free(w->slot);
+    w->slot = ns;
+    w->slot_cap = cap;
+    for (size_t k = 0; k < w->n_kv; k++) w->slot[key_slot(w, w->kv[k].key)] = (uint32_t)k + 1;
+    return true;
+}
 
 void kn_gguf_writer_free(kn_gguf_writer *w) {
     if (!w) return;
@@ -552,6 +598,7 @@ void kn_gguf_writer_free(kn_gguf_writer *w) {
     }
     for (size_t i = 0; i < w->n_t; i++) kn_free(w->t[i].name);
     kn_free(w->kv);
+    kn_free(w->slot);
     kn_free(w->t);
     kn_free(w);
 }
@@ -562,13 +609,19 @@ static void put(kn_gguf_writer *w, const char *key, uint8_t *bytes, uint64_t n) 
         w->oom = true;
         return;
     }
-    for (size_t i = 0; i < w->n_kv; i++)
-        if (strcmp(w->kv[i].key, key) == 0) {
-            kn_free(w->kv[i].bytes);
-            w->kv[i].bytes = bytes;
-            w->kv[i].nbytes = n;
-            return;
-        }
+    if ((w->n_kv + 1) * 2 > w->slot_cap && !rehash(w, w->slot_cap ? w->slot_cap * 2 : 128)) {
+        kn_free(bytes);
+        w->oom = true;
+        return;
+    }
+    size_t at = key_slot(w, key);
+    if (w->slot[at]) {
+        wkv *e = &w->kv[w->slot[at] - 1];
+        kn_free(e->bytes);
+        e->bytes = bytes;
+        e->nbytes = n;
+        return;
+    }
     if (w->n_kv == w->cap_kv) {
         size_t cap = w->cap_kv ? w->cap_kv * 2 : 64;
         wkv *k = kn_realloc(w->kv, cap * sizeof *k);
@@ -587,6 +640,7 @@ static void put(kn_gguf_writer *w, const char *key, uint8_t *bytes, uint64_t n) 
         return;
     }
     w->kv[w->n_kv++] = (wkv){kd, bytes, n};
+    w->slot[at] = (uint32_t)w->n_kv;
 }
 
 static uint8_t *scalar_bytes(uint32_t type, const void *v, size_t sz, uint64_t *n) {
@@ -707,14 +761,16 @@ void kn_gguf_copy_kv(kn_gguf_writer *w, const kn_gguf_kv *kv) {
 }
 
 void kn_gguf_remove(kn_gguf_writer *w, const char *key) {
-    for (size_t i = 0; i < w->n_kv; i++)
-        if (strcmp(w->kv[i].key, key) == 0) {
-            kn_free(w->kv[i].key);
-            kn_free(w->kv[i].bytes);
-            memmove(&w->kv[i], &w->kv[i + 1], (w->n_kv - i - 1) * sizeof *w->kv);
-            w->n_kv--;
-            return;
-        }
+    if (!w->slot_cap) return;
+    size_t at = key_slot(w, key);
+    if (!w->slot[at]) return;
+    size_t i = w->slot[at] - 1;
+    kn_free(w->kv[i].key);
+    kn_free(w->kv[i].bytes);
+    memmove(&w->kv[i], &w->kv[i + 1], (w->n_kv - i - 1) * sizeof *w->kv);
+    w->n_kv--;
+    /* indices after i moved down: rebuild (removal is rare: a few keys per bake) */
+    if (!rehash(w, w->slot_cap)) w->oom = true;
 }
 
 void kn_gguf_add_tensor(kn_gguf_writer *w, const char *name, uint32_t type, uint32_t n_dims,
@@ -762,7 +818,7 @@ kiln_status kn_gguf_writer_status(const kn_gguf_writer *w, kiln_error *err) {
 
 static kiln_status wr(FILE *f, const void *p, size_t n, const char *path, kiln_error *err) {
     if (n && fwrite(p, 1, n, f) != n)
-        return kn_fail(err, KILN_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+        return kn_fail(err, KILN_ERR_WRITE, "%s: write failed: %s", path, strerror(errno));
     return KILN_OK;
 }
 

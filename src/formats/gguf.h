@@ -9,7 +9,10 @@
  *
  * The reader trusts nothing: every count, length and offset is checked against the file size
  * before anything is allocated or read, so a hostile file yields KILN_ERR_FORMAT naming the
- * field, never a crash. Values point into the mapped file (zero copy); the kn_gguf owns the map.
+ * field, never a crash. Counts are capped (base/limits.h: KN_MAX_TENSORS, KN_MAX_KV,
+ * KN_MAX_NAME_LEN), and keys and tensor names are checked for duplicates and looked up through
+ * sorted indexes, so parsing and every lookup stay O(n log n) whatever the file holds. Values
+ * point into the mapped file (zero copy); the kn_gguf owns the map.
  */
 #ifndef KN_GGUF_H
 #define KN_GGUF_H
@@ -84,6 +87,8 @@ typedef struct kn_gguf {
     uint64_t data_offset;          /* file offset of the tensor data section */
     kn_map map;
     char *path;                    /* for messages */
+    kn_name_ref *kv_names;         /* [n_kv] keys sorted: duplicate check and kn_gguf_find */
+    kn_name_ref *tensor_names;     /* [n_tensors] names sorted */
 } kn_gguf;
 
 /* Opens and validates a GGUF file (mapped). */
@@ -98,7 +103,8 @@ const kn_gguf_kv *kn_gguf_find(const kn_gguf *g, const char *key);
 const kn_gguf_tensor *kn_gguf_find_tensor(const kn_gguf *g, const char *name);
 
 /* Typed getters: false when the key is absent or of an incompatible type. Integer getters take
- * any integer (or bool) type and check the range; float getters take F32/F64 and integers. */
+ * any integer (or bool) type and check the range; float getters take F32/F64 and integers, and
+ * refuse an F64 that no float can hold (NaN and Inf pass through as themselves). */
 bool kn_gguf_get_u32(const kn_gguf *g, const char *key, uint32_t *out);
 bool kn_gguf_get_i64(const kn_gguf *g, const char *key, int64_t *out);
 bool kn_gguf_get_f32(const kn_gguf *g, const char *key, float *out);
@@ -107,7 +113,8 @@ bool kn_gguf_get_str(const kn_gguf *g, const char *key, kn_str *out);
 /* An array of the given element type; NULL if absent or another type. */
 const kn_gguf_kv *kn_gguf_get_arr(const kn_gguf *g, const char *key, uint32_t elem_type);
 
-/* Element i of a numeric array converted to double/int64 (bounds-checked by the caller). */
+/* Element i of a numeric array converted to double/int64 (bounds-checked by the caller); a
+ * float element that is not a whole int64 reads as 0. */
 double kn_gguf_arr_f64(const kn_gguf_kv *kv, uint64_t i);
 int64_t kn_gguf_arr_i64(const kn_gguf_kv *kv, uint64_t i);
 

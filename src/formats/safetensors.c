@@ -2,13 +2,15 @@
 #include "formats/safetensors.h"
 
 #include <cjson/cJSON.h>
-#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "base/limits.h"
+#include "formats/json.h"
 #include "quant/quant.h"
 
 /* Real headers are well under a few MB; this keeps a hostile length from driving allocation. */
-#define ST_MAX_HEADER (100u << 20)
+#define ST_MAX_HEADER KN_MAX_SAFETENSORS_HEADER
 
 static kiln_status parse_tensor(kn_safetensors *st, const cJSON *item, uint64_t data_size,
                                 kn_st_tensor *t, kiln_error *err) {
@@ -38,31 +40,38 @@ static kiln_status parse_tensor(kn_safetensors *st, const cJSON *item, uint64_t 
                        st->path, nm, nd);
     uint64_t nel = 1;
     t->n_dims = nd;
-    for (int i = 0; i < nd; i++) {
-        const cJSON *e = cJSON_GetArrayItem(sh, i);
-        if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble > 9.0e15 ||
-            e->valuedouble != floor(e->valuedouble))
+    int i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, sh) {
+        if (!kn_json_i64(e, 0, (int64_t)1 << 53, &t->shape[i]))
             return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor '%s': bad shape", st->path, nm);
-        t->shape[i] = (int64_t)e->valuedouble;
         if (!kn_mul_ok(nel, (uint64_t)t->shape[i], &nel))
             return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor '%s': shape overflows", st->path, nm);
+        i++;
     }
-    double b = cJSON_GetArrayItem(off, 0)->valuedouble, e = cJSON_GetArrayItem(off, 1)->valuedouble;
-    if (!cJSON_IsNumber(cJSON_GetArrayItem(off, 0)) || !cJSON_IsNumber(cJSON_GetArrayItem(off, 1)) ||
-        b < 0 || e < b || e > (double)data_size || b != floor(b) || e != floor(e))
+    int64_t b = 0, en = 0;
+    if (!kn_json_i64(cJSON_GetArrayItem(off, 0), 0, (int64_t)data_size, &b) ||
+        !kn_json_i64(cJSON_GetArrayItem(off, 1), b, (int64_t)data_size, &en))
         return kn_fail(err, KILN_ERR_FORMAT,
-                       "%s: tensor '%s': data_offsets [%.0f, %.0f] outside the %llu data bytes",
-                       st->path, nm, b, e, (unsigned long long)data_size);
+                       "%s: tensor '%s': data_offsets are not [begin, end] inside the %llu "
+                       "data bytes (outside the file)",
+                       st->path, nm, (unsigned long long)data_size);
     uint64_t esz = kn_type_get(t->type)->block_bytes, want = 0;
-    if (!kn_mul_ok(nel, esz, &want) || want != (uint64_t)(e - b))
+    if (!kn_mul_ok(nel, esz, &want) || want != (uint64_t)(en - b))
         return kn_fail(err, KILN_ERR_FORMAT,
-                       "%s: tensor '%s': %.0f data bytes do not match shape and dtype (%llu)",
-                       st->path, nm, e - b, (unsigned long long)want);
+                       "%s: tensor '%s': %lld data bytes do not match shape and dtype (%llu)",
+                       st->path, nm, (long long)(en - b), (unsigned long long)want);
+    t->offset = (uint64_t)b;
     t->nbytes = want;
     t->data = st->map.data + 8 + (st->map.size - 8 - data_size) + (uint64_t)b;
     t->name = kn_strdup(nm);
     if (!t->name) return kn_fail(err, KILN_ERR_NOMEM, "%s: out of memory", st->path);
     return KILN_OK;
+}
+
+static int cmp_offset(const void *a, const void *b) {
+    const kn_st_tensor *x = *(kn_st_tensor *const *)a, *y = *(kn_st_tensor *const *)b;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
 }
 
 static kiln_status parse(kn_safetensors *st, kiln_error *err) {
@@ -83,22 +92,47 @@ static kiln_status parse(kn_safetensors *st, kiln_error *err) {
     int n = 0;
     for (const cJSON *it = root->child; it; it = it->next)
         if (strcmp(it->string, "__metadata__") != 0) n++;
+    if (n > KN_MAX_TENSORS) {
+        cJSON_Delete(root);
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: %d tensors (kiln reads at most %d)", st->path,
+                       n, KN_MAX_TENSORS);
+    }
     st->tensors = kn_calloc((size_t)n + 1, sizeof *st->tensors);
-    if (!st->tensors) {
+    kn_name_ref *names = kn_malloc(((size_t)n + 1) * sizeof *names);
+    if (!st->tensors || !names) {
+        kn_free(names);
         cJSON_Delete(root);
         return kn_fail(err, KILN_ERR_NOMEM, "%s: out of memory", st->path);
     }
     kiln_status s = KILN_OK;
     for (const cJSON *it = root->child; it && !s; it = it->next) {
         if (strcmp(it->string, "__metadata__") == 0) continue;
-        for (int j = 0; j < st->n_tensors && !s; j++)
-            if (strcmp(st->tensors[j].name, it->string) == 0)
-                s = kn_fail(err, KILN_ERR_FORMAT, "%s: duplicate tensor '%s'", st->path,
-                            it->string);
-        if (!s) s = parse_tensor(st, it, data_size, &st->tensors[st->n_tensors], err);
+        s = parse_tensor(st, it, data_size, &st->tensors[st->n_tensors], err);
         if (!s) st->n_tensors++;
     }
     cJSON_Delete(root);
+    /* Duplicate names, then overlapping data (which would let two tensors alias each other's
+     * bytes, as the GGUF reader refuses too): both by sorting, O(n log n). */
+    if (!s) {
+        for (int i = 0; i < st->n_tensors; i++)
+            names[i] = (kn_name_ref){st->tensors[i].name, strlen(st->tensors[i].name), (uint64_t)i};
+        kn_names_sort(names, (size_t)st->n_tensors);
+        const kn_name_ref *dup = kn_names_dup(names, (size_t)st->n_tensors);
+        if (dup) s = kn_fail(err, KILN_ERR_FORMAT, "%s: duplicate tensor '%s'", st->path, dup->ptr);
+    }
+    if (!s && st->n_tensors > 1) {
+        kn_st_tensor **v = (kn_st_tensor **)(void *)names; /* same size: reuse the buffer */
+        _Static_assert(sizeof(kn_name_ref) >= sizeof(kn_st_tensor *), "reused buffer");
+        for (int i = 0; i < st->n_tensors; i++) v[i] = &st->tensors[i];
+        qsort(v, (size_t)st->n_tensors, sizeof *v, cmp_offset);
+        for (int i = 1; i < st->n_tensors && !s; i++)
+            if (v[i - 1]->nbytes && v[i]->nbytes &&
+                v[i - 1]->offset + v[i - 1]->nbytes > v[i]->offset)
+                s = kn_fail(err, KILN_ERR_FORMAT,
+                            "%s: tensors '%s' and '%s' overlap (data_offsets)", st->path,
+                            v[i - 1]->name, v[i]->name);
+    }
+    kn_free(names);
     return s;
 }
 

@@ -2,7 +2,8 @@
  *
  * Layout: u64 little-endian header length N | N bytes of JSON {"NAME": {"dtype": "F32",
  * "shape": [..], "data_offsets": [begin, end]}, ..., "__metadata__": {...}} | data. Offsets are
- * relative to the end of the header. Every offset and shape is checked against the file. */
+ * relative to the end of the header. Every offset and shape is checked against the file; names
+ * must be unique and tensors' bytes may not overlap. */
 #ifndef KN_SAFETENSORS_H
 #define KN_SAFETENSORS_H
 
@@ -14,6 +15,7 @@ typedef struct kn_st_tensor {
     int n_dims;
     int64_t shape[4];       /* safetensors order: shape[0] is the slowest (rows) */
     const uint8_t *data;
+    uint64_t offset;        /* data_offsets[0], relative to the data section */
     uint64_t nbytes;
 } kn_st_tensor;
 

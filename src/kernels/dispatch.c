@@ -1,6 +1,7 @@
 /* dispatch.c — chooses the kernel variant once from CPUID. The only global state of the
  * kernels: a pointer written once under pthread_once. */
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -61,27 +62,65 @@ const kn_kernels *kn_kernels_avx512(void) {
     return cpu_has_avx512() ? kn_kernels_avx512_table() : NULL;
 }
 
-static const kn_kernels *g_chosen;
+/* Reference first, best last: the order of kn_kernel_names and of kn_kernels_usable. */
+static const kn_kernels *(*const k_getters[KN_KERNEL_TABLES])(void) = {
+    kn_kernels_generic, kn_kernels_avx2, kn_kernels_avxvnni, kn_kernels_avx512};
+const char *const kn_kernel_names[KN_KERNEL_TABLES] = {"generic", "avx2", "avxvnni",
+                                                        "avx512vnni"};
+
+const kn_kernels *kn_kernels_by_name(const char *name) {
+    for (int i = 0; i < KN_KERNEL_TABLES; i++)
+        if (name && strcmp(name, kn_kernel_names[i]) == 0) return k_getters[i]();
+    return NULL;
+}
+
+int kn_kernels_usable(const kn_kernels *out[KN_KERNEL_TABLES]) {
+    int n = 0;
+    for (int i = 0; i < KN_KERNEL_TABLES; i++)
+        if (k_getters[i]()) out[n++] = k_getters[i]();
+    return n;
+}
+
+static const kn_kernels *g_chosen;   /* NULL when KILN_KERNELS names no usable table */
+static const kn_kernels *g_best;
+static char g_bad[256];              /* why KILN_KERNELS was refused */
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 static void choose(void) {
-    const kn_kernels *best = kn_kernels_avx512();
-    if (!best) best = kn_kernels_avxvnni();
-    if (!best) best = kn_kernels_avx2();
-    if (!best) best = kn_kernels_generic();
+    const kn_kernels *usable[KN_KERNEL_TABLES];
+    int n = kn_kernels_usable(usable);
+    g_best = usable[n - 1];
+    g_chosen = g_best;
     const char *force = getenv("KILN_KERNELS");
-    if (force && *force) {
-        const kn_kernels *f = NULL;
-        if (strcmp(force, "generic") == 0) f = kn_kernels_generic();
-        else if (strcmp(force, "avx2") == 0) f = kn_kernels_avx2();
-        else if (strcmp(force, "avxvnni") == 0) f = kn_kernels_avxvnni();
-        else if (strcmp(force, "avx512vnni") == 0) f = kn_kernels_avx512();
-        if (f) best = f;
+    if (!force || !*force) return;
+    g_chosen = kn_kernels_by_name(force);
+    if (g_chosen) return;
+    bool known = false;
+    for (int i = 0; i < KN_KERNEL_TABLES; i++) known |= strcmp(force, kn_kernel_names[i]) == 0;
+    char shown[33];               /* the user's text, printable ASCII only, kept short */
+    size_t k = 0;
+    for (; force[k] && k < sizeof shown - 1; k++)
+        shown[k] = force[k] >= 0x20 && force[k] < 0x7f ? force[k] : '?';
+    shown[k] = 0;
+    char list[96] = "";
+    for (int i = 0; i < n; i++) {
+        if (i) strncat(list, ", ", sizeof list - strlen(list) - 1);
+        strncat(list, usable[i]->name, sizeof list - strlen(list) - 1);
     }
-    g_chosen = best;
+    snprintf(g_bad, sizeof g_bad, "KILN_KERNELS=%s: %s (this CPU offers: %s)", shown,
+             known ? "this CPU lacks the instructions of that kernel table"
+                   : "no such kernel table",
+             list);
+}
+
+kiln_status kn_kernels_choose(const kn_kernels **out, kiln_error *err) {
+    pthread_once(&g_once, choose);
+    *out = g_chosen;
+    if (!g_chosen) return kn_fail(err, KILN_ERR_INVALID_ARG, "%s", g_bad);
+    return KILN_OK;
 }
 
 const kn_kernels *kn_kernels_get(void) {
     pthread_once(&g_once, choose);
-    return g_chosen;
+    return g_chosen ? g_chosen : g_best;
 }

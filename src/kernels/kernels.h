@@ -59,6 +59,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/base.h"
+
 #define KN_QBLOCK 32   /* elements per block of Q4_0, Q4_1, Q8_0 and of quantized activations */
 #define KN_KBLOCK 256  /* elements per super-block of the K-quants and of Q8_K activations */
 #define KN_NTYPES 32   /* size of the tables indexed by kn_type */
@@ -139,9 +141,25 @@ typedef struct kn_kernels {
                                                       * rows before it */
 } kn_kernels;
 
-/* The variant for this CPU, chosen once (thread-safe after the first call returns). Setting the
- * environment variable KILN_KERNELS=generic|avx2|avxvnni|avx512vnni before the first call forces
- * one (falls back to the best supported one). */
+/* The tables kiln has, by name, reference first: "generic" (plain C, every CPU), "avx2"
+ * (AVX2 + FMA + F16C), "avxvnni" (AVX2 + AVX-VNNI: Alder Lake and later), "avx512vnni"
+ * (AVX-512 F/DQ/BW/VL + VNNI). A table is usable only where CPUID (and the OS's XSAVE state)
+ * says its instructions exist. */
+#define KN_KERNEL_TABLES 4
+extern const char *const kn_kernel_names[KN_KERNEL_TABLES];
+
+/* The table called name, or NULL when the name is unknown or this CPU lacks its instructions. */
+const kn_kernels *kn_kernels_by_name(const char *name);
+/* The usable tables, reference first and the best last; returns how many (>= 1: generic). */
+int kn_kernels_usable(const kn_kernels *out[KN_KERNEL_TABLES]);
+
+/* The table the engine runs, chosen once: the environment variable KILN_KERNELS names one
+ * (for tests, benchmarks and bug reports), else the best this CPU can run. A name that is
+ * unknown or not usable here is an error (KILN_ERR_INVALID_ARG, the message naming the valid
+ * choices), never silently replaced: a test that forces a table must run that table. */
+kiln_status kn_kernels_choose(const kn_kernels **out, kiln_error *err);
+/* The chosen table, or the best one when KILN_KERNELS is invalid (callers that cannot fail:
+ * tests of the kernels themselves). Thread-safe. */
 const kn_kernels *kn_kernels_get(void);
 /* Each variant, for tests and benchmarks; NULL where this CPU lacks the instructions. */
 const kn_kernels *kn_kernels_generic(void);

@@ -4,8 +4,9 @@
  *
  * The quantizers give the references' bits: the maxima are exact, every float operation is the
  * same IEEE operation, vcvtps2dq rounds to nearest even as the Q8_0 reference's 2^23 trick
- * does, and the Q8_K one uses ggml's own bit trick, so even a non-finite input gives the same
- * bytes. */
+ * does, and the Q8_K one uses ggml's own bit trick; a block with a NaN or an infinity becomes
+ * q = 0 with a NaN scale, as in the references. */
+#include <float.h>
 #include <immintrin.h>
 #include <math.h>
 #include <stdbool.h>
@@ -39,6 +40,11 @@ AI __m256i pack32(__m256i a, __m256i b, __m256i c, __m256i d) {
 
 /* max(|x|, m), ignoring a NaN x as the references' `if (|x| > max)` does (vmaxps returns its
  * second operand when either is NaN). */
+AI __m256 not_finite(__m256 x) {
+    return _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), x), _mm256_set1_ps(FLT_MAX),
+                         _CMP_NLE_UQ);
+}
+
 AI __m256 amax_step(__m256 x, __m256 m) {
     return _mm256_max_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), x), m);
 }
@@ -50,10 +56,19 @@ void kn_quantize_avx2(kn_act *a, const float *x, int n_tok, int n) {
         int8_t *q = a->q + (size_t)t * a->stride;
         for (int b = 0; b < nb; b++) {
             const float *xb = xr + b * KN_QBLOCK;
-            __m256 v[4], m = _mm256_setzero_ps();
+            __m256 v[4], m = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
             for (int i = 0; i < 4; i++) {
                 v[i] = _mm256_loadu_ps(xb + 8 * i);
+                bad = _mm256_or_ps(bad, not_finite(v[i]));
                 m = amax_step(v[i], m);
+            }
+            size_t at = (size_t)t * sb + b;
+            if (_mm256_movemask_ps(bad)) {
+                /* NaN or Inf: as kn_quantize_act, q = 0 and a NaN scale */
+                memset(q + b * KN_QBLOCK, 0, KN_QBLOCK);
+                a->d[at] = a->s[at] = NAN;
+                if (a->q4off) a->q4off[at] = 0;
+                continue;
             }
             float amax = hmax8(m);
             float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
@@ -63,7 +78,6 @@ void kn_quantize_avx2(kn_act *a, const float *x, int n_tok, int n) {
             _mm256_storeu_si256((__m256i *)(void *)(q + b * KN_QBLOCK), pack32(qi[0], qi[1], qi[2], qi[3]));
             int sum = hsum8_i32(_mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]),
                                                  _mm256_add_epi32(qi[2], qi[3])));
-            size_t at = (size_t)t * sb + b;
             a->d[at] = kn_fp16_to_fp32(kn_fp32_to_fp16(d));
             a->s[at] = kn_fp16_to_fp32(kn_fp32_to_fp16(d * (float)sum));
             if (a->q4off) a->q4off[at] = -8 * sum;
@@ -90,12 +104,17 @@ void kn_quantize_k_avx2(kn_act *a, const float *x, int n_tok, int n) {
         for (int b = 0; b < nb; b++) {
             const float *xb = xr + b * KN_KBLOCK;
             int8_t *qb = q + b * KN_KBLOCK;
-            __m256 m = _mm256_setzero_ps();
-            for (int i = 0; i < KN_KBLOCK; i += 8) m = amax_step(_mm256_loadu_ps(xb + i), m);
+            __m256 m = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+            for (int i = 0; i < KN_KBLOCK; i += 8) {
+                __m256 x8 = _mm256_loadu_ps(xb + i);
+                bad = _mm256_or_ps(bad, not_finite(x8));
+                m = amax_step(x8, m);
+            }
             float amax = hmax8(m);
-            if (amax == 0.0f) {
+            if (_mm256_movemask_ps(bad) || amax == 0.0f) {
+                /* all zero: d = 0; NaN or Inf: as the reference, q = 0 and a NaN scale */
                 memset(qb, 0, KN_KBLOCK);
-                dk[b] = 0.0f;
+                dk[b] = _mm256_movemask_ps(bad) ? NAN : 0.0f;
                 memset(bs + b * 16, 0, 16 * sizeof *bs);
                 memset(bs32 + b * 8, 0, 8 * sizeof *bs32);
                 continue;

@@ -39,6 +39,9 @@ struct kn_pool {
     void *ctx;
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    /* One job at a time: sessions sharing a model share its pool, and may call from several
+     * threads at once; they take turns job by job. */
+    pthread_mutex_t run_mu;
 };
 
 typedef struct worker_arg {
@@ -107,6 +110,7 @@ kn_pool *kn_pool_new(int n_threads) {
     atomic_init(&p->stop, false);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
+    pthread_mutex_init(&p->run_mu, NULL);
     if (n_threads > 1) {
         p->threads = kn_calloc((size_t)n_threads - 1, sizeof *p->threads);
         if (!p->threads) goto fail;
@@ -137,6 +141,7 @@ void kn_pool_free(kn_pool *p) {
     for (int i = 0; i < p->n_started; i++) pthread_join(p->threads[i], NULL);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->run_mu);
     kn_free(p->threads);
     kn_free(p);
 }
@@ -156,6 +161,7 @@ void kn_pool_run(kn_pool *p, kn_task_fn fn, void *ctx, int n_items) {
         for (int i = 0; i < n_items; i++) fn(ctx, i, n_items, 0);
         return;
     }
+    pthread_mutex_lock(&p->run_mu);
     /* Close the previous job (odd generation), wait until no late worker still reads it, then
      * publish this one (even). */
     atomic_fetch_add(&p->gen, 1);
@@ -172,6 +178,7 @@ void kn_pool_run(kn_pool *p, kn_task_fn fn, void *ctx, int n_items) {
     pthread_mutex_unlock(&p->mu);
     take_items(p, 0);
     wait_for(&p->done, n_items);
+    pthread_mutex_unlock(&p->run_mu);
 }
 
 /* ---- the product ---- */

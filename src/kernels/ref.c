@@ -1,5 +1,6 @@
 /* ref.c — plain-C reference kernels: the oracle every SIMD variant is tested against, and the
  * fallback on CPUs without AVX2. Written for clarity first; summation is in block order. */
+#include <float.h>
 #include <math.h>
 #include <stdbool.h>
 #include <string.h>
@@ -26,9 +27,19 @@ void kn_quantize_act(kn_act *a, const float *x, int n_tok, int n) {
         for (int b = 0; b < nb; b++) {
             const float *xb = xr + b * KN_QBLOCK;
             float amax = 0.0f;
+            bool finite = true;
             for (int i = 0; i < KN_QBLOCK; i++) {
                 float v = fabsf(xb[i]);
-                if (v > amax) amax = v;
+                if (!(v <= FLT_MAX)) finite = false; /* NaN or Inf */
+                else if (v > amax) amax = v;
+            }
+            if (!finite) {
+                /* Activations that overflowed: converting them to int is undefined, so the
+                 * block becomes q = 0 with a NaN scale, and every product it enters is NaN,
+                 * which the generation loop reports as a numerical blow-up. */
+                memset(q + b * KN_QBLOCK, 0, KN_QBLOCK);
+                a->d[(size_t)t * sb + b] = a->s[(size_t)t * sb + b] = NAN;
+                continue;
             }
             /* ggml's x86 Q8_0/Q8_1 activations exactly: q = x * (127 / amax) rounded to
              * nearest even, the scale d = amax / 127 and the offset d * sum(q) kept as F16, so
@@ -63,7 +74,7 @@ static inline int nearest_int(float v) {
 /* ggml's quantize_row_q8_K (x86 uses the reference): per 256 elements, m = the element of
  * largest magnitude (the first of equals), iscale = -127 / m, q = nearest_int(iscale * x)
  * capped at 127, d = 1 / iscale; plus kiln's sums per 16 (ggml's bsums) and per 32. An
- * all-zero block gives d = 0 and q = 0. */
+ * all-zero block gives d = 0 and q = 0; one with a NaN or an infinity q = 0 and d = NaN. */
 void kn_quantize_act_k(kn_act *a, const float *x, int n_tok, int n) {
     int nb = n / KN_KBLOCK;
     for (int t = 0; t < n_tok; t++) {
@@ -76,16 +87,21 @@ void kn_quantize_act_k(kn_act *a, const float *x, int n_tok, int n) {
             const float *xb = xr + b * KN_KBLOCK;
             int8_t *qb = q + b * KN_KBLOCK;
             float amax = 0.0f, max = 0.0f;
+            bool finite = true;
             for (int i = 0; i < KN_KBLOCK; i++) {
                 float v = fabsf(xb[i]);
-                if (v > amax) {
+                if (!(v <= FLT_MAX)) {
+                    finite = false; /* NaN or Inf */
+                } else if (v > amax) {
                     amax = v;
                     max = xb[i];
                 }
             }
-            if (amax == 0.0f) {
+            if (!finite || amax == 0.0f) {
+                /* all zero: d = 0; overflowed activations: as kn_quantize_act, q = 0 and a NaN
+                 * scale, so every product the block enters is NaN */
                 memset(qb, 0, KN_KBLOCK);
-                d[b] = 0.0f;
+                d[b] = finite ? 0.0f : NAN;
             } else {
                 float iscale = -127.0f / max;
                 for (int i = 0; i < KN_KBLOCK; i++) {

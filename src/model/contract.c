@@ -97,6 +97,11 @@ kiln_status kn_contract_from_gguf(const kn_gguf *g, const kn_hparams *hp, kn_con
     return KILN_OK;
 }
 
+int kn_contract_slot(int window, int sink, int64_t pos) {
+    if (pos < window) return (int)pos;
+    return sink + (int)((pos - sink) % (window - sink));
+}
+
 void kn_contract_graphs_json(const kn_contract *c, kn_buf *b) {
     kn_buf_append(b, "[", 1);
     for (int gi = 0; gi < c->n_graphs; gi++) {

@@ -52,6 +52,12 @@ kiln_status kn_contract_validate(const kn_contract *c, kiln_error *err);
 kiln_status kn_contract_from_gguf(const kn_gguf *g, const kn_hparams *hp, kn_contract *c,
                                   kiln_error *err);
 void kn_contract_to_gguf(const kn_contract *c, kn_gguf_writer *w);
+
+/* The KV slot a token at position pos (>= 0) occupies: slot pos while pos < W; past that the
+ * first S "sink" slots stay and slots [S, W) form a ring, slot S + (pos - S) mod (W - S) — the
+ * --overflow slide policy. Keys keep the rotation of their original position, so relative
+ * distances stay true and positions simply keep growing. Every device follows this rule. */
+int kn_contract_slot(int window, int sink, int64_t pos);
 /* The graphs as a JSON array of {name, inputs:[{name,dtype,shape}], outputs:[...]}. */
 void kn_contract_graphs_json(const kn_contract *c, kn_buf *b);
 

@@ -1,5 +1,7 @@
-/* hparams.c — llama-family hyperparameters from GGUF metadata, and the tensor schema. */
+/* hparams.c — llama-family hyperparameters from GGUF metadata, and the shapes of the tensors. */
 #include "model/hparams.h"
+
+#include "quant/quant.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -11,10 +13,18 @@ static bool get_u32k(const kn_gguf *g, const char *arch, const char *suffix, uin
     return kn_gguf_get_u32(g, key, out);
 }
 
-static bool get_f32k(const kn_gguf *g, const char *arch, const char *suffix, float *out) {
+/* A float key: absent leaves *out (the default); present but not a number a float holds is an
+ * error naming it, never silently the default. */
+static kiln_status get_f32_key(const kn_gguf *g, const char *key, float *out, kiln_error *err) {
+    if (!kn_gguf_find(g, key) || kn_gguf_get_f32(g, key, out)) return KILN_OK;
+    return kn_fail(err, KILN_ERR_FORMAT, "%s: %s is not a number a float can hold", g->path, key);
+}
+
+static kiln_status get_f32k(const kn_gguf *g, const char *arch, const char *suffix, float *out,
+                            kiln_error *err) {
     char key[128];
     snprintf(key, sizeof key, "%s.%s", arch, suffix);
-    return kn_gguf_get_f32(g, key, out);
+    return get_f32_key(g, key, out, err);
 }
 
 /* Limits far beyond any model kiln targets; they keep later size arithmetic in range. */
@@ -66,20 +76,17 @@ kiln_status kn_hparams_from_gguf(const kn_gguf *g, kn_hparams *hp, kiln_error *e
     kn_str arch;
     if (!kn_gguf_get_str(g, "general.architecture", &arch))
         return kn_fail(err, KILN_ERR_FORMAT, "%s: no general.architecture key", g->path);
+    const kn_arch_info *ai = kn_arch_from_gguf(arch.ptr, arch.len);
+    if (!ai)
+        return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: architecture '%.*s' is not supported (%s)",
+                       g->path, (int)(arch.len > 64 ? 64 : arch.len), arch.ptr,
+                       kn_arch_supported());
+    /* keys are read under the file's own name ("mistral.block_count"), written under ours */
     char a[32];
     snprintf(a, sizeof a, "%.*s", (int)(arch.len < 31 ? arch.len : 31), arch.ptr);
-    if (strcmp(a, "llama") == 0 || strcmp(a, "mistral") == 0) {
-        hp->arch = KN_ARCH_LLAMA;
-        snprintf(hp->arch_name, sizeof hp->arch_name, "llama");
-    } else if (strcmp(a, "qwen2") == 0) {
-        hp->arch = KN_ARCH_QWEN2;
-        snprintf(hp->arch_name, sizeof hp->arch_name, "qwen2");
-        hp->rope_neox = true;
-    } else {
-        return kn_fail(err, KILN_ERR_UNSUPPORTED,
-                       "%s: architecture '%.*s' is not supported (llama, mistral, qwen2)",
-                       g->path, (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
-    }
+    hp->arch = ai->id;
+    snprintf(hp->arch_name, sizeof hp->arch_name, "%s", ai->name);
+    hp->rope_neox = ai->rope_neox;
     uint32_t u;
     if (!get_u32k(g, a, "block_count", &u))
         return kn_fail(err, KILN_ERR_FORMAT, "%s: missing %s.block_count", g->path, a);
@@ -109,23 +116,29 @@ kiln_status kn_hparams_from_gguf(const kn_gguf *g, kn_hparams *hp, kiln_error *e
     hp->n_ctx_train = get_u32k(g, a, "context_length", &u) ? (int)(u > (1u << 30) ? 1 << 30 : u)
                                                            : 2048;
     hp->rope_theta = 10000.0f;
-    get_f32k(g, a, "rope.freq_base", &hp->rope_theta);
     hp->rms_eps = 1e-5f;
-    get_f32k(g, a, "attention.layer_norm_rms_epsilon", &hp->rms_eps);
+    kiln_status s;
+    if ((s = get_f32k(g, a, "rope.freq_base", &hp->rope_theta, err)) ||
+        (s = get_f32k(g, a, "attention.layer_norm_rms_epsilon", &hp->rms_eps, err)))
+        return s;
     char key[128];
     snprintf(key, sizeof key, "%s.rope.scaling.type", a);
     kn_str st;
     if (kn_gguf_get_str(g, key, &st) && kn_str_eq(st, "linear")) {
         hp->rope_scaling = KN_ROPE_SCALING_LINEAR;
         hp->rope_factor = 1.0f;
-        get_f32k(g, a, "rope.scaling.factor", &hp->rope_factor);
+        if ((s = get_f32k(g, a, "rope.scaling.factor", &hp->rope_factor, err))) return s;
     }
     /* llama.cpp encodes Llama-3 scaling as a rope_freqs tensor; an offering carries the four
      * numbers instead, so the runtime computes the same factors from their definition. */
-    if (kn_gguf_get_f32(g, "kiln.rope.llama3.factor", &hp->rope_factor)) {
+    if (kn_gguf_find(g, "kiln.rope.llama3.factor")) {
         hp->rope_scaling = KN_ROPE_SCALING_LLAMA3;
-        kn_gguf_get_f32(g, "kiln.rope.llama3.low_freq_factor", &hp->rope_low_freq_factor);
-        kn_gguf_get_f32(g, "kiln.rope.llama3.high_freq_factor", &hp->rope_high_freq_factor);
+        if ((s = get_f32_key(g, "kiln.rope.llama3.factor", &hp->rope_factor, err)) ||
+            (s = get_f32_key(g, "kiln.rope.llama3.low_freq_factor", &hp->rope_low_freq_factor,
+                             err)) ||
+            (s = get_f32_key(g, "kiln.rope.llama3.high_freq_factor", &hp->rope_high_freq_factor,
+                             err)))
+            return s;
         if (kn_gguf_get_u32(g, "kiln.rope.llama3.original_context", &u))
             hp->rope_orig_ctx = (int)(u > (1u << 30) ? 1 << 30 : u);
     }
@@ -182,38 +195,13 @@ void kn_hparams_to_gguf(const kn_hparams *hp, kn_gguf_writer *w) {
 #undef F32
 }
 
-static const struct {
-    const char *fmt;      /* printf pattern; %d is the layer */
-    bool per_layer, matrix;
-} k_roles[KN_T_ROLE_COUNT] = {
-    [KN_T_TOKEN_EMBD] = {"token_embd.weight", false, true},
-    [KN_T_OUTPUT_NORM] = {"output_norm.weight", false, false},
-    [KN_T_OUTPUT] = {"output.weight", false, true},
-    [KN_T_ATTN_NORM] = {"blk.%d.attn_norm.weight", true, false},
-    [KN_T_ATTN_Q] = {"blk.%d.attn_q.weight", true, true},
-    [KN_T_ATTN_K] = {"blk.%d.attn_k.weight", true, true},
-    [KN_T_ATTN_V] = {"blk.%d.attn_v.weight", true, true},
-    [KN_T_ATTN_OUT] = {"blk.%d.attn_output.weight", true, true},
-    [KN_T_ATTN_Q_BIAS] = {"blk.%d.attn_q.bias", true, false},
-    [KN_T_ATTN_K_BIAS] = {"blk.%d.attn_k.bias", true, false},
-    [KN_T_ATTN_V_BIAS] = {"blk.%d.attn_v.bias", true, false},
-    [KN_T_FFN_NORM] = {"blk.%d.ffn_norm.weight", true, false},
-    [KN_T_FFN_GATE] = {"blk.%d.ffn_gate.weight", true, true},
-    [KN_T_FFN_UP] = {"blk.%d.ffn_up.weight", true, true},
-    [KN_T_FFN_DOWN] = {"blk.%d.ffn_down.weight", true, true},
-};
-
-bool kn_tensor_role_is_matrix(kn_tensor_role role) { return k_roles[role].matrix; }
-bool kn_tensor_role_is_per_layer(kn_tensor_role role) { return k_roles[role].per_layer; }
-
 bool kn_tensor_expected(const kn_hparams *hp, kn_tensor_role role, int layer, char *name,
                         size_t name_size, int *n_dims, int64_t ne[2]) {
     if (role == KN_T_OUTPUT && hp->tied_embeddings) return false;
     if ((role == KN_T_ATTN_Q_BIAS || role == KN_T_ATTN_K_BIAS || role == KN_T_ATTN_V_BIAS) &&
         !hp->qkv_bias)
         return false;
-    if (k_roles[role].per_layer) snprintf(name, name_size, k_roles[role].fmt, layer);
-    else snprintf(name, name_size, "%s", k_roles[role].fmt);
+    kn_tensor_name(role, layer, name, name_size);
     int64_t q = (int64_t)hp->n_head * hp->head_dim, kv = (int64_t)hp->n_head_kv * hp->head_dim;
     *n_dims = 2;
     ne[1] = 1;
@@ -231,4 +219,31 @@ bool kn_tensor_expected(const kn_hparams *hp, kn_tensor_role role, int layer, ch
     default: return false;
     }
     return true;
+}
+
+bool kn_tensor_role_of(const kn_hparams *hp, const char *name, kn_tensor_role *role, int *layer) {
+    kn_tensor_role r;
+    int l;
+    if (!kn_tensor_from_gguf(name, &r, &l) || l >= hp->n_layer) return false;
+    char nm[96];
+    int nd;
+    int64_t ne[2];
+    if (!kn_tensor_expected(hp, r, l, nm, sizeof nm, &nd, ne)) return false;
+    *role = r;
+    *layer = l;
+    return true;
+}
+
+bool kn_weight_type_ok(bool matrix, uint32_t type) {
+    switch (type) {
+    case KN_TYPE_F32: case KN_TYPE_F16: case KN_TYPE_BF16: return true;
+    case KN_TYPE_Q4_0: case KN_TYPE_Q4_1: case KN_TYPE_Q5_0: case KN_TYPE_Q5_1: case KN_TYPE_Q8_0:
+    case KN_TYPE_Q2_K: case KN_TYPE_Q3_K: case KN_TYPE_Q4_K: case KN_TYPE_Q5_K: case KN_TYPE_Q6_K:
+        return matrix;
+    default: return false;
+    }
+}
+
+bool kn_tensor_type_ok(kn_tensor_role role, uint32_t type) {
+    return kn_weight_type_ok(kn_tensor_role_is_matrix(role), type);
 }

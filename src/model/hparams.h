@@ -1,4 +1,5 @@
-/* hparams.h — llama-family hyperparameters and the tensor schema, in GGUF (llama.cpp) naming.
+/* hparams.h — llama-family hyperparameters and the shapes of their tensors (names and
+ * architectures: model/arch.h).
  *
  * A model reaches kiln either as a GGUF (keys "{arch}.block_count" ...) or as a Hugging Face
  * folder (config.json), and in both cases ends up here, so the bake and the runtime see one
@@ -15,11 +16,8 @@
 #include <stdbool.h>
 
 #include "formats/gguf.h"
+#include "model/arch.h"
 
-typedef enum kn_arch {
-    KN_ARCH_LLAMA = 0,    /* Llama 1/2/3, SmolLM2, TinyLlama, and Mistral (GGUF "llama") */
-    KN_ARCH_QWEN2 = 1
-} kn_arch;
 
 typedef enum kn_rope_scaling {
     KN_ROPE_SCALING_NONE = 0,
@@ -29,7 +27,7 @@ typedef enum kn_rope_scaling {
 
 typedef struct kn_hparams {
     kn_arch arch;
-    char arch_name[16];       /* GGUF general.architecture: "llama" or "qwen2" */
+    char arch_name[16];       /* GGUF general.architecture bake writes: kn_arch_get(arch)->name */
     int n_layer;
     int n_embd;               /* model width */
     int n_head;
@@ -63,22 +61,20 @@ kiln_status kn_hparams_from_gguf(const kn_gguf *g, kn_hparams *hp, kiln_error *e
 /* Writes the hyperparameters as GGUF keys under "{arch_name}." (llama.cpp's names). */
 void kn_hparams_to_gguf(const kn_hparams *hp, kn_gguf_writer *w);
 
-/* Which per-layer tensors a model has; names are written into buf (size >= 64). */
-typedef enum kn_tensor_role {
-    KN_T_TOKEN_EMBD, KN_T_OUTPUT_NORM, KN_T_OUTPUT,
-    KN_T_ATTN_NORM, KN_T_ATTN_Q, KN_T_ATTN_K, KN_T_ATTN_V, KN_T_ATTN_OUT,
-    KN_T_ATTN_Q_BIAS, KN_T_ATTN_K_BIAS, KN_T_ATTN_V_BIAS,
-    KN_T_FFN_NORM, KN_T_FFN_GATE, KN_T_FFN_UP, KN_T_FFN_DOWN,
-    KN_T_ROLE_COUNT
-} kn_tensor_role;
-
 /* Expected shape (GGUF order: ne[0] = row length) of a role; false when the model has no such
  * tensor (output with tied embeddings, biases without qkv_bias). */
 bool kn_tensor_expected(const kn_hparams *hp, kn_tensor_role role, int layer, char *name,
                         size_t name_size, int *n_dims, int64_t ne[2]);
 
-/* Whether a tensor of this role holds weights that may be quantized (2-D matrices). */
-bool kn_tensor_role_is_matrix(kn_tensor_role role);
-bool kn_tensor_role_is_per_layer(kn_tensor_role role);
+/* The role and layer of a schema name ("blk.3.attn_q.weight" -> KN_T_ATTN_Q, 3): true only for
+ * a tensor this model has (kn_tensor_expected would name it). O(roles), not O(layers). */
+bool kn_tensor_role_of(const kn_hparams *hp, const char *name, kn_tensor_role *role, int *layer);
+
+/* Whether a tensor of this role may have this type: matrices a float or weight-quantized type
+ * (F32, F16, BF16, Q4_0..Q8_0, Q2_K..Q6_K), vectors (norms, biases) a float type. Integer
+ * types, and types meant for activations only (Q8_1, Q8_K), are never weights. */
+bool kn_tensor_type_ok(kn_tensor_role role, uint32_t type);
+/* The same rule by shape: a matrix (2-D weights) or a vector. */
+bool kn_weight_type_ok(bool matrix, uint32_t type);
 
 #endif

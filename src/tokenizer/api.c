@@ -73,7 +73,7 @@ kiln_status kiln_tokenize(const kiln_tokenizer *tok, const char *text, size_t le
     return KILN_OK;
 }
 
-static kiln_status take_buf(kn_buf *b, char **text, kiln_error *err) {
+static kiln_status take_buf(kn_buf *b, char **text, size_t *len, kiln_error *err) {
     if (b->oom) {
         kn_buf_free(b);
         return kn_fail(err, KILN_ERR_NOMEM, "out of memory");
@@ -84,11 +84,12 @@ static kiln_status take_buf(kn_buf *b, char **text, kiln_error *err) {
         b->data[0] = 0;
     }
     *text = b->data;
+    if (len) *len = b->len;
     return KILN_OK;
 }
 
 kiln_status kiln_detokenize(const kiln_tokenizer *tok, const int32_t *ids, size_t n,
-                            unsigned flags, char **text, kiln_error *err) {
+                            unsigned flags, char **text, size_t *len, kiln_error *err) {
     if (!tok || !text || (!ids && n)) return kn_fail(err, KILN_ERR_INVALID_ARG, "kiln_detokenize: NULL argument");
     *text = NULL;
     kn_buf b = {0};
@@ -98,7 +99,7 @@ kiln_status kiln_detokenize(const kiln_tokenizer *tok, const int32_t *ids, size_
         kn_buf_free(&b);
         return st;
     }
-    return take_buf(&b, text, err);
+    return take_buf(&b, text, len, err);
 }
 
 kiln_status kiln_detok_stream_new(const kiln_tokenizer *tok, unsigned flags,
@@ -112,7 +113,7 @@ kiln_status kiln_detok_stream_new(const kiln_tokenizer *tok, unsigned flags,
     return KILN_OK;
 }
 
-kiln_status kiln_detok_stream_push(kiln_detok_stream *s, int32_t id, char **text,
+kiln_status kiln_detok_stream_push(kiln_detok_stream *s, int32_t id, char **text, size_t *len,
                                    kiln_error *err) {
     if (!s || !text) return kn_fail(err, KILN_ERR_INVALID_ARG, "kiln_detok_stream_push: NULL argument");
     *text = NULL;
@@ -122,14 +123,15 @@ kiln_status kiln_detok_stream_push(kiln_detok_stream *s, int32_t id, char **text
         kn_buf_free(&b);
         return st;
     }
-    return take_buf(&b, text, err);
+    return take_buf(&b, text, len, err);
 }
 
-kiln_status kiln_detok_stream_finish(kiln_detok_stream *s, char **text, kiln_error *err) {
+kiln_status kiln_detok_stream_finish(kiln_detok_stream *s, char **text, size_t *len,
+                                     kiln_error *err) {
     if (!s || !text) return kn_fail(err, KILN_ERR_INVALID_ARG, "kiln_detok_stream_finish: NULL argument");
     kn_buf b = {0};
     kn_detok_stream_flush(&s->s, &b);
-    return take_buf(&b, text, err);
+    return take_buf(&b, text, len, err);
 }
 
 void kiln_detok_stream_free(kiln_detok_stream *s) {

@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "tokenizer/jinja.h"
+#include "template/jinja.h"
 #include "tokenizer/tok_impl.h"
 
 typedef enum chat_fmt {
@@ -235,4 +235,13 @@ kiln_status kn_chat_render(const kn_tokenizer *t, const char *name, const kn_cha
                        "(tokenizer.chat_template); choose one with --chat-template NAME");
     return kn_chat_render_template(t->chat_template, bos, eos, msgs, n, add_generation_prompt,
                                    out, err);
+}
+
+kiln_status kn_chat_tokens(const kn_tokenizer *t, const char *name, const kn_chat_msg *msgs,
+                           size_t n, kn_tokens *ids, kiln_error *err) {
+    char *text = NULL;
+    kiln_status s = kn_chat_render(t, name, msgs, n, true, &text, err);
+    if (!s) s = kn_tokenize(t, text, strlen(text), KN_TOK_PARSE_SPECIAL, ids, err);
+    kn_free(text);
+    return s;
 }

@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "base/limits.h"
+#include "formats/json.h"
 #include "tokenizer/tok_impl.h"
 
 kiln_status kn_tok_load_hf_from_gguf(const kn_gguf *g, kn_tokenizer **out, kiln_error *err);
@@ -181,10 +183,10 @@ static void set_decoder(kn_tokenizer *t, const cJSON *d) {
         if (s && c && !strcmp(s, META) && !strcmp(c, " ")) t->dec_metaspace = true;
     } else if (!strcmp(type, "Strip")) {
         const char *c = jstr(d, "content");
-        const cJSON *st = cJSON_GetObjectItemCaseSensitive(d, "start");
-        if (c && !strcmp(c, " ") && cJSON_IsNumber(st) && st->valuedouble >= 0 &&
-            st->valuedouble < 16)
-            t->dec_strip_lead = (int)st->valuedouble;
+        int64_t start;
+        if (c && !strcmp(c, " ") &&
+            kn_json_i64(cJSON_GetObjectItemCaseSensitive(d, "start"), 0, 15, &start))
+            t->dec_strip_lead = (int)start;
     } else if (!strcmp(type, "Metaspace")) {
         t->dec_metaspace = true;
         const char *scheme = jstr(d, "prepend_scheme");
@@ -213,35 +215,43 @@ static kiln_status load_json(kn_tokenizer *t, const cJSON *root, const cJSON *cf
         return kn_fail(err, KILN_ERR_FORMAT, "%s: model.vocab is not an object", label);
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
 
-    /* ids: the vocabulary is dense in practice, but size it by the largest id */
-    int64_t maxid = -1;
+    /* The tables are sized by the largest id, so ids must be (nearly) dense: the largest may
+     * not exceed the number of entries given (vocab + added tokens), or one entry
+     * "zz": 67108864 in an 11 KB file would cost 660 MB. */
+    int64_t maxid = -1, entries = 0, v;
     const cJSON *it;
     cJSON_ArrayForEach(it, vocab) {
-        if (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble > (1 << 30))
-            return kn_fail(err, KILN_ERR_FORMAT, "%s: vocab entry '%.60s' has a bad id", label,
-                           it->string ? it->string : "?");
-        if ((int64_t)it->valuedouble > maxid) maxid = (int64_t)it->valuedouble;
+        if (!kn_json_i64(it, 0, KN_MAX_VOCAB - 1, &v))
+            return kn_fail(err, KILN_ERR_FORMAT, "%s: vocab entry '%.60s' has a bad id (not an "
+                           "integer in [0, %d])", label, it->string ? it->string : "?",
+                           KN_MAX_VOCAB - 1);
+        if (v > maxid) maxid = v;
+        entries++;
     }
     cJSON_ArrayForEach(it, added) {
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
-        if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble > (1 << 30) ||
+        if (!kn_json_i64(cJSON_GetObjectItemCaseSensitive(it, "id"), 0, KN_MAX_VOCAB - 1, &v) ||
             !jstr(it, "content"))
             return kn_fail(err, KILN_ERR_FORMAT, "%s: an added token has a bad id or content",
                            label);
-        if ((int64_t)id->valuedouble > maxid) maxid = (int64_t)id->valuedouble;
+        if (v > maxid) maxid = v;
+        entries++;
     }
     if (maxid < 0) return kn_fail(err, KILN_ERR_FORMAT, "%s: the vocabulary is empty", label);
+    if (maxid >= entries)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: token id %lld is beyond the %lld entries of the "
+                       "vocabulary (ids must be dense)", label, (long long)maxid,
+                       (long long)entries);
     uint32_t n = (uint32_t)maxid + 1;
     kn_str *texts = kn_calloc(n, sizeof *texts);
     if (!texts) return kn_fail(err, KILN_ERR_NOMEM, "out of memory");
     cJSON_ArrayForEach(it, vocab) {
-        uint32_t id = (uint32_t)it->valuedouble;
-        texts[id] = (kn_str){it->string, strlen(it->string)};
+        uint32_t i = (uint32_t)it->valuedouble; /* checked above */
+        texts[i] = (kn_str){it->string, strlen(it->string)};
     }
     cJSON_ArrayForEach(it, added) {
-        uint32_t id = (uint32_t)cJSON_GetObjectItemCaseSensitive(it, "id")->valuedouble;
+        uint32_t i = (uint32_t)cJSON_GetObjectItemCaseSensitive(it, "id")->valuedouble;
         const char *c = jstr(it, "content");
-        texts[id] = (kn_str){c, strlen(c)};
+        texts[i] = (kn_str){c, strlen(c)};
     }
     st = kn_tok_set_texts(t, texts, n, label, err);
     kn_free(texts);
@@ -419,8 +429,8 @@ kiln_status kn_tokenizer_load_hf_dir(const char *dir, kn_tokenizer **out, kiln_e
         st = kn_fail(err, KILN_ERR_IO, "%s: no tokenizer.json in this folder", dir);
         goto done;
     }
-    if ((st = kn_read_text(tp, (size_t)1 << 30, &tj, &tl, err)) != KILN_OK) goto done;
-    if (kn_is_file(cp) && (st = kn_read_text(cp, (size_t)1 << 28, &cj, &cl, err)) != KILN_OK)
+    if ((st = kn_read_text(tp, KN_MAX_JSON_BYTES, &tj, &tl, err)) != KILN_OK) goto done;
+    if (kn_is_file(cp) && (st = kn_read_text(cp, KN_MAX_JSON_BYTES, &cj, &cl, err)) != KILN_OK)
         goto done;
     st = kn_tokenizer_load_hf_json(tj, tl, cj, cl, tp, out, err);
 done:

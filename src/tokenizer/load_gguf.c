@@ -2,6 +2,7 @@
  * for what a file leaves out, or from an embedded tokenizer.huggingface.json. */
 #include <string.h>
 
+#include "base/limits.h"
 #include "tokenizer/tok_impl.h"
 
 kiln_status kn_tok_load_hf_from_gguf(const kn_gguf *g, kn_tokenizer **out, kiln_error *err);
@@ -29,7 +30,7 @@ static kiln_status load_ggml(const kn_gguf *g, kn_str model, kn_str pre, kn_toke
     if (!toks || !toks->strs)
         return kn_fail(err, KILN_ERR_FORMAT, "%s: tokenizer.ggml.tokens is missing or not an "
                        "array of strings", label);
-    if (toks->arr_n > (1u << 30))
+    if (toks->arr_n > KN_MAX_VOCAB)
         return kn_fail(err, KILN_ERR_FORMAT, "%s: tokenizer.ggml.tokens has %llu entries", label,
                        (unsigned long long)toks->arr_n);
     uint32_t n = (uint32_t)toks->arr_n;
@@ -183,4 +184,43 @@ kiln_status kn_tokenizer_load_gguf(const kn_gguf *g, kn_tokenizer **out, kiln_er
     }
     *out = t;
     return KILN_OK;
+}
+
+bool kn_gguf_has_tokenizer(const kn_gguf *g) {
+    return kn_gguf_find(g, "tokenizer.ggml.model") || kn_gguf_find(g, "tokenizer.huggingface.json");
+}
+
+kiln_status kn_tokenizer_check_model(const kn_tokenizer *t, const kn_gguf *g, int64_t n_rows,
+                                     kiln_error *err) {
+    const char *label = g->path ? g->path : "gguf";
+    uint32_t n = t->n_vocab;
+    if ((int64_t)n != n_rows)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: the tokenizer has %u tokens and "
+                       "token_embd.weight %lld rows: a model and its tokenizer must agree", label,
+                       n, (long long)n_rows);
+    static const char *const keys[] = {
+        "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.padding_token_id",
+        "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        if (!kn_gguf_find(g, keys[i])) continue;
+        int64_t id;
+        /* -1, or 0xFFFFFFFF as llama.cpp's converters write it, means "none" */
+        if (kn_gguf_get_i64(g, keys[i], &id) && (id == -1 || id == (int64_t)UINT32_MAX)) continue;
+        if (!kn_gguf_get_i64(g, keys[i], &id) || id < 0 || id >= (int64_t)n)
+            return kn_fail(err, KILN_ERR_FORMAT, "%s: %s is not a token id of the vocabulary "
+                           "(%u tokens)", label, keys[i], n);
+    }
+    if (t->add_bos && t->bos < 0)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: the tokenizer adds a BOS token it does not have",
+                       label);
+    return KILN_OK;
+}
+
+kiln_status kn_tokenizer_check_gguf(const kn_gguf *g, int64_t n_rows, kiln_error *err) {
+    kn_tokenizer *t = NULL;
+    kiln_status st = kn_tokenizer_load_gguf(g, &t, err);
+    if (!st) st = kn_tokenizer_check_model(t, g, n_rows, err);
+    kn_tokenizer_free(t);
+    return st;
 }

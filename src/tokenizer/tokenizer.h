@@ -28,6 +28,7 @@
 
 #include "base/base.h"
 #include "formats/gguf.h"
+#include "template/jinja.h"
 
 /* Token types, numbered as GGUF's tokenizer.ggml.token_type stores them. */
 enum {
@@ -60,6 +61,18 @@ void kn_tokens_free(kn_tokens *v);
  * missing or name a pre-tokenizer kiln does not know and tokenizer.huggingface.json is present,
  * loads that instead. The result does not reference g. */
 kiln_status kn_tokenizer_load_gguf(const kn_gguf *g, kn_tokenizer **out, kiln_error *err);
+/* Checks the tokenizer a GGUF carries against the model it serves, as bake, inspect and loading
+ * do: it loads, its vocabulary has exactly n_rows tokens (the embedding rows), and every
+ * special id the file names (tokenizer.ggml.{bos,eos,unknown,padding,eot,eom}_token_id) is
+ * inside it. KILN_ERR_FORMAT / KILN_ERR_UNSUPPORTED naming the file and the reason. */
+kiln_status kn_tokenizer_check_gguf(const kn_gguf *g, int64_t n_rows, kiln_error *err);
+/* The same checks for a tokenizer already loaded from g. */
+kiln_status kn_tokenizer_check_model(const kn_tokenizer *t, const kn_gguf *g, int64_t n_rows,
+                                     kiln_error *err);
+/* True when a GGUF holds any tokenizer at all (tokenizer.ggml.model or an embedded
+ * tokenizer.huggingface.json). */
+bool kn_gguf_has_tokenizer(const kn_gguf *g);
+
 /* From the text of a tokenizer.json and, optionally, of tokenizer_config.json (NULL if absent:
  * it supplies add_bos_token/add_eos_token, the chat template and special token names). label
  * names the source in messages. */
@@ -73,8 +86,11 @@ kiln_status kn_tokenizer_open(const char *source, kn_tokenizer **out, kiln_error
 void kn_tokenizer_free(kn_tokenizer *t);
 
 /* Writes llama.cpp's tokenizer.ggml.* keys and tokenizer.chat_template so that the file reads
- * back (kn_tokenizer_load_gguf) into a tokenizer that encodes identically. */
-kiln_status kn_tokenizer_write_gguf(const kn_tokenizer *t, kn_gguf_writer *w, kiln_error *err);
+ * back (kn_tokenizer_load_gguf) into a tokenizer that encodes identically. n_rows > n_vocab
+ * pads the vocabulary with unused [PADn] tokens up to the embedding rows, as llama.cpp's
+ * converter does (0: no padding). */
+kiln_status kn_tokenizer_write_gguf(const kn_tokenizer *t, uint32_t n_rows, kn_gguf_writer *w,
+                                    kiln_error *err);
 
 /* ---- queries ---- */
 
@@ -153,11 +169,6 @@ size_t kn_utf8_sanitize(const uint8_t *src, size_t n, bool final, kn_buf *out);
 
 /* ---- chat templates ---- */
 
-typedef struct kn_chat_msg {
-    const char *role;    /* "system", "user", "assistant" */
-    const char *content;
-} kn_chat_msg;
-
 /* Renders messages with the model's chat template. name selects a built-in format ("chatml",
  * "llama2", "mistral", "zephyr", "neural-chat", "llama3", "gemma") and overrides the model's
  * template; NULL uses tokenizer.chat_template, rendered by kiln's Jinja-subset interpreter, or
@@ -169,6 +180,11 @@ kiln_status kn_chat_render(const kn_tokenizer *t, const char *name, const kn_cha
 kiln_status kn_chat_render_template(const char *tmpl, const char *bos, const char *eos,
                                     const kn_chat_msg *msgs, size_t n, bool add_generation_prompt,
                                     char **out, kiln_error *err);
+/* Renders messages for generation (add_generation_prompt) and tokenizes the text with its
+ * special tokens. Chat templates carry their own BOS text where the model wants one, so none
+ * is added (as Hugging Face's apply_chat_template does). */
+kiln_status kn_chat_tokens(const kn_tokenizer *t, const char *name, const kn_chat_msg *msgs,
+                           size_t n, kn_tokens *ids, kiln_error *err);
 /* The built-in format a template source looks like, or NULL. */
 const char *kn_chat_detect(const char *tmpl);
 

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/limits.h"
 #include "tokenizer/tok_impl.h"
 
 /* ---- small helpers ---- */
@@ -131,11 +132,12 @@ static uint64_t pow2_at_least(uint64_t n) {
 kiln_status kn_tok_set_texts(kn_tokenizer *t, const kn_str *texts, uint32_t n, const char *label,
                              kiln_error *err) {
     if (n == 0) return kn_fail(err, KILN_ERR_FORMAT, "%s: the vocabulary is empty", label);
-    if (n > (1u << 30))
-        return kn_fail(err, KILN_ERR_FORMAT, "%s: vocabulary of %u tokens is too large", label, n);
+    if (n > KN_MAX_VOCAB)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: vocabulary of %u tokens is too large (at most "
+                       "%d)", label, n, KN_MAX_VOCAB);
     uint64_t total = 0;
     for (uint32_t i = 0; i < n; i++) {
-        if (texts[i].len > (1u << 20))
+        if (texts[i].len > KN_MAX_TOKEN_BYTES)
             return kn_fail(err, KILN_ERR_FORMAT, "%s: token %u is %llu bytes long", label, i,
                            (unsigned long long)texts[i].len);
         total += texts[i].len;

@@ -13,8 +13,9 @@ static kn_str str_of(const kn_tokenizer *t, int32_t id) {
     return (kn_str){s, n};
 }
 
-kiln_status kn_tokenizer_write_gguf(const kn_tokenizer *t, kn_gguf_writer *w, kiln_error *err) {
-    uint32_t n = t->n_vocab;
+kiln_status kn_tokenizer_write_gguf(const kn_tokenizer *t, uint32_t n_rows, kn_gguf_writer *w,
+                                    kiln_error *err) {
+    uint32_t n = n_rows > t->n_vocab ? n_rows : t->n_vocab;
     bool spm_style = !t->byte_level;
     kn_str *toks = kn_calloc(n, sizeof *toks);
     char *pads = kn_malloc((size_t)n * 20 + 1);
@@ -26,9 +27,10 @@ kiln_status kn_tokenizer_write_gguf(const kn_tokenizer *t, kn_gguf_writer *w, ki
     if (!toks || !pads || !scores || !types) goto oom;
     size_t po = 0;
     for (uint32_t i = 0; i < n; i++) {
-        toks[i] = str_of(t, (int32_t)i);
-        types[i] = t->type[i];
-        scores[i] = t->score[i];
+        bool real = i < t->n_vocab; /* past it: padding up to the embedding rows */
+        toks[i] = real ? str_of(t, (int32_t)i) : (kn_str){"", 0};
+        types[i] = real ? t->type[i] : KN_TOKTYPE_UNUSED;
+        scores[i] = real ? t->score[i] : 0.0f;
         /* GGUF vocabularies have no holes: llama.cpp's converter names unused ids [PADn] */
         if (toks[i].len == 0) {
             int k = snprintf(pads + po, 20, "[PAD%u]", i);
@@ -46,7 +48,7 @@ kiln_status kn_tokenizer_write_gguf(const kn_tokenizer *t, kn_gguf_writer *w, ki
             if (mid >= 0 && scores[mid] == -1e9f) scores[mid] = -(float)r;
         }
         for (uint32_t i = 0; i < n; i++)
-            if (scores[i] == -1e9f) scores[i] = t->type[i] == KN_TOKTYPE_NORMAL ? 0.0f : -1e9f;
+            if (scores[i] == -1e9f) scores[i] = types[i] == KN_TOKTYPE_NORMAL ? 0.0f : -1e9f;
     }
     kn_gguf_set_str(w, "tokenizer.ggml.model", spm_style ? "llama" : "gpt2");
     kn_gguf_set_str(w, "tokenizer.ggml.pre", kn_tokenizer_pre_name(t));

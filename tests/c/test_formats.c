@@ -4,9 +4,10 @@
 #include <string.h>
 
 #include "bake/bake.h"
+#include "cli/cli.h"
 #include "formats/gguf.h"
 #include "formats/safetensors.h"
-#include "formats/source.h"
+#include "model/source.h"
 #include "kt.h"
 #include "model/contract.h"
 #include "quant/quant.h"
@@ -235,6 +236,11 @@ TEST(safetensors_rejects_hostile_headers) {
         {"{\"a\": 5}", "object"},
         {"[1, 2]", "JSON"},
         {"{\"a\": {\"dtype\": \"F16\", \"shape\": [4], \"data_offsets\": [8, 0]}}", "outside"},
+        /* two tensors sharing bytes: a write to one would alias the other */
+        {"{\"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]}, "
+         "\"b\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [4, 8]}}", "overlap"},
+        {"{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}, "
+         "\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [4, 8]}}", "duplicate"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t hl = strlen(cases[i].json);
@@ -327,6 +333,9 @@ TEST(exit_codes_follow_the_cli_contract) {
     CHECK_EQ_INT(kiln_exit_code(KILN_ERR_DEVICE), 3);
     CHECK_EQ_INT(kiln_exit_code(KILN_ERR_NOMEM), 1);
     CHECK_EQ_INT(kiln_exit_code(KILN_ERR_INTERNAL), 1);
+    CHECK_EQ_INT(kiln_exit_code(KILN_ERR_WRITE), 1); /* a full disk is not bad input */
+    CHECK_EQ_INT(kiln_exit_code(KILN_ERR_CANCELLED), 130);
+    CHECK(strcmp(kiln_status_str(KILN_ERR_WRITE), "unknown status") != 0);
 }
 
 TEST(sha256_known_vectors) {

@@ -1,4 +1,4 @@
-/* test_jinja.c — kiln's Jinja-subset chat template interpreter (src/tokenizer/jinja.c): hand
+/* test_jinja.c — kiln's Jinja-subset chat template interpreter (src/template/jinja.c): hand
  * cases for the semantics chat templates lean on, and for failing cleanly on bad templates.
  * The byte-for-byte comparison against Python jinja2 is tests/py/test_chat_templates.py. */
 #include <stdlib.h>
@@ -6,7 +6,7 @@
 
 #include "base/base.h"
 #include "kt.h"
-#include "tokenizer/jinja.h"
+#include "template/jinja.h"
 #include "tokenizer/tokenizer.h"
 
 static const kn_chat_msg k_msgs[] = {

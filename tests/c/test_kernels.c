@@ -516,6 +516,42 @@ TEST(kernels_swiglu_variants) {
     }
 }
 
+TEST(kernels_quantize_k_non_finite_blocks) {
+    /* The Q8_K form follows the Q8_0 form's rule for activations that overflowed: a block with
+     * a NaN or an infinity becomes q = 0 with a NaN scale (its products turn NaN, which the
+     * generation loop reports), in every table, bit for bit; the other blocks are untouched. */
+    enum { N = 256 * 3 };
+    static float x[N];
+    for (int i = 0; i < N; i++) x[i] = rndf() * 3.0f;
+    x[5] = NAN;
+    x[256 + 255] = -INFINITY;
+    static int8_t q0[N], q1[N];
+    static float d0[N / 256], d1[N / 256];
+    static int16_t s0[N / 16], s1[N / 16], t0[N / 32], t1[N / 32];
+    kn_act ref = {.qk = q0, .dk = d0, .bsk = s0, .bsk32 = t0, .stride = N};
+    kn_quantize_act_k(&ref, x, 1, N);
+    for (int b = 0; b < 2; b++) {
+        CHECKF(isnan(d0[b]), "block %d: scale %g", b, d0[b]);
+        for (int i = 0; i < 256; i++) CHECK(q0[b * 256 + i] == 0);
+        for (int j = 0; j < 16; j++) CHECK(s0[b * 16 + j] == 0);
+    }
+    CHECK(isfinite(d0[2]) && d0[2] > 0.0f);
+    int nv;
+    const kn_kernels *const *v = all_variants(&nv);
+    for (int vi = 0; vi < nv; vi++) {
+        if (!v[vi]) continue;
+        memset(q1, 0x55, sizeof q1);
+        kn_act a = {.qk = q1, .dk = d1, .bsk = s1, .bsk32 = t1, .stride = N};
+        v[vi]->quantize_k(&a, x, 1, N);
+        CHECKF(memcmp(q0, q1, sizeof q0) == 0 && memcmp(s0, s1, sizeof s0) == 0 &&
+                   memcmp(t0, t1, sizeof t0) == 0,
+               "%s: Q8_K bytes differ", v[vi]->name);
+        for (int b = 0; b < N / 256; b++)
+            CHECKF(isnan(d0[b]) ? isnan(d1[b]) : d0[b] == d1[b], "%s: block %d scale %g vs %g",
+                   v[vi]->name, b, d1[b], d0[b]);
+    }
+}
+
 TEST(kernels_quantize_variants_bitwise) {
     /* Every variant's quantizers give the reference's bits, ties included (round half to even:
      * with max 127 the step is 1, so 2.5 -> 2, -3.5 -> -4, 0.5 -> 0), in both forms: Q8_0 with

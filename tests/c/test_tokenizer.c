@@ -384,7 +384,7 @@ static bool roundtrip_same(const char *vocab_path, const char *label) {
     char path[512];
     snprintf(path, sizeof path, "%s/rt.gguf", kt_tmpdir());
     kn_gguf_writer *w = kn_gguf_writer_new();
-    bool ok = w && kn_tokenizer_write_gguf(a, w, &err) == KILN_OK &&
+    bool ok = w && kn_tokenizer_write_gguf(a, 0, w, &err) == KILN_OK &&
               write_gguf_file(w, path, &err) == KILN_OK &&
               kn_tokenizer_open(path, &b, &err) == KILN_OK;
     kn_gguf_writer_free(w);
@@ -450,7 +450,7 @@ TEST(tokenizer_hf_json_spm_style) {
     char path[512];
     snprintf(path, sizeof path, "%s/spm.gguf", kt_tmpdir());
     kn_gguf_writer *w = kn_gguf_writer_new();
-    CHECK(kn_tokenizer_write_gguf(t, w, &err) == KILN_OK);
+    CHECK(kn_tokenizer_write_gguf(t, 0, w, &err) == KILN_OK);
     CHECK(write_gguf_file(w, path, &err) == KILN_OK);
     kn_gguf_writer_free(w);
     kn_tokenizer *u = NULL;

@@ -35,14 +35,53 @@ def sanitizer_env(env=None):
     return env
 
 
-def run_kiln(*args, check=False, **kw):
-    """Runs the kiln command; returns CompletedProcess with text stdout/stderr."""
+def run_kiln(*args, check=False, kernels=None, **kw):
+    """Runs the kiln command; returns CompletedProcess with text stdout/stderr. kernels: the CPU
+    kernel table to force (KILN_KERNELS), else the default choice."""
     kw["env"] = sanitizer_env(kw.get("env"))
+    if kernels:
+        kw["env"]["KILN_KERNELS"] = kernels
     r = subprocess.run([str(kiln_bin()), *map(str, args)], capture_output=True, text=True,
                        timeout=kw.pop("timeout", 600), **kw)
     if check and r.returncode != 0:
         pytest.fail(f"kiln {' '.join(map(str, args))} exited {r.returncode}: {r.stderr}")
     return r
+
+
+ALL_KERNEL_TABLES = ("generic", "avx2", "avx512vnni")
+_tables = None
+
+
+def kernel_tables():
+    """The CPU kernel tables this machine can run, reference first, from `kiln --version`
+    ("cpu kernels: avx2 (usable here: generic avx2)"). Tables the CPU lacks are not run: they
+    are named in the closing summary instead."""
+    global _tables
+    if _tables is None:
+        env = dict(os.environ)
+        env.pop("KILN_KERNELS", None)
+        try:
+            out = subprocess.run([str(BUILD / "kiln"), "--version"], capture_output=True,
+                                 text=True, env=sanitizer_env(env), timeout=60).stdout
+            line = next(l for l in out.splitlines() if l.startswith("cpu kernels:"))
+            _tables = line.split("usable here:", 1)[1].strip(" )").split()
+        except (OSError, StopIteration, IndexError, subprocess.SubprocessError):
+            _tables = ["(kiln --version failed)"]
+    return _tables
+
+
+def pytest_generate_tests(metafunc):
+    """A test that takes `kernels` runs once per kernel table this CPU offers."""
+    if "kernels" in metafunc.fixturenames:
+        metafunc.parametrize("kernels", kernel_tables())
+
+
+def pytest_terminal_summary(terminalreporter):
+    tables = kernel_tables()
+    missing = [t for t in ALL_KERNEL_TABLES if t not in tables]
+    terminalreporter.write_line(
+        "kernel tables run end to end: " + " ".join(tables) +
+        (f" (this CPU lacks: {' '.join(missing)})" if missing else ""))
 
 
 @pytest.fixture(scope="session")

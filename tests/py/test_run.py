@@ -22,8 +22,8 @@ def golden(name):
     return prompt, steps
 
 
-def run_json(model, *args, check=True):
-    r = run_kiln("run", model, "--json", "-t", 1, *args)
+def run_json(model, *args, check=True, kernels=None):
+    r = run_kiln("run", model, "--json", "-t", 1, *args, kernels=kernels)
     if check:
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
@@ -40,12 +40,13 @@ def stories_offering(stories, tmp_path_factory):
 
 @pytest.mark.parametrize("mode", ["kv", "stateless"])
 @pytest.mark.parametrize("which", ["gguf", "offering"])
-def test_stories_greedy_once_upon_a_time(stories, stories_offering, mode, which):
+def test_stories_greedy_once_upon_a_time(stories, stories_offering, mode, which, kernels):
     prompt, steps = golden("greedy_once_upon_64.ids")
     model = stories if which == "gguf" else stories_offering
     n_gen = len(steps) - (len(prompt) - 1)
     doc = run_json(model, "--raw", "--prompt", "Once upon a time", "--mode", mode,
-                   "--max-tokens", n_gen)
+                   "--max-tokens", n_gen, kernels=kernels)
+    assert doc["kernels"] == kernels
     assert doc["prompt_tokens"] == prompt
     want = [nxt for pos, _, nxt in steps if pos >= len(prompt) - 1]
     assert doc["tokens"] == want
@@ -77,7 +78,7 @@ def test_every_metric_is_reported(stories_offering):
     assert r.stdout.startswith(",") or r.stdout.startswith(" ")
     line = r.stderr.strip().splitlines()[-1]
     for word in ("prompt 5 tok", "generated 8 tok", "TTFT", "prefill", "decode", "p50", "p95",
-                 "peak RSS", "device cpu", "mode kv", "finish length"):
+                 "peak RSS", "device cpu", "kernels ", "mode kv", "finish length"):
         assert word in line, (word, line)
 
 
@@ -237,11 +238,34 @@ def test_chat_keeps_the_cache_between_turns(smollm_gguf, tmp_path):
                         "--system", "You are a helpful assistant."], input=turns,
                        capture_output=True, text=True, timeout=300, env=sanitizer_env())
     assert r.returncode == 0, r.stderr
-    prompts = [int(l.split("prompt ")[1].split(" tok")[0]) for l in r.stderr.splitlines()
-               if l.startswith("[kiln] prompt")]
+    from test_hardening import prompt_tokens
+    prompts = prompt_tokens(r.stderr)                 # tokens prefilled by each turn
     assert len(prompts) == 3, r.stderr
     first, second, after_reset = prompts
+    lines = [l for l in r.stderr.splitlines() if l.startswith("[kiln] prompt")]
+    assert "cached" not in lines[0] and "cached" in lines[1] and "cached" not in lines[2]
     # turn 2 feeds only "<|im_end|>\n<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n"
     # and whatever of the answer re-tokenized differently: far less than the whole conversation
     assert second < first
     assert after_reset > second and "conversation reset" in r.stdout
+
+
+@pytest.mark.parametrize("name", ["nosuch", "AVX2", "avx2 ", "avx512vnni", "avx2", "generic"])
+def test_kiln_kernels_names_a_usable_table_or_is_an_error(stories_offering, name):
+    """KILN_KERNELS forces a kernel table; a name that does not exist, or names a table this CPU
+    cannot run, is a one-line error listing the valid choices (exit 2), never silently replaced
+    by the default (a test that forces a table must run that table)."""
+    from conftest import kernel_tables
+    usable = kernel_tables()
+    r = run_kiln("run", stories_offering, "--raw", "--prompt", "Once", "--max-tokens", 2,
+                 "--json", kernels=name)
+    if name in usable:
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["kernels"] == name
+        return
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("kiln: KILN_KERNELS=") and ", ".join(usable) in lines[0]
+    v = run_kiln("--version", kernels=name)
+    assert v.returncode == 2 and "usable here: " + " ".join(usable) in v.stdout

@@ -1,86 +1,91 @@
-/* backend.c — the OpenVINO backend: the offering's static IR (openvino_model.xml = prefill
- * [1,C], openvino_decode.xml = decode [1,1]; docs/OPENVINO.md) compiled for one OpenVINO
- * device and driven with a host-side KV cache; or, opened for --mode stateless, only
- * openvino_stateless.xml (one padded [1,W] window, no cache).
+/* backend.c — the OpenVINO device: the offering's static IR (openvino_model.xml = prefill
+ * [1,C], openvino_decode.xml = decode [1,1]; docs/OPENVINO.md) compiled once per model and
+ * device and shared by every session, each session driving it with its own infer requests and
+ * host-side KV cache; or, opened for --mode stateless, only openvino_stateless.xml (one padded
+ * [1,W] window, no cache).
  *
  * The graphs never write the cache: each call reads past_kv [L,2,Hkv,W,D] and returns the T
- * new rows new_kv [L,2,Hkv,T,D], which this file copies into the slots the native engine would
- * use (kn_kv_slot: slot p while p < W, then the sink + ring of --overflow slide), and the
- * additive attention_mask [1,1,T,W+T] is rebuilt from a position-per-slot table so that every
- * query sees exactly the keys the native engine's attention sees. Both backends therefore
- * compute the same function of the same cache.
+ * new rows new_kv [L,2,Hkv,T,D], which this file copies into the slots the driver assigned
+ * (kn_contract_slot: slot p while p < W, then the sink + ring of --overflow slide), and the
+ * additive attention_mask [1,1,T,W+T] is built from the driver's position-per-slot table so
+ * that every query sees exactly the keys the native engine's attention sees. Both devices
+ * therefore compute the same function of the same cache.
  *
- * Every buffer (cache, inputs, outputs) is allocated once at open and wrapped once in an
- * ov_tensor set on both infer requests; a step only writes host memory and calls infer.
+ * Every buffer of a session (cache, inputs, outputs) is allocated once when it opens and
+ * wrapped once in an ov_tensor set on its infer requests; a step only writes host memory and
+ * calls infer.
  *
  * The stateless graph takes input_ids i32 [1,W] and attention_mask i32 [1,W] (1 = real) and
  * returns the logits of the last real token; the window is padded with id 0 and mask 0 (the
- * mask makes the padding ids irrelevant). A backend opened for it compiles nothing else: its
- * prefill and decode run the same window over the tokens so far (positions 0..W-1 only), which
- * is all --verify and a fresh-cache prefill need.
+ * mask makes the padding ids irrelevant).
  */
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "backends/backend.h"
+#include "backends/openvino/ir_check.h"
 #include "backends/openvino/ov_api.h"
 
 enum { IN_IDS, IN_POS, IN_MASK, IN_LOGIT_INDEX, IN_PAST, OUT_LOGITS, OUT_NEW_KV, N_PORTS };
 static const char *const k_port_name[N_PORTS] = {
     "input_ids", "position_ids", "attention_mask", "logit_index", "past_kv", "logits", "new_kv"};
 
-typedef struct ov_graph {
-    ov_compiled_model *cm;
-    ov_infer_request *req;
-    ov_tensor *t[N_PORTS];           /* views of the backend's host buffers */
-    int T;                           /* new tokens per call: C or 1 */
-} ov_graph;
-
-typedef struct ov_backend {
-    kn_backend base;
+/* A model on one OpenVINO device: the compiled graphs, shared by its sessions. */
+typedef struct ov_device {
+    kn_device base;
     kn_ov_api api;
     ov_core *core;
-    const kn_model *m;
-    int L, Hkv, D, V;
-    int W;                           /* the IR's cache slots (>= m->window: a caller may lower W) */
+    int L, Hkv, D, V, swa;
+    int W;                           /* the IR's cache slots (>= the contract's window) */
     int C;                           /* the IR's prefill width */
-    ov_graph pre, dec;
-    ov_graph sl;                     /* stateless mode: the only compiled graph */
-    bool stateless;                  /* opened for --mode stateless */
-    /* host buffers, shared by both graphs (they never run at once) */
+    int SW;                          /* the stateless IR's window */
+    bool stateless;                  /* opened for --mode stateless: only that graph */
+    ov_compiled_model *cm_pre, *cm_dec, *cm_sl;
+    ov_etype f32, i32;               /* element-type codes, learnt from the IR */
+    pthread_mutex_t mu;              /* infer-request creation from several threads */
+} ov_device;
+
+/* One graph's infer request in a session, with its tensors over the session's host buffers. */
+typedef struct ov_graph {
+    ov_infer_request *req;
+    ov_tensor *t[N_PORTS];
+    int T;                           /* new tokens per call: C, 1, or the stateless window */
+} ov_graph;
+
+/* A session on the device: infer requests, KV cache and host buffers. */
+typedef struct ov_backend {
+    kn_backend base;
+    ov_device *d;
+    ov_graph pre, dec, sl;
+    /* host buffers, shared by the kv graphs (they never run at once) */
     float *past_kv;                  /* [L,2,Hkv,W,D] */
     float *new_kv;                   /* [L,2,Hkv,C,D]; decode uses the first [L,2,Hkv,1,D] */
     float *mask;                     /* [C, W+C]; decode uses the first [1, W+1] */
     float *logits;                   /* [V] */
-    int32_t *ids;                    /* [C] */
+    int32_t *ids;                    /* [C], or [SW] stateless */
     int32_t *pos;                    /* [C] */
     int32_t logit_index[1];
-    /* the cache's bookkeeping, as in the native session */
-    int32_t *slot_pos;               /* [W] position held by each slot, -1 = empty */
     int32_t *slot_row;               /* [W] the call's row that takes the slot, -1 = none */
     int32_t *row_slot;               /* [C] */
-    /* stateless mode */
-    int SW;                          /* the stateless IR's window */
-    int32_t *sl_ids;                 /* [SW] the window: tokens at positions 0..sl_len-1 */
-    int32_t *sl_mask;                /* [SW] 1 for real tokens */
-    int sl_len;
+    int32_t *sl_mask;                /* [SW] stateless: 1 for real tokens */
 } ov_backend;
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
-static kiln_status ov_fail(ov_backend *b, kiln_error *err, kiln_status code, ov_status st,
+static kiln_status ov_fail(ov_device *d, kiln_error *err, kiln_status code, ov_status st,
                            const char *what) {
     char e[600];
-    return kn_fail(err, code, "openvino:%s: %s: %s", b->base.device + 9, what,
-                   kn_ov_error(&b->api, st, e, sizeof e));
+    return kn_fail(err, code, "%s: %s: %s", d->base.name, what,
+                   kn_ov_error(&d->api, st, e, sizeof e));
 }
 
-static void say(const kn_backend_params *p, kiln_log_level level, const char *msg) {
-    if (p->log) p->log(level, msg, p->log_user);
+static void say(const kn_device_params *p, kiln_log_level level, const char *msg) {
+    kn_log(p->log, p->log_user, level, "%s", msg);
 }
 
 /* "NPU" is present when OpenVINO lists "NPU" or "NPU.<n>"; "GPU.1" only as itself. */
@@ -176,7 +181,7 @@ static void device_props(props *ps, const char *dev, const char *cache_dir, cons
     props_from_env(ps);
 }
 
-static ov_status compile(ov_backend *b, const char *xml, const char *dev, const props *ps,
+static ov_status compile(ov_device *d, const char *xml, const char *dev, const props *ps,
                          ov_compiled_model **out) {
     /* The variadic list is read only up to property_args_size, so a fixed, padded argument
      * list serves any count without a switch on n. */
@@ -185,8 +190,8 @@ static ov_status compile(ov_backend *b, const char *xml, const char *dev, const 
         a[2 * i] = ps->key[i];
         a[2 * i + 1] = ps->val[i];
     }
-    return b->api.core_compile_model_from_file(
-        b->core, xml, dev, (size_t)(2 * ps->n), out, a[0], a[1], a[2], a[3], a[4], a[5], a[6],
+    return d->api.core_compile_model_from_file(
+        d->core, xml, dev, (size_t)(2 * ps->n), out, a[0], a[1], a[2], a[3], a[4], a[5], a[6],
         a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15], a[16], a[17], a[18], a[19],
         a[20], a[21], a[22], a[23], a[24], a[25], a[26], a[27], a[28], a[29], a[30], a[31],
         a[32], a[33], a[34], a[35], a[36], a[37], a[38], a[39], a[40], a[41], a[42], a[43],
@@ -256,26 +261,26 @@ typedef struct port_info {
     int64_t dims[8];
 } port_info;
 
-static kiln_status read_port(ov_backend *b, ov_compiled_model *cm, int k, bool input,
+static kiln_status read_port(ov_device *d, ov_compiled_model *cm, int k, bool input,
                              port_info *pi, kiln_error *err) {
     memset(pi, 0, sizeof *pi);
     ov_port *port = NULL;
-    ov_status st = input ? b->api.compiled_model_input_by_name(cm, k_port_name[k], &port)
-                         : b->api.compiled_model_output_by_name(cm, k_port_name[k], &port);
+    ov_status st = input ? d->api.compiled_model_input_by_name(cm, k_port_name[k], &port)
+                         : d->api.compiled_model_output_by_name(cm, k_port_name[k], &port);
     if (st || !port) return KILN_OK; /* absent: the caller decides whether that is an error */
     ov_shape sh = {0, NULL};
-    st = b->api.port_get_element_type(port, &pi->type);
-    if (!st) st = b->api.const_port_get_shape(port, &sh);
-    b->api.output_const_port_free(port);
-    if (st) return ov_fail(b, err, KILN_ERR_FORMAT, st, k_port_name[k]);
+    st = d->api.port_get_element_type(port, &pi->type);
+    if (!st) st = d->api.const_port_get_shape(port, &sh);
+    d->api.output_const_port_free(port);
+    if (st) return ov_fail(d, err, KILN_ERR_FORMAT, st, k_port_name[k]);
     if (sh.rank < 1 || sh.rank > 8) {
-        b->api.shape_free(&sh);
+        d->api.shape_free(&sh);
         return kn_fail(err, KILN_ERR_FORMAT, "openvino IR: %s has rank %lld", k_port_name[k],
                        (long long)sh.rank);
     }
     pi->rank = (int)sh.rank;
     for (int i = 0; i < pi->rank; i++) pi->dims[i] = sh.dims[i];
-    b->api.shape_free(&sh);
+    d->api.shape_free(&sh);
     pi->present = true;
     return KILN_OK;
 }
@@ -302,14 +307,14 @@ static kiln_status expect_shape(const port_info *pi, const char *file, const cha
     return kn_fail(err, KILN_ERR_FORMAT, "%s: %s is %s, the model needs %s", file, name, a, w);
 }
 
-/* Checks graph g's ports against the model and wraps the host buffers in tensors set on its
- * request. T and W come from the IR (prefill: C; decode: 1). */
-static kiln_status bind_graph(ov_backend *b, ov_graph *g, const char *file, bool prefill,
-                              ov_etype *f32, ov_etype *i32, kiln_error *err) {
+/* Checks a kv graph's ports against the model; learns T, and from the prefill graph W, C and
+ * the element-type codes. */
+static kiln_status check_graph(ov_device *d, ov_compiled_model *cm, const char *file,
+                               bool prefill, int window, int *T_out, kiln_error *err) {
     port_info pi[N_PORTS];
     kiln_status s;
     for (int k = 0; k < N_PORTS; k++) {
-        if ((s = read_port(b, g->cm, k, k < OUT_LOGITS, &pi[k], err))) return s;
+        if ((s = read_port(d, cm, k, k < OUT_LOGITS, &pi[k], err))) return s;
         bool needed = k != IN_LOGIT_INDEX || prefill;
         if (needed && !pi[k].present)
             return kn_fail(err, KILN_ERR_FORMAT, "%s: no %s %s", file,
@@ -317,24 +322,24 @@ static kiln_status bind_graph(ov_backend *b, ov_graph *g, const char *file, bool
     }
     if (pi[IN_IDS].rank != 2 || pi[IN_IDS].dims[1] < 1 || pi[IN_IDS].dims[1] > 65536)
         return kn_fail(err, KILN_ERR_FORMAT, "%s: input_ids is not [1,T]", file);
-    g->T = (int)pi[IN_IDS].dims[1];
+    int T = (int)pi[IN_IDS].dims[1];
     if (pi[IN_PAST].rank != 5 || pi[IN_PAST].dims[3] < 1 || pi[IN_PAST].dims[3] > (1 << 24))
         return kn_fail(err, KILN_ERR_FORMAT, "%s: past_kv is not [L,2,Hkv,W,D]", file);
     if (prefill) {
-        b->W = (int)pi[IN_PAST].dims[3];
-        b->C = g->T;
-        if (b->W < b->m->window)
+        d->W = (int)pi[IN_PAST].dims[3];
+        d->C = T;
+        if (d->W < window)
             return kn_fail(err, KILN_ERR_FORMAT,
                            "%s: the IR's cache has %d slots, the model's window is %d (re-bake "
-                           "with --target openvino)", file, b->W, b->m->window);
-    } else if (g->T != 1) {
+                           "with --target openvino)", file, d->W, window);
+    } else if (T != 1) {
         return kn_fail(err, KILN_ERR_FORMAT, "%s: the decode graph takes %d tokens, not 1", file,
-                       g->T);
+                       T);
     }
-    const int64_t T = g->T, W = b->W;
+    const int64_t W = d->W;
     const int64_t sh_ids[2] = {1, T}, sh_mask[4] = {1, 1, T, W + T}, sh_li[1] = {1};
-    const int64_t sh_past[5] = {b->L, 2, b->Hkv, W, b->D}, sh_logits[2] = {1, b->V};
-    const int64_t sh_new[5] = {b->L, 2, b->Hkv, T, b->D};
+    const int64_t sh_past[5] = {d->L, 2, d->Hkv, W, d->D}, sh_logits[2] = {1, d->V};
+    const int64_t sh_new[5] = {d->L, 2, d->Hkv, T, d->D};
     const int64_t *want[N_PORTS] = {sh_ids, sh_ids, sh_mask, sh_li, sh_past, sh_logits, sh_new};
     const int rank[N_PORTS] = {2, 2, 4, 1, 5, 2, 5};
     for (int k = 0; k < N_PORTS; k++)
@@ -344,26 +349,75 @@ static kiln_status bind_graph(ov_backend *b, ov_graph *g, const char *file, bool
     /* ov_element_type_e was renumbered across releases: learn the codes from the IR, whose
      * types the contract fixes (ids, positions, logit_index i32; the rest f32). */
     if (prefill) {
-        *i32 = pi[IN_IDS].type;
-        *f32 = pi[IN_PAST].type;
-        if (*i32 == *f32)
+        d->i32 = pi[IN_IDS].type;
+        d->f32 = pi[IN_PAST].type;
+        if (d->i32 == d->f32)
             return kn_fail(err, KILN_ERR_FORMAT, "%s: input_ids and past_kv share a type", file);
     }
     for (int k = 0; k < N_PORTS; k++) {
         bool is_i32 = k == IN_IDS || k == IN_POS || k == IN_LOGIT_INDEX;
-        if (pi[k].present && pi[k].type != (is_i32 ? *i32 : *f32))
+        if (pi[k].present && pi[k].type != (is_i32 ? d->i32 : d->f32))
             return kn_fail(err, KILN_ERR_FORMAT, "%s: %s should be %s", file, k_port_name[k],
                            is_i32 ? "i32" : "f32");
     }
+    *T_out = T;
     return KILN_OK;
 }
 
-static kiln_status wrap_tensors(ov_backend *b, ov_graph *g, ov_etype f32, ov_etype i32,
-                                kiln_error *err) {
-    const int64_t T = g->T, W = b->W;
+/* The stateless graph: input_ids i32 [1,W], attention_mask i32 [1,W] -> logits f32 [1,V], no
+ * cache; W at least the model's window. Learns the element-type codes as check_graph does. */
+static kiln_status check_stateless(ov_device *d, const char *file, int window, kiln_error *err) {
+    static const int ports[3] = {IN_IDS, IN_MASK, OUT_LOGITS};
+    port_info pi[3];
+    kiln_status s;
+    for (int k = 0; k < 3; k++) {
+        if ((s = read_port(d, d->cm_sl, ports[k], ports[k] < OUT_LOGITS, &pi[k], err))) return s;
+        if (!pi[k].present)
+            return kn_fail(err, KILN_ERR_FORMAT, "%s: no %s %s", file,
+                           ports[k] < OUT_LOGITS ? "input" : "output", k_port_name[ports[k]]);
+    }
+    port_info past;
+    if ((s = read_port(d, d->cm_sl, IN_PAST, true, &past, err))) return s;
+    if (past.present)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: has a past_kv input: not a stateless graph",
+                       file);
+    if (pi[0].rank != 2 || pi[0].dims[1] < 1 || pi[0].dims[1] > 65536)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: input_ids is not [1,W]", file);
+    d->SW = (int)pi[0].dims[1];
+    if (d->SW < window)
+        return kn_fail(err, KILN_ERR_FORMAT,
+                       "%s: the IR's window is %d tokens, the model's is %d (re-bake with "
+                       "--target openvino)", file, d->SW, window);
+    const int64_t sh_win[2] = {1, d->SW}, sh_logits[2] = {1, d->V};
+    if ((s = expect_shape(&pi[0], file, "input_ids", sh_win, 2, err)) ||
+        (s = expect_shape(&pi[1], file, "attention_mask", sh_win, 2, err)) ||
+        (s = expect_shape(&pi[2], file, "logits", sh_logits, 2, err)))
+        return s;
+    d->i32 = pi[0].type;
+    d->f32 = pi[2].type;
+    if (d->i32 == d->f32 || pi[1].type != d->i32)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: input_ids and attention_mask should be i32, "
+                       "logits f32", file);
+    return KILN_OK;
+}
+
+/* ---- a session ---------------------------------------------------------------------------- */
+
+static kiln_status new_request(ov_backend *b, ov_compiled_model *cm, ov_graph *g,
+                               kiln_error *err) {
+    ov_device *d = b->d;
+    pthread_mutex_lock(&d->mu);
+    ov_status st = d->api.compiled_model_create_infer_request(cm, &g->req);
+    pthread_mutex_unlock(&d->mu);
+    return st ? ov_fail(d, err, KILN_ERR_INTERNAL, st, "infer request") : KILN_OK;
+}
+
+static kiln_status wrap_tensors(ov_backend *b, ov_graph *g, kiln_error *err) {
+    ov_device *d = b->d;
+    const int64_t T = g->T, W = d->W;
     int64_t sh_ids[2] = {1, T}, sh_mask[4] = {1, 1, T, W + T}, sh_li[1] = {1};
-    int64_t sh_past[5] = {b->L, 2, b->Hkv, W, b->D}, sh_logits[2] = {1, b->V};
-    int64_t sh_new[5] = {b->L, 2, b->Hkv, T, b->D};
+    int64_t sh_past[5] = {d->L, 2, d->Hkv, W, d->D}, sh_logits[2] = {1, d->V};
+    int64_t sh_new[5] = {d->L, 2, d->Hkv, T, d->D};
     int64_t *dims[N_PORTS] = {sh_ids, sh_ids, sh_mask, sh_li, sh_past, sh_logits, sh_new};
     const int rank[N_PORTS] = {2, 2, 4, 1, 5, 2, 5};
     void *host[N_PORTS] = {b->ids,     b->pos,    b->mask,  b->logit_index,
@@ -372,96 +426,59 @@ static kiln_status wrap_tensors(ov_backend *b, ov_graph *g, ov_etype f32, ov_ety
         if (k == IN_LOGIT_INDEX && g->T == 1) continue; /* decode has none */
         bool is_i32 = k == IN_IDS || k == IN_POS || k == IN_LOGIT_INDEX;
         ov_shape sh = {rank[k], dims[k]};
-        ov_status st = b->api.tensor_create_from_host_ptr(is_i32 ? i32 : f32, sh, host[k],
+        ov_status st = d->api.tensor_create_from_host_ptr(is_i32 ? d->i32 : d->f32, sh, host[k],
                                                           &g->t[k]);
-        if (!st) st = b->api.infer_request_set_tensor(g->req, k_port_name[k], g->t[k]);
-        if (st) return ov_fail(b, err, KILN_ERR_INTERNAL, st, k_port_name[k]);
+        if (!st) st = d->api.infer_request_set_tensor(g->req, k_port_name[k], g->t[k]);
+        if (st) return ov_fail(d, err, KILN_ERR_INTERNAL, st, k_port_name[k]);
     }
     return KILN_OK;
 }
 
-/* The stateless graph: input_ids i32 [1,W], attention_mask i32 [1,W] -> logits f32 [1,V], no
- * cache; W at least the model's window. Learns the element-type codes as bind_graph does. */
-static kiln_status bind_stateless(ov_backend *b, const char *file, ov_etype *f32, ov_etype *i32,
-                                  kiln_error *err) {
+static kiln_status wrap_stateless(ov_backend *b, kiln_error *err) {
+    ov_device *d = b->d;
+    int64_t sh_win[2] = {1, d->SW}, sh_logits[2] = {1, d->V};
     static const int ports[3] = {IN_IDS, IN_MASK, OUT_LOGITS};
-    port_info pi[3];
-    kiln_status s;
-    for (int k = 0; k < 3; k++) {
-        if ((s = read_port(b, b->sl.cm, ports[k], ports[k] < OUT_LOGITS, &pi[k], err))) return s;
-        if (!pi[k].present)
-            return kn_fail(err, KILN_ERR_FORMAT, "%s: no %s %s", file,
-                           ports[k] < OUT_LOGITS ? "input" : "output", k_port_name[ports[k]]);
-    }
-    port_info past;
-    if ((s = read_port(b, b->sl.cm, IN_PAST, true, &past, err))) return s;
-    if (past.present)
-        return kn_fail(err, KILN_ERR_FORMAT, "%s: has a past_kv input: not a stateless graph",
-                       file);
-    if (pi[0].rank != 2 || pi[0].dims[1] < 1 || pi[0].dims[1] > 65536)
-        return kn_fail(err, KILN_ERR_FORMAT, "%s: input_ids is not [1,W]", file);
-    b->SW = (int)pi[0].dims[1];
-    b->sl.T = b->SW;
-    if (b->SW < b->m->window)
-        return kn_fail(err, KILN_ERR_FORMAT,
-                       "%s: the IR's window is %d tokens, the model's is %d (re-bake with "
-                       "--target openvino)", file, b->SW, b->m->window);
-    const int64_t sh_win[2] = {1, b->SW}, sh_logits[2] = {1, b->V};
-    if ((s = expect_shape(&pi[0], file, "input_ids", sh_win, 2, err)) ||
-        (s = expect_shape(&pi[1], file, "attention_mask", sh_win, 2, err)) ||
-        (s = expect_shape(&pi[2], file, "logits", sh_logits, 2, err)))
-        return s;
-    *i32 = pi[0].type;
-    *f32 = pi[2].type;
-    if (*i32 == *f32 || pi[1].type != *i32)
-        return kn_fail(err, KILN_ERR_FORMAT, "%s: input_ids and attention_mask should be i32, "
-                       "logits f32", file);
-    return KILN_OK;
-}
-
-static kiln_status wrap_stateless(ov_backend *b, ov_etype f32, ov_etype i32, kiln_error *err) {
-    int64_t sh_win[2] = {1, b->SW}, sh_logits[2] = {1, b->V};
-    static const int ports[3] = {IN_IDS, IN_MASK, OUT_LOGITS};
-    void *host[3] = {b->sl_ids, b->sl_mask, b->logits};
+    void *host[3] = {b->ids, b->sl_mask, b->logits};
     for (int k = 0; k < 3; k++) {
         ov_shape sh = {2, k == 2 ? sh_logits : sh_win};
-        ov_status st = b->api.tensor_create_from_host_ptr(k == 2 ? f32 : i32, sh, host[k],
+        ov_status st = d->api.tensor_create_from_host_ptr(k == 2 ? d->f32 : d->i32, sh, host[k],
                                                           &b->sl.t[ports[k]]);
         if (!st)
-            st = b->api.infer_request_set_tensor(b->sl.req, k_port_name[ports[k]],
+            st = d->api.infer_request_set_tensor(b->sl.req, k_port_name[ports[k]],
                                                  b->sl.t[ports[k]]);
-        if (st) return ov_fail(b, err, KILN_ERR_INTERNAL, st, k_port_name[ports[k]]);
+        if (st) return ov_fail(d, err, KILN_ERR_INTERNAL, st, k_port_name[ports[k]]);
     }
     return KILN_OK;
 }
 
 /* ---- the steps ---------------------------------------------------------------------------- */
 
-/* Runs graph g on n real tokens (ids and pos in b->ids / b->pos, rows n..T-1 padding) and
- * files their K/V rows into the cache. */
-static kiln_status run_graph(ov_backend *b, ov_graph *g, int n, kiln_error *err) {
-    const int T = g->T, W = b->W, cols = W + T;
-    const int swa = b->m->hp.sliding_window;
+/* Runs a kv graph on the call's n real rows and files their K/V rows into the cache. */
+static kiln_status run_kv(ov_backend *b, ov_graph *g, const kn_graph_call *c, kiln_error *err) {
+    ov_device *d = b->d;
+    const int T = g->T, W = d->W, cols = W + T, n = c->n;
+    memcpy(b->ids, c->ids, sizeof(int32_t) * (size_t)T);
+    memcpy(b->pos, c->pos, sizeof(int32_t) * (size_t)T);
     /* Which row takes which slot. Two rows of one call may map to one ring slot (a chunk
      * longer than the ring): the native engine writes both before attending, so only the
      * later one is ever seen; the same rule here. */
     for (int r = 0; r < n; r++) {
-        int slot = kn_kv_slot(b->m, b->pos[r]);
-        b->row_slot[r] = slot;
-        b->slot_row[slot] = r;
+        b->row_slot[r] = c->slot[r];
+        b->slot_row[c->slot[r]] = r;
     }
     for (int r = 0; r < n; r++) {
         const int32_t p = b->pos[r];
         float *row = b->mask + (size_t)r * cols;
         for (int s = 0; s < W; s++) {
-            int32_t sp = b->slot_pos[s];
-            bool see = sp >= 0 && sp <= p && b->slot_row[s] < 0 && !(swa > 0 && p - sp >= swa);
+            /* a slot this call writes is seen through its new column, not the cache */
+            int32_t sp = s < c->n_slots ? c->slot_pos[s] : -1;
+            bool see = sp >= 0 && sp <= p && b->slot_row[s] < 0 && !(d->swa > 0 && p - sp >= d->swa);
             row[s] = see ? 0.0f : -INFINITY;
         }
         for (int j = 0; j < T; j++) {
             int32_t q = j < n ? b->pos[j] : 0;
             bool see = j < n && b->slot_row[b->row_slot[j]] == j && q <= p &&
-                       !(swa > 0 && p - q >= swa);
+                       !(d->swa > 0 && p - q >= d->swa);
             /* a row always sees itself, so no row is all -inf (NaN) even when it lost its
              * slot to a later row; such a row's output is never read */
             row[W + j] = see || j == r ? 0.0f : -INFINITY;
@@ -473,174 +490,176 @@ static kiln_status run_graph(ov_backend *b, ov_graph *g, int n, kiln_error *err)
                sizeof(float) * (size_t)cols);
     if (T > 1) b->logit_index[0] = n - 1;
 
-    ov_status st = b->api.infer_request_infer(g->req);
+    ov_status st = d->api.infer_request_infer(g->req);
     for (int r = 0; r < n; r++) b->slot_row[b->row_slot[r]] = -1;
-    if (st) return ov_fail(b, err, KILN_ERR_INTERNAL, st, "infer");
+    if (st) return ov_fail(d, err, KILN_ERR_INTERNAL, st, "infer");
 
     /* new_kv [L,2,Hkv,T,D] -> past_kv [L,2,Hkv,W,D], rows in order so the last writer of a
      * slot wins, as in the native engine */
-    const size_t D = (size_t)b->D, planes = (size_t)b->L * 2 * (size_t)b->Hkv;
+    const size_t D = (size_t)d->D, planes = (size_t)d->L * 2 * (size_t)d->Hkv;
     for (int r = 0; r < n; r++) {
         const size_t slot = (size_t)b->row_slot[r];
         for (size_t pl = 0; pl < planes; pl++)
             memcpy(b->past_kv + (pl * (size_t)W + slot) * D,
                    b->new_kv + (pl * (size_t)T + (size_t)r) * D, sizeof(float) * D);
-        b->slot_pos[slot] = b->pos[r];
     }
     return KILN_OK;
 }
 
-static kiln_status check_id(const ov_backend *b, int32_t id, kiln_error *err) {
-    if (id < 0 || id >= b->V)
-        return kn_fail(err, KILN_ERR_INVALID_ARG, "token id %d is outside the vocabulary (%d)",
-                       (int)id, b->V);
-    return KILN_OK;
+/* The stateless graph over the call's window (positions 0..n-1, the rest padding). */
+static kiln_status run_window(ov_backend *b, const kn_graph_call *c, kiln_error *err) {
+    ov_device *d = b->d;
+    for (int i = 0; i < d->SW; i++) {
+        b->ids[i] = i < c->n ? c->ids[i] : 0;
+        b->sl_mask[i] = i < c->n;
+    }
+    ov_status st = d->api.infer_request_infer(b->sl.req);
+    return st ? ov_fail(d, err, KILN_ERR_INTERNAL, st, "infer") : KILN_OK;
 }
 
-/* The stateless graph over the first n tokens of b->sl_ids (the rest padding). */
-static kiln_status run_window(ov_backend *b, int n, const float **logits, kiln_error *err) {
-    for (int i = 0; i < b->SW; i++) {
-        if (i >= n) b->sl_ids[i] = 0;
-        b->sl_mask[i] = i < n;
-    }
-    b->sl_len = n;
-    ov_status st = b->api.infer_request_infer(b->sl.req);
-    if (st) {
-        b->sl_len = 0;
-        return ov_fail(b, err, KILN_ERR_INTERNAL, st, "infer");
-    }
-    *logits = b->logits;
-    return KILN_OK;
-}
-
-/* Stateless mode has no cache: tokens n at position pos0 extend the window when they follow
- * the tokens already in it and fit. */
-static kiln_status window_append(ov_backend *b, const int32_t *ids, int n, int pos0,
-                                 const float **logits, kiln_error *err) {
-    if (pos0 != b->sl_len || n > b->SW - pos0)
+static kiln_status ov_run(kn_backend *base, const kn_graph_call *c, const float **logits,
+                          kiln_error *err) {
+    ov_backend *b = (ov_backend *)base;
+    ov_device *d = b->d;
+    kiln_status s;
+    if (d->stateless != (c->graph == KN_GRAPH_STATELESS))
         return kn_fail(err, KILN_ERR_UNSUPPORTED,
-                       "%s: opened for --mode stateless, which runs tokens at positions 0..%d "
-                       "as one window (asked for %d at position %d after %d)", b->base.device,
-                       b->SW - 1, n, pos0, b->sl_len);
-    memmove(b->sl_ids + pos0, ids, sizeof(int32_t) * (size_t)n);
-    return run_window(b, pos0 + n, logits, err);
-}
-
-static kiln_status ov_stateless(kn_backend *base, const int32_t *ids, int n_valid,
-                                const float **logits, kiln_error *err) {
-    ov_backend *b = (ov_backend *)base;
-    if (!b->stateless)
-        return kn_fail(err, KILN_ERR_UNSUPPORTED,
-                       "%s: the backend was opened without the stateless graph (open it for "
-                       "--mode stateless)", base->device);
-    if (n_valid < 1 || n_valid > b->SW)
-        return kn_fail(err, KILN_ERR_INVALID_ARG, "stateless: %d valid tokens in a window of %d",
-                       n_valid, b->SW);
-    for (int i = 0; i < n_valid; i++) {
-        kiln_status s = check_id(b, ids[i], err);
-        if (s) return s;
-    }
-    b->sl_len = 0;
-    return window_append(b, ids, n_valid, 0, logits, err);
-}
-
-static kiln_status ov_prefill(kn_backend *base, const int32_t *ids, int n, int pos0,
-                              const float **logits, kiln_error *err) {
-    ov_backend *b = (ov_backend *)base;
-    if (n < 1) return kn_fail(err, KILN_ERR_INVALID_ARG, "prefill: empty prompt");
-    if (pos0 < 0) return kn_fail(err, KILN_ERR_INVALID_ARG, "prefill: negative position");
-    for (int i = 0; i < n; i++) {
-        kiln_status s = check_id(b, ids[i], err);
-        if (s) return s;
-    }
-    if (b->stateless) return window_append(b, ids, n, pos0, logits, err);
-    const int C = b->C;
-    for (int at = 0; at < n; at += C) {
-        int k = n - at < C ? n - at : C;
-        /* padding rows repeat the last real position, as the native engine's chunks do */
-        for (int i = 0; i < C; i++) {
-            b->ids[i] = i < k ? ids[at + i] : 0;
-            b->pos[i] = pos0 + at + (i < k ? i : k - 1);
-        }
-        kiln_status s = run_graph(b, &b->pre, k, err);
-        if (s) return s;
-    }
-    *logits = b->logits;
-    return KILN_OK;
-}
-
-static kiln_status ov_decode(kn_backend *base, int32_t id, int32_t position,
-                             const float **logits, kiln_error *err) {
-    ov_backend *b = (ov_backend *)base;
-    kiln_status s = check_id(b, id, err);
+                       "%s: opened for %s mode, asked for the %s graph (open a session for "
+                       "that mode)", d->base.name, d->stateless ? "stateless" : "kv",
+                       c->graph == KN_GRAPH_STATELESS ? "stateless" : "kv");
+    if (c->graph == KN_GRAPH_STATELESS) s = run_window(b, c, err);
+    else s = run_kv(b, c->graph == KN_GRAPH_PREFILL ? &b->pre : &b->dec, c, err);
     if (s) return s;
-    if (position < 0) return kn_fail(err, KILN_ERR_INVALID_ARG, "decode: negative position");
-    if (b->stateless) return window_append(b, &id, 1, position, logits, err);
-    b->ids[0] = id;
-    b->pos[0] = position;
-    if ((s = run_graph(b, &b->dec, 1, err))) return s;
     *logits = b->logits;
     return KILN_OK;
 }
 
 static void ov_reset(kn_backend *base) {
     ov_backend *b = (ov_backend *)base;
-    b->sl_len = 0;
     if (!b->past_kv) return; /* stateless mode: no cache */
-    for (int s = 0; s < b->W; s++) b->slot_pos[s] = -1;
     /* unfilled slots stay finite: masked columns still multiply their V rows by 0 */
-    memset(b->past_kv, 0, sizeof(float) * (size_t)b->L * 2 * (size_t)b->Hkv * (size_t)b->W *
-                              (size_t)b->D);
+    memset(b->past_kv, 0, sizeof(float) * (size_t)b->d->L * 2 * (size_t)b->d->Hkv *
+                              (size_t)b->d->W * (size_t)b->d->D);
 }
 
-static void free_graph(ov_backend *b, ov_graph *g) {
+static void free_graph(ov_device *d, ov_graph *g) {
     for (int k = 0; k < N_PORTS; k++)
-        if (g->t[k]) b->api.tensor_free(g->t[k]);
-    if (g->req) b->api.infer_request_free(g->req);
-    if (g->cm) b->api.compiled_model_free(g->cm);
+        if (g->t[k]) d->api.tensor_free(g->t[k]);
+    if (g->req) d->api.infer_request_free(g->req);
 }
 
 static void ov_backend_free(kn_backend *base) {
     ov_backend *b = (ov_backend *)base;
     if (!b) return;
-    if (b->api.lib) {
-        free_graph(b, &b->sl);
-        free_graph(b, &b->dec);
-        free_graph(b, &b->pre);
-        if (b->core) b->api.core_free(b->core);
-    }
+    free_graph(b->d, &b->sl);
+    free_graph(b->d, &b->dec);
+    free_graph(b->d, &b->pre);
     kn_free(b->past_kv);
     kn_free(b->new_kv);
     kn_free(b->mask);
     kn_free(b->logits);
     kn_free(b->ids);
     kn_free(b->pos);
-    kn_free(b->slot_pos);
     kn_free(b->slot_row);
     kn_free(b->row_slot);
-    kn_free(b->sl_ids);
     kn_free(b->sl_mask);
     kn_free(b);
 }
 
-static const kn_backend_ops k_ov_ops = {ov_prefill, ov_decode, ov_stateless, ov_reset,
-                                        ov_backend_free};
+static const kn_backend_ops k_ov_ops = {ov_run, ov_reset, ov_backend_free};
 
-/* ---- open --------------------------------------------------------------------------------- */
+static kiln_status alloc_kv(ov_backend *b, kiln_error *err) {
+    const ov_device *d = b->d;
+    const size_t W = (size_t)d->W, C = (size_t)d->C, planes = (size_t)d->L * 2 * (size_t)d->Hkv;
+    b->past_kv = kn_malloc(sizeof(float) * planes * W * (size_t)d->D);
+    b->new_kv = kn_malloc(sizeof(float) * planes * C * (size_t)d->D);
+    b->mask = kn_malloc(sizeof(float) * C * (W + C));
+    b->logits = kn_calloc((size_t)d->V, sizeof(float));
+    b->ids = kn_calloc(C, sizeof(int32_t));
+    b->pos = kn_calloc(C, sizeof(int32_t));
+    b->slot_row = kn_malloc(sizeof(int32_t) * W);
+    b->row_slot = kn_calloc(C, sizeof(int32_t));
+    if (!b->past_kv || !b->new_kv || !b->mask || !b->logits || !b->ids || !b->pos ||
+        !b->slot_row || !b->row_slot)
+        return kn_fail(err, KILN_ERR_NOMEM, "openvino: out of memory for a %zu-slot cache", W);
+    for (size_t s = 0; s < W; s++) b->slot_row[s] = -1;
+    memset(b->new_kv, 0, sizeof(float) * planes * C * (size_t)d->D);
+    memset(b->mask, 0, sizeof(float) * C * (W + C));
+    ov_reset(&b->base);
+    return KILN_OK;
+}
 
-static kiln_status compile_graph(ov_backend *b, const kn_backend_params *p, const char *xml,
-                                 const char *file, const props *ps, ov_graph *g,
+static kiln_status ov_open(kn_device *dev, const kn_session_cfg *cfg, kn_backend **out,
+                           kiln_error *err) {
+    ov_device *d = (ov_device *)dev;
+    *out = NULL;
+    if (cfg->stateless != d->stateless)
+        return kn_fail(err, KILN_ERR_INTERNAL, "%s: opened for the other mode", d->base.name);
+    ov_backend *b = kn_calloc(1, sizeof *b);
+    if (!b) return kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+    b->base.ops = &k_ov_ops;
+    b->base.device = dev;
+    b->d = d;
+    kiln_status s;
+    if (d->stateless) {
+        b->sl.T = d->SW;
+        b->logits = kn_calloc((size_t)d->V, sizeof(float));
+        b->ids = kn_calloc((size_t)d->SW, sizeof(int32_t));
+        b->sl_mask = kn_calloc((size_t)d->SW, sizeof(int32_t));
+        s = b->logits && b->ids && b->sl_mask ? KILN_OK
+                                              : kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+        if (!s) s = new_request(b, d->cm_sl, &b->sl, err);
+        if (!s) s = wrap_stateless(b, err);
+    } else {
+        b->pre.T = d->C;
+        b->dec.T = 1;
+        s = alloc_kv(b, err);
+        if (!s) s = new_request(b, d->cm_pre, &b->pre, err);
+        if (!s) s = wrap_tensors(b, &b->pre, err);
+        if (!s) s = new_request(b, d->cm_dec, &b->dec, err);
+        if (!s) s = wrap_tensors(b, &b->dec, err);
+    }
+    if (s) {
+        ov_backend_free(&b->base);
+        return s;
+    }
+    *out = &b->base;
+    return KILN_OK;
+}
+
+/* ---- the device --------------------------------------------------------------------------- */
+
+static void ov_device_free(kn_device *dev) {
+    ov_device *d = (ov_device *)dev;
+    if (!d) return;
+    if (d->api.lib) {
+        if (d->cm_sl) d->api.compiled_model_free(d->cm_sl);
+        if (d->cm_dec) d->api.compiled_model_free(d->cm_dec);
+        if (d->cm_pre) d->api.compiled_model_free(d->cm_pre);
+        if (d->core) d->api.core_free(d->core);
+    }
+    pthread_mutex_destroy(&d->mu);
+    kn_free(d);
+}
+
+static const kn_device_ops k_ov_device_ops = {ov_open, ov_device_free};
+
+static kiln_status compile_graph(ov_device *d, const kn_device_params *p, const char *xml,
+                                 const char *file, const props *ps, ov_compiled_model **cm,
                                  kiln_error *err) {
+    /* A garbled file would send OpenVINO through its other frontends, each printing noise
+     * before the failure: check it is an IR with all its weights first. */
+    kiln_status ks = kn_ov_ir_check(xml, err);
+    if (ks) return ks;
     double t0 = kn_now_seconds();
-    ov_status st = compile(b, xml, p->ov_device, ps, &g->cm);
+    ov_status st = compile(d, xml, p->ov_device, ps, cm);
     if (st) {
         char e[600], what[300];
         snprintf(what, sizeof what, "cannot compile %s", file);
         return kn_fail(err, KILN_ERR_FORMAT, "openvino:%s: %s: %s", p->ov_device, what,
-                       kn_ov_error(&b->api, st, e, sizeof e));
+                       kn_ov_error(&d->api, st, e, sizeof e));
     }
-    st = b->api.compiled_model_create_infer_request(g->cm, &g->req);
-    if (st) return ov_fail(b, err, KILN_ERR_INTERNAL, st, "infer request");
+    d->base.n_compiles++;
     char msg[400];
     snprintf(msg, sizeof msg, "openvino:%s: %s ready in %.2f s", p->ov_device, file,
              kn_now_seconds() - t0);
@@ -648,38 +667,7 @@ static kiln_status compile_graph(ov_backend *b, const kn_backend_params *p, cons
     return KILN_OK;
 }
 
-static kiln_status alloc_stateless(ov_backend *b, kiln_error *err) {
-    b->logits = kn_calloc((size_t)b->V, sizeof(float));
-    b->sl_ids = kn_calloc((size_t)b->SW, sizeof(int32_t));
-    b->sl_mask = kn_calloc((size_t)b->SW, sizeof(int32_t));
-    if (!b->logits || !b->sl_ids || !b->sl_mask)
-        return kn_fail(err, KILN_ERR_NOMEM, "openvino: out of memory");
-    return KILN_OK;
-}
-
-static kiln_status alloc_buffers(ov_backend *b, kiln_error *err) {
-    const size_t W = (size_t)b->W, C = (size_t)b->C, planes = (size_t)b->L * 2 * (size_t)b->Hkv;
-    b->past_kv = kn_malloc(sizeof(float) * planes * W * (size_t)b->D);
-    b->new_kv = kn_malloc(sizeof(float) * planes * C * (size_t)b->D);
-    b->mask = kn_malloc(sizeof(float) * C * (W + C));
-    b->logits = kn_calloc((size_t)b->V, sizeof(float));
-    b->ids = kn_calloc(C, sizeof(int32_t));
-    b->pos = kn_calloc(C, sizeof(int32_t));
-    b->slot_pos = kn_malloc(sizeof(int32_t) * W);
-    b->slot_row = kn_malloc(sizeof(int32_t) * W);
-    b->row_slot = kn_calloc(C, sizeof(int32_t));
-    if (!b->past_kv || !b->new_kv || !b->mask || !b->logits || !b->ids || !b->pos ||
-        !b->slot_pos || !b->slot_row || !b->row_slot)
-        return kn_fail(err, KILN_ERR_NOMEM, "openvino: out of memory for a %zu-slot cache", W);
-    for (size_t s = 0; s < W; s++) b->slot_row[s] = -1;
-    memset(b->new_kv, 0, sizeof(float) * planes * C * (size_t)b->D);
-    memset(b->mask, 0, sizeof(float) * C * (W + C));
-    ov_reset(&b->base);
-    return KILN_OK;
-}
-
-static kiln_status open_ov(ov_backend *b, const kn_model *m, const kn_backend_params *p,
-                           kiln_error *err) {
+static kiln_status open_device(ov_device *d, const kn_device_params *p, kiln_error *err) {
     const char *dev = p->ov_device;
     /* XMLs at even indices (cache_dir_for hashes them whole) */
     static const char *const files[N_FILES] = {
@@ -707,88 +695,89 @@ static kiln_status open_ov(ov_backend *b, const kn_model *m, const kn_backend_pa
                            "%s: the offering has no %s (bake it with --target openvino, or run "
                            "with --device cpu)", dev, files[i]);
     }
-    kiln_status s = kn_ov_load(p->ov_lib, &b->api, err);
+    kiln_status s = kn_ov_load(p->ov_lib, &d->api, err);
     if (s) return kn_fail_prefix(err, "%s: ", dev);
-    ov_status st = b->api.core_create(&b->core);
+    ov_status st = d->api.core_create(&d->core);
     if (st) {
         char e[600];
         return kn_fail(err, KILN_ERR_DEVICE, "%s: OpenVINO (%s) cannot start: %s", dev,
-                       b->api.path, kn_ov_error(&b->api, st, e, sizeof e));
+                       d->api.path, kn_ov_error(&d->api, st, e, sizeof e));
     }
     if (!device_virtual(dev)) {
-        ov_devices d = {0};
-        st = b->api.core_get_available_devices(b->core, &d);
+        ov_devices ds = {0};
+        st = d->api.core_get_available_devices(d->core, &ds);
         if (st) {
             char e[600];
             return kn_fail(err, KILN_ERR_DEVICE, "%s: OpenVINO cannot list devices: %s", dev,
-                           kn_ov_error(&b->api, st, e, sizeof e));
+                           kn_ov_error(&d->api, st, e, sizeof e));
         }
-        bool here = device_listed(&d, dev);
-        b->api.available_devices_free(&d);
+        bool here = device_listed(&ds, dev);
+        d->api.available_devices_free(&ds);
         if (!here) {
             char seen[400];
             kiln_error e2;
-            if (kn_ov_devices_str(&b->api, b->core, seen, sizeof seen, &e2)) seen[0] = 0;
+            if (kn_ov_devices_str(&d->api, d->core, seen, sizeof seen, &e2)) seen[0] = 0;
             return kn_fail(err, KILN_ERR_DEVICE, "%s: not present (OpenVINO sees: %s)", dev,
                            seen[0] ? seen : "none");
         }
     }
 
-    b->m = m;
-    b->L = m->hp.n_layer;
-    b->Hkv = m->hp.n_head_kv;
-    b->D = m->hp.head_dim;
-    b->V = m->hp.n_vocab;
+    d->L = p->hp->n_layer;
+    d->Hkv = p->hp->n_head_kv;
+    d->D = p->hp->head_dim;
+    d->V = p->hp->n_vocab;
+    d->swa = p->hp->sliding_window;
+    d->stateless = p->stateless;
+    const int window = p->contract->window;
     char *cache = NULL;
     if ((s = cache_dir_for(p->offering_dir, files, &cache, err))) return s;
     char threads[16];
     snprintf(threads, sizeof threads, "%d", p->threads);
     props ps = {0};
     device_props(&ps, dev, cache, p->threads > 0 ? threads : NULL);
-    ov_etype f32 = 0, i32 = 0;
     if (p->stateless) {
-        b->stateless = true;
         char *xml = kn_path_join(p->offering_dir, files[4]);
-        s = xml ? compile_graph(b, p, xml, files[4], &ps, &b->sl, err)
+        s = xml ? compile_graph(d, p, xml, files[4], &ps, &d->cm_sl, err)
                 : kn_fail(err, KILN_ERR_NOMEM, "out of memory");
-        if (!s) s = bind_stateless(b, files[4], &f32, &i32, err);
-        if (!s) s = alloc_stateless(b, err);
-        if (!s) s = wrap_stateless(b, f32, i32, err);
+        if (!s) s = check_stateless(d, files[4], window, err);
         kn_free(xml);
         kn_free(cache);
         return s;
     }
     char *xml_pre = kn_path_join(p->offering_dir, files[0]);
     char *xml_dec = kn_path_join(p->offering_dir, files[2]);
+    int T = 0;
     if (!xml_pre || !xml_dec) s = kn_fail(err, KILN_ERR_NOMEM, "out of memory");
-    if (!s) s = compile_graph(b, p, xml_pre, files[0], &ps, &b->pre, err);
-    if (!s) s = bind_graph(b, &b->pre, files[0], true, &f32, &i32, err);
-    if (!s) s = compile_graph(b, p, xml_dec, files[2], &ps, &b->dec, err);
-    if (!s) s = bind_graph(b, &b->dec, files[2], false, &f32, &i32, err);
-    if (!s) s = alloc_buffers(b, err);
-    if (!s) s = wrap_tensors(b, &b->pre, f32, i32, err);
-    if (!s) s = wrap_tensors(b, &b->dec, f32, i32, err);
+    if (!s) s = compile_graph(d, p, xml_pre, files[0], &ps, &d->cm_pre, err);
+    if (!s) s = check_graph(d, d->cm_pre, files[0], true, window, &T, err);
+    if (!s) s = compile_graph(d, p, xml_dec, files[2], &ps, &d->cm_dec, err);
+    if (!s) s = check_graph(d, d->cm_dec, files[2], false, window, &T, err);
+    if (!s && d->C != p->contract->chunk)
+        s = kn_fail(err, KILN_ERR_FORMAT, "%s: the IR's prefill takes %d tokens, the contract's "
+                    "chunk is %d (re-bake with --target openvino)", files[0], d->C,
+                    p->contract->chunk);
     kn_free(xml_pre);
     kn_free(xml_dec);
     kn_free(cache);
     return s;
 }
 
-kiln_status kn_backend_openvino_new(const kn_model *m, const kn_backend_params *p,
-                                    kn_backend **out, kiln_error *err) {
+kiln_status kn_device_openvino_open(const kn_device_params *p, kn_device **out,
+                                    kiln_error *err) {
     *out = NULL;
     if (!p->ov_device || !*p->ov_device)
         return kn_fail(err, KILN_ERR_INVALID_ARG, "openvino: no device named");
-    ov_backend *b = kn_calloc(1, sizeof *b);
-    if (!b) return kn_fail(err, KILN_ERR_NOMEM, "out of memory");
-    b->base.ops = &k_ov_ops;
-    snprintf(b->base.device, sizeof b->base.device, "openvino:%s", p->ov_device);
-    kiln_status s = open_ov(b, m, p, err);
+    ov_device *d = kn_calloc(1, sizeof *d);
+    if (!d) return kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+    pthread_mutex_init(&d->mu, NULL);
+    d->base.ops = &k_ov_device_ops;
+    snprintf(d->base.name, sizeof d->base.name, "openvino:%s", p->ov_device);
+    kiln_status s = open_device(d, p, err);
     if (s) {
-        ov_backend_free(&b->base);
+        ov_device_free(&d->base);
         return s;
     }
-    *out = &b->base;
+    *out = &d->base;
     return KILN_OK;
 }
 

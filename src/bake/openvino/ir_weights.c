@@ -12,7 +12,7 @@
  * two per byte with element 2k in the low nibble of byte k, so nibbles are re-paired here. */
 #include <string.h>
 
-#include "backends/openvino/ir_build.h"
+#include "bake/openvino/ir_build.h"
 #include "quant/quant.h"
 
 static uint16_t rd16(const uint8_t *p) {

@@ -6,6 +6,12 @@
  * The variables are messages (role/content dicts), add_generation_prompt, bos_token, eos_token,
  * and tools/documents set to None, as transformers passes them.
  *
+ * Work is bounded whatever the template: the source is lexed in linear time and is at most
+ * KN_MAX_TEMPLATE_BYTES (1 MiB); a rendering may produce KN_MAX_TEMPLATE_OUTPUT bytes, run
+ * KN_MAX_TEMPLATE_LOOPS loop iterations and KN_MAX_TEMPLATE_STEPS units of work (a statement, an
+ * evaluation, an item visited, 32 bytes scanned; substring searches are linear), and use 256 MiB
+ * of arena (base/limits.h).
+ *
  * Errors: KILN_ERR_FORMAT for a template that does not parse; KILN_ERR_UNSUPPORTED for valid
  * Jinja that kiln does not implement (the caller may then fall back to a built-in format);
  * KILN_ERR_INVALID_ARG for raise_exception() (its message) and for render-time errors (a type
@@ -17,7 +23,12 @@
 #include <stddef.h>
 
 #include "base/base.h"
-#include "tokenizer/tokenizer.h"
+
+/* One message of a conversation (the chat templates' `messages`). */
+typedef struct kn_chat_msg {
+    const char *role;    /* "system", "user", "assistant" */
+    const char *content;
+} kn_chat_msg;
 
 typedef struct kn_jinja_vars {
     const kn_chat_msg *msgs;

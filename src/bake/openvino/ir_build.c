@@ -3,7 +3,7 @@
  * Layers are kept as records and the XML is written only at the end, because a tensor name
  * (the `names` attribute of a producer's output port) is known only once a Result asks for it.
  * Constant bytes go to the .bin immediately, so a multi-gigabyte model never sits in memory. */
-#include "backends/openvino/ir_build.h"
+#include "bake/openvino/ir_build.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -210,7 +210,7 @@ int kn_ovb_const(kn_ovb *b, kn_ov_et et, int rank, const int64_t *shape, const v
     uint64_t pad = (BIN_ALIGN - b->bin_off % BIN_ALIGN) % BIN_ALIGN;
     if ((pad && fwrite(zeros, 1, (size_t)pad, b->bin) != pad) ||
         (nbytes && fwrite(data, 1, (size_t)nbytes, b->bin) != nbytes))
-        return kn_ovb_fail(b, KILN_ERR_IO, "%s: write failed", b->bin_path);
+        return kn_ovb_fail(b, KILN_ERR_WRITE, "%s: write failed", b->bin_path);
     b->bin_off += pad;
     char s[160], attrs[320];
     shape_str(s, sizeof s, rank, shape);
@@ -520,7 +520,7 @@ kiln_status kn_ovb_finish(kn_ovb *b, FILE *xml, const char *net_name, kiln_error
     kiln_status s = KILN_OK;
     if (o.oom) s = kn_fail(err, KILN_ERR_NOMEM, "openvino IR: out of memory");
     else if (fwrite(o.data, 1, o.len, xml) != o.len)
-        s = kn_fail(err, KILN_ERR_IO, "openvino IR: writing the XML failed");
+        s = kn_fail(err, KILN_ERR_WRITE, "openvino IR: writing the XML failed");
     kn_buf_free(&o);
     return s;
 }

@@ -2,14 +2,17 @@
  *
  * Activations are [T, E] (batch 1 folded away); attention runs per KV head with the query heads
  * of a group stacked, [Hkv, g*T, D], so grouped-query attention needs no Broadcast or Tile of
- * K/V. Every op comes from opset1/4/8; shapes are inferred and checked by ir_build.c. */
-#include "backends/openvino/ir.h"
+ * K/V. Every op comes from opset1/4/8; shapes are inferred and checked by ir_build.c.
+ *
+ * This graph and the native C forward (backends/cpu/session.c) compute the same block: a change
+ * to one must be made to the other (tests/py/test_openvino_ir.py compares them on the goldens). */
+#include "bake/openvino/ir.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "backends/openvino/ir_build.h"
+#include "bake/openvino/ir_build.h"
 #include "kernels/kernels.h"
 
 typedef struct ov_ctx {
@@ -365,12 +368,12 @@ kiln_status kn_ov_write_ir_graph(const kn_gguf *model_gguf, const kn_hparams *hp
     if (group == 0) return KILN_ERR_INVALID_ARG;
 
     FILE *xf = fopen(xml_path, "wb");
-    if (!xf) return kn_fail(err, KILN_ERR_IO, "%s: cannot create", xml_path);
+    if (!xf) return kn_fail(err, KILN_ERR_WRITE, "%s: cannot create", xml_path);
     FILE *bf = fopen(bin_path, "wb");
     if (!bf) {
         fclose(xf);
         remove(xml_path);
-        return kn_fail(err, KILN_ERR_IO, "%s: cannot create", bin_path);
+        return kn_fail(err, KILN_ERR_WRITE, "%s: cannot create", bin_path);
     }
     kiln_status s = KILN_ERR_NOMEM;
     kn_ovb *b = kn_ovb_new(bf, bin_path, err);
@@ -384,9 +387,9 @@ kiln_status kn_ov_write_ir_graph(const kn_gguf *model_gguf, const kn_hparams *hp
         kn_ovb_free(b);
     }
     if (fclose(bf) != 0 && s == KILN_OK)
-        s = kn_fail(err, KILN_ERR_IO, "%s: write failed", bin_path);
+        s = kn_fail(err, KILN_ERR_WRITE, "%s: write failed", bin_path);
     if (fclose(xf) != 0 && s == KILN_OK)
-        s = kn_fail(err, KILN_ERR_IO, "%s: write failed", xml_path);
+        s = kn_fail(err, KILN_ERR_WRITE, "%s: write failed", xml_path);
     if (s != KILN_OK) {
         remove(xml_path);
         remove(bin_path);

@@ -1,5 +1,5 @@
 /* source.c — open a GGUF file, a Hugging Face folder or a cached HF id as one kn_source. */
-#include "formats/source.h"
+#include "model/source.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -9,9 +9,11 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "base/limits.h"
+#include "formats/json.h"
 #include "quant/quant.h"
 
-#define JSON_MAX (64u << 20) /* tokenizer.json of large vocabularies reaches ~20 MB */
+#define JSON_MAX KN_MAX_JSON_BYTES /* tokenizer.json of large vocabularies reaches ~20 MB */
 
 static kiln_status add_file(kn_source *s, const char *path, const void *data, size_t n,
                             kiln_error *err) {
@@ -27,22 +29,42 @@ static kiln_status add_file(kn_source *s, const char *path, const void *data, si
 }
 
 static kiln_status add_tensor(kn_source *s, kn_src_tensor *t, kiln_error *err) {
+    if (s->n_tensors >= KN_MAX_TENSORS)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: more than %d tensors", s->label,
+                       KN_MAX_TENSORS);
     if (s->n_tensors % 64 == 0) {
         kn_src_tensor *nt = kn_realloc(s->tensors, (size_t)(s->n_tensors + 64) * sizeof *nt);
         if (!nt) return kn_fail(err, KILN_ERR_NOMEM, "%s: out of memory", s->label);
         s->tensors = nt;
     }
-    for (int i = 0; i < s->n_tensors; i++)
-        if (strcmp(s->tensors[i].name, t->name) == 0)
-            return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor %s appears twice", t->file, t->name);
     s->tensors[s->n_tensors++] = *t;
     return KILN_OK;
 }
 
-const kn_src_tensor *kn_source_find(const kn_source *s, const char *name) {
+/* Sorts the names once all tensors are in: duplicates (the same GGUF name from two shards, or
+ * two HF names mapping to one) are refused, and kn_source_find is a binary search. */
+static kiln_status index_tensors(kn_source *s, kiln_error *err) {
+    s->names = kn_malloc(((size_t)s->n_tensors + 1) * sizeof *s->names);
+    if (!s->names) return kn_fail(err, KILN_ERR_NOMEM, "%s: out of memory", s->label);
     for (int i = 0; i < s->n_tensors; i++)
-        if (strcmp(s->tensors[i].name, name) == 0) return &s->tensors[i];
-    return NULL;
+        s->names[i] = (kn_name_ref){s->tensors[i].name, strlen(s->tensors[i].name), (uint64_t)i};
+    kn_names_sort(s->names, (size_t)s->n_tensors);
+    const kn_name_ref *dup = kn_names_dup(s->names, (size_t)s->n_tensors);
+    if (dup) {
+        const kn_src_tensor *t = &s->tensors[dup[1].idx];
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor %s appears twice", t->file, t->name);
+    }
+    return KILN_OK;
+}
+
+const kn_src_tensor *kn_source_find(const kn_source *s, const char *name) {
+    if (!s->names) {
+        for (int i = 0; i < s->n_tensors; i++)
+            if (strcmp(s->tensors[i].name, name) == 0) return &s->tensors[i];
+        return NULL;
+    }
+    const kn_name_ref *r = kn_names_find(s->names, (size_t)s->n_tensors, name, strlen(name));
+    return r ? &s->tensors[r->idx] : NULL;
 }
 
 /* Every tensor the hyperparameters call for is present with the implied shape, and nothing
@@ -59,6 +81,11 @@ static kiln_status check_schema(kn_source *s, kiln_error *err) {
             const kn_src_tensor *t = kn_source_find(s, name);
             if (!t)
                 return kn_fail(err, KILN_ERR_FORMAT, "%s: missing tensor %s", s->label, name);
+            if (!kn_tensor_type_ok((kn_tensor_role)r, t->type))
+                return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor %s has type %s, which is not a "
+                               "type for %s", t->file, name, kn_type_name(t->type),
+                               kn_tensor_role_is_matrix((kn_tensor_role)r)
+                                   ? "weights" : "a norm or bias (F32, F16, BF16)");
             bool ok = t->ne[0] == ne[0] && t->ne[2] == 1 && t->ne[3] == 1 &&
                       (nd == 1 ? t->ne[1] == 1 : t->ne[1] == ne[1]);
             if (!ok)
@@ -75,20 +102,15 @@ static kiln_status check_schema(kn_source *s, kiln_error *err) {
     }
     for (int i = 0; i < s->n_tensors; i++) {
         const char *nm = s->tensors[i].name;
-        if (strcmp(nm, "rope_freqs.weight") == 0) continue;
-        bool known = false;
-        for (int r = 0; r < KN_T_ROLE_COUNT && !known; r++) {
-            int layers = kn_tensor_role_is_per_layer((kn_tensor_role)r) ? hp->n_layer : 1;
-            for (int l = 0; l < layers && !known; l++) {
-                char name[96];
-                int nd;
-                int64_t ne[2];
-                if (kn_tensor_expected(hp, (kn_tensor_role)r, l, name, sizeof name, &nd, ne) &&
-                    strcmp(name, nm) == 0)
-                    known = true;
-            }
+        if (strcmp(nm, "rope_freqs.weight") == 0) {
+            if (s->tensors[i].type != KN_TYPE_F32)
+                return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor %s has type %s (F32 expected)",
+                               s->tensors[i].file, nm, kn_type_name(s->tensors[i].type));
+            continue;
         }
-        if (!known)
+        kn_tensor_role role;
+        int layer;
+        if (!kn_tensor_role_of(hp, nm, &role, &layer))
             return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: unexpected tensor %s (%s)",
                            s->tensors[i].file, nm, s->tensors[i].orig_name);
     }
@@ -138,16 +160,23 @@ static kiln_status open_gguf(kn_source *s, const char *path, kiln_error *err) {
 
 /* ---- Hugging Face ---- */
 
-static int json_int(const cJSON *o, const char *key, int def) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!cJSON_IsNumber(v)) return def;
-    if (v->valuedouble > 2147483647.0 || v->valuedouble < -2147483648.0) return -1;
-    return (int)v->valuedouble;
-}
-
-static double json_num(const cJSON *o, const char *key, double def) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsNumber(v) ? v->valuedouble : def;
+/* eos_token_id: one id, or a list whose first entry is the id kiln uses; absent or null: keep
+ * *id as it is. */
+static kiln_status eos_id_of(const cJSON *o, const char *label, int *id, kiln_error *err) {
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(o, "eos_token_id");
+    if (cJSON_IsArray(e)) {
+        const cJSON *it;
+        int64_t v, first = -1;
+        cJSON_ArrayForEach(it, e) {
+            if (!kn_json_i64(it, 0, INT32_MAX, &v))
+                return kn_fail(err, KILN_ERR_FORMAT, "%s: eos_token_id holds an entry that is not "
+                               "a token id in [0, %d]", label, INT32_MAX);
+            if (first < 0) first = v;
+        }
+        if (first >= 0) *id = (int)first;
+        return KILN_OK;
+    }
+    return kn_json_get_i32(o, "eos_token_id", -1, INT32_MAX, *id, id, label, err);
 }
 
 kiln_status kn_hparams_from_hf_config(const char *json, const char *label, kn_hparams *hp,
@@ -165,37 +194,47 @@ kiln_status kn_hparams_from_hf_config(const char *json, const char *label, kn_hp
     const char *archname = NULL;
     if (cJSON_IsArray(archs) && cJSON_IsString(cJSON_GetArrayItem(archs, 0)))
         archname = cJSON_GetArrayItem(archs, 0)->valuestring;
-    if (!arch && archname) {
-        if (strcmp(archname, "LlamaForCausalLM") == 0) arch = "llama";
-        else if (strcmp(archname, "MistralForCausalLM") == 0) arch = "mistral";
-        else if (strcmp(archname, "Qwen2ForCausalLM") == 0) arch = "qwen2";
-    }
-    if (!arch) {
+    if (!arch && !archname) {
         st = kn_fail(err, KILN_ERR_FORMAT, "%s: no model_type or architectures", label);
         goto done;
     }
-    if (strcmp(arch, "llama") == 0 || strcmp(arch, "mistral") == 0) {
-        hp->arch = KN_ARCH_LLAMA;
-        snprintf(hp->arch_name, sizeof hp->arch_name, "llama");
-    } else if (strcmp(arch, "qwen2") == 0) {
-        hp->arch = KN_ARCH_QWEN2;
-        snprintf(hp->arch_name, sizeof hp->arch_name, "qwen2");
-        hp->rope_neox = true;
-        hp->qkv_bias = true;
-    } else {
+    const kn_arch_info *ai = kn_arch_from_hf(arch, archname);
+    if (!ai) {
         st = kn_fail(err, KILN_ERR_UNSUPPORTED,
-                     "%s: architecture '%s'%s%s%s is not supported (llama, mistral, qwen2)",
-                     label, arch, archname ? " (" : "", archname ? archname : "",
-                     archname ? ")" : "");
+                     "%s: architecture '%s'%s%s%s is not supported (%s)", label,
+                     arch ? arch : archname, arch && archname ? " (" : "",
+                     arch && archname ? archname : "", arch && archname ? ")" : "",
+                     kn_arch_supported());
         goto done;
     }
-    hp->n_layer = json_int(c, "num_hidden_layers", 0);
-    hp->n_embd = json_int(c, "hidden_size", 0);
-    hp->n_ff = json_int(c, "intermediate_size", 0);
-    hp->n_head = json_int(c, "num_attention_heads", 0);
-    hp->n_head_kv = json_int(c, "num_key_value_heads", hp->n_head);
-    hp->head_dim = json_int(c, "head_dim", 0);
-    if (hp->head_dim <= 0 && hp->n_head > 0) {
+    hp->arch = ai->id;
+    snprintf(hp->arch_name, sizeof hp->arch_name, "%s", ai->name);
+    hp->rope_neox = ai->rope_neox;
+    hp->qkv_bias = ai->qkv_bias;
+    /* Every number through the range-checked reader: kn_hparams_validate then applies the
+     * model limits to values that are at least integers. */
+    const int M = INT32_MAX;
+    if ((st = kn_json_get_i32(c, "num_hidden_layers", 1, M, 0, &hp->n_layer, label, err)) ||
+        (st = kn_json_get_i32(c, "hidden_size", 1, M, 0, &hp->n_embd, label, err)) ||
+        (st = kn_json_get_i32(c, "intermediate_size", 1, M, 0, &hp->n_ff, label, err)) ||
+        (st = kn_json_get_i32(c, "num_attention_heads", 1, M, 0, &hp->n_head, label, err)) ||
+        (st = kn_json_get_i32(c, "num_key_value_heads", 1, M, hp->n_head, &hp->n_head_kv, label,
+                              err)) ||
+        (st = kn_json_get_i32(c, "head_dim", 1, M, 0, &hp->head_dim, label, err)) ||
+        (st = kn_json_get_i32(c, "vocab_size", 1, M, 0, &hp->n_vocab, label, err)) ||
+        (st = kn_json_get_i32(c, "max_position_embeddings", 1, M, 2048, &hp->n_ctx_train, label,
+                              err)) ||
+        (st = kn_json_get_f32(c, "rope_theta", 10000.0f, &hp->rope_theta, label, err)) ||
+        (st = kn_json_get_f32(c, "rms_norm_eps", 1e-6f, &hp->rms_eps, label, err)))
+        goto done;
+    if (hp->n_layer <= 0 || hp->n_embd <= 0 || hp->n_ff <= 0 || hp->n_head <= 0 ||
+        hp->n_vocab <= 0) {
+        st = kn_fail(err, KILN_ERR_FORMAT, "%s: num_hidden_layers, hidden_size, "
+                     "intermediate_size, num_attention_heads and vocab_size must be positive "
+                     "integers", label);
+        goto done;
+    }
+    if (hp->head_dim <= 0) {
         if (hp->n_embd % hp->n_head) {
             st = kn_fail(err, KILN_ERR_FORMAT, "%s: hidden_size %d is not a multiple of "
                          "num_attention_heads %d and no head_dim is given", label, hp->n_embd,
@@ -205,94 +244,42 @@ kiln_status kn_hparams_from_hf_config(const char *json, const char *label, kn_hp
         hp->head_dim = hp->n_embd / hp->n_head;
     }
     hp->rope_dim = hp->head_dim;
-    hp->n_vocab = json_int(c, "vocab_size", 0);
-    hp->n_ctx_train = json_int(c, "max_position_embeddings", 2048);
-    hp->rope_theta = (float)json_num(c, "rope_theta", 10000.0);
-    hp->rms_eps = (float)json_num(c, "rms_norm_eps", 1e-6);
     hp->tied_embeddings = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c, "tie_word_embeddings"));
     const cJSON *sw = cJSON_GetObjectItemCaseSensitive(c, "sliding_window");
     const cJSON *use_sw = cJSON_GetObjectItemCaseSensitive(c, "use_sliding_window");
-    if (cJSON_IsNumber(sw) && (hp->arch == KN_ARCH_LLAMA || cJSON_IsTrue(use_sw)))
-        hp->sliding_window = json_int(c, "sliding_window", 0);
+    if (cJSON_IsNumber(sw) && (ai->hf_sliding_window_always || cJSON_IsTrue(use_sw)) &&
+        (st = kn_json_get_i32(c, "sliding_window", 0, M, 0, &hp->sliding_window, label, err)))
+        goto done;
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(c, "rope_scaling");
     if (cJSON_IsObject(rs)) {
         const cJSON *ty = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
         if (!cJSON_IsString(ty)) ty = cJSON_GetObjectItemCaseSensitive(rs, "type");
         const char *t = cJSON_IsString(ty) ? ty->valuestring : "";
-        hp->rope_factor = (float)json_num(rs, "factor", 1.0);
+        if ((st = kn_json_get_f32(rs, "factor", 1.0f, &hp->rope_factor, label, err))) goto done;
         if (strcmp(t, "linear") == 0) {
             hp->rope_scaling = KN_ROPE_SCALING_LINEAR;
         } else if (strcmp(t, "llama3") == 0) {
             hp->rope_scaling = KN_ROPE_SCALING_LLAMA3;
-            hp->rope_low_freq_factor = (float)json_num(rs, "low_freq_factor", 1.0);
-            hp->rope_high_freq_factor = (float)json_num(rs, "high_freq_factor", 4.0);
-            hp->rope_orig_ctx = json_int(rs, "original_max_position_embeddings", 8192);
+            if ((st = kn_json_get_f32(rs, "low_freq_factor", 1.0f, &hp->rope_low_freq_factor,
+                                      label, err)) ||
+                (st = kn_json_get_f32(rs, "high_freq_factor", 4.0f, &hp->rope_high_freq_factor,
+                                      label, err)) ||
+                (st = kn_json_get_i32(rs, "original_max_position_embeddings", 1, M, 8192,
+                                      &hp->rope_orig_ctx, label, err)))
+                goto done;
         } else if (strcmp(t, "default") != 0 && t[0]) {
             st = kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: rope_scaling type '%s' is not supported "
                          "(linear, llama3)", label, t);
             goto done;
         }
     }
-    *bos_id = json_int(c, "bos_token_id", -1);
-    const cJSON *eos = cJSON_GetObjectItemCaseSensitive(c, "eos_token_id");
-    if (cJSON_IsArray(eos) && cJSON_IsNumber(cJSON_GetArrayItem(eos, 0)))
-        *eos_id = (int)cJSON_GetArrayItem(eos, 0)->valuedouble;
-    else
-        *eos_id = json_int(c, "eos_token_id", -1);
-    if (hp->n_layer <= 0 || hp->n_embd <= 0 || hp->n_ff <= 0 || hp->n_head <= 0 ||
-        hp->n_vocab <= 0) {
-        st = kn_fail(err, KILN_ERR_FORMAT, "%s: num_hidden_layers, hidden_size, "
-                     "intermediate_size, num_attention_heads and vocab_size must be positive "
-                     "integers", label);
-        goto done;
-    }
+    if ((st = kn_json_get_i32(c, "bos_token_id", -1, M, -1, bos_id, label, err))) goto done;
+    *eos_id = -1;
+    if ((st = eos_id_of(c, label, eos_id, err))) goto done;
     st = kn_hparams_validate(hp, label, err);
 done:
     cJSON_Delete(c);
     return st;
-}
-
-/* Hugging Face tensor names -> GGUF names. Returns false for a name kiln does not know. */
-static bool map_hf_name(const char *hf, char *out, size_t n, bool *skip) {
-    *skip = false;
-    static const struct { const char *hf, *gg; } top[] = {
-        {"model.embed_tokens.weight", "token_embd.weight"},
-        {"model.norm.weight", "output_norm.weight"},
-        {"lm_head.weight", "output.weight"},
-    };
-    for (size_t i = 0; i < sizeof top / sizeof top[0]; i++)
-        if (strcmp(hf, top[i].hf) == 0) {
-            snprintf(out, n, "%s", top[i].gg);
-            return true;
-        }
-    int layer, used = 0;
-    if (sscanf(hf, "model.layers.%d.%n", &layer, &used) != 1 || used == 0 || layer < 0)
-        return false;
-    const char *rest = hf + used;
-    static const struct { const char *hf, *gg; } per[] = {
-        {"input_layernorm.weight", "attn_norm.weight"},
-        {"self_attn.q_proj.weight", "attn_q.weight"},
-        {"self_attn.k_proj.weight", "attn_k.weight"},
-        {"self_attn.v_proj.weight", "attn_v.weight"},
-        {"self_attn.q_proj.bias", "attn_q.bias"},
-        {"self_attn.k_proj.bias", "attn_k.bias"},
-        {"self_attn.v_proj.bias", "attn_v.bias"},
-        {"self_attn.o_proj.weight", "attn_output.weight"},
-        {"post_attention_layernorm.weight", "ffn_norm.weight"},
-        {"mlp.gate_proj.weight", "ffn_gate.weight"},
-        {"mlp.up_proj.weight", "ffn_up.weight"},
-        {"mlp.down_proj.weight", "ffn_down.weight"},
-    };
-    for (size_t i = 0; i < sizeof per / sizeof per[0]; i++)
-        if (strcmp(rest, per[i].hf) == 0) {
-            snprintf(out, n, "blk.%d.%s", layer, per[i].gg);
-            return true;
-        }
-    if (strcmp(rest, "self_attn.rotary_emb.inv_freq") == 0) {
-        *skip = true; /* recomputed from rope_theta */
-        return true;
-    }
-    return false;
 }
 
 static kiln_status read_side_json(kn_source *s, const char *name, char **out, bool required,
@@ -357,15 +344,17 @@ static kiln_status open_hf(kn_source *s, kiln_error *err) {
     kn_free(cfg);
     if (st) return st;
     if (s->generation_config_json) {
+        /* the ids the model was trained to use win over config.json's */
+        char *gl = kn_path_join(s->path, "generation_config.json");
         cJSON *g = cJSON_Parse(s->generation_config_json);
-        int b = json_int(g, "bos_token_id", -1);
-        const cJSON *e = cJSON_GetObjectItemCaseSensitive(g, "eos_token_id");
-        if (b >= 0) s->bos_id = b;
-        if (cJSON_IsArray(e) && cJSON_IsNumber(cJSON_GetArrayItem(e, 0)))
-            s->eos_id = (int)cJSON_GetArrayItem(e, 0)->valuedouble;
-        else if (cJSON_IsNumber(e))
-            s->eos_id = (int)e->valuedouble;
+        int b = -1;
+        st = gl ? kn_json_get_i32(g, "bos_token_id", -1, INT32_MAX, -1, &b, gl, err)
+                : kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+        if (!st && b >= 0) s->bos_id = b;
+        if (!st) st = eos_id_of(g, gl, &s->eos_id, err);
         cJSON_Delete(g);
+        kn_free(gl);
+        if (st) return st;
     }
 
     char *single = kn_path_join(s->path, "model.safetensors");
@@ -405,11 +394,12 @@ static kiln_status open_hf(kn_source *s, kiln_error *err) {
             kn_st_tensor *x = &sh->tensors[k];
             kn_src_tensor t = {0};
             bool skip;
-            if (!map_hf_name(x->name, t.name, sizeof t.name, &skip))
+            kn_tensor_role role;
+            if (!kn_tensor_from_hf(x->name, t.name, sizeof t.name, &role, &skip))
                 return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: unexpected tensor %s", sh->path,
                                x->name);
             if (skip) continue;
-            if (strcmp(t.name, "output.weight") == 0) {
+            if (role == KN_T_OUTPUT) {
                 has_lm_head = true;
                 if (s->hp.tied_embeddings) continue; /* tied: the classifier is token_embd */
             }
@@ -426,9 +416,9 @@ static kiln_status open_hf(kn_source *s, kiln_error *err) {
                 return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor %s is empty", sh->path, x->name);
             t.data = x->data;
             t.nbytes = x->nbytes;
-            if (s->hp.arch == KN_ARCH_LLAMA && strstr(t.name, ".attn_q.weight"))
+            if (kn_arch_get(s->hp.arch)->hf_permute_qk && role == KN_T_ATTN_Q)
                 t.permute_heads = s->hp.n_head;
-            if (s->hp.arch == KN_ARCH_LLAMA && strstr(t.name, ".attn_k.weight"))
+            if (kn_arch_get(s->hp.arch)->hf_permute_qk && role == KN_T_ATTN_K)
                 t.permute_heads = s->hp.n_head_kv;
             st = add_tensor(s, &t, err);
         }
@@ -511,7 +501,12 @@ kiln_status kn_source_open(const char *what, kn_source **out, kiln_error *err) {
     } else if (kn_is_dir(what)) {
         char *cfg = kn_path_join(what, "config.json");
         char *mg = kn_path_join(what, "model.gguf");
-        if (!cfg || !mg) st = kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+        char *man = kn_path_join(what, "manifest.json");
+        if (!cfg || !mg || !man) st = kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+        else if (!kn_is_file(cfg) && !kn_is_file(mg) && kn_is_file(man))
+            /* what is left of an offering, not a Hugging Face folder missing its config */
+            st = kn_fail(err, KILN_ERR_FORMAT, "%s: an offering without its model.gguf (only "
+                         "manifest.json is there): bake it again", what);
         else if (!kn_is_file(cfg) && kn_is_file(mg)) {
             s->path = kn_strdup(mg); /* an offering folder: its model.gguf */
             st = s->path ? open_gguf(s, mg, err) : kn_fail(err, KILN_ERR_NOMEM, "out of memory");
@@ -521,6 +516,7 @@ kiln_status kn_source_open(const char *what, kn_source **out, kiln_error *err) {
         }
         kn_free(cfg);
         kn_free(mg);
+        kn_free(man);
     } else if (strchr(what, '/') && what[0] != '/' && what[0] != '.' &&
                !strchr(strchr(what, '/') + 1, '/')) {
         st = kn_hf_cache_resolve(what, &s->path, err);
@@ -528,6 +524,7 @@ kiln_status kn_source_open(const char *what, kn_source **out, kiln_error *err) {
     } else {
         st = kn_fail(err, KILN_ERR_IO, "%s: no such file or directory", what);
     }
+    if (!st) st = index_tensors(s, err);
     if (!st) st = check_schema(s, err);
     if (st) {
         kn_source_close(s);
@@ -543,6 +540,7 @@ void kn_source_close(kn_source *s) {
     for (int i = 0; i < s->n_shards; i++) kn_safetensors_close(s->shards[i]);
     kn_free(s->shards);
     kn_free(s->tensors);
+    kn_free(s->names);
     for (int i = 0; i < s->n_files; i++) kn_free(s->files[i].path);
     kn_free(s->files);
     kn_free(s->config_json);

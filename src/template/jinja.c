@@ -7,7 +7,7 @@
  * because nothing outside the arena and the output buffer is owned mid-render. Output size,
  * arena size, loop iterations and nesting depth are capped so no template can exhaust memory,
  * spin forever or overflow the stack. */
-#include "tokenizer/jinja.h"
+#include "template/jinja.h"
 
 #include <math.h>
 #include <setjmp.h>
@@ -18,9 +18,15 @@
 #include <string.h>
 #include <utf8proc.h>
 
-#define MAX_OUTPUT ((size_t)64 << 20)
-#define MAX_ARENA ((size_t)512 << 20)
-#define MAX_ITERATIONS 1000000u
+#include "base/limits.h"
+
+/* The caps (base/limits.h): source size, output, loop iterations and evaluation steps bound
+ * the work of one rendering; arena and depth bound memory and stack. */
+#define MAX_SOURCE ((size_t)KN_MAX_TEMPLATE_BYTES)
+#define MAX_OUTPUT ((size_t)KN_MAX_TEMPLATE_OUTPUT)
+#define MAX_ARENA ((size_t)256 << 20)
+#define MAX_ITERATIONS KN_MAX_TEMPLATE_LOOPS
+#define MAX_STEPS KN_MAX_TEMPLATE_STEPS
 #define MAX_DEPTH 200
 
 /* ---------------------------------------------------------------- values */
@@ -118,6 +124,9 @@ typedef struct R {
     const char *src;
     int depth;
     unsigned long iterations;
+    unsigned long steps;      /* statements run and expressions evaluated */
+    const char *line_p;       /* lexer: line_no is the line of line_p (advanced, never rescanned) */
+    int line_no;
     frame *globals;
 } R;
 
@@ -170,6 +179,18 @@ static void *agrow(R *r, void *p, size_t n, size_t *cap, size_t elem) {
     return q;
 }
 
+/* Charges units of work (an evaluation, an item visited, 32 bytes scanned) against the
+ * rendering's budget, so no template can make one turn cost minutes however it combines
+ * loops, big strings and lookups. */
+static void work(R *r, size_t units) {
+    r->steps += units;
+    if (r->steps > MAX_STEPS)
+        fail(r, KILN_ERR_INVALID_ARG, "chat template: rendering takes more than %u steps",
+             MAX_STEPS);
+}
+
+static void work_bytes(R *r, size_t n) { work(r, 1 + n / 32); }
+
 static jv mk_undef(void) { jv v = {JV_UNDEF, {0}}; return v; }
 static jv mk_none(void) { jv v = {JV_NONE, {0}}; return v; }
 static jv mk_bool(bool b) { jv v = {JV_BOOL, {0}}; v.u.b = b; return v; }
@@ -199,16 +220,16 @@ static bool str_eq(jv a, const char *s, size_t n) {
     return a.t == JV_STR && a.u.s.n == n && (n == 0 || memcmp(a.u.s.p, s, n) == 0);
 }
 
-static bool value_eq(jv a, jv b);
+static bool value_eq(R *r, jv a, jv b);
 
-static jv *dict_find(jdict *d, jv k) {
+static jv *dict_find(R *r, jdict *d, jv k) {
     for (size_t i = 0; i < d->n; i++)
-        if (value_eq(d->k[i], k)) return &d->v[i];
+        if (value_eq(r, d->k[i], k)) return &d->v[i];
     return NULL;
 }
 
 static void dict_set(R *r, jdict *d, jv k, jv v) {
-    jv *p = dict_find(d, k);
+    jv *p = dict_find(r, d, k);
     if (p) {
         *p = v;
         return;
@@ -255,7 +276,9 @@ static double num_f(jv v) {
 }
 static int64_t num_i(jv v) { return v.t == JV_INT ? v.u.i : (int64_t)v.u.b; }
 
-static bool value_eq(jv a, jv b) {
+static bool value_eq(R *r, jv a, jv b) {
+    work(r, 1);
+    if (a.t == JV_STR && b.t == JV_STR) work_bytes(r, a.u.s.n < b.u.s.n ? a.u.s.n : b.u.s.n);
     if (is_num(a) && is_num(b)) {
         if (a.t == JV_FLOAT || b.t == JV_FLOAT) return num_f(a) == num_f(b);
         return num_i(a) == num_i(b);
@@ -267,13 +290,13 @@ static bool value_eq(jv a, jv b) {
     case JV_LIST:
         if (a.u.l->n != b.u.l->n) return false;
         for (size_t i = 0; i < a.u.l->n; i++)
-            if (!value_eq(a.u.l->v[i], b.u.l->v[i])) return false;
+            if (!value_eq(r, a.u.l->v[i], b.u.l->v[i])) return false;
         return true;
     case JV_DICT:
         if (a.u.d->n != b.u.d->n) return false;
         for (size_t i = 0; i < a.u.d->n; i++) {
-            jv *o = dict_find(b.u.d, a.u.d->k[i]);
-            if (!o || !value_eq(a.u.d->v[i], *o)) return false;
+            jv *o = dict_find(r, b.u.d, a.u.d->k[i]);
+            if (!o || !value_eq(r, a.u.d->v[i], *o)) return false;
         }
         return true;
     case JV_NS: return a.u.d == b.u.d;
@@ -328,7 +351,8 @@ static size_t u8_next(const char *s, size_t n, size_t i, int32_t *cp) {
     return (size_t)k;
 }
 
-static size_t u8_count(const char *s, size_t n) {
+static size_t u8_count(R *r, const char *s, size_t n) {
+    work_bytes(r, n);
     size_t c = 0;
     int32_t cp;
     for (size_t i = 0; i < n; c++) i += u8_next(s, n, i, &cp);
@@ -413,7 +437,9 @@ static bool in_chars(int32_t c, jv chars) {
 }
 
 /* Python str.strip/lstrip/rstrip with optional chars (a non-string means whitespace). */
-static jv str_strip(jv s, jv chars, bool left, bool right) {
+static jv str_strip(R *r, jv s, jv chars, bool left, bool right) {
+    /* each character is looked up in chars: charge for the worst case up front */
+    work_bytes(r, s.u.s.n * (chars.t == JV_STR ? chars.u.s.n + 1 : 1));
     const char *p = s.u.s.p;
     size_t a = 0, e = s.u.s.n;
     int32_t c;
@@ -612,10 +638,15 @@ static void push_tok(R *r, tok t) {
     r->toks[r->ntok++] = t;
 }
 
+/* The line of p. The lexer asks in increasing order, so counting on from the last answer keeps
+ * lexing linear in the template size (counting from the start each time was quadratic). */
 static int line_at(R *r, const char *p) {
-    int line = 1;
-    for (const char *q = r->src; q < p; q++) line += *q == '\n';
-    return line;
+    if (!r->line_p || p < r->line_p) {
+        r->line_p = r->src;
+        r->line_no = 1;
+    }
+    for (; r->line_p < p; r->line_p++) r->line_no += *r->line_p == '\n';
+    return r->line_no;
 }
 
 static bool ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
@@ -1415,16 +1446,17 @@ static _Noreturn void undefined_err(R *r, node *x) {
     fail(r, KILN_ERR_INVALID_ARG, "chat template line %d: an undefined value was used", x->line);
 }
 
-static jv getattr_v(jv o, jv key) {
+static jv getattr_v(R *r, jv o, jv key) {
     if ((o.t == JV_DICT || o.t == JV_NS)) {
-        jv *p = dict_find(o.u.d, key);
+        jv *p = dict_find(r, o.u.d, key);
         if (p) return *p;
     }
     return mk_undef();
 }
 
 /* Code point index -> byte offset (clamped). */
-static size_t cp_offset(const char *s, size_t n, int64_t idx) {
+static size_t cp_offset(R *r, const char *s, size_t n, int64_t idx) {
+    work_bytes(r, n);
     size_t i = 0;
     int32_t c;
     while (idx > 0 && i < n) {
@@ -1435,14 +1467,14 @@ static size_t cp_offset(const char *s, size_t n, int64_t idx) {
 }
 
 static jv getitem_v(R *r, jv o, jv key) {
-    if (o.t == JV_DICT || o.t == JV_NS) return getattr_v(o, key);
+    if (o.t == JV_DICT || o.t == JV_NS) return getattr_v(r, o, key);
     if ((o.t == JV_LIST || o.t == JV_STR) && (key.t == JV_INT || key.t == JV_BOOL)) {
-        int64_t len = o.t == JV_LIST ? (int64_t)o.u.l->n : (int64_t)u8_count(o.u.s.p, o.u.s.n);
+        int64_t len = o.t == JV_LIST ? (int64_t)o.u.l->n : (int64_t)u8_count(r, o.u.s.p, o.u.s.n);
         int64_t i = num_i(key);
         if (i < 0) i += len;
         if (i < 0 || i >= len) return mk_undef();
         if (o.t == JV_LIST) return o.u.l->v[i];
-        size_t a = cp_offset(o.u.s.p, o.u.s.n, i);
+        size_t a = cp_offset(r, o.u.s.p, o.u.s.n, i);
         int32_t c;
         size_t k = u8_next(o.u.s.p, o.u.s.n, a, &c);
         return mk_str(o.u.s.p + a, k);
@@ -1459,7 +1491,7 @@ static jv slice_v(R *r, node *x, jv o, jv a, jv b, jv c) {
     for (int i = 0; i < 3; i++)
         if (parts[i].t != JV_UNDEF && parts[i].t != JV_NONE && parts[i].t != JV_INT && parts[i].t != JV_BOOL)
             fail(r, KILN_ERR_INVALID_ARG, "chat template line %d: slice indices must be integers", x->line);
-    int64_t len = o.t == JV_LIST ? (int64_t)o.u.l->n : (int64_t)u8_count(o.u.s.p, o.u.s.n);
+    int64_t len = o.t == JV_LIST ? (int64_t)o.u.l->n : (int64_t)u8_count(r, o.u.s.p, o.u.s.n);
     int64_t step = (c.t == JV_INT || c.t == JV_BOOL) ? num_i(c) : 1;
     if (step == 0) fail(r, KILN_ERR_INVALID_ARG, "chat template line %d: slice step cannot be zero", x->line);
     int64_t lo, hi;
@@ -1490,12 +1522,12 @@ static jv slice_v(R *r, node *x, jv o, jv a, jv b, jv c) {
     }
     if (step == 1) {
         if (hi < lo) hi = lo;
-        size_t pa = cp_offset(o.u.s.p, o.u.s.n, lo), pb = cp_offset(o.u.s.p, o.u.s.n, hi);
+        size_t pa = cp_offset(r, o.u.s.p, o.u.s.n, lo), pb = cp_offset(r, o.u.s.p, o.u.s.n, hi);
         return mk_str(o.u.s.p + pa, pb - pa);
     }
     sb bb = {0};
     for (int64_t i = lo; step > 0 ? i < hi : i > hi; i += step) {
-        size_t p = cp_offset(o.u.s.p, o.u.s.n, i);
+        size_t p = cp_offset(r, o.u.s.p, o.u.s.n, i);
         int32_t ch;
         size_t k = u8_next(o.u.s.p, o.u.s.n, p, &ch);
         sb_put(r, &bb, o.u.s.p + p, k);
@@ -1522,22 +1554,47 @@ static int cmp_order(R *r, node *x, jv a, jv b) {
          type_name(b));
 }
 
+/* The first occurrence of nd in h at or after from, or SIZE_MAX: Knuth-Morris-Pratt, so a
+ * search costs O(|h| + |nd|) whatever the strings (a naive scan is O(|h| * |nd|)). */
+static size_t str_find(R *r, const char *h, size_t hn, size_t from, const char *nd, size_t nn) {
+    if (from > hn || nn > hn - from) return SIZE_MAX;
+    if (nn == 0) return from;
+    size_t at = SIZE_MAX;
+    if (nn == 1) {
+        const char *p = memchr(h + from, nd[0], hn - from);
+        if (p) at = (size_t)(p - h);
+    } else {
+        size_t *fail_at = amalloc(r, nn * sizeof *fail_at);
+        fail_at[0] = 0;
+        for (size_t i = 1, k = 0; i < nn; i++) {
+            while (k && nd[i] != nd[k]) k = fail_at[k - 1];
+            if (nd[i] == nd[k]) k++;
+            fail_at[i] = k;
+        }
+        for (size_t i = from, k = 0; i < hn && at == SIZE_MAX; i++) {
+            while (k && h[i] != nd[k]) k = fail_at[k - 1];
+            if (h[i] == nd[k]) k++;
+            if (k == nn) at = i + 1 - nn;
+        }
+    }
+    /* charged for what was scanned, so counting many matches stays linear in the budget too */
+    work_bytes(r, (at == SIZE_MAX ? hn : at + nn) - from + nn);
+    return at;
+}
+
 static bool contains(R *r, node *x, jv hay, jv needle) {
     if (hay.t == JV_STR) {
         if (needle.t != JV_STR)
             fail(r, KILN_ERR_INVALID_ARG, "chat template line %d: 'in <string>' requires a string, not %s",
                  x->line, type_name(needle));
-        if (needle.u.s.n == 0) return true;
-        for (size_t i = 0; i + needle.u.s.n <= hay.u.s.n; i++)
-            if (!memcmp(hay.u.s.p + i, needle.u.s.p, needle.u.s.n)) return true;
-        return false;
+        return str_find(r, hay.u.s.p, hay.u.s.n, 0, needle.u.s.p, needle.u.s.n) != SIZE_MAX;
     }
     if (hay.t == JV_LIST) {
         for (size_t i = 0; i < hay.u.l->n; i++)
-            if (value_eq(hay.u.l->v[i], needle)) return true;
+            if (value_eq(r, hay.u.l->v[i], needle)) return true;
         return false;
     }
-    if (hay.t == JV_DICT || hay.t == JV_NS) return dict_find(hay.u.d, needle) != NULL;
+    if (hay.t == JV_DICT || hay.t == JV_NS) return dict_find(r, hay.u.d, needle) != NULL;
     if (hay.t == JV_UNDEF) return false;
     fail(r, KILN_ERR_INVALID_ARG, "chat template line %d: argument of type '%s' is not iterable", x->line,
          type_name(hay));
@@ -1672,16 +1729,15 @@ static jv str_replace(R *r, jv s, jv old, jv neu, int64_t count) {
         sb_put(r, &b, s.u.s.p + i, s.u.s.n - i);
         return sb_take(&b);
     }
-    while (i < s.u.s.n) {
-        if ((count < 0 || done < count) && i + old.u.s.n <= s.u.s.n && !memcmp(s.u.s.p + i, old.u.s.p, old.u.s.n)) {
-            sb_put(r, &b, neu.u.s.p, neu.u.s.n);
-            i += old.u.s.n;
-            done++;
-        } else {
-            sb_put(r, &b, s.u.s.p + i, 1);
-            i++;
-        }
+    while (i < s.u.s.n && (count < 0 || done < count)) {
+        size_t at = str_find(r, s.u.s.p, s.u.s.n, i, old.u.s.p, old.u.s.n);
+        if (at == SIZE_MAX) break;
+        sb_put(r, &b, s.u.s.p + i, at - i);
+        sb_put(r, &b, neu.u.s.p, neu.u.s.n);
+        i = at + old.u.s.n;
+        done++;
     }
+    sb_put(r, &b, s.u.s.p + i, s.u.s.n - i);
     return sb_take(&b);
 }
 
@@ -1700,7 +1756,7 @@ static jv str_split(R *r, node *x, jv s, jv sep, int64_t maxsplit) {
             }
             if (i >= n) break;
             if (maxsplit >= 0 && splits >= maxsplit) {
-                jv rest = str_strip(mk_str(p + i, n - i), mk_undef(), false, true);
+                jv rest = str_strip(r, mk_str(p + i, n - i), mk_undef(), false, true);
                 list_push(r, l.u.l, rest);
                 break;
             }
@@ -1717,17 +1773,15 @@ static jv str_split(R *r, node *x, jv s, jv sep, int64_t maxsplit) {
     }
     need_str(r, x, sep, "split()");
     if (sep.u.s.n == 0) fail(r, KILN_ERR_INVALID_ARG, "chat template line %d: empty separator", x->line);
-    size_t st = 0;
     int64_t splits = 0;
-    while (i + sep.u.s.n <= n && (maxsplit < 0 || splits < maxsplit)) {
-        if (!memcmp(p + i, sep.u.s.p, sep.u.s.n)) {
-            list_push(r, l.u.l, mk_str(p + st, i - st));
-            i += sep.u.s.n;
-            st = i;
-            splits++;
-        } else i++;
+    while (maxsplit < 0 || splits < maxsplit) {
+        size_t at = str_find(r, p, n, i, sep.u.s.p, sep.u.s.n);
+        if (at == SIZE_MAX) break;
+        list_push(r, l.u.l, mk_str(p + i, at - i));
+        i = at + sep.u.s.n;
+        splits++;
     }
-    list_push(r, l.u.l, mk_str(p + st, n - st));
+    list_push(r, l.u.l, mk_str(p + i, n - i));
     return l;
 }
 
@@ -1759,7 +1813,7 @@ static jv call_method(R *r, frame *f, node *x) {
     if (o.t == JV_UNDEF) undefined_err(r, an->a);
     if (o.t == JV_STR) {
         if (M("strip") || M("lstrip") || M("rstrip"))
-            return str_strip(o, arg(&a, 0, "chars"), !M("rstrip"), !M("lstrip"));
+            return str_strip(r, o, arg(&a, 0, "chars"), !M("rstrip"), !M("lstrip"));
         if (M("upper")) return str_case(r, o, 'u');
         if (M("lower")) return str_case(r, o, 'l');
         if (M("title")) return str_case(r, o, 't');
@@ -1771,17 +1825,16 @@ static jv call_method(R *r, frame *f, node *x) {
                                need_str(r, x, arg(&a, 1, NULL), "replace()"), opt_int(r, x, arg(&a, 2, "count"), -1));
         if (M("find") || M("count")) {
             jv nd = need_str(r, x, arg(&a, 0, NULL), "find()");
-            int64_t cnt = 0;
-            size_t step = nd.u.s.n ? nd.u.s.n : 1;
-            for (size_t i = 0; i + nd.u.s.n <= o.u.s.n;) {
-                if (!memcmp(o.u.s.p + i, nd.u.s.p, nd.u.s.n)) {
-                    if (M("find")) return mk_int((int64_t)u8_count(o.u.s.p, i));
-                    cnt++;
-                    i += step;
-                } else i++;
+            if (M("find")) {
+                size_t at = str_find(r, o.u.s.p, o.u.s.n, 0, nd.u.s.p, nd.u.s.n);
+                return mk_int(at == SIZE_MAX ? -1 : (int64_t)u8_count(r, o.u.s.p, at));
             }
-            if (M("count") && nd.u.s.n == 0) cnt = (int64_t)u8_count(o.u.s.p, o.u.s.n) + 1;
-            return mk_int(M("find") ? -1 : cnt);
+            if (nd.u.s.n == 0) return mk_int((int64_t)u8_count(r, o.u.s.p, o.u.s.n) + 1);
+            int64_t cnt = 0;
+            for (size_t i = 0, at; (at = str_find(r, o.u.s.p, o.u.s.n, i, nd.u.s.p, nd.u.s.n)) !=
+                                   SIZE_MAX; i = at + nd.u.s.n)
+                cnt++;
+            return mk_int(cnt);
         }
     } else if (o.t == JV_DICT) {
         if (M("items") || M("keys") || M("values")) {
@@ -1797,7 +1850,7 @@ static jv call_method(R *r, frame *f, node *x) {
             return l;
         }
         if (M("get")) {
-            jv *p = dict_find(o.u.d, arg(&a, 0, NULL));
+            jv *p = dict_find(r, o.u.d, arg(&a, 0, NULL));
             if (p) return *p;
             jv d = arg(&a, 1, "default");
             return d.t == JV_UNDEF ? mk_none() : d;
@@ -1847,6 +1900,7 @@ static jv call(R *r, frame *f, node *x) {
             if (l.u.l->n >= MAX_ITERATIONS)
                 fail(r, KILN_ERR_INVALID_ARG, "chat template line %d: range too large", x->line);
             list_push(r, l.u.l, mk_int(i));
+            if (st > 0 ? i > INT64_MAX - st : i < INT64_MIN - st) break; /* the next would wrap */
         }
         return l;
     }
@@ -1876,7 +1930,7 @@ static jv filter(R *r, frame *f, node *x) {
         return v;
     }
     if (F("length") || F("count")) {
-        if (v.t == JV_STR) return mk_int((int64_t)u8_count(v.u.s.p, v.u.s.n));
+        if (v.t == JV_STR) return mk_int((int64_t)u8_count(r, v.u.s.p, v.u.s.n));
         if (v.t == JV_LIST) return mk_int((int64_t)v.u.l->n);
         if (v.t == JV_DICT || v.t == JV_NS) return mk_int((int64_t)v.u.d->n);
         if (v.t == JV_UNDEF) return mk_int(0);
@@ -1890,7 +1944,7 @@ static jv filter(R *r, frame *f, node *x) {
     }
     if (F("safe")) return v;
     if (F("string")) return to_str(r, v);
-    if (F("trim")) return str_strip(to_str(r, v), arg(&a, 0, "chars"), true, true);
+    if (F("trim")) return str_strip(r, to_str(r, v), arg(&a, 0, "chars"), true, true);
     if (F("upper")) return str_case(r, to_str(r, v), 'u');
     if (F("lower")) return str_case(r, to_str(r, v), 'l');
     if (F("capitalize")) return str_case(r, to_str(r, v), 'c');
@@ -1907,7 +1961,7 @@ static jv filter(R *r, frame *f, node *x) {
         }
         if (v.t == JV_STR) {
             if (!v.u.s.n) return mk_undef();
-            int64_t len = (int64_t)u8_count(v.u.s.p, v.u.s.n);
+            int64_t len = (int64_t)u8_count(r, v.u.s.p, v.u.s.n);
             return getitem_v(r, v, mk_int(F("first") ? 0 : len - 1));
         }
         fail(r, KILN_ERR_INVALID_ARG, "chat template line %d: first/last of a %s", x->line, type_name(v));
@@ -1951,7 +2005,7 @@ static jv filter(R *r, frame *f, node *x) {
         if (v.t == JV_FLOAT && fabs(v.u.f) < 9e18) return mk_int((int64_t)v.u.f);
         if (v.t == JV_STR) {
             char buf[32];
-            jv t = str_strip(v, mk_undef(), true, true);
+            jv t = str_strip(r, v, mk_undef(), true, true);
             if (t.u.s.n && t.u.s.n < sizeof buf) {
                 memcpy(buf, t.u.s.p, t.u.s.n);
                 buf[t.u.s.n] = 0;
@@ -1963,7 +2017,11 @@ static jv filter(R *r, frame *f, node *x) {
         jv d = arg(&a, 0, "default");
         return d.t == JV_UNDEF ? mk_int(0) : d;
     }
-    if (F("abs") && is_num(v)) return v.t == JV_FLOAT ? mk_float(fabs(v.u.f)) : mk_int(num_i(v) < 0 ? -num_i(v) : num_i(v));
+    if (F("abs") && is_num(v)) {
+        if (v.t == JV_FLOAT) return mk_float(fabs(v.u.f));
+        if (num_i(v) == INT64_MIN) fail(r, KILN_ERR_INVALID_ARG, "chat template: integer overflow");
+        return mk_int(num_i(v) < 0 ? -num_i(v) : num_i(v));
+    }
     if (F("items") && v.t == JV_DICT) {
         jv l = mk_list(r);
         for (size_t i = 0; i < v.u.d->n; i++) {
@@ -2044,9 +2102,9 @@ static bool run_test(R *r, node *x, jv v, jv name, args *a) {
             fail(r, KILN_ERR_INVALID_ARG, "chat template line %d: bad divisibleby", x->line);
         return num_i(v) % d == 0;
     }
-    if (T("eq") || T("equalto") || T("==")) return value_eq(v, o);
-    if (T("ne") || T("!=")) return !value_eq(v, o);
-    if (T("sameas")) return value_eq(v, o) && v.t == o.t;
+    if (T("eq") || T("equalto") || T("==")) return value_eq(r, v, o);
+    if (T("ne") || T("!=")) return !value_eq(r, v, o);
+    if (T("sameas")) return value_eq(r, v, o) && v.t == o.t;
     if (T("lt") || T("lessthan")) return cmp_order(r, x, v, o) < 0;
     if (T("gt") || T("greaterthan")) return cmp_order(r, x, v, o) > 0;
     if (T("le")) return cmp_order(r, x, v, o) <= 0;
@@ -2060,6 +2118,7 @@ static bool run_test(R *r, node *x, jv v, jv name, args *a) {
 static jv eval(R *r, frame *f, node *x) {
     if (++r->depth > MAX_DEPTH * 4)
         fail(r, KILN_ERR_INVALID_ARG, "chat template line %d: expression too deep", x->line);
+    work(r, 1);
     jv res;
     switch (x->k) {
     case E_CONST: res = x->v; break;
@@ -2080,7 +2139,7 @@ static jv eval(R *r, frame *f, node *x) {
     case E_ATTR: {
         jv o = eval(r, f, x->a);
         if (o.t == JV_UNDEF) undefined_err(r, x->a);
-        res = getattr_v(o, x->v);
+        res = getattr_v(r, o, x->v);
         break;
     }
     case E_ITEM: {
@@ -2136,8 +2195,8 @@ static jv eval(R *r, frame *f, node *x) {
             jv b = eval(r, f, x->args[i]);
             bool ok;
             switch (x->ops[i]) {
-            case C_EQ: ok = value_eq(a, b); break;
-            case C_NE: ok = !value_eq(a, b); break;
+            case C_EQ: ok = value_eq(r, a, b); break;
+            case C_NE: ok = !value_eq(r, a, b); break;
             case C_LT: ok = cmp_order(r, x, a, b) < 0; break;
             case C_GT: ok = cmp_order(r, x, a, b) > 0; break;
             case C_LE: ok = cmp_order(r, x, a, b) <= 0; break;
@@ -2186,6 +2245,7 @@ static int exec_list(R *r, frame *f, node *x, bool in_loop) {
 }
 
 static int exec(R *r, frame *f, node *x, bool in_loop) {
+    work(r, 1);
     switch (x->k) {
     case N_TEXT: emit(r, x->v.u.s.p, x->v.u.s.n); return X_OK;
     case N_PRINT: {
@@ -2313,6 +2373,9 @@ kiln_status kn_jinja_render(const char *tmpl, const kn_jinja_vars *vars, char **
     }
     /* jinja2 reads the source with universal newlines and drops one trailing newline */
     size_t n = strlen(tmpl);
+    if (n > MAX_SOURCE)
+        fail(r, KILN_ERR_FORMAT, "chat template: %zu bytes, more than the %zu KiB kiln reads", n,
+             MAX_SOURCE >> 10);
     char *src = amalloc(r, n + 1);
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {

@@ -47,6 +47,7 @@ typedef struct kn_source {
     int n_shards;
     kn_src_tensor *tensors;
     int n_tensors;
+    kn_name_ref *names;       /* [n_tensors] sorted by name once every tensor is in */
     char *name;               /* general.name or the folder name */
     /* HF only: raw JSON text of the side files (NULL when absent). */
     char *config_json, *tokenizer_json, *tokenizer_config_json, *generation_config_json;

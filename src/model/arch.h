@@ -1,0 +1,84 @@
+/* arch.h — the one table of the architectures kiln runs, and their tensors. Start here to add
+ * one.
+ *
+ * An architecture is known by its GGUF name (general.architecture, llama.cpp's spelling) and by
+ * its Hugging Face names (config.json "model_type" and "architectures"); it carries the flags
+ * that make its block differ from the plain Llama block. Everything that must know an
+ * architecture asks this table: the GGUF and config.json readers (model/hparams.c,
+ * model/source.c), the HF -> GGUF tensor names and the Q/K permutation at bake, the CPU
+ * model loader (backends/cpu/model.c) and inspect. The forward passes — the C one in
+ * backends/cpu/session.c and the OpenVINO IR in bake/openvino/ir_writer.c — read the flags
+ * from kn_hparams.
+ *
+ * Recipe (docs/ARCHITECTURE.md has the whole list): add a row to k_archs in arch.c with its
+ * names and flags; a new tensor gets a role below with its GGUF and HF names and its shape in
+ * kn_tensor_expected; then teach both forward passes the new flag and prove it against
+ * llama.cpp (tests/py/test_llamacpp_reference.py shows how). */
+#ifndef KN_ARCH_H
+#define KN_ARCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum kn_arch {
+    KN_ARCH_LLAMA = 0,    /* Llama 1/2/3, SmolLM2, TinyLlama, and Mistral (GGUF "llama") */
+    KN_ARCH_QWEN2 = 1,
+    KN_ARCH_COUNT
+} kn_arch;
+
+#define KN_ARCH_NAMES 4   /* aliases per kind of name, NULL-terminated */
+
+typedef struct kn_arch_info {
+    kn_arch id;
+    const char *name;                          /* the GGUF name bake writes */
+    const char *gguf_names[KN_ARCH_NAMES];     /* accepted in general.architecture */
+    const char *hf_model_types[KN_ARCH_NAMES]; /* config.json "model_type" */
+    const char *hf_classes[KN_ARCH_NAMES];     /* config.json "architectures"[0] */
+    /* RoPE rotates halves of each head (x[i], x[i + d/2]) as Hugging Face does; false: adjacent
+     * pairs (x[2i], x[2i+1]), which is how GGUF "llama" stores Q and K. */
+    bool rope_neox;
+    /* Hugging Face Q/K rows are in halves order and GGUF wants pairs: permute them at bake,
+     * exactly as llama.cpp's converter does (llama only; qwen2 keeps HF order and rope_neox). */
+    bool hf_permute_qk;
+    bool qkv_bias;                             /* attn_{q,k,v}.bias on every layer */
+    /* config.json's sliding_window applies by itself (Mistral); false: only with
+     * "use_sliding_window": true (Qwen2, where the key is present but off by default). */
+    bool hf_sliding_window_always;
+} kn_arch_info;
+
+const kn_arch_info *kn_arch_get(kn_arch id);
+/* The architecture of a GGUF general.architecture value (len bytes, not NUL-terminated), or
+ * NULL when kiln does not run it. */
+const kn_arch_info *kn_arch_from_gguf(const char *name, size_t len);
+/* The architecture of a config.json: model_type first, else the class name; NULL if neither
+ * names one kiln runs (either may be NULL). */
+const kn_arch_info *kn_arch_from_hf(const char *model_type, const char *class_name);
+/* The GGUF names kiln accepts, for messages: "llama, mistral, qwen2". */
+const char *kn_arch_supported(void);
+
+/* The tensors of a model, in GGUF (llama.cpp) naming. */
+typedef enum kn_tensor_role {
+    KN_T_TOKEN_EMBD, KN_T_OUTPUT_NORM, KN_T_OUTPUT,
+    KN_T_ATTN_NORM, KN_T_ATTN_Q, KN_T_ATTN_K, KN_T_ATTN_V, KN_T_ATTN_OUT,
+    KN_T_ATTN_Q_BIAS, KN_T_ATTN_K_BIAS, KN_T_ATTN_V_BIAS,
+    KN_T_FFN_NORM, KN_T_FFN_GATE, KN_T_FFN_UP, KN_T_FFN_DOWN,
+    KN_T_ROLE_COUNT
+} kn_tensor_role;
+
+/* The GGUF name of a role ("blk.3.attn_q.weight"; layer ignored for the global ones). */
+void kn_tensor_name(kn_tensor_role role, int layer, char *buf, size_t n);
+/* Whether a tensor of this role holds weights that may be quantized (2-D matrices). */
+bool kn_tensor_role_is_matrix(kn_tensor_role role);
+bool kn_tensor_role_is_per_layer(kn_tensor_role role);
+
+/* The role and layer (0 for a global tensor) of a GGUF name; false for a name kiln does not
+ * know. Layer numbers are plain decimals (no sign, no leading zero). */
+bool kn_tensor_from_gguf(const char *name, kn_tensor_role *role, int *layer);
+/* The GGUF name of a Hugging Face tensor name ("model.layers.3.self_attn.q_proj.weight" ->
+ * "blk.3.attn_q.weight"), and its role. false for a name kiln does not know; *skip for one it
+ * knows and drops (rotary inv_freq buffers, recomputed from rope_theta). */
+bool kn_tensor_from_hf(const char *hf_name, char *gguf_name, size_t n, kn_tensor_role *role,
+                       bool *skip);
+
+#endif

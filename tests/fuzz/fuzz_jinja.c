@@ -1,0 +1,23 @@
+/* libFuzzer target: the chat-template interpreter, lexing, parsing and rendering whatever the
+ * input is, under its size, output, loop and step budgets (base/limits.h). A run must end in an
+ * error or a rendering, never a crash, a hang or a sanitizer report. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "template/jinja.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    char *tmpl = malloc(size + 1);
+    if (!tmpl) return 0;
+    memcpy(tmpl, data, size);
+    tmpl[size] = 0;
+    kn_chat_msg msgs[] = {{"system", "You are kind."}, {"user", "Hello \xe2\x82\xac"},
+                          {"assistant", "Hi!"}, {"user", "2+2?"}};
+    kn_jinja_vars v = {msgs, 4, true, "<s>", "</s>"};
+    char *out = NULL;
+    kiln_error e;
+    if (kn_jinja_render(tmpl, &v, &out, &e) == KILN_OK) kn_free(out);
+    free(tmpl);
+    return 0;
+}
