@@ -308,10 +308,18 @@ typedef enum kiln_overflow {
     KILN_OVERFLOW_SLIDE = 1   /* keep the first S sink tokens, roll the rest */
 } kiln_overflow;
 
+/* Element type of the native CPU engine's KV cache. */
+typedef enum kiln_kv_type {
+    KILN_KV_F16 = 0,          /* IEEE halves (default; llama.cpp's default too): half the
+                                 memory and the attention reads of F32 */
+    KILN_KV_F32 = 1
+} kiln_kv_type;
+
 typedef struct kiln_session_params {
     int threads;              /* >= 1; 0 = physical cores */
     kiln_mode mode;
     kiln_overflow overflow;
+    kiln_kv_type kv;          /* the native CPU engine's KV cache (default F16) */
     /* "auto" (default: NPU, then GPU through OpenVINO when the offering has its IR, else the
      * native CPU), "cpu", "npu", "gpu" or "openvino:DEVICE". A named device that is not there
      * is KILN_ERR_DEVICE, never a silent fallback. Sessions of one model asking for the same

@@ -54,6 +54,7 @@ typedef struct kn_device kn_device;
 /* What a session wants of its device. */
 typedef struct kn_session_cfg {
     bool stateless;           /* the stateless graph will be used (else prefill + decode) */
+    bool kv_f32;              /* cpu: an F32 KV cache instead of the default F16 */
 } kn_session_cfg;
 
 typedef struct kn_backend_ops {

@@ -178,6 +178,26 @@ void kn_map_borrow(const void *data, size_t size, kn_map *map) {
     map->owned = 0;
 }
 
+void kn_map_release(const kn_map *map, const void *p, size_t n) {
+    if (!map->mapped || !p || !n) return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + page - 1) / page * page, e = ((uintptr_t)p + n) / page * page;
+    if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
+void kn_map_populate(const kn_map *map, const void *p, size_t n) {
+#ifdef MADV_POPULATE_READ
+    if (!map->mapped || !p || !n) return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)p / page * page;
+    (void)madvise((void *)a, (uintptr_t)p + n - a, MADV_POPULATE_READ);
+#else
+    (void)map;
+    (void)p;
+    (void)n;
+#endif
+}
+
 void kn_map_close(kn_map *map) {
     if (map->mapped && map->data) munmap((void *)map->data, map->size);
     memset(map, 0, sizeof *map);

@@ -117,6 +117,13 @@ typedef struct kn_map {
 kiln_status kn_map_file(const char *path, kn_map *map, kiln_error *err);
 void kn_map_borrow(const void *data, size_t size, kn_map *map);
 void kn_map_close(kn_map *map);
+/* Tells the OS that [p, p + n) of a mapping will not be read again soon: its pages leave the
+ * resident set (a later read faults them back in from the file). The whole pages inside the
+ * range only; a no-op for a map that is not mapped. */
+void kn_map_release(const kn_map *map, const void *p, size_t n);
+/* Maps [p, p + n) of a mapping in one go (faster than a page fault at a time), for a range
+ * about to be read whole; a no-op where the OS cannot (Linux < 5.14) or the map is not mapped. */
+void kn_map_populate(const kn_map *map, const void *p, size_t n);
 
 /* Whole-file read into a NUL-terminated heap buffer (for JSON and other small text files). */
 kiln_status kn_read_text(const char *path, size_t max_size, char **out, size_t *len,

@@ -96,6 +96,8 @@ int kiln_cli_bench(int argc, char **argv) {
     const char *model = NULL, *v = NULL;
     int pp[16] = {128, 512}, n_pp = 2, tg[16] = {128}, n_tg = 1, th[16] = {1, 2}, n_th = 2;
     int modes[2] = {KILN_MODE_KV}, n_modes = 1, reps = 3;
+    kiln_kv_type kv = KILN_KV_F16;
+    const char *kv_name = "f16";
     bool json = false;
     const char *device = "auto";
     for (int i = 1; i < argc; i++) {
@@ -103,12 +105,13 @@ int kiln_cli_bench(int argc, char **argv) {
         bool bad = false;
         if (kiln_arg_is_help(a)) {
             printf("usage: kiln bench OFFERING [-p 128,512] [-n 128] [-t 1,2] [--mode kv,stateless]\n"
-                   "                  [-r REPS] [--json]\n\n"
+                   "                  [--kv f16|f32] [-r REPS] [--json]\n\n"
                    "Prompt processing (pp: one prefill of N tokens in [1,C] chunks) and text\n"
                    "generation (tg: N decode steps) in tokens/s, like llama-bench: each test is\n"
                    "repeated REPS times (default 3) and reported as mean and standard deviation.\n"
                    "0 in -p or -n skips that test. --json prints llama-bench's fields (n_prompt,\n"
-                   "n_gen, n_threads, avg_ts, stddev_ts) plus mode and window.\n");
+                   "n_gen, n_threads, avg_ts, stddev_ts, type_k, type_v) plus mode and window.\n"
+                   "--kv: the native cpu engine's KV cache (default f16).\n");
             return 0;
         }
         if (kiln_arg_value(argc, argv, &i, "-p", "--n-prompt", &v, &bad)) {
@@ -136,6 +139,12 @@ int kiln_cli_bench(int argc, char **argv) {
                 }
                 modes[n_modes++] = strcmp(t, "kv") == 0 ? KILN_MODE_KV : KILN_MODE_STATELESS;
             }
+        } else if (kiln_arg_value(argc, argv, &i, "--kv", NULL, &v, &bad)) {
+            static const char *const kv_types[] = {"f16", "f32", NULL}; /* kiln_kv_type order */
+            int k;
+            if (bad || !kiln_arg_choice("--kv", v, kv_types, &k)) return 2;
+            kv = (kiln_kv_type)k;
+            kv_name = kv_types[k];
         } else if (kiln_arg_value(argc, argv, &i, "--device", NULL, &v, &bad)) {
             if (bad) return 2;
             device = v;
@@ -178,6 +187,7 @@ int kiln_cli_bench(int argc, char **argv) {
             sp.log = kiln_cli_log_stderr;
             sp.threads = th[ti];
             sp.mode = (kiln_mode)modes[mi];
+            sp.kv = kv;
             kiln_session *s = NULL;
             if ((st = kiln_session_new(m, &sp, &s, &err))) {
                 kiln_cli_error("%s", err.message);
@@ -214,11 +224,12 @@ int kiln_cli_bench(int argc, char **argv) {
                         kiln_cli_json_str(stdout, name);
                         printf(", \"backend\": \"%s\", \"kernels\": \"%s\", \"mode\": \"%s\", "
                                "\"window\": %d, \"chunk\": %d, \"n_prompt\": %d, \"n_gen\": %d, "
-                               "\"n_threads\": %d, \"repetitions\": %d, \"avg_ts\": %.3f, "
-                               "\"stddev_ts\": %.3f}",
+                               "\"n_threads\": %d, \"type_k\": \"%s\", \"type_v\": \"%s\", "
+                               "\"repetitions\": %d, \"avg_ts\": %.3f, \"stddev_ts\": %.3f}",
                                kiln_session_device(s), kiln_session_kernels(s), mode,
                                kiln_model_window(m), kiln_model_chunk(m),
-                               kind == 0 ? n : 0, kind == 1 ? n : 0, th[ti], reps, avg, sd);
+                               kind == 0 ? n : 0, kind == 1 ? n : 0, th[ti], kv_name, kv_name,
+                               reps, avg, sd);
                         first = 0;
                     } else {
                         printf("| %s | %s | %s | %d | %s%d | %.2f ± %.2f |\n", name,

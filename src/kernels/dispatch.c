@@ -14,7 +14,7 @@
 /* CPUID, not __builtin_cpu_supports: clang 14 rejects "f16c" there, and the builtin does not
  * say whether the OS saves the wide registers, which XGETBV does. */
 typedef struct cpu_feats {
-    bool avx2, avx512;
+    bool avx2, avxvnni, avx512;
 } cpu_feats;
 
 static unsigned long long xgetbv0(void) {
@@ -24,7 +24,7 @@ static unsigned long long xgetbv0(void) {
 }
 
 static cpu_feats cpu_feats_read(void) {
-    cpu_feats f = {false, false};
+    cpu_feats f = {false, false, false};
     unsigned a, b, c, d;
     if (!__get_cpuid_count(1, 0, &a, &b, &c, &d)) return f;
     bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28),
@@ -38,17 +38,25 @@ static cpu_feats cpu_feats_read(void) {
          avx512bw = b & (1u << 30), avx512vl = b & (1u << 31), vnni = c & (1u << 11);
     f.avx2 = os_ymm && avx2 && fma && f16c;
     f.avx512 = f.avx2 && os_zmm && avx512f && avx512dq && avx512bw && avx512vl && vnni;
+    /* AVX-VNNI (VEX): CPUID.(EAX=7,ECX=1):EAX bit 4 */
+    if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avxvnni = f.avx2 && (a & (1u << 4));
     return f;
 }
 
 static bool cpu_has_avx2(void) { return cpu_feats_read().avx2; }
+static bool cpu_has_avxvnni(void) { return cpu_feats_read().avxvnni; }
 static bool cpu_has_avx512(void) { return cpu_feats_read().avx512; }
 #else
 static bool cpu_has_avx2(void) { return false; }
+static bool cpu_has_avxvnni(void) { return false; }
 static bool cpu_has_avx512(void) { return false; }
 #endif
 
 const kn_kernels *kn_kernels_avx2(void) { return cpu_has_avx2() ? kn_kernels_avx2_table() : NULL; }
+
+const kn_kernels *kn_kernels_avxvnni(void) {
+    return cpu_has_avxvnni() ? kn_kernels_avxvnni_table() : NULL;
+}
 
 const kn_kernels *kn_kernels_avx512(void) {
     return cpu_has_avx512() ? kn_kernels_avx512_table() : NULL;
@@ -56,8 +64,9 @@ const kn_kernels *kn_kernels_avx512(void) {
 
 /* Reference first, best last: the order of kn_kernel_names and of kn_kernels_usable. */
 static const kn_kernels *(*const k_getters[KN_KERNEL_TABLES])(void) = {
-    kn_kernels_generic, kn_kernels_avx2, kn_kernels_avx512};
-const char *const kn_kernel_names[KN_KERNEL_TABLES] = {"generic", "avx2", "avx512vnni"};
+    kn_kernels_generic, kn_kernels_avx2, kn_kernels_avxvnni, kn_kernels_avx512};
+const char *const kn_kernel_names[KN_KERNEL_TABLES] = {"generic", "avx2", "avxvnni",
+                                                        "avx512vnni"};
 
 const kn_kernels *kn_kernels_by_name(const char *name) {
     for (int i = 0; i < KN_KERNEL_TABLES; i++)

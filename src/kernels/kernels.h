@@ -1,43 +1,55 @@
 /* kernels.h — the compute kernels of the CPU forward pass, and the thread pool that runs them.
  *
  * Every op has a plain-C reference (ref.c). The products of a weight matrix with activations
- * (most of the time) also have AVX2 and AVX-512 VNNI variants in their own files (*_avx2.c,
- * *_avx512.c, compiled with their own ISA flags), and so do activation quantization and
- * attention on AVX-512; one table of function pointers is chosen once from CPUID
+ * (most of the time) also have AVX2, AVX-VNNI and AVX-512 VNNI variants in their own files
+ * (*_avx2.c, *_avxvnni.c, *_avx512.c, compiled with their own ISA flags), and so do activation
+ * quantization and attention; one table of function pointers is chosen once from CPUID
  * (kn_kernels_get) and never changes afterwards.
  *
- * Products. A weight matrix W is n_out rows of n_in elements, each row stored in GGUF's block
- * layout for its type (F32, F16, Q4_0, Q4_1, Q8_0). y[t][r] = dot(W[r], x[t]) for tokens t.
+ * Products. A weight matrix W is n_out rows of n_in elements. y[t][r] = dot(W[r], x[t]).
  *   - F32 / F16 weights take the activations as F32.
  *   - Q4_0 / Q4_1 / Q8_0 weights take the activations quantized to 8 bits per block of 32
  *     (kn_quantize_act) exactly as ggml's x86 Q8_0 / Q8_1 do: q = x * (127 / max|x|) rounded
  *     to nearest even, the scale d = max|x| / 127 and Q4_1's offset d * sum(q) rounded to F16.
- *     Every variant quantizes to the same bits.
+ *   - Q4_K / Q5_K / Q6_K weights take them as ggml's Q8_K (kn_quantize_act_k): blocks of 256,
+ *     q = x * (-127 / m) rounded to nearest even where m is the element of largest magnitude,
+ *     a float scale d = 1 / (-127 / m), and integer sums of q per 16 and per 32 elements.
+ *   Every variant quantizes to the same bits.
+ *
+ * Layouts. The reference multiplies rows as GGUF stores them (KN_LAYOUT_GGUF). The x86 tables
+ * want the quantized types repacked once, at load (kn_pack), into groups of 8 rows interleaved
+ * block by block (KN_LAYOUT_X8, described in pack.c): one 256-bit register then holds 4
+ * weights of each of 8 rows, a broadcast of 4 activation bytes feeds all 8, and the 8 row sums
+ * come out in the 8 lanes of one register (no horizontal sum per row, one scale load per
+ * block for 8 rows). A table's rows_x8[type] says whether it wants that type repacked.
  *
  * Error bounds (tests/c/test_kernels.c checks each with a named tolerance):
- *   - Activation rounding, shared by all variants: at most d/2 = max|x_block| / 254 per
- *     element, so |y - exact| <= sum over blocks of (sum|w| in the block) * max|x_block| / 254
- *     (the same as llama.cpp's CPU path); none for F32 / F16.
+ *   - Activation rounding, shared by all variants: at most half a step per element
+ *     (max|x_block| / 254), so |y - exact| <= sum over blocks of (sum|w| in the block) *
+ *     max|x_block| / 254 (the same as llama.cpp's CPU path); none for F32 / F16.
  *   - Reference vs exact arithmetic on the same inputs: float summation, <= 1e-5 * sum|w x|.
- *   - A SIMD variant vs the reference: the integer dot of every block is exact in all of them,
- *     so they differ only in the order and grouping of float additions (and FMA contraction):
- *     <= 2e-6 * sum|w x| + 1e-6 (TOL_VARIANT). Attention: the exponential (expf vs a 2-ulp
- *     polynomial) and summation order, <= 2e-6 * max|v| (TOL_ATTN).
+ *   - A SIMD variant vs the reference: the integer dot of every block (and, for the K-quants,
+ *     the scale-weighted sum of a super-block) is exact in all of them, so they differ only in
+ *     the order and grouping of float additions (and FMA contraction): <= 2e-6 * sum|w x| +
+ *     1e-6 (TOL_VARIANT). Attention: the exponential (expf vs a 2-ulp polynomial) and summation
+ *     order, <= 2e-6 * max|v| (TOL_ATTN).
  *   Results are not bitwise equal across variants; within one variant they are bitwise
  *   reproducible, see below.
  *
  * Batch invariance. Within a variant, each output element is computed by the same sequence of
  * float operations whatever the number of tokens in the call and however the rows are divided
- * among threads: a token's product never mixes with another token's, a row is never split, and
- * the loop structure is the same for a tile of 1 and of 4 tokens. Quantization, RMSNorm,
- * RoPE and attention are per token. So a decode step, a prefill chunk of any size and a
- * stateless window give the same logits bit for bit, and greedy generation does not fork
- * between them on a near-tie.
+ * among threads: a token's product never mixes with another token's, a row is never split (a
+ * group of 8 rows is 8 independent lanes), and the loop structure is the same for a tile of 1
+ * and of 4 tokens. Quantization, RMSNorm, RoPE and attention are per token. So a decode step, a
+ * prefill chunk of any size and a stateless window give the same logits bit for bit, and greedy
+ * generation does not fork between them on a near-tie.
  *
  * Usage:
  *     const kn_kernels *k = kn_kernels_get();          // once; cheap afterwards
- *     kn_act a = {q, d, s, stride};                     // q: [n_tok][stride], d, s: [n_tok][stride/32]
- *     k->quantize(&a, x, n_tok, n_in);                 // only needed for quantized weights
+ *     kn_wmat w = ...;                                  // GGUF layout, or kn_pack(k, ...) of it
+ *     kn_act a = {...};                                 // see kn_act
+ *     k->quantize(&a, x, n_tok, n_in);                 // Q4_0 / Q4_1 / Q8_0 weights
+ *     k->quantize_k(&a, x, n_tok, n_in);               // Q4_K / Q5_K / Q6_K weights
  *     kn_matmul(pool, k, &w, x, &a, n_tok, y, ldy);     // y[t * ldy + r]
  */
 #ifndef KN_KERNELS_H
@@ -50,23 +62,45 @@
 #include "base/base.h"
 
 #define KN_QBLOCK 32   /* elements per block of Q4_0, Q4_1, Q8_0 and of quantized activations */
+#define KN_KBLOCK 256  /* elements per super-block of the K-quants and of Q8_K activations */
+#define KN_NTYPES 32   /* size of the tables indexed by kn_type */
+#define KN_GROUP 8     /* rows per interleaved group of KN_LAYOUT_X8 */
+#define KN_ATTN_MAX_D 4096 /* widest attention head (the hyperparameter check's limit) */
+/* Rows of attention scratch for n_q query heads (the SIMD variants work 8 heads at a time). */
+#define KN_ATTN_SCRATCH(n_q) (((n_q) + 7) / 8 * 8)
 
-/* A weight matrix viewed in place (usually inside the mmapped GGUF). */
+enum kn_layout {
+    KN_LAYOUT_GGUF = 0,     /* [n_out][row_bytes], GGUF's blocks */
+    KN_LAYOUT_X8 = 1,       /* ceil(n_out / 8) groups of 8 rows interleaved (pack.c) */
+};
+
+/* A weight matrix: viewed in place (usually inside the mmapped GGUF), or repacked. */
 typedef struct kn_wmat {
-    uint32_t type;          /* kn_type: F32, F16, Q4_0, Q4_1 or Q8_0 */
+    uint32_t type;          /* kn_type: F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q5_K or Q6_K */
     int n_in;               /* elements per row (GGUF ne[0]) */
     int n_out;              /* rows (GGUF ne[1]) */
-    size_t row_bytes;       /* bytes of one stored row */
-    const uint8_t *data;    /* [n_out][row_bytes] */
+    size_t row_bytes;       /* GGUF: bytes of one stored row; X8: bytes of one group of 8 */
+    const uint8_t *data;    /* GGUF: [n_out][row_bytes]; X8: [ceil(n_out/8)][row_bytes] */
+    int layout;             /* kn_layout */
 } kn_wmat;
 
-/* Activations of n_tok tokens quantized to 8-bit blocks of 32, one row of n elements per token.
- * Rows are stride elements apart (stride a multiple of 32, >= n). */
+/* Activations of n_tok tokens quantized to 8 bits, one row of n elements per token, in the two
+ * forms the weight types want. Rows are stride elements apart (stride a multiple of 32 and, for
+ * the Q8_K form, of 256; stride >= n). A form's pointers may be NULL when it is not used.
+ * Q8_0 form (kn_quant_fn quantize), for Q4_0 / Q4_1 / Q8_0: */
 typedef struct kn_act {
     int8_t *q;              /* [n_tok][stride] */
     float *d;               /* [n_tok][stride/32] block scale */
     float *s;               /* [n_tok][stride/32] d * sum(q of the block), for Q4_1's offset */
     int stride;
+    int32_t *q4off;         /* [n_tok][stride/32] -8 * sum(q of the block): what the offset of
+                             * 8 of Q4_0's nibbles adds to the repacked Q4_0's block dot;
+                             * NULL: not wanted */
+    /* Q8_K form (quantize_k), for Q4_K / Q5_K / Q6_K: */
+    int8_t *qk;             /* [n_tok][stride] */
+    float *dk;              /* [n_tok][stride/256] super-block scale */
+    int16_t *bsk;           /* [n_tok][stride/16] sum(q) per 16 elements (ggml's bsums) */
+    int16_t *bsk32;         /* [n_tok][stride/32] sum(q) per 32 elements */
 } kn_act;
 
 /* One row-range of a product: y[t * ldy + r] = dot(W[r], x[t]) for r in [r0, r1), t < n_tok.
@@ -78,25 +112,40 @@ typedef void (*kn_rows_fn)(const kn_wmat *w, int r0, int r1, const float *x, con
  * variant gives the same bits as kn_quantize_act. */
 typedef void (*kn_quant_fn)(kn_act *a, const float *x, int n_tok, int n);
 
-/* Attention of one query head q[d] over one KV head's n_slots cached keys k[n_slots][d] and
- * values v[n_slots][d]: slot t takes part when 0 <= slot_pos[t] <= pos and, with a sliding
- * window swa > 0, pos - slot_pos[t] < swa. out[d] = softmax(q.k / sqrt(d)) . v; scores is
- * [n_slots] scratch. A slot outside the mask adds nothing and changes no rounding, so the result
- * does not depend on how many masked slots follow (decode vs a whole window). */
+/* Attention of the n_q query heads q[n_q][d] that share one KV head (grouped-query attention;
+ * n_q = 1 without it) over its n_slots cached keys k[n_slots][d] and values v[n_slots][d]:
+ * slot t takes part when 0 <= slot_pos[t] <= pos and, with a sliding window swa > 0,
+ * pos - slot_pos[t] < swa. out[h][d] = softmax(q[h].k / sqrt(d)) . v; scores is
+ * [KN_ATTN_SCRATCH(n_q)][n_slots] scratch. Cached rows must be finite. A slot outside the mask adds nothing and changes no rounding, so the
+ * result does not depend on how many masked slots follow (decode vs a whole window); nor does
+ * a head's result depend on n_q. Only slots up to the last allowed one are read. */
 typedef void (*kn_attn_fn)(const float *q, const float *k, const float *v, const int32_t *slot_pos,
-                           int n_slots, int32_t pos, int swa, int d, float *scores, float *out);
+                           int n_slots, int32_t pos, int swa, int d, int n_q, float *scores,
+                           float *out);
+/* The same over a cache of IEEE halves (the engine's default KV cache): each key and value
+ * element is widened exactly, then the arithmetic is the F32 variant's. */
+typedef void (*kn_attn_f16_fn)(const float *q, const uint16_t *k, const uint16_t *v,
+                               const int32_t *slot_pos, int n_slots, int32_t pos, int swa, int d,
+                               int n_q, float *scores, float *out);
 
 typedef struct kn_kernels {
-    const char *name;               /* "generic", "avx2", "avx512vnni" */
-    kn_rows_fn rows[32];            /* by kn_type; NULL where unsupported */
-    kn_quant_fn quantize;
+    const char *name;               /* "generic", "avx2", "avxvnni", "avx512vnni" */
+    kn_rows_fn rows[KN_NTYPES];     /* GGUF layout, by kn_type; NULL where unsupported */
+    kn_rows_fn rows_x8[KN_NTYPES];  /* KN_LAYOUT_X8; non-NULL: this table wants the type packed */
+    kn_quant_fn quantize;           /* the Q8_0 form (and q4off when a->q4off is set) */
+    kn_quant_fn quantize_k;         /* the Q8_K form; n a multiple of 256 */
     kn_attn_fn attn;
+    kn_attn_f16_fn attn_f16;
+    void (*swiglu)(float *g, const float *u, int n); /* as kn_swiglu; one row per call, so
+                                                      * that a row's bits do not depend on the
+                                                      * rows before it */
 } kn_kernels;
 
 /* The tables kiln has, by name, reference first: "generic" (plain C, every CPU), "avx2"
- * (AVX2 + FMA + F16C), "avx512vnni" (AVX-512 F/DQ/BW/VL + VNNI). A table is usable only where
- * CPUID (and the OS's XSAVE state) says its instructions exist. */
-#define KN_KERNEL_TABLES 3
+ * (AVX2 + FMA + F16C), "avxvnni" (AVX2 + AVX-VNNI: Alder Lake and later), "avx512vnni"
+ * (AVX-512 F/DQ/BW/VL + VNNI). A table is usable only where CPUID (and the OS's XSAVE state)
+ * says its instructions exist. */
+#define KN_KERNEL_TABLES 4
 extern const char *const kn_kernel_names[KN_KERNEL_TABLES];
 
 /* The table called name, or NULL when the name is unknown or this CPU lacks its instructions. */
@@ -115,15 +164,38 @@ const kn_kernels *kn_kernels_get(void);
 /* Each variant, for tests and benchmarks; NULL where this CPU lacks the instructions. */
 const kn_kernels *kn_kernels_generic(void);
 const kn_kernels *kn_kernels_avx2(void);
+const kn_kernels *kn_kernels_avxvnni(void);
 const kn_kernels *kn_kernels_avx512(void);
 
-/* Whether products with weights of this type are supported (F32, F16, Q4_0, Q4_1, Q8_0). */
+/* Whether products with weights of this type are supported (F32, F16, Q4_0, Q4_1, Q8_0, Q4_K,
+ * Q5_K, Q6_K) for rows of n_in elements (a whole number of the type's blocks). */
 bool kn_kernels_type_ok(uint32_t type);
-/* Whether this weight type wants quantized activations. */
+/* Whether this weight type wants quantized activations (either form). */
 bool kn_type_wants_q8(uint32_t type);
+/* Whether it wants them in the Q8_K form (the K-quants). */
+bool kn_type_wants_q8k(uint32_t type);
+/* Elements per block of the type's activations: 32, 256 for the K-quants, 1 for F32 / F16. */
+int kn_type_act_block(uint32_t type);
 
-/* The reference kn_quant_fn (the table's quantize is the fast one, with the same bits). */
+/* The reference kn_quant_fn of the Q8_0 form: q, d and s (the table's quantize is the fast
+ * one, with the same bits, and also writes q4off). */
 void kn_quantize_act(kn_act *a, const float *x, int n_tok, int n);
+/* The reference of the Q8_K form (ggml's quantize_row_q8_K): qk, dk, bsk and bsk32. */
+void kn_quantize_act_k(kn_act *a, const float *x, int n_tok, int n);
+/* a->q4off from a->q, for n_tok rows of n elements. */
+void kn_act_q4_offsets(kn_act *a, int n_tok, int n);
+
+/* ---- repacking (pack.c) ----
+ * Bytes of w repacked for table k (0 when k multiplies w's type in the GGUF layout, or w is not
+ * a whole number of blocks per row); the buffer should be 64-byte aligned. */
+size_t kn_pack_bytes(const kn_kernels *k, const kn_wmat *w);
+/* The view of w packed into dst (kn_pack_bytes of it), without writing anything: fill it with
+ * kn_pack_groups over [0, ceil(n_out / 8)), in one call or split among threads (groups are
+ * independent). Rows past n_out in the last group are zeros. */
+kn_wmat kn_pack_view(const kn_wmat *w, const uint8_t *dst);
+void kn_pack_groups(const kn_wmat *w, uint8_t *dst, int g0, int g1);
+/* Both at once, on this thread. */
+kn_wmat kn_pack(const kn_wmat *w, uint8_t *dst);
 
 /* ---- thread pool ----
  * The caller's thread is worker 0, so a pool of 1 starts no thread. Workers spin briefly on an
@@ -157,7 +229,7 @@ void kn_matmul_multi(kn_pool *pool, const kn_kernels *k, int n_mats, const kn_wm
 void kn_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
 /* Softmax in place. */
 void kn_softmax(float *x, int n);
-/* g[i] = silu(g[i]) * u[i]. */
+/* g[i] = silu(g[i]) * u[i]; the reference of kn_kernels.swiglu. */
 void kn_swiglu(float *g, const float *u, int n);
 float kn_silu(float x);
 
@@ -180,8 +252,10 @@ void kn_rope_apply(float *x, int n_head, int head_dim, int rope_dim, bool neox, 
 /* Plain dot product and y += a * x (the reference attention's pieces). */
 float kn_dot_f32(const float *a, const float *b, int n);
 void kn_axpy_f32(float *y, float a, const float *x, int n);
-/* The reference kn_attn_fn. */
+/* The reference kn_attn_fn and kn_attn_f16_fn. */
 void kn_attn_ref(const float *q, const float *k, const float *v, const int32_t *slot_pos,
-                 int n_slots, int32_t pos, int swa, int d, float *scores, float *out);
+                 int n_slots, int32_t pos, int swa, int d, int n_q, float *scores, float *out);
+void kn_attn_ref_f16(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *slot_pos,
+                     int n_slots, int32_t pos, int swa, int d, int n_q, float *scores, float *out);
 
 #endif

@@ -1,4 +1,5 @@
-/* matmul_avx2.c — AVX2 + FMA + F16C row products (the bodies are in x86_body.h). */
+/* matmul_avx2.c — AVX2 + FMA + F16C row products: the GGUF-layout ones (x86_body.h) and the
+ * repacked 8-row groups (x86_x8.h) with vpmaddubsw + vpmaddwd. */
 #include <immintrin.h>
 
 /* u8 x s8 -> 8 x i32: pairwise products summed to i16 (no overflow: |w| <= 128, |a| <= 127,
@@ -7,6 +8,9 @@
 
 #include "kernels/x86_body.h"
 
-static const kn_kernels k_avx2 = KN_TABLE_INIT("avx2");
+#define KN_VNNI 0
+#include "kernels/x86_x8.h"
+
+static const kn_kernels k_avx2 = {KN_TABLE_FIELDS("avx2"), KN_X8_TABLE};
 
 const kn_kernels *kn_kernels_avx2_table(void) { return &k_avx2; }

@@ -19,6 +19,10 @@
 #define KN_X86_OWN_QUANT
 #include "kernels/x86_body.h"
 
+#define KN_VNNI 1
+#define KN_DPBUSD(acc, u, s) _mm256_dpbusd_epi32((acc), (u), (s))
+#include "kernels/x86_x8.h"
+
 static inline uint32_t load_u32(const uint8_t *p) {
     uint32_t v;
     memcpy(&v, p, 4);
@@ -210,9 +214,16 @@ static const kn_kernels k_avx512 = {
         [KN_TYPE_Q4_0] = rows_q4_0_512,
         [KN_TYPE_Q4_1] = rows_q4_1_512,
         [KN_TYPE_Q8_0] = rows_q8_0_512,
+        [KN_TYPE_Q4_K] = kn_ref_rows_q4_k,
+        [KN_TYPE_Q5_K] = kn_ref_rows_q5_k,
+        [KN_TYPE_Q6_K] = kn_ref_rows_q6_k,
     },
+    KN_X8_TABLE,
     .quantize = kn_quantize_avx512,
+    .quantize_k = kn_quantize_k_avx2,
     .attn = kn_attn_avx512,
+    .attn_f16 = kn_attn_avx512_f16,
+    .swiglu = kn_swiglu_avx2,
 };
 
 const kn_kernels *kn_kernels_avx512_table(void) { return &k_avx512; }

@@ -193,7 +193,7 @@ typedef struct matmul_job {
     float *const *y;
     const int *ldy;           /* per matrix; NULL = its n_out */
     int total_rows;
-    int chunk;                /* rows per item, a multiple of 4 */
+    int chunk;                /* rows per item, a multiple of 8 (a packed group) */
 } matmul_job;
 
 /* The matrices' rows are one concatenated range cut into items of `chunk` rows; an item may
@@ -210,9 +210,10 @@ static void matmul_item(void *ctx, int item, int n_items, int worker) {
         int r0 = g0 - base, r1 = g1 - base;
         if (r0 < 0) r0 = 0;
         if (r1 > w->n_out) r1 = w->n_out;
-        if (r0 < r1)
-            j->k->rows[w->type](w, r0, r1, j->x, j->a, j->n_tok, j->y[i],
-                                j->ldy ? j->ldy[i] : w->n_out);
+        if (r0 < r1) {
+            kn_rows_fn f = w->layout == KN_LAYOUT_X8 ? j->k->rows_x8[w->type] : j->k->rows[w->type];
+            f(w, r0, r1, j->x, j->a, j->n_tok, j->y[i], j->ldy ? j->ldy[i] : w->n_out);
+        }
         base += w->n_out;
     }
 }
@@ -234,7 +235,7 @@ static void matmul_run(kn_pool *pool, matmul_job *j) {
     }
     int chunk = (j->total_rows + 8 * nth - 1) / (8 * nth);
     if (chunk < 16) chunk = 16;
-    j->chunk = (chunk + 3) & ~3;
+    j->chunk = (chunk + KN_GROUP - 1) / KN_GROUP * KN_GROUP;
     kn_pool_run(pool, matmul_item, j, (j->total_rows + j->chunk - 1) / j->chunk);
 }
 

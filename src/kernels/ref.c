@@ -62,6 +62,83 @@ void kn_quantize_act(kn_act *a, const float *x, int n_tok, int n) {
     }
 }
 
+/* ggml's nearest_int: round to nearest even through the float's bits, so that no
+ * float-to-int conversion is undefined (a non-finite product gives some value in range). */
+static inline int nearest_int(float v) {
+    float f = v + 12582912.0f;
+    int32_t i;
+    memcpy(&i, &f, sizeof i);
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+/* ggml's quantize_row_q8_K (x86 uses the reference): per 256 elements, m = the element of
+ * largest magnitude (the first of equals), iscale = -127 / m, q = nearest_int(iscale * x)
+ * capped at 127, d = 1 / iscale; plus kiln's sums per 16 (ggml's bsums) and per 32. An
+ * all-zero block gives d = 0 and q = 0; one with a NaN or an infinity q = 0 and d = NaN. */
+void kn_quantize_act_k(kn_act *a, const float *x, int n_tok, int n) {
+    int nb = n / KN_KBLOCK;
+    for (int t = 0; t < n_tok; t++) {
+        const float *xr = x + (size_t)t * n;
+        int8_t *q = a->qk + (size_t)t * a->stride;
+        float *d = a->dk + (size_t)t * (a->stride / KN_KBLOCK);
+        int16_t *bs = a->bsk + (size_t)t * (a->stride / 16);
+        int16_t *bs32 = a->bsk32 + (size_t)t * (a->stride / 32);
+        for (int b = 0; b < nb; b++) {
+            const float *xb = xr + b * KN_KBLOCK;
+            int8_t *qb = q + b * KN_KBLOCK;
+            float amax = 0.0f, max = 0.0f;
+            bool finite = true;
+            for (int i = 0; i < KN_KBLOCK; i++) {
+                float v = fabsf(xb[i]);
+                if (!(v <= FLT_MAX)) {
+                    finite = false; /* NaN or Inf */
+                } else if (v > amax) {
+                    amax = v;
+                    max = xb[i];
+                }
+            }
+            if (!finite || amax == 0.0f) {
+                /* all zero: d = 0; overflowed activations: as kn_quantize_act, q = 0 and a NaN
+                 * scale, so every product the block enters is NaN */
+                memset(qb, 0, KN_KBLOCK);
+                d[b] = finite ? 0.0f : NAN;
+            } else {
+                float iscale = -127.0f / max;
+                for (int i = 0; i < KN_KBLOCK; i++) {
+                    float v = iscale * xb[i];
+                    int iv = nearest_int(v);
+                    qb[i] = (int8_t)(iv > 127 ? 127 : iv < -128 ? -128 : iv);
+                }
+                d[b] = 1.0f / iscale;
+            }
+            for (int j = 0; j < KN_KBLOCK / 16; j++) {
+                int sum = 0;
+                for (int i = 0; i < 16; i++) sum += qb[16 * j + i];
+                bs[b * 16 + j] = (int16_t)sum;
+            }
+            for (int j = 0; j < KN_KBLOCK / 32; j++)
+                bs32[b * 8 + j] = (int16_t)(bs[b * 16 + 2 * j] + bs[b * 16 + 2 * j + 1]);
+        }
+    }
+}
+
+void kn_act_q4_offsets(kn_act *a, int n_tok, int n) {
+    int nb = n / KN_QBLOCK, sb = a->stride / KN_QBLOCK;
+    for (int t = 0; t < n_tok; t++)
+        for (int b = 0; b < nb; b++) {
+            const int8_t *q = a->q + (size_t)t * a->stride + b * KN_QBLOCK;
+            int sum = 0;
+            for (int i = 0; i < KN_QBLOCK; i++) sum += q[i];
+            a->q4off[(size_t)t * sb + b] = -8 * sum;
+        }
+}
+
+/* The generic table's quantize: the reference, and the Q4_0 offsets when asked for. */
+void kn_quantize_act_bs(kn_act *a, const float *x, int n_tok, int n) {
+    kn_quantize_act(a, x, n_tok, n);
+    if (a->q4off) kn_act_q4_offsets(a, n_tok, n);
+}
+
 /* ---- row products ---- */
 
 static float dot_f32_rows(const float *w, const float *x, int n) {
@@ -182,10 +259,115 @@ static void rows_q8_0(const kn_wmat *w, int r0, int r1, const float *x, const kn
     }
 }
 
+/* ---- K-quants against Q8_K activations ----
+ * Per super-block of 256: the integer sum over sub-blocks of scale * dot(q, a), then one float
+ * step. The integers are exact (|sum| < 2^31), so every variant agrees on them. */
+
+/* Q4_K / Q5_K sub-block j's 6-bit scale and min (ggml's get_scale_min_k4). */
+static void scale_min_k4(const uint8_t *s, int j, int *sc, int *m) {
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *m = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
+        *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+/* Q4_K: f16 d, f16 dmin, scales[12], qs[128]; x = d * sc_j * q - dmin * m_j. Q5_K: the same
+ * with qh[32] before qs giving a fifth bit. y += (d*da) * sum_j sc_j dot_j - (dmin*da) *
+ * sum_j m_j sum_j(a). */
+static void rows_q45_k(const kn_wmat *w, int r0, int r1, const kn_act *a, int n_tok, float *y,
+                       int ldy, bool five) {
+    int nb = w->n_in / KN_KBLOCK, bb = five ? 176 : 144;
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *wr = w->data + (size_t)r * w->row_bytes;
+        for (int t = 0; t < n_tok; t++) {
+            const int8_t *q = a->qk + (size_t)t * a->stride;
+            const float *ad = a->dk + (size_t)t * (a->stride / KN_KBLOCK);
+            const int16_t *bs = a->bsk + (size_t)t * (a->stride / 16);
+            float acc = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = wr + (size_t)b * bb;
+                const uint8_t *qh = blk + 16, *qs = blk + (five ? 48 : 16);
+                const int8_t *qa = q + b * KN_KBLOCK;
+                int32_t isum = 0, imin = 0;
+                for (int j = 0; j < 8; j++) {
+                    int sc, m;
+                    scale_min_k4(blk + 4, j, &sc, &m);
+                    int32_t dot = 0;
+                    for (int l = 0; l < 32; l++) {
+                        int v = (qs[(j / 2) * 32 + l] >> (4 * (j % 2))) & 0x0f;
+                        if (five) v |= ((qh[l] >> j) & 1) << 4;
+                        dot += v * qa[32 * j + l];
+                    }
+                    isum += sc * dot;
+                    imin += m * (bs[b * 16 + 2 * j] + bs[b * 16 + 2 * j + 1]);
+                }
+                float dd = kn_load_f16(blk) * ad[b];
+                float dm = kn_load_f16(blk + 2) * ad[b];
+                acc += dd * (float)isum;
+                acc -= dm * (float)imin;
+            }
+            y[(size_t)t * ldy + r] = acc;
+        }
+    }
+}
+
+void kn_ref_rows_q4_k(const kn_wmat *w, int r0, int r1, const float *x, const kn_act *a,
+                      int n_tok, float *y, int ldy) {
+    (void)x;
+    rows_q45_k(w, r0, r1, a, n_tok, y, ldy, false);
+}
+
+void kn_ref_rows_q5_k(const kn_wmat *w, int r0, int r1, const float *x, const kn_act *a,
+                      int n_tok, float *y, int ldy) {
+    (void)x;
+    rows_q45_k(w, r0, r1, a, n_tok, y, ldy, true);
+}
+
+/* Q6_K: ql[128], qh[64], int8 scales[16], f16 d; element e = 128h + r takes the low 4 bits from
+ * the nibble r / 64 of ql[64h + r % 64] and the top 2 from qh[32h + r % 32] >> 2(r / 32);
+ * x = d * sc[e / 16] * (q - 32). y += (d*da) * sum_j sc_j sum(q - 32) a. */
+void kn_ref_rows_q6_k(const kn_wmat *w, int r0, int r1, const float *x, const kn_act *a,
+                      int n_tok, float *y, int ldy) {
+    (void)x;
+    int nb = w->n_in / KN_KBLOCK;
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *wr = w->data + (size_t)r * w->row_bytes;
+        for (int t = 0; t < n_tok; t++) {
+            const int8_t *q = a->qk + (size_t)t * a->stride;
+            const float *ad = a->dk + (size_t)t * (a->stride / KN_KBLOCK);
+            float acc = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = wr + (size_t)b * 210, *ql = blk, *qh = blk + 128;
+                const int8_t *sc = (const int8_t *)(blk + 192);
+                const int8_t *qa = q + b * KN_KBLOCK;
+                int32_t isum = 0;
+                for (int j = 0; j < 16; j++) {
+                    int32_t dot = 0;
+                    for (int l = 0; l < 16; l++) {
+                        int e = 16 * j + l, h = e / 128, rr = e % 128;
+                        int lo = (ql[h * 64 + rr % 64] >> (4 * (rr / 64))) & 0x0f;
+                        int hi = (qh[h * 32 + rr % 32] >> (2 * (rr / 32))) & 3;
+                        dot += ((lo | hi << 4) - 32) * qa[e];
+                    }
+                    isum += sc[j] * dot;
+                }
+                float dd = kn_load_f16(blk + 208) * ad[b];
+                acc += dd * (float)isum;
+            }
+            y[(size_t)t * ldy + r] = acc;
+        }
+    }
+}
+
 /* Scores of the allowed slots, softmax, weighted sum of values. Loops stop after the last
- * allowed slot, which changes nothing (later slots would add exact zeros) but the time. */
-void kn_attn_ref(const float *q, const float *k, const float *v, const int32_t *slot_pos,
-                 int n_slots, int32_t pos, int swa, int d, float *sc, float *out) {
+ * allowed slot, which changes nothing (later slots would add exact zeros) but the time. The F32
+ * and F16 caches share the body; an F16 row is widened into wide[] first (exact). */
+static inline void attn_ref(const float *q, const void *k, const void *v, bool f16,
+                            const int32_t *slot_pos, int n_slots, int32_t pos, int swa, int d,
+                            float *sc, float *out, float *wide) {
     float scale = 1.0f / sqrtf((float)d);
     float mx = -INFINITY;
     int end = 0;
@@ -195,7 +377,12 @@ void kn_attn_ref(const float *q, const float *k, const float *v, const int32_t *
             sc[t] = -INFINITY;
             continue;
         }
-        sc[t] = kn_dot_f32(q, k + (size_t)t * d, d) * scale;
+        const float *kt = (const float *)k + (size_t)t * d;
+        if (f16) {
+            for (int i = 0; i < d; i++) wide[i] = kn_fp16_to_fp32(((const uint16_t *)k)[(size_t)t * d + i]);
+            kt = wide;
+        }
+        sc[t] = kn_dot_f32(q, kt, d) * scale;
         if (sc[t] > mx) mx = sc[t];
         end = t + 1;
     }
@@ -207,8 +394,31 @@ void kn_attn_ref(const float *q, const float *k, const float *v, const int32_t *
     }
     float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
     memset(out, 0, sizeof(float) * (size_t)d);
-    for (int t = 0; t < end; t++)
-        if (sc[t] != 0.0f) kn_axpy_f32(out, sc[t] * inv, v + (size_t)t * d, d);
+    for (int t = 0; t < end; t++) {
+        if (sc[t] == 0.0f) continue;
+        const float *vt = (const float *)v + (size_t)t * d;
+        if (f16) {
+            for (int i = 0; i < d; i++) wide[i] = kn_fp16_to_fp32(((const uint16_t *)v)[(size_t)t * d + i]);
+            vt = wide;
+        }
+        kn_axpy_f32(out, sc[t] * inv, vt, d);
+    }
+}
+
+/* One head at a time. */
+void kn_attn_ref(const float *q, const float *k, const float *v, const int32_t *slot_pos,
+                 int n_slots, int32_t pos, int swa, int d, int n_q, float *sc, float *out) {
+    for (int h = 0; h < n_q; h++)
+        attn_ref(q + (size_t)h * d, k, v, false, slot_pos, n_slots, pos, swa, d,
+                 sc + (size_t)h * n_slots, out + (size_t)h * d, NULL);
+}
+
+void kn_attn_ref_f16(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *slot_pos,
+                     int n_slots, int32_t pos, int swa, int d, int n_q, float *sc, float *out) {
+    float wide[KN_ATTN_MAX_D];
+    for (int h = 0; h < n_q; h++)
+        attn_ref(q + (size_t)h * d, k, v, true, slot_pos, n_slots, pos, swa, d,
+                 sc + (size_t)h * n_slots, out + (size_t)h * d, wide);
 }
 
 static const kn_kernels k_generic = {
@@ -219,17 +429,32 @@ static const kn_kernels k_generic = {
         [KN_TYPE_Q4_0] = rows_q4_0,
         [KN_TYPE_Q4_1] = rows_q4_1,
         [KN_TYPE_Q8_0] = rows_q8_0,
+        [KN_TYPE_Q4_K] = kn_ref_rows_q4_k,
+        [KN_TYPE_Q5_K] = kn_ref_rows_q5_k,
+        [KN_TYPE_Q6_K] = kn_ref_rows_q6_k,
     },
-    .quantize = kn_quantize_act,
+    .quantize = kn_quantize_act_bs,
+    .quantize_k = kn_quantize_act_k,
     .attn = kn_attn_ref,
+    .attn_f16 = kn_attn_ref_f16,
+    .swiglu = kn_swiglu,
 };
 
 const kn_kernels *kn_kernels_generic(void) { return &k_generic; }
 
-bool kn_kernels_type_ok(uint32_t type) { return type < 32 && k_generic.rows[type] != NULL; }
+bool kn_kernels_type_ok(uint32_t type) { return type < KN_NTYPES && k_generic.rows[type] != NULL; }
+
+bool kn_type_wants_q8k(uint32_t type) {
+    return type == KN_TYPE_Q4_K || type == KN_TYPE_Q5_K || type == KN_TYPE_Q6_K;
+}
 
 bool kn_type_wants_q8(uint32_t type) {
-    return type == KN_TYPE_Q4_0 || type == KN_TYPE_Q4_1 || type == KN_TYPE_Q8_0;
+    return type == KN_TYPE_Q4_0 || type == KN_TYPE_Q4_1 || type == KN_TYPE_Q8_0 ||
+           kn_type_wants_q8k(type);
+}
+
+int kn_type_act_block(uint32_t type) {
+    return kn_type_wants_q8k(type) ? KN_KBLOCK : kn_type_wants_q8(type) ? KN_QBLOCK : 1;
 }
 
 /* ---- plain ops ---- */

@@ -192,16 +192,23 @@ KN_AI float f32_at(const uint8_t *p) {
 KN_ROWS_F(rows_f32, load8_f32, 4, f32_at)
 KN_ROWS_F(rows_f16, load8_f16, 2, f16_at)
 
-#define KN_TABLE_INIT(NAME_STR)                                                                 \
-    {                                                                                           \
-        .name = NAME_STR,                                                                       \
-        .rows = {                                                                               \
-            [KN_TYPE_F32] = rows_f32,                                                           \
-            [KN_TYPE_F16] = rows_f16,                                                           \
-            [KN_TYPE_Q4_0] = rows_q4_0,                                                         \
-            [KN_TYPE_Q4_1] = rows_q4_1,                                                         \
-            [KN_TYPE_Q8_0] = rows_q8_0,                                                         \
-        },                                                                                      \
-        .quantize = kn_quantize_act,                                                            \
-        .attn = kn_attn_ref,                                                                    \
-    }
+/* The fields of a table that this file provides: the GGUF-layout products (the K-quants' are
+ * the reference ones: the model always repacks them for these tables), and the AVX2
+ * quantizers and attention (ops_avx2.c). */
+#define KN_TABLE_FIELDS(NAME_STR)                                                               \
+    .name = NAME_STR,                                                                           \
+    .rows = {                                                                                   \
+        [KN_TYPE_F32] = rows_f32,                                                               \
+        [KN_TYPE_F16] = rows_f16,                                                               \
+        [KN_TYPE_Q4_0] = rows_q4_0,                                                             \
+        [KN_TYPE_Q4_1] = rows_q4_1,                                                             \
+        [KN_TYPE_Q8_0] = rows_q8_0,                                                             \
+        [KN_TYPE_Q4_K] = kn_ref_rows_q4_k,                                                      \
+        [KN_TYPE_Q5_K] = kn_ref_rows_q5_k,                                                      \
+        [KN_TYPE_Q6_K] = kn_ref_rows_q6_k,                                                      \
+    },                                                                                          \
+    .quantize = kn_quantize_avx2,                                                               \
+    .quantize_k = kn_quantize_k_avx2,                                                           \
+    .attn = kn_attn_avx2,                                                                       \
+    .attn_f16 = kn_attn_avx2_f16,                                                               \
+    .swiglu = kn_swiglu_avx2

@@ -106,7 +106,7 @@ TEST(hardening_quantize_act_non_finite_blocks) {
     x[160 + 7] = 3e38f;   /* finite, but its scale overflows F16: Inf, defined */
     int8_t q0[N], q1[N];
     float d0[2 * N / 32], d1[2 * N / 32];
-    kn_act ref = {q0, d0, d0 + N / 32, N};
+    kn_act ref = {.q = q0, .d = d0, .s = d0 + N / 32, .stride = N};
     kn_quantize_act(&ref, x, 1, N);
     for (int b = 1; b <= 3; b++) {
         CHECKF(isnan(d0[b]) && isnan(ref.s[b]), "block %d: scale %g", b, d0[b]);
@@ -114,11 +114,12 @@ TEST(hardening_quantize_act_non_finite_blocks) {
     }
     CHECK(isfinite(d0[0]) && isfinite(d0[4]) && q0[128 + 5] == 127);
     CHECK(isinf(d0[5]) && q0[160 + 7] == 127);
-    const kn_kernels *v[] = {kn_kernels_generic(), kn_kernels_avx2(), kn_kernels_avx512()};
+    const kn_kernels *v[] = {kn_kernels_generic(), kn_kernels_avx2(), kn_kernels_avxvnni(),
+                             kn_kernels_avx512()};
     for (size_t k = 0; k < sizeof v / sizeof v[0]; k++) {
         if (!v[k]) continue;
         memset(q1, 0x55, sizeof q1);
-        kn_act a = {q1, d1, d1 + N / 32, N};
+        kn_act a = {.q = q1, .d = d1, .s = d1 + N / 32, .stride = N};
         v[k]->quantize(&a, x, 1, N);
         CHECKF(memcmp(q0, q1, sizeof q0) == 0, "%s: q differs", v[k]->name);
         for (int b = 0; b < N / 32; b++)

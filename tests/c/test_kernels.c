@@ -1,6 +1,8 @@
 /* test_kernels.c — every kernel variant against the plain-C reference, and the reference against
  * exact float arithmetic, on awkward sizes with NaN-poisoned outputs; each variant's results
- * independent of the batch and of the threads (bit for bit). */
+ * independent of the batch and of the threads (bit for bit). The ISA tables run on weights
+ * repacked for them (kn_pack) wherever the engine would repack, so the packer is checked too:
+ * a misplaced byte changes a product. */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -21,6 +23,9 @@
 /* Attention output of a SIMD variant vs the reference, relative to max |v|: the softmax weights
  * differ by the exponential (expf vs a 2-ulp polynomial) and summation order, a few ulps each. */
 #define TOL_ATTN 2e-6
+/* SwiGLU of a variant vs the reference, relative: the exponential's 2 ulps, then a division and
+ * a product, each within half an ulp. */
+#define TOL_SWIGLU 4e-7
 
 static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
 static uint32_t rnd(void) {
@@ -51,6 +56,24 @@ static void random_row(uint32_t type, int n, uint8_t *row, float *deq) {
         return;
     }
     size_t bb = block_bytes(type);
+    if (kn_type_wants_q8k(type)) {
+        /* random bits, then sane F16 scales where the block has them; the values are what the
+         * reference dequantizer (checked against gguf-py) makes of it */
+        for (int b = 0; b < n / 256; b++) {
+            uint8_t *blk = row + (size_t)b * bb;
+            for (size_t i = 0; i < bb; i++) blk[i] = (uint8_t)(rnd() & 0xFF);
+            uint16_t dh = kn_fp32_to_fp16(0.0005f + (float)(rnd() % 1000) / 200000.0f);
+            uint16_t mh = kn_fp32_to_fp16(0.0002f + (float)(rnd() % 1000) / 400000.0f);
+            if (type == KN_TYPE_Q6_K) {
+                memcpy(blk + 208, &dh, 2);
+            } else {
+                memcpy(blk, &dh, 2);
+                memcpy(blk + 2, &mh, 2);
+            }
+        }
+        kn_dequantize(type, row, deq, n);
+        return;
+    }
     for (int b = 0; b < n / 32; b++) {
         uint8_t *blk = row + (size_t)b * bb;
         float *o = deq + b * 32;
@@ -91,8 +114,10 @@ typedef struct prob {
     float *wdeq;   /* [n_out][n_in] */
     float *x;      /* [n_tok][n_in] */
     kn_act a;
-    int8_t *aq;
-    float *ad, *as;
+    int8_t *aq, *aqk;
+    float *ad, *as, *adk;
+    int32_t *aq4off;
+    int16_t *absk, *absk32;
 } prob;
 
 static bool prob_make(prob *p, uint32_t type, int n_in, int n_out, int n_tok) {
@@ -107,16 +132,26 @@ static bool prob_make(prob *p, uint32_t type, int n_in, int n_out, int n_tok) {
     p->wdata = malloc(rb * (size_t)n_out + 64);
     p->wdeq = malloc(sizeof(float) * (size_t)n_in * n_out);
     p->x = malloc(sizeof(float) * (size_t)n_in * n_tok);
-    int stride = (n_in + 31) / 32 * 32 + 32; /* a stride larger than the row, on purpose */
+    /* a stride larger than the row, on purpose */
+    int stride = (n_in + 255) / 256 * 256 + (n_in % 256 ? 0 : 256);
     p->aq = malloc((size_t)stride * n_tok);
+    p->aqk = malloc((size_t)stride * n_tok);
     p->ad = malloc(sizeof(float) * (size_t)(stride / 32) * n_tok);
     p->as = malloc(sizeof(float) * (size_t)(stride / 32) * n_tok);
+    p->adk = malloc(sizeof(float) * (size_t)(stride / 256) * n_tok);
+    p->aq4off = malloc(sizeof(int32_t) * (size_t)(stride / 32) * n_tok);
+    p->absk = malloc(sizeof(int16_t) * (size_t)(stride / 16) * n_tok);
+    p->absk32 = malloc(sizeof(int16_t) * (size_t)(stride / 32) * n_tok);
     for (int r = 0; r < n_out; r++)
         random_row(type, n_in, p->wdata + rb * (size_t)r, p->wdeq + (size_t)r * n_in);
     for (int i = 0; i < n_in * n_tok; i++) p->x[i] = rndf() * (i % 7 == 0 ? 4.0f : 1.0f);
-    p->w = (kn_wmat){type, n_in, n_out, (size_t)rb, p->wdata};
-    p->a = (kn_act){p->aq, p->ad, p->as, stride};
-    if (kn_type_wants_q8(type)) kn_quantize_act(&p->a, p->x, n_tok, n_in);
+    p->w = (kn_wmat){type, n_in, n_out, (size_t)rb, p->wdata, KN_LAYOUT_GGUF};
+    p->a = (kn_act){p->aq, p->ad, p->as, stride, p->aq4off, p->aqk, p->adk, p->absk, p->absk32};
+    if (kn_type_wants_q8k(type)) kn_quantize_act_k(&p->a, p->x, n_tok, n_in);
+    else if (kn_type_wants_q8(type)) {
+        kn_quantize_act(&p->a, p->x, n_tok, n_in);
+        kn_act_q4_offsets(&p->a, n_tok, n_in);
+    }
     return true;
 }
 
@@ -125,8 +160,24 @@ static void prob_free(prob *p) {
     free(p->wdeq);
     free(p->x);
     free(p->aq);
+    free(p->aqk);
     free(p->ad);
     free(p->as);
+    free(p->adk);
+    free(p->aq4off);
+    free(p->absk);
+    free(p->absk32);
+}
+
+/* w as table k multiplies it in the engine: repacked when k wants the type packed (*buf then
+ * holds the copy, to be freed), else as is. */
+static kn_wmat weights_for(const kn_kernels *k, const kn_wmat *w, uint8_t **buf) {
+    *buf = NULL;
+    size_t n = kn_pack_bytes(k, w);
+    if (!n) return *w;
+    *buf = aligned_alloc(64, (n + 63) / 64 * 64);
+    memset(*buf, 0xA5, n); /* garbage where the packer might forget to write */
+    return kn_pack(w, *buf);
 }
 
 static float *poisoned(size_t n) {
@@ -135,11 +186,15 @@ static float *poisoned(size_t n) {
     return y;
 }
 
-/* Runs k on p into a fresh NaN-filled buffer; checks every output written and no gap touched. */
+/* Runs k on p (repacked as the engine would) into a fresh NaN-filled buffer; checks every output
+ * written and no gap touched. */
 static float *run_variant(const kn_kernels *k, kn_pool *pool, prob *p, bool *ok) {
     size_t ny = (size_t)p->ldy * p->n_tok;
     float *y = poisoned(ny);
-    kn_matmul(pool, k, &p->w, p->x, &p->a, p->n_tok, y, p->ldy);
+    uint8_t *buf;
+    kn_wmat w = weights_for(k, &p->w, &buf);
+    kn_matmul(pool, k, &w, p->x, &p->a, p->n_tok, y, p->ldy);
+    free(buf);
     *ok = true;
     for (int t = 0; t < p->n_tok; t++)
         for (int r = 0; r < p->ldy; r++) {
@@ -149,26 +204,35 @@ static float *run_variant(const kn_kernels *k, kn_pool *pool, prob *p, bool *ok)
     return y;
 }
 
-static const uint32_t k_types[] = {KN_TYPE_F32, KN_TYPE_F16, KN_TYPE_Q4_0, KN_TYPE_Q4_1,
-                                   KN_TYPE_Q8_0};
+static const uint32_t k_types[] = {KN_TYPE_F32,  KN_TYPE_F16,  KN_TYPE_Q4_0, KN_TYPE_Q4_1,
+                                   KN_TYPE_Q8_0, KN_TYPE_Q4_K, KN_TYPE_Q5_K, KN_TYPE_Q6_K};
+#define N_TYPES ((int)(sizeof k_types / sizeof k_types[0]))
+
+/* Row lengths per kind of type: a lone block, odd numbers of blocks, real widths. */
+static int n_in_for(uint32_t type, int i) {
+    static const int q[] = {32, 96, 576, 1056, 1536}, f[] = {1, 7, 33, 172, 576},
+                     k[] = {256, 768, 512, 2816, 1536};
+    return kn_type_wants_q8k(type) ? k[i] : kn_type_wants_q8(type) ? q[i] : f[i];
+}
 
 TEST(kernels_variants_match_reference) {
-    const kn_kernels *variants[] = {kn_kernels_avx2(), kn_kernels_avx512(), kn_kernels_get()};
-    const int n_ins_q[] = {32, 96, 576, 1056, 1536};
-    const int n_ins_f[] = {1, 7, 33, 172, 576};
+    const kn_kernels *variants[] = {kn_kernels_avx2(), kn_kernels_avxvnni(), kn_kernels_avx512(),
+                                    kn_kernels_get()};
+    const int n_variants = (int)(sizeof variants / sizeof variants[0]);
     const int n_outs[] = {1, 3, 33, 172};
     const int n_toks[] = {1, 2, 3, 4, 5, 9};
     kn_pool *pool = kn_pool_new(3);
     CHECK(pool != NULL);
     int n_checked = 0;
-    for (size_t ti = 0; ti < sizeof k_types / sizeof k_types[0]; ti++) {
+    for (int ti = 0; ti < N_TYPES; ti++) {
         uint32_t type = k_types[ti];
         bool q = kn_type_wants_q8(type);
+        int ab = kn_type_act_block(type);
         for (int ii = 0; ii < 5; ii++)
             for (int oi = 0; oi < 4; oi++)
                 for (int ki = 0; ki < 6; ki++) {
                     prob p;
-                    int n_in = q ? n_ins_q[ii] : n_ins_f[ii];
+                    int n_in = n_in_for(type, ii);
                     CHECK(prob_make(&p, type, n_in, n_outs[oi], n_toks[ki]));
                     bool ok;
                     float *ref = run_variant(kn_kernels_generic(), NULL, &p, &ok);
@@ -185,9 +249,9 @@ TEST(kernels_variants_match_reference) {
                                 mag += fabs((double)wr[i] * xt[i]);
                             }
                             if (q)
-                                for (int b = 0; b < n_in / 32; b++) {
+                                for (int b = 0; b < n_in / ab; b++) {
                                     double amax = 0, sw = 0;
-                                    for (int i = b * 32; i < b * 32 + 32; i++) {
+                                    for (int i = b * ab; i < b * ab + ab; i++) {
                                         if (fabs(xt[i]) > amax) amax = fabs(xt[i]);
                                         sw += fabs(wr[i]);
                                     }
@@ -200,7 +264,7 @@ TEST(kernels_variants_match_reference) {
                                    kn_type_name(type), p.n_out, n_in, p.n_tok, t, r, got, exact,
                                    bound);
                         }
-                    for (int vi = 0; vi < 3; vi++) {
+                    for (int vi = 0; vi < n_variants; vi++) {
                         if (!variants[vi]) continue;
                         for (int th = 0; th < 2; th++) {
                             float *y = run_variant(variants[vi], th ? pool : NULL, &p, &ok);
@@ -265,7 +329,7 @@ TEST(kernels_quantize_act_blocks) {
     for (int i = 32; i < 64; i++) x[i] = 0.0f; /* an all-zero block must give d = 0, q = 0 */
     int8_t q[64];
     float d[2], s[2];
-    kn_act a = {q, d, s, 64};
+    kn_act a = {.q = q, .d = d, .s = s, .stride = 64};
     kn_quantize_act(&a, x, 1, 64);
     /* ggml's x86 rounding: q = x * (127 / amax) to nearest even; d and d * sum(q) stored as
      * F16 (d here is that F16 value widened back). */
@@ -351,48 +415,62 @@ TEST(kernels_ops_reference) {
 TEST(kernels_dispatch_once) {
     const kn_kernels *k = kn_kernels_get();
     CHECK(k != NULL && k == kn_kernels_get());
-    CHECK(kn_kernels_type_ok(KN_TYPE_Q4_1) && !kn_kernels_type_ok(KN_TYPE_Q4_K));
-    for (size_t i = 0; i < sizeof k_types / sizeof k_types[0]; i++)
-        CHECK(k->rows[k_types[i]] != NULL);
+    CHECK(kn_kernels_type_ok(KN_TYPE_Q4_K) && !kn_kernels_type_ok(KN_TYPE_Q3_K));
+    for (int i = 0; i < N_TYPES; i++) CHECK(k->rows[k_types[i]] != NULL);
+    /* Every table takes every type in the GGUF layout; the ISA tables also want the quantized
+     * ones packed. */
+    const kn_kernels *v[] = {kn_kernels_generic(), kn_kernels_avx2(), kn_kernels_avxvnni(),
+                             kn_kernels_avx512()};
+    for (int vi = 0; vi < 4; vi++)
+        if (v[vi])
+            for (int i = 0; i < N_TYPES; i++) {
+                CHECKF(v[vi]->rows[k_types[i]] != NULL && v[vi]->quantize && v[vi]->quantize_k,
+                       "%s lacks %s", v[vi]->name, kn_type_name(k_types[i]));
+                CHECK((v[vi]->rows_x8[k_types[i]] != NULL) ==
+                      (vi > 0 && kn_type_wants_q8(k_types[i])));
+            }
 }
 
 static const kn_kernels *const *all_variants(int *n) {
-    static const kn_kernels *v[3];
+    static const kn_kernels *v[4];
     v[0] = kn_kernels_generic();
     v[1] = kn_kernels_avx2();
-    v[2] = kn_kernels_avx512();
-    *n = 3;
+    v[2] = kn_kernels_avxvnni();
+    v[3] = kn_kernels_avx512();
+    *n = 4;
     return v;
 }
 
 TEST(kernels_batch_invariant) {
     /* Token t computed in a batch of n (n = 1..9, with and without threads) has the same bits
      * as token t computed alone: what makes a decode step agree with prefill and stateless. */
-    const int n_ins_q[] = {96, 576, 1056}; /* 3, 18 and 33 blocks: odd pairs and a lone block */
-    const int n_ins_f[] = {7, 33, 576};
     int nv;
     const kn_kernels *const *v = all_variants(&nv);
     kn_pool *pool = kn_pool_new(3);
     CHECK(pool != NULL);
-    for (size_t ti = 0; ti < sizeof k_types / sizeof k_types[0]; ti++)
-        for (int ii = 0; ii < 3; ii++) {
+    for (int ti = 0; ti < N_TYPES; ti++)
+        for (int ii = 1; ii < 4; ii++) {
             uint32_t type = k_types[ti];
-            int n_in = kn_type_wants_q8(type) ? n_ins_q[ii] : n_ins_f[ii];
+            int n_in = n_in_for(type, ii);
             prob p;
             CHECK(prob_make(&p, type, n_in, 37, 9));
-            int sb = p.a.stride / 32;
+            int sb = p.a.stride / 32, sb16 = p.a.stride / 16, sbk = p.a.stride / 256;
             for (int vi = 0; vi < nv; vi++) {
                 if (!v[vi]) continue;
+                uint8_t *buf;
+                kn_wmat w = weights_for(v[vi], &p.w, &buf);
                 float alone[9][37];
                 for (int t = 0; t < 9; t++) {
-                    kn_act a1 = {p.a.q + (size_t)t * p.a.stride, p.a.d + (size_t)t * sb,
-                                 p.a.s + (size_t)t * sb, p.a.stride};
-                    kn_matmul(NULL, v[vi], &p.w, p.x + (size_t)t * n_in, &a1, 1, alone[t], 37);
+                    size_t tt = (size_t)t;
+                    kn_act a1 = {p.a.q + tt * p.a.stride, p.a.d + tt * sb, p.a.s + tt * sb,
+                                 p.a.stride,          p.a.q4off + tt * sb, p.a.qk + tt * p.a.stride,
+                                 p.a.dk + tt * sbk,   p.a.bsk + tt * sb16, p.a.bsk32 + tt * sb};
+                    kn_matmul(NULL, v[vi], &w, p.x + tt * n_in, &a1, 1, alone[t], 37);
                 }
                 float *y = malloc(sizeof(float) * 9 * 37);
                 for (int n = 1; n <= 9; n++)
                     for (int th = 0; th < 2; th++) {
-                        kn_matmul(th ? pool : NULL, v[vi], &p.w, p.x, &p.a, n, y, 37);
+                        kn_matmul(th ? pool : NULL, v[vi], &w, p.x, &p.a, n, y, 37);
                         for (int t = 0; t < n; t++)
                             CHECKF(memcmp(y + t * 37, alone[t], sizeof alone[t]) == 0,
                                    "%s %s n_in %d: token %d of a batch of %d (threads %d) "
@@ -400,100 +478,246 @@ TEST(kernels_batch_invariant) {
                                    v[vi]->name, kn_type_name(type), n_in, t, n, th ? 3 : 1);
                     }
                 free(y);
+                free(buf);
             }
             prob_free(&p);
         }
     kn_pool_free(pool);
 }
 
-TEST(kernels_quantize_variants_bitwise) {
-    /* Every variant's quantize gives kn_quantize_act's bits, ties included (round half to
-     * even: with max 127 the step is 1, so 2.5 -> 2, -3.5 -> -4, 0.5 -> 0). */
-    enum { N = 32 * 37, T = 3 };
-    static float x[T * N];
-    for (int i = 0; i < T * N; i++) x[i] = rndf() * (i % 11 == 0 ? 30.0f : 1.0f);
-    for (int i = 32; i < 64; i++) x[i] = 0.0f;
-    const float ties[] = {127.0f, 2.5f, -3.5f, 0.5f, -0.5f, 126.5f, -127.0f, 1.5f};
-    memcpy(x + 64, ties, sizeof ties);
-    int stride = N + 32, sb = stride / 32;
-    int8_t *q0 = malloc((size_t)stride * T), *q1 = malloc((size_t)stride * T);
-    float *f0 = calloc((size_t)4 * sb * T, sizeof(float)), *f1 = calloc((size_t)4 * sb * T, sizeof(float));
-    memset(q0, 0, (size_t)stride * T);
-    memset(q1, 0, (size_t)stride * T);
-    kn_act ref = {q0, f0, f0 + 2 * sb * T, stride};
-    kn_quantize_act(&ref, x, T, N);
-    CHECK(q0[64] == 127 && q0[65] == 2 && q0[66] == -4 && q0[67] == 0 && q0[68] == 0 &&
-          q0[69] == 126 && q0[71] == 2);
+TEST(kernels_swiglu_variants) {
+    /* Each variant against the reference: the exponential is a 2-ulp polynomial instead of
+     * expf, so silu moves by a few ulps (TOL_SWIGLU relative); the extremes (overflowing
+     * e^-x, underflow, zero) are exact. Lengths that are not multiples of 8 take the tail. */
+    enum { N = 203 };
+    float g0[N], u[N], ref[N], got[N];
+    for (int i = 0; i < N; i++) {
+        g0[i] = rndf() * (i % 5 == 0 ? 40.0f : 6.0f);
+        u[i] = rndf() * 3.0f;
+    }
+    const float edge[] = {0.0f, -0.0f, 100.0f, -100.0f, 88.0f, -88.0f, 1e-30f, -1e-30f, 30.0f, -30.0f};
+    memcpy(g0, edge, sizeof edge);
+    memcpy(ref, g0, sizeof ref);
+    kn_swiglu(ref, u, N);
     int nv;
     const kn_kernels *const *v = all_variants(&nv);
     for (int vi = 0; vi < nv; vi++) {
         if (!v[vi]) continue;
-        memset(q1, 0, (size_t)stride * T);
-        memset(f1, 0, sizeof(float) * 4 * sb * T);
-        kn_act a = {q1, f1, f1 + 2 * sb * T, stride};
-        v[vi]->quantize(&a, x, T, N);
-        CHECKF(memcmp(q0, q1, (size_t)stride * T) == 0 &&
-                   memcmp(f0, f1, sizeof(float) * 4 * sb * T) == 0,
-               "%s: quantized activations differ from the reference", v[vi]->name);
+        for (int n = N - 8; n <= N; n += 8 - 1) {
+            memcpy(got, g0, sizeof got);
+            v[vi]->swiglu(got, u, n);
+            for (int i = 0; i < n; i++)
+                CHECKF(fabsf(got[i] - ref[i]) <= TOL_SWIGLU * fabsf(ref[i]) &&
+                           (ref[i] == ref[i]) == (got[i] == got[i]),
+                       "%s swiglu [%d] of %d: %.9g vs ref %.9g (g %.9g)", v[vi]->name, i, n,
+                       got[i], ref[i], g0[i]);
+            for (int i = n; i < N; i++) CHECK(memcmp(&got[i], &g0[i], sizeof(float)) == 0);
+        }
     }
-    free(q0);
-    free(q1);
-    free(f0);
-    free(f1);
+}
+
+TEST(kernels_quantize_k_non_finite_blocks) {
+    /* The Q8_K form follows the Q8_0 form's rule for activations that overflowed: a block with
+     * a NaN or an infinity becomes q = 0 with a NaN scale (its products turn NaN, which the
+     * generation loop reports), in every table, bit for bit; the other blocks are untouched. */
+    enum { N = 256 * 3 };
+    static float x[N];
+    for (int i = 0; i < N; i++) x[i] = rndf() * 3.0f;
+    x[5] = NAN;
+    x[256 + 255] = -INFINITY;
+    static int8_t q0[N], q1[N];
+    static float d0[N / 256], d1[N / 256];
+    static int16_t s0[N / 16], s1[N / 16], t0[N / 32], t1[N / 32];
+    kn_act ref = {.qk = q0, .dk = d0, .bsk = s0, .bsk32 = t0, .stride = N};
+    kn_quantize_act_k(&ref, x, 1, N);
+    for (int b = 0; b < 2; b++) {
+        CHECKF(isnan(d0[b]), "block %d: scale %g", b, d0[b]);
+        for (int i = 0; i < 256; i++) CHECK(q0[b * 256 + i] == 0);
+        for (int j = 0; j < 16; j++) CHECK(s0[b * 16 + j] == 0);
+    }
+    CHECK(isfinite(d0[2]) && d0[2] > 0.0f);
+    int nv;
+    const kn_kernels *const *v = all_variants(&nv);
+    for (int vi = 0; vi < nv; vi++) {
+        if (!v[vi]) continue;
+        memset(q1, 0x55, sizeof q1);
+        kn_act a = {.qk = q1, .dk = d1, .bsk = s1, .bsk32 = t1, .stride = N};
+        v[vi]->quantize_k(&a, x, 1, N);
+        CHECKF(memcmp(q0, q1, sizeof q0) == 0 && memcmp(s0, s1, sizeof s0) == 0 &&
+                   memcmp(t0, t1, sizeof t0) == 0,
+               "%s: Q8_K bytes differ", v[vi]->name);
+        for (int b = 0; b < N / 256; b++)
+            CHECKF(isnan(d0[b]) ? isnan(d1[b]) : d0[b] == d1[b], "%s: block %d scale %g vs %g",
+                   v[vi]->name, b, d1[b], d0[b]);
+    }
+}
+
+TEST(kernels_quantize_variants_bitwise) {
+    /* Every variant's quantizers give the reference's bits, ties included (round half to even:
+     * with max 127 the step is 1, so 2.5 -> 2, -3.5 -> -4, 0.5 -> 0), in both forms: Q8_0 with
+     * its block sums, and Q8_K. */
+    enum { N = 256 * 5, T = 3 };
+    static float x[T * N];
+    for (int i = 0; i < T * N; i++) x[i] = rndf() * (i % 11 == 0 ? 30.0f : 1.0f);
+    for (int i = 32; i < 64; i++) x[i] = 0.0f;
+    for (int i = 512; i < 768; i++) x[i] = 0.0f; /* an all-zero super-block: d = 0, q = 0 */
+    const float ties[] = {127.0f, 2.5f, -3.5f, 0.5f, -0.5f, 126.5f, -127.0f, 1.5f};
+    memcpy(x + 64, ties, sizeof ties);
+    /* Q8_K: in one block, the largest magnitude negative (iscale = -127 / m = 1) with an equal
+     * positive one after it (the first wins), and exact halves of the step */
+    for (int i = 256; i < 512; i++) x[i] = rndf();
+    x[256 + 3] = -127.0f;
+    x[256 + 9] = 127.0f;
+    x[256 + 10] = -2.5f;
+    x[256 + 11] = 3.5f;
+    int stride = N + 256, sb = stride / 32, sb16 = stride / 16, sbk = stride / 256;
+    struct bufs {
+        int8_t q[(N + 256) * T], qk[(N + 256) * T];
+        float d[(N + 256) / 32 * T], s[(N + 256) / 32 * T], dk[(N + 256) / 256 * T];
+        int32_t q4off[(N + 256) / 32 * T];
+        int16_t bsk[(N + 256) / 16 * T], bsk32[(N + 256) / 32 * T];
+    };
+    static struct bufs b0, b1;
+    memset(&b0, 0, sizeof b0);
+    kn_act ref = {b0.q, b0.d, b0.s, stride, b0.q4off, b0.qk, b0.dk, b0.bsk, b0.bsk32};
+    kn_quantize_act(&ref, x, T, N);
+    kn_act_q4_offsets(&ref, T, N);
+    kn_quantize_act_k(&ref, x, T, N);
+    CHECK(b0.q[64] == 127 && b0.q[65] == 2 && b0.q[66] == -4 && b0.q[67] == 0 &&
+          b0.q[68] == 0 && b0.q[69] == 126 && b0.q[71] == 2);
+    /* Q8_K: m = -127 (the first of |127|), so iscale = 1 and d = 1 */
+    CHECK(b0.qk[256 + 3] == -127 && b0.qk[256 + 9] == 127 && b0.qk[256 + 10] == -2 &&
+          b0.qk[256 + 11] == 4);
+    CHECK(b0.dk[1] == 1.0f && b0.dk[2] == 0.0f && b0.qk[600] == 0);
+    int s16 = 0, s32 = 0;
+    for (int i = 0; i < 16; i++) s16 += b0.qk[256 + 16 + i];
+    for (int i = 0; i < 32; i++) s32 += b0.qk[256 + 32 + i];
+    CHECK(b0.bsk[16 + 1] == s16 && b0.bsk32[8 + 1] == s32);
+    for (int t = 0; t < T; t++)
+        for (int blk = 0; blk < N / 32; blk++) {
+            int sum = 0;
+            for (int i = 0; i < 32; i++) sum += b0.q[t * stride + blk * 32 + i];
+            CHECK(b0.q4off[t * sb + blk] == -8 * sum);
+        }
+    int nv;
+    const kn_kernels *const *v = all_variants(&nv);
+    for (int vi = 0; vi < nv; vi++) {
+        if (!v[vi]) continue;
+        memset(&b1, 0, sizeof b1);
+        kn_act a = {b1.q, b1.d, b1.s, stride, b1.q4off, b1.qk, b1.dk, b1.bsk, b1.bsk32};
+        v[vi]->quantize(&a, x, T, N);
+        v[vi]->quantize_k(&a, x, T, N);
+        CHECKF(memcmp(b0.q, b1.q, sizeof b0.q) == 0 && memcmp(b0.d, b1.d, sizeof b0.d) == 0 &&
+                   memcmp(b0.s, b1.s, sizeof b0.s) == 0 && memcmp(b0.q4off, b1.q4off, sizeof b0.q4off) == 0,
+               "%s: Q8_0 activations differ from the reference", v[vi]->name);
+        CHECKF(memcmp(b0.qk, b1.qk, sizeof b0.qk) == 0 &&
+                   memcmp(b0.dk, b1.dk, sizeof b0.dk) == 0 &&
+                   memcmp(b0.bsk, b1.bsk, sizeof b0.bsk) == 0 &&
+                   memcmp(b0.bsk32, b1.bsk32, sizeof b0.bsk32) == 0,
+               "%s: Q8_K activations differ from the reference", v[vi]->name);
+    }
+    (void)sb16;
+    (void)sbk;
 }
 
 TEST(kernels_attention_variants) {
     /* Each variant against the reference (TOL_ATTN), on head sizes that are and are not
-     * multiples of 16; and, within each variant, the bits do not depend on how many masked
-     * slots follow the last allowed one (a decode step sees slots 0..p, a stateless window
-     * sees them all with the future masked). */
+     * multiples of 8 and 16, over an F32 and an F16 cache, for groups of 1 to 9 query heads
+     * sharing the KV head; and, within each variant, the bits do not depend on how many masked
+     * slots follow the last allowed one (a decode step sees slots 0..p, a stateless window sees
+     * them all with the future masked), nor on the size of the group a head is computed in.
+     * The F16 reference is the F32 one on the widened cache, bit for bit. */
     const int dims[] = {8, 17, 64, 80, 128};
-    enum { S = 41 };
+    const int groups[] = {1, 3, 8, 9};
+    enum { S = 41, GMAX = 9 };
     int nv;
     const kn_kernels *const *v = all_variants(&nv);
     for (int di = 0; di < 5; di++) {
         int d = dims[di];
-        float *q = malloc(sizeof(float) * d), *k = malloc(sizeof(float) * S * d),
-              *val = malloc(sizeof(float) * S * d), sc[S], *ref = malloc(sizeof(float) * d),
-              *o1 = malloc(sizeof(float) * d), *o2 = malloc(sizeof(float) * d);
-        for (int i = 0; i < d; i++) q[i] = rndf() * 2.0f;
+        float *q = malloc(sizeof(float) * GMAX * d), *k = malloc(sizeof(float) * S * d),
+              *val = malloc(sizeof(float) * S * d), *sc = malloc(sizeof(float) * KN_ATTN_SCRATCH(GMAX) * S),
+              *ref = malloc(sizeof(float) * GMAX * d), *ref16 = malloc(sizeof(float) * GMAX * d),
+              *o1 = malloc(sizeof(float) * GMAX * d), *o2 = malloc(sizeof(float) * GMAX * d),
+              *o3 = malloc(sizeof(float) * GMAX * d);
+        uint16_t *k16 = malloc(sizeof(uint16_t) * S * d), *v16 = malloc(sizeof(uint16_t) * S * d);
+        float *kw = malloc(sizeof(float) * S * d), *vw = malloc(sizeof(float) * S * d);
+        for (int i = 0; i < GMAX * d; i++) q[i] = rndf() * 2.0f;
         for (int i = 0; i < S * d; i++) {
             k[i] = rndf() * 2.0f;
             val[i] = rndf();
+            k16[i] = kn_fp32_to_fp16(k[i]);
+            v16[i] = kn_fp32_to_fp16(val[i]);
+            kw[i] = kn_fp16_to_fp32(k16[i]);
+            vw[i] = kn_fp16_to_fp32(v16[i]);
         }
         int32_t spos[S];
         for (int t = 0; t < S; t++) spos[t] = t % 7 == 3 ? -1 : t; /* a few empty slots */
-        for (int32_t p = 0; p < S; p++)
-            for (int swa = 0; swa <= 5; swa += 5) {
-                kn_attn_ref(q, k, val, spos, S, p, swa, d, sc, ref);
-                double vmax = 1.0;
-                for (int vi = 0; vi < nv; vi++) {
-                    if (!v[vi]) continue;
-                    v[vi]->attn(q, k, val, spos, S, p, swa, d, sc, o1);
-                    v[vi]->attn(q, k, val, spos, p + 1, p, swa, d, sc, o2);
-                    CHECKF(memcmp(o1, o2, sizeof(float) * d) == 0,
-                           "%s d %d pos %d: masked slots after pos changed the result",
-                           v[vi]->name, d, p);
-                    for (int i = 0; i < d; i++)
-                        CHECKF(fabs((double)o1[i] - ref[i]) <= TOL_ATTN * vmax,
-                               "%s d %d pos %d swa %d [%d]: %.9g vs ref %.9g", v[vi]->name, d,
-                               p, swa, i, o1[i], ref[i]);
+        for (int gi = 0; gi < 4; gi++) {
+            int g = groups[gi];
+            for (int32_t p = 0; p < S; p += (g == 8 ? 1 : 3))
+                for (int swa = 0; swa <= 5; swa += 5) {
+                    kn_attn_ref(q, k, val, spos, S, p, swa, d, g, sc, ref);
+                    kn_attn_ref(q, kw, vw, spos, S, p, swa, d, g, sc, ref16);
+                    kn_attn_ref_f16(q, k16, v16, spos, S, p, swa, d, g, sc, o1);
+                    CHECKF(memcmp(o1, ref16, sizeof(float) * g * d) == 0,
+                           "ref f16 d %d pos %d: differs from the F32 reference on the widened "
+                           "cache", d, p);
+                    double vmax = 1.0;
+                    for (int vi = 0; vi < nv; vi++) {
+                        if (!v[vi]) continue;
+                        for (int h = 0; h < 2; h++) {
+                            if (h) {
+                                v[vi]->attn_f16(q, k16, v16, spos, S, p, swa, d, g, sc, o1);
+                                v[vi]->attn_f16(q, k16, v16, spos, p + 1, p, swa, d, g, sc, o2);
+                            } else {
+                                v[vi]->attn(q, k, val, spos, S, p, swa, d, g, sc, o1);
+                                v[vi]->attn(q, k, val, spos, p + 1, p, swa, d, g, sc, o2);
+                            }
+                            CHECKF(memcmp(o1, o2, sizeof(float) * g * d) == 0,
+                                   "%s%s d %d pos %d: masked slots after pos changed the result",
+                                   v[vi]->name, h ? " f16" : "", d, p);
+                            /* the last head alone gives the same bits as inside the group */
+                            const float *ql = q + (size_t)(g - 1) * d;
+                            if (h) v[vi]->attn_f16(ql, k16, v16, spos, S, p, swa, d, 1, sc, o3);
+                            else v[vi]->attn(ql, k, val, spos, S, p, swa, d, 1, sc, o3);
+                            CHECKF(memcmp(o3, o1 + (size_t)(g - 1) * d, sizeof(float) * d) == 0,
+                                   "%s%s d %d: head %d differs alone and in a group of %d",
+                                   v[vi]->name, h ? " f16" : "", d, g - 1, g);
+                            const float *r = h ? ref16 : ref;
+                            for (int i = 0; i < g * d; i++)
+                                CHECKF(fabs((double)o1[i] - r[i]) <= TOL_ATTN * vmax,
+                                       "%s%s d %d group %d pos %d swa %d [%d]: %.9g vs ref %.9g",
+                                       v[vi]->name, h ? " f16" : "", d, g, p, swa, i, o1[i],
+                                       r[i]);
+                        }
+                    }
                 }
-            }
+        }
         /* Nothing allowed: zeros, not NaN. */
         int32_t none[S];
         for (int t = 0; t < S; t++) none[t] = -1;
         for (int vi = 0; vi < nv; vi++)
             if (v[vi]) {
-                v[vi]->attn(q, k, val, none, S, 5, 0, d, sc, o1);
-                for (int i = 0; i < d; i++) CHECK(o1[i] == 0.0f);
+                for (int i = 0; i < 3 * d; i++) o1[i] = NAN;
+                v[vi]->attn(q, k, val, none, S, 5, 0, d, 3, sc, o1);
+                for (int i = 0; i < 3 * d; i++) CHECK(o1[i] == 0.0f);
+                for (int i = 0; i < 3 * d; i++) o1[i] = NAN;
+                v[vi]->attn_f16(q, k16, v16, none, S, 5, 0, d, 3, sc, o1);
+                for (int i = 0; i < 3 * d; i++) CHECK(o1[i] == 0.0f);
             }
+        free(k16);
+        free(v16);
+        free(kw);
+        free(vw);
+        free(ref16);
         free(q);
         free(k);
         free(val);
+        free(sc);
         free(ref);
         free(o1);
         free(o2);
+        free(o3);
     }
 }
 

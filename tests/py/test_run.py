@@ -55,6 +55,17 @@ def test_stories_greedy_once_upon_a_time(stories, stories_offering, mode, which,
     assert text.startswith("Once upon a time" + doc["text"][:40])
 
 
+@pytest.mark.parametrize("kv", ["f16", "f32"])
+def test_kv_cache_types_give_run_c_greedy_ids(stories_offering, kv):
+    """Both KV cache types of the native engine reproduce llama2.c's greedy continuation (the
+    f16 one rounds keys and values to halves; on stories260K no greedy choice moves)."""
+    prompt, steps = golden("greedy_once_upon_64.ids")
+    n_gen = len(steps) - (len(prompt) - 1)
+    doc = run_json(stories_offering, "--raw", "--prompt", "Once upon a time", "--kv", kv,
+                   "--max-tokens", n_gen)
+    assert doc["tokens"] == [nxt for pos, _, nxt in steps if pos >= len(prompt) - 1]
+
+
 def test_every_metric_is_reported(stories_offering):
     doc = run_json(stories_offering, "--raw", "--prompt", "Once upon a time", "--max-tokens", 20)
     for k in ("ttft_ms", "prefill_tps", "decode_tps", "latency_p50_ms", "latency_p95_ms",
@@ -130,6 +141,7 @@ def test_old_flags_keep_working(stories_offering):
     (["--prompt", "x", "--threads", "0"], "--threads"),
     (["--prompt", "x", "--mode", "fast"], "--mode"),
     (["--prompt", "x", "--overflow", "wrap"], "--overflow"),
+    (["--prompt", "x", "--kv", "f8"], "--kv"),
     (["--prompt", "x", "--temp", "-1"], "--temp"),
     (["--max-tokens", "5"], "--prompt"),
 ])
@@ -199,6 +211,13 @@ def test_bench_json_has_llama_bench_fields(stories_offering):
         for k in ("n_prompt", "n_gen", "n_threads", "avg_ts", "stddev_ts"):
             assert k in row
         assert row["avg_ts"] > 0
+        assert row["type_k"] == row["type_v"] == "f16"
+    r = run_kiln("bench", stories_offering, "-p", "0", "-n", "4", "-t", "1", "-r", "1",
+                 "--kv", "f32", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [(x["type_k"], x["type_v"]) for x in json.loads(r.stdout)] == [("f32", "f32")]
+    r = run_kiln("bench", stories_offering, "--kv", "q8")
+    assert r.returncode == 2 and "--kv" in r.stderr
 
 
 def test_help_for_runtime_commands():

@@ -42,6 +42,7 @@ static kiln_status cpu_open(kn_device *dev, const kn_session_cfg *cfg, kn_backen
     kn_session_params sp = kn_session_default_params();
     sp.threads = d->threads;
     sp.stateless = cfg->stateless;
+    sp.kv_f16 = !cfg->kv_f32;
     sp.kernels = d->k;
     sp.pool = d->pool;
     kiln_status s = kn_session_new(d->m, &sp, &b->s, err);

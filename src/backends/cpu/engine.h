@@ -3,10 +3,12 @@
  * A kn_model is read-only once built: hyperparameters, the contract's window W and chunk C, and
  * weight views pointing into the mmapped GGUF (zero copy; a type the kernels cannot multiply
  * directly is dequantized to F32 once, here). One model serves any number of sessions, from any
- * number of threads.
+ * number of threads. The x86 kernel tables want the quantized matrices repacked (kernels/pack.c):
+ * the first session on one makes the model build that copy, once, under a lock
+ * (kn_model_weights); sessions on the plain-C table use the views.
  *
- * A kn_session owns everything a run writes: the KV cache [L,2,Hkv,W,D] (f32) and the scratch
- * activations, all allocated once in kn_session_new; the thread pool is the device's, shared
+ * A kn_session owns everything a run writes: the KV cache [L,2,Hkv,W,D] (f16 by default, or
+ * f32) and the scratch activations, all allocated once in kn_session_new; the thread pool is the device's, shared
  * (kn_pool_run serializes its callers). kn_session_run runs one of the contract's three graphs
  * with its fixed shapes, as the static-graph driver (backends/driver.h) hands it:
  *
@@ -93,6 +95,7 @@ typedef struct kn_model {
     double *rope_inv_freq;    /* [rope_dim/2], scaling applied */
     void **owned;             /* F32 copies made at load for types the kernels lack */
     int n_owned;
+    struct kn_packed *packed; /* the repacked matrices, built on first demand (model.c) */
 } kn_model;
 
 /* Builds a model over g (borrowed: it must outlive the model). W, C and S come from g's
@@ -103,6 +106,13 @@ kiln_status kn_model_load(const kn_gguf *g, const kn_hparams *hp, const kn_model
 kiln_status kn_model_open(const char *path, const kn_model_params *p, kn_model **out,
                           kiln_error *err);
 void kn_model_free(kn_model *m);
+/* The layers [L] and classifier that table k multiplies: the model's views, or for a table that
+ * wants them repacked the model's repacked copy, built on the first call (on pool, or every core
+ * when pool is NULL; thread-safe) and shared by every later one. */
+kiln_status kn_model_weights(const kn_model *m, const kn_kernels *k, kn_pool *pool,
+                             const kn_layer **layers, const kn_wmat **output, kiln_error *err);
+/* Bytes of the repacked copy (0 before any session wanted it). */
+size_t kn_model_packed_bytes(const kn_model *m);
 
 typedef struct kn_session_params {
     int threads;              /* >= 1 (default 1); ignored when pool is given */
@@ -110,6 +120,7 @@ typedef struct kn_session_params {
     const kn_kernels *kernels;/* the kernel table; NULL = kn_kernels_choose (KILN_KERNELS) */
     kn_pool *pool;            /* a shared pool (the device's), or NULL: the session starts its
                                  own of `threads` */
+    bool kv_f16;              /* KV cache of IEEE halves (default) rather than F32 */
 } kn_session_params;
 
 kn_session_params kn_session_default_params(void);

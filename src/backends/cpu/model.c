@@ -1,7 +1,17 @@
 /* model.c — builds the read-only kn_model over an opened GGUF: finds every tensor, checks its
- * shape and type, and keeps zero-copy views of the weights. */
+ * shape and type, and keeps zero-copy views of the weights.
+ *
+ * Repacking. The x86 kernel tables multiply the quantized types in groups of 8 interleaved rows
+ * (kernels/pack.c). The first session on such a table (kn_model_weights) has the model copy its
+ * matrices once into that layout, spread over a thread pool; every later session on any x86
+ * table shares the copy (they all want the same layout), and a session on the plain-C table
+ * keeps the zero-copy views. A repacked tensor's mapped pages are handed back to the OS right
+ * after the copy (they are not read again unless a session wants the views), so the resident
+ * set holds the copy instead of the file's pages, not both. */
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "model/contract.h"
 #include "quant/quant.h"
@@ -97,15 +107,14 @@ static kiln_status load_mat(kn_model *m, const char *name, int64_t n_in, int64_t
     uint64_t rb;
     kn_row_bytes(t->type, n_in, &rb);
     bool aligned = t->type != KN_TYPE_F32 || ((uintptr_t)t->data & 3) == 0;
-    if (kn_kernels_type_ok(t->type) && aligned &&
-        (!kn_type_wants_q8(t->type) || n_in % KN_QBLOCK == 0)) {
-        *w = (kn_wmat){t->type, (int)n_in, (int)n_out, (size_t)rb, t->data};
+    if (kn_kernels_type_ok(t->type) && aligned && n_in % kn_type_act_block(t->type) == 0) {
+        *w = (kn_wmat){t->type, (int)n_in, (int)n_out, (size_t)rb, t->data, KN_LAYOUT_GGUF};
         return KILN_OK;
     }
     float *f;
     if ((s = dequant_copy(m, t, n_in * n_out, &f, err))) return s;
     *w = (kn_wmat){KN_TYPE_F32, (int)n_in, (int)n_out, sizeof(float) * (size_t)n_in,
-                   (const uint8_t *)f};
+                   (const uint8_t *)f, KN_LAYOUT_GGUF};
     return KILN_OK;
 }
 
@@ -166,6 +175,125 @@ static kiln_status check_hparams(const kn_model *m, kiln_error *err) {
     return KILN_OK;
 }
 
+/* ---- the repacked copy ---- */
+
+typedef struct kn_packed {
+    pthread_mutex_t mu;
+    bool built;               /* layers / output hold the copy */
+    kn_layer *layers;         /* [L] the model's layers with their matrices repacked */
+    kn_wmat output;
+    void **owned;             /* the copies' buffers */
+    int n_owned;
+    size_t bytes;
+} kn_packed;
+
+typedef struct pack_job {
+    const kn_wmat *src;
+    uint8_t *dst;
+    int n_groups, per_item;
+    const kn_map *map;
+} pack_job;
+
+/* Groups [g0, g1) read GGUF rows [8 g0, 8 g1): mapped in one call first (a page fault at a time
+ * bounded the copy), handed back after. */
+static void pack_item(void *ctx, int i, int n, int worker) {
+    (void)n;
+    (void)worker;
+    const pack_job *j = ctx;
+    int g0 = i * j->per_item, g1 = g0 + j->per_item < j->n_groups ? g0 + j->per_item : j->n_groups;
+    int r0 = g0 * KN_GROUP, r1 = g1 * KN_GROUP < j->src->n_out ? g1 * KN_GROUP : j->src->n_out;
+    const uint8_t *rows = j->src->data + (size_t)r0 * j->src->row_bytes;
+    size_t bytes = (size_t)(r1 - r0) * j->src->row_bytes;
+    if (j->map) kn_map_populate(j->map, rows, bytes);
+    kn_pack_groups(j->src, j->dst, g0, g1);
+    if (j->map) kn_map_release(j->map, rows, bytes);
+}
+
+/* *w repacked for k into a new buffer of pk, when k wants that type packed. */
+static kiln_status pack_mat(const kn_model *m, kn_packed *pk, const kn_kernels *k, kn_pool *pool,
+                            kn_wmat *w, kiln_error *err) {
+    size_t n = kn_pack_bytes(k, w);
+    if (!n) return KILN_OK;
+    void **o = kn_realloc(pk->owned, sizeof(void *) * (size_t)(pk->n_owned + 1));
+    if (!o) return kn_fail(err, KILN_ERR_NOMEM, "out of memory repacking the weights");
+    pk->owned = o;
+    /* 64-byte aligned inside the block, so no 32-byte load straddles two cache lines */
+    uint8_t *raw = kn_malloc(n + 63);
+    if (!raw) return kn_fail(err, KILN_ERR_NOMEM, "out of memory repacking the weights");
+    pk->owned[pk->n_owned++] = raw;
+    uint8_t *dst = (uint8_t *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
+    /* the file's pages of a weight in place in the mapping (not an F32 copy) */
+    const kn_map *map = &m->gguf->map;
+    bool mapped = w->data >= map->data && w->data < map->data + map->size;
+    pack_job j = {w, dst, (w->n_out + KN_GROUP - 1) / KN_GROUP, 16, mapped ? map : NULL};
+    kn_pool_run(pool, pack_item, &j, (j.n_groups + j.per_item - 1) / j.per_item);
+    *w = kn_pack_view(w, dst);
+    pk->bytes += n;
+    return KILN_OK;
+}
+
+static void packed_clear(kn_packed *pk) {
+    for (int i = 0; i < pk->n_owned; i++) kn_free(pk->owned[i]);
+    kn_free(pk->owned);
+    kn_free(pk->layers);
+    pk->owned = NULL;
+    pk->n_owned = 0;
+    pk->layers = NULL;
+    pk->bytes = 0;
+}
+
+static kiln_status packed_build(const kn_model *m, kn_packed *pk, const kn_kernels *k,
+                                kn_pool *pool, kiln_error *err) {
+    int L = m->hp.n_layer;
+    pk->layers = kn_malloc(sizeof *pk->layers * (size_t)L);
+    if (!pk->layers) return kn_fail(err, KILN_ERR_NOMEM, "out of memory repacking the weights");
+    memcpy(pk->layers, m->layers, sizeof *pk->layers * (size_t)L);
+    pk->output = m->output;
+    /* a pool of every core for the copy when the caller has none */
+    kn_pool *tmp = NULL;
+    if (!pool) {
+        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+        if (ncpu > 1) pool = tmp = kn_pool_new(ncpu > 16 ? 16 : (int)ncpu); /* NULL: alone */
+    }
+    kiln_status s = pack_mat(m, pk, k, pool, &pk->output, err);
+    for (int l = 0; l < L && !s; l++) {
+        kn_layer *ly = &pk->layers[l];
+        kn_wmat *mats[] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->gate, &ly->up, &ly->down};
+        for (size_t i = 0; i < sizeof mats / sizeof mats[0] && !s; i++)
+            s = pack_mat(m, pk, k, pool, mats[i], err);
+    }
+    kn_pool_free(tmp);
+    if (s) packed_clear(pk);
+    return s;
+}
+
+/* Whether k multiplies the quantized types repacked (the x86 tables all take one layout). */
+static bool wants_packed(const kn_kernels *k) { return k->rows_x8[KN_TYPE_Q4_0] != NULL; }
+
+kiln_status kn_model_weights(const kn_model *m, const kn_kernels *k, kn_pool *pool,
+                             const kn_layer **layers, const kn_wmat **output, kiln_error *err) {
+    *layers = m->layers;
+    *output = &m->output;
+    if (!wants_packed(k) || !m->packed) return KILN_OK;
+    kn_packed *pk = m->packed;
+    kiln_status s = KILN_OK;
+    pthread_mutex_lock(&pk->mu);
+    if (!pk->built && !(s = packed_build(m, pk, k, pool, err))) pk->built = true;
+    pthread_mutex_unlock(&pk->mu);
+    if (s) return s;
+    *layers = pk->layers;
+    *output = &pk->output;
+    return KILN_OK;
+}
+
+size_t kn_model_packed_bytes(const kn_model *m) {
+    if (!m->packed) return 0;
+    pthread_mutex_lock(&m->packed->mu);
+    size_t n = m->packed->bytes;
+    pthread_mutex_unlock(&m->packed->mu);
+    return n;
+}
+
 kiln_status kn_model_load(const kn_gguf *g, const kn_hparams *hp, const kn_model_params *p,
                           kn_model **out, kiln_error *err) {
     *out = NULL;
@@ -177,6 +305,12 @@ kiln_status kn_model_load(const kn_gguf *g, const kn_hparams *hp, const kn_model
     m->gguf = g;
     kiln_status s = check_hparams(m, err);
     if (s) goto fail;
+    m->packed = kn_calloc(1, sizeof *m->packed);
+    if (!m->packed) {
+        s = kn_fail(err, KILN_ERR_NOMEM, "out of memory loading the model");
+        goto fail;
+    }
+    pthread_mutex_init(&m->packed->mu, NULL);
 
     /* One contract reader for inspect and loading: an offering's contract is the one its bake
      * validated and rules as is; parameters only shape the contract of a plain source. */
@@ -242,6 +376,11 @@ kiln_status kn_model_open(const char *path, const kn_model_params *p, kn_model *
 
 void kn_model_free(kn_model *m) {
     if (!m) return;
+    if (m->packed) {
+        packed_clear(m->packed);
+        pthread_mutex_destroy(&m->packed->mu);
+        kn_free(m->packed);
+    }
     for (int i = 0; i < m->n_owned; i++) kn_free(m->owned[i]);
     kn_free(m->owned);
     kn_free(m->layers);

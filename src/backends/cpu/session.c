@@ -6,6 +6,11 @@
  * use the session's cache as the view (the layer's slice of [L,2,Hkv,W,D]); stateless uses a
  * private one-layer view that starts empty each call, so it never touches the cache.
  *
+ * The cache holds IEEE halves by default (kv_f16), F32 on request. A row is rounded to the
+ * cache's type when it is written, before any row attends to it, so a token sees the same keys
+ * and values in a decode step, a prefill chunk and a stateless window (whose private view has
+ * the same type).
+ *
  * This forward and the OpenVINO IR (bake/openvino/ir_writer.c) compute the same block: a change
  * to one must be made to the other (tests/py/test_openvino_ir.py compares them). */
 #include <math.h>
@@ -21,12 +26,16 @@ struct kn_session {
     kn_pool *pool;            /* the device's (shared by its sessions), or its own */
     bool own_pool;
     int max_rows;             /* R: C, or W when stateless is enabled */
-    int act_stride;           /* row stride of the quantized activations (multiple of 32) */
+    int act_stride;           /* row stride of the quantized activations (multiple of 256) */
+    const kn_layer *layers;   /* [L] the matrices as k multiplies them (kn_model_weights) */
+    const kn_wmat *output;
 
-    float *kv;                /* [L][2][Hkv][W][D] the cache; which slot holds which position
-                                 is the driver's table, handed in with every call */
+    void *kv;                 /* [L][2][Hkv][W][D] the cache, F16 or F32 elements; which slot
+                                 holds which position is the driver's table, handed in with
+                                 every call */
+    size_t kv_elem;           /* 2 or 4 bytes */
 
-    float *sl_kv;             /* [2][Hkv][W][D] stateless: one layer, rebuilt every layer */
+    void *sl_kv;              /* [2][Hkv][W][D] stateless: one layer, rebuilt every layer */
     int32_t *sl_pos;          /* [W] */
 
     float *x;                 /* [R][E] residual stream */
@@ -38,15 +47,15 @@ struct kn_session {
     float *hb;                /* [R][F] gate, then SwiGLU */
     float *hb2;               /* [R][F] up */
     float *cs;                /* [R][rope_dim] cos/sin per row */
-    float *scores;            /* [threads][W] attention weights per worker */
+    float *scores;            /* [threads][KN_ATTN_SCRATCH(H/Hkv)][W] attention weights */
     float *logits;            /* [V] */
     int32_t *rows_pos;        /* [R] position of each row */
     int32_t *rows_slot;       /* [R] KV slot of each row */
-    kn_act act;               /* q: [R][act_stride], d, s: [R][act_stride/32] */
+    kn_act act;               /* both forms, [R] rows of act_stride (see kn_act) */
 };
 
 kn_session_params kn_session_default_params(void) {
-    kn_session_params p = {1, true, NULL, NULL};
+    kn_session_params p = {1, true, NULL, NULL, true};
     return p;
 }
 
@@ -65,7 +74,7 @@ void kn_session_free(kn_session *s) {
     void *bufs[] = {s->kv,     s->sl_kv,    s->sl_pos, s->x,      s->xb,     s->xb2,
                     s->q,      s->kn,       s->vn,     s->hb,     s->hb2,    s->cs,
                     s->scores, s->logits,   s->rows_pos, s->rows_slot, s->act.q, s->act.d,
-                    s->act.s};
+                    s->act.s,  s->act.q4off, s->act.qk, s->act.dk, s->act.bsk, s->act.bsk32};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kn_free(bufs[i]);
     kn_free(s);
 }
@@ -101,12 +110,13 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     size_t wide = E > HD ? E : HD;
     size_t amax = wide > F ? wide : F;
     s->max_rows = (int)R;
-    s->act_stride = (int)((amax + KN_QBLOCK - 1) / KN_QBLOCK * KN_QBLOCK);
+    s->act_stride = (int)((amax + KN_KBLOCK - 1) / KN_KBLOCK * KN_KBLOCK);
     size_t fs = sizeof(float);
     bool ok = true;
-    s->kv = alloc_f(fs * L * 2 * KD * W, &ok);
+    s->kv_elem = p->kv_f16 ? sizeof(uint16_t) : sizeof(float);
+    s->kv = alloc_f(s->kv_elem * L * 2 * KD * W, &ok);
     if (p->stateless) {
-        s->sl_kv = alloc_f(fs * 2 * KD * W, &ok);
+        s->sl_kv = alloc_f(s->kv_elem * 2 * KD * W, &ok);
         s->sl_pos = alloc_f(sizeof(int32_t) * W, &ok);
     }
     s->x = alloc_f(fs * R * E, &ok);
@@ -118,14 +128,22 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     s->hb = alloc_f(fs * R * F, &ok);
     s->hb2 = alloc_f(fs * R * F, &ok);
     s->cs = alloc_f(fs * R * (size_t)hp->rope_dim, &ok);
-    s->scores = alloc_f(fs * (size_t)(p->pool ? kn_pool_size(p->pool) : p->threads) * W, &ok);
+    size_t group = (size_t)KN_ATTN_SCRATCH(hp->n_head / hp->n_head_kv);
+    s->scores = alloc_f(fs * (size_t)(p->pool ? kn_pool_size(p->pool) : p->threads) * group * W,
+                        &ok);
     s->logits = alloc_f(fs * V, &ok);
     s->rows_pos = alloc_f(sizeof(int32_t) * R, &ok);
     s->rows_slot = alloc_f(sizeof(int32_t) * R, &ok);
+    size_t AS = (size_t)s->act_stride, i16 = sizeof(int16_t);
     s->act.stride = s->act_stride;
-    s->act.q = alloc_f(R * (size_t)s->act_stride, &ok);
-    s->act.d = alloc_f(fs * R * (size_t)s->act_stride / KN_QBLOCK, &ok);
-    s->act.s = alloc_f(fs * R * (size_t)s->act_stride / KN_QBLOCK, &ok);
+    s->act.q = alloc_f(R * AS, &ok);
+    s->act.d = alloc_f(fs * R * AS / KN_QBLOCK, &ok);
+    s->act.s = alloc_f(fs * R * AS / KN_QBLOCK, &ok);
+    s->act.q4off = alloc_f(sizeof(int32_t) * R * AS / KN_QBLOCK, &ok);
+    s->act.qk = alloc_f(R * AS, &ok);
+    s->act.dk = alloc_f(fs * R * AS / KN_KBLOCK, &ok);
+    s->act.bsk = alloc_f(i16 * R * AS / 16, &ok);
+    s->act.bsk32 = alloc_f(i16 * R * AS / KN_QBLOCK, &ok);
     if (p->pool) {
         s->pool = p->pool;
     } else if (ok && p->threads > 1) {
@@ -137,7 +155,14 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
         return kn_fail(err, KILN_ERR_NOMEM, "out of memory creating a session (window %d)",
                        m->window);
     }
-    memset(s->kv, 0, fs * L * 2 * KD * W);
+    /* the first session on an x86 table has the model repack its matrices (on this pool) */
+    kiln_status st = kn_model_weights(m, k, s->pool, &s->layers, &s->output, err);
+    if (st) {
+        kn_session_free(s);
+        return st;
+    }
+    /* finite rows everywhere (attention reads the masked ones before the last allowed slot) */
+    memset(s->kv, 0, s->kv_elem * L * 2 * KD * W);
     *out = s;
     return KILN_OK;
 }
@@ -145,8 +170,8 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
 /* ---- the forward pass ---- */
 
 typedef struct kv_view {
-    float *k;                 /* [Hkv][W][D] */
-    float *v;                 /* [Hkv][W][D] */
+    uint8_t *k;               /* [Hkv][W][D] elements of kv_elem bytes */
+    uint8_t *v;               /* [Hkv][W][D] */
     const int32_t *pos;       /* [W] */
     int n_slots;
 } kv_view;
@@ -157,31 +182,59 @@ typedef struct attn_job {
     int n_rows;
 } attn_job;
 
-/* Item u is the pair (row u / H, head u % H): scores over the allowed slots, softmax, and the
- * weighted sum of values into xb. Nothing in it depends on the other rows, so a row gives the
- * same bits in a decode step as inside a prefill chunk or a stateless window. */
+/* Item u is the pair (row u / Hkv, KV head u % Hkv): for each query head of that KV head's
+ * group, scores over the allowed slots, softmax, and the weighted sum of values into xb (one
+ * pass over the cached rows serves the whole group). Nothing in it depends on the other rows,
+ * so a row gives the same bits in a decode step as inside a prefill chunk or a stateless
+ * window. */
 static void attn_item(void *ctx, int u, int n_items, int worker) {
     (void)n_items;
     const attn_job *j = ctx;
     kn_session *s = j->s;
     const kn_hparams *hp = &s->m->hp;
-    int H = hp->n_head, D = hp->head_dim, W = s->m->window, group = hp->n_head / hp->n_head_kv;
-    int r = u / H, h = u % H, kh = h / group;
-    s->k->attn(s->q + (size_t)r * H * D + (size_t)h * D, j->kv.k + (size_t)kh * W * D,
-               j->kv.v + (size_t)kh * W * D, j->kv.pos, j->kv.n_slots, s->rows_pos[r],
-               hp->sliding_window, D, s->scores + (size_t)worker * W,
-               s->xb + (size_t)r * H * D + (size_t)h * D);
+    int H = hp->n_head, Hkv = hp->n_head_kv, D = hp->head_dim, W = s->m->window;
+    int group = H / Hkv, r = u / Hkv, kh = u % Hkv;
+    const float *q = s->q + (size_t)r * H * D + (size_t)kh * group * D;
+    const void *k = j->kv.k + (size_t)kh * W * D * s->kv_elem;
+    const void *v = j->kv.v + (size_t)kh * W * D * s->kv_elem;
+    float *sc = s->scores + (size_t)worker * KN_ATTN_SCRATCH(group) * W;
+    float *out = s->xb + (size_t)r * H * D + (size_t)kh * group * D;
+    if (s->kv_elem == sizeof(uint16_t))
+        s->k->attn_f16(q, k, v, j->kv.pos, j->kv.n_slots, s->rows_pos[r], hp->sliding_window, D,
+                       group, sc, out);
+    else
+        s->k->attn(q, k, v, j->kv.pos, j->kv.n_slots, s->rows_pos[r], hp->sliding_window, D,
+                   group, sc, out);
 }
 
-/* y = W x for n rows of x (n_in floats each), quantizing x first when W wants it. */
-static void mm(kn_session *s, const kn_wmat *w, const float *x, int n, float *y, bool quantized) {
-    if (kn_type_wants_q8(w->type) && !quantized) s->k->quantize(&s->act, x, n, w->n_in);
+/* One cache row of n elements from F32: rounded to halves, or copied. */
+static void store_kv(uint8_t *dst, const float *src, int n, size_t elem) {
+    if (elem == sizeof(float)) {
+        memcpy(dst, src, sizeof(float) * (size_t)n);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        uint16_t h = kn_fp32_to_fp16(src[i]);
+        memcpy(dst + 2 * (size_t)i, &h, 2);
+    }
+}
+
+/* Quantizes n rows of x (n_in floats each) into the activation forms that the matrices w[0..nw)
+ * want (none for F32 / F16 weights). */
+static void quantize_for(kn_session *s, const kn_wmat *const *w, int nw, const float *x, int n) {
+    bool q8_0 = false, q8_k = false;
+    for (int i = 0; i < nw; i++) {
+        q8_k |= kn_type_wants_q8k(w[i]->type);
+        q8_0 |= kn_type_wants_q8(w[i]->type) && !kn_type_wants_q8k(w[i]->type);
+    }
+    if (q8_0) s->k->quantize(&s->act, x, n, w[0]->n_in);
+    if (q8_k) s->k->quantize_k(&s->act, x, n, w[0]->n_in);
+}
+
+/* y = W x for n rows of x (n_in floats each), quantizing x first. */
+static void mm(kn_session *s, const kn_wmat *w, const float *x, int n, float *y) {
+    quantize_for(s, &w, 1, x, n);
     kn_matmul(s->pool, s->k, w, x, &s->act, n, y, w->n_out);
-}
-
-static bool any_q8(const kn_wmat *a, const kn_wmat *b, const kn_wmat *c) {
-    return kn_type_wants_q8(a->type) || kn_type_wants_q8(b->type) ||
-           (c && kn_type_wants_q8(c->type));
 }
 
 static void add_bias(float *y, const float *b, int n_rows, int n) {
@@ -207,16 +260,16 @@ static void forward(kn_session *s, const int32_t *ids, int n, const int32_t *slo
         kn_rope_cossin(m->rope_inv_freq, RD, s->rows_pos[r], s->cs + (size_t)r * RD);
     }
     for (int l = 0; l < hp->n_layer; l++) {
-        const kn_layer *L = &m->layers[l];
+        const kn_layer *L = &s->layers[l];
         kv_view kv;
         if (stateless) {
             kv.k = s->sl_kv;
-            kv.v = s->sl_kv + (size_t)KD * W;
+            kv.v = kv.k + (size_t)KD * W * s->kv_elem;
             kv.pos = s->sl_pos;
             kv.n_slots = n;
         } else {
-            kv.k = s->kv + (size_t)l * 2 * KD * W;
-            kv.v = kv.k + (size_t)KD * W;
+            kv.k = (uint8_t *)s->kv + (size_t)l * 2 * KD * W * s->kv_elem;
+            kv.v = kv.k + (size_t)KD * W * s->kv_elem;
             kv.pos = slot_pos;
             kv.n_slots = n_slots;
         }
@@ -224,11 +277,10 @@ static void forward(kn_session *s, const int32_t *ids, int n, const int32_t *slo
         for (int r = 0; r < n; r++)
             kn_rmsnorm(s->xb + (size_t)r * E, s->x + (size_t)r * E, L->attn_norm, E, hp->rms_eps);
         /* One quantization of the normed input serves Q, K and V. */
-        bool q8 = any_q8(&L->wq, &L->wk, &L->wv);
-        if (q8) s->k->quantize(&s->act, s->xb, n, E);
         {
             const kn_wmat *w3[3] = {&L->wq, &L->wk, &L->wv};
             float *y3[3] = {s->q, s->kn, s->vn};
+            quantize_for(s, w3, 3, s->xb, n);
             kn_matmul_multi(s->pool, s->k, 3, w3, s->xb, &s->act, n, y3);
         }
         add_bias(s->q, L->bq, n, HD);
@@ -240,34 +292,34 @@ static void forward(kn_session *s, const int32_t *ids, int n, const int32_t *slo
             kn_rope_apply(s->kn + (size_t)r * KD, Hkv, D, RD, hp->rope_neox, cs);
             int slot = s->rows_slot[r];
             for (int h = 0; h < Hkv; h++) {
-                memcpy(kv.k + ((size_t)h * W + slot) * D, s->kn + (size_t)r * KD + (size_t)h * D,
-                       sizeof(float) * (size_t)D);
-                memcpy(kv.v + ((size_t)h * W + slot) * D, s->vn + (size_t)r * KD + (size_t)h * D,
-                       sizeof(float) * (size_t)D);
+                size_t at = ((size_t)h * W + slot) * D * s->kv_elem;
+                store_kv(kv.k + at, s->kn + (size_t)r * KD + (size_t)h * D, D, s->kv_elem);
+                store_kv(kv.v + at, s->vn + (size_t)r * KD + (size_t)h * D, D, s->kv_elem);
             }
         }
         attn_job aj = {s, kv, n};
-        kn_pool_run(n * H * kv.n_slots * D < 16384 ? NULL : s->pool, attn_item, &aj, n * H);
-        mm(s, &L->wo, s->xb, n, s->xb2, false);
+        kn_pool_run(n * H * kv.n_slots * D < 16384 ? NULL : s->pool, attn_item, &aj, n * Hkv);
+        mm(s, &L->wo, s->xb, n, s->xb2);
         for (size_t i = 0; i < (size_t)n * E; i++) s->x[i] += s->xb2[i];
 
         /* feed-forward */
         for (int r = 0; r < n; r++)
             kn_rmsnorm(s->xb + (size_t)r * E, s->x + (size_t)r * E, L->ffn_norm, E, hp->rms_eps);
-        q8 = any_q8(&L->gate, &L->up, NULL);
-        if (q8) s->k->quantize(&s->act, s->xb, n, E);
         {
             const kn_wmat *w2[2] = {&L->gate, &L->up};
             float *y2[2] = {s->hb, s->hb2};
+            quantize_for(s, w2, 2, s->xb, n);
             kn_matmul_multi(s->pool, s->k, 2, w2, s->xb, &s->act, n, y2);
         }
-        kn_swiglu(s->hb, s->hb2, n * F);
-        mm(s, &L->down, s->hb, n, s->xb2, false);
+        /* per row: where a row's tail starts must not depend on the rows before it */
+        for (int r = 0; r < n; r++)
+            s->k->swiglu(s->hb + (size_t)r * F, s->hb2 + (size_t)r * F, F);
+        mm(s, &L->down, s->hb, n, s->xb2);
         for (size_t i = 0; i < (size_t)n * E; i++) s->x[i] += s->xb2[i];
     }
     /* Only the row whose logits are asked for goes through the classifier. */
     kn_rmsnorm(s->xb, s->x + (size_t)out_row * E, m->output_norm, E, hp->rms_eps);
-    mm(s, &m->output, s->xb, 1, s->logits, false);
+    mm(s, s->output, s->xb, 1, s->logits);
 }
 
 kiln_status kn_session_run(kn_session *s, const kn_graph_call *c, const float **logits,
