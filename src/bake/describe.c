@@ -207,6 +207,34 @@ static void shape_str(const kn_io *x, char *s, size_t n) {
     if (o < n) snprintf(s + o, n - o, "]");
 }
 
+/* What the architecture's block does beyond the Llama one (model/arch.h), on one line. */
+static void block_flags(const desc *d, kn_buf *b) {
+    const kn_hparams *hp = d->hp;
+    size_t start = b->len;
+    kn_buf_printf(b, "\n  block:");
+    if (hp->qk_norm) kn_buf_printf(b, " qk norm (per head, before RoPE);");
+    if (hp->qkv_bias) kn_buf_printf(b, " qkv bias;");
+    kn_buf_printf(b, " rope %s", hp->rope_neox ? "neox (halves)" : "adjacent pairs");
+    if (hp->rope_dim < hp->head_dim)
+        kn_buf_printf(b, ", partial rotary %d/%d", hp->rope_dim, hp->head_dim);
+    if (hp->rope_scaling == KN_ROPE_SCALING_LLAMA3 || hp->rope_freqs)
+        kn_buf_printf(b, ", rope scaling llama3%s", hp->rope_freqs ? " (rope_freqs.weight)" : "");
+    if (hp->longrope) {
+        bool lng = d->c->window > hp->rope_orig_ctx;
+        kn_buf_printf(b, ", longrope %s (window %d %s original context %d), attention factor "
+                      "%.4g", lng ? "long" : "short", d->c->window, lng ? ">" : "<=",
+                      hp->rope_orig_ctx, hp->rope_attn_factor);
+    }
+    kn_buf_printf(b, ";");
+    if (hp->nope_step > 0) {
+        kn_buf_printf(b, " no rope in layers");
+        for (int l = 0, n = 0; l < hp->n_layer; l++)
+            if (!kn_layer_has_rope(hp, l)) kn_buf_printf(b, "%s %d", n++ ? "," : "", l);
+        kn_buf_printf(b, ";");
+    }
+    if (b->len > start && b->data[b->len - 1] == ';') b->data[--b->len] = 0;
+}
+
 static void render_text(const desc *d, kn_buf *b) {
     const kn_hparams *hp = d->hp;
     const kn_contract *c = d->c;
@@ -227,6 +255,7 @@ static void render_text(const desc *d, kn_buf *b) {
                   rope_scaling_name(hp->rope_scaling), hp->rms_eps,
                   hp->tied_embeddings ? ", tied embeddings" : "", hp->qkv_bias ? ", qkv bias" : "");
     if (hp->sliding_window) kn_buf_printf(b, ", sliding window %d", hp->sliding_window);
+    block_flags(d, b);
     kn_buf_printf(b, "\n\nstatic contract: window W=%d, prefill chunk C=%d, batch %d, sink %d, "
                      "KV cache %s [%d, 2, %d, %d, %d]\n",
                   c->window, c->chunk, c->batch, c->sink, c->kv_dtype, hp->n_layer, hp->n_head_kv,
