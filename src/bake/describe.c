@@ -110,6 +110,13 @@ static void provenance_json(kn_buf *b, kn_str prov) {
     cJSON_Delete(j);
 }
 
+/* Which RoPE frequency divisors the forward uses (kn_rope_factors' choice). */
+static const char *rope_factors_name(const kn_hparams *hp, int window) {
+    if (hp->rope_freqs) return "rope_freqs";
+    if (hp->longrope) return window > hp->rope_orig_ctx ? "longrope_long" : "longrope_short";
+    return "none";
+}
+
 static void render_json(const desc *d, kn_buf *b) {
     const kn_hparams *hp = d->hp;
     const kn_contract *c = d->c;
@@ -126,12 +133,18 @@ static void render_json(const desc *d, kn_buf *b) {
                   "\"n_ctx_train\": %d, \"rope_theta\": %.9g, \"rope_dim\": %d, "
                   "\"rope_neox\": %s, \"rope_scaling\": \"%s\", \"rope_factor\": %.9g, "
                   "\"rms_eps\": %.9g, \"sliding_window\": %d, \"tied_embeddings\": %s, "
-                  "\"qkv_bias\": %s},\n",
+                  "\"qkv_bias\": %s, \"qk_norm\": %s, \"rope_freq_factors\": \"%s\", "
+                  "\"rope_attn_factor\": %.9g, \"no_rope_layers\": [",
                   hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_ff,
                   hp->n_vocab, hp->n_ctx_train, hp->rope_theta, hp->rope_dim,
                   hp->rope_neox ? "true" : "false", rope_scaling_name(hp->rope_scaling),
                   hp->rope_scaling ? hp->rope_factor : 1.0, hp->rms_eps, hp->sliding_window,
-                  hp->tied_embeddings ? "true" : "false", hp->qkv_bias ? "true" : "false");
+                  hp->tied_embeddings ? "true" : "false", hp->qkv_bias ? "true" : "false",
+                  hp->qk_norm ? "true" : "false", rope_factors_name(hp, c->window),
+                  hp->rope_attn_factor);
+    for (int l = 0, n = 0; l < hp->n_layer; l++)
+        if (!kn_layer_has_rope(hp, l)) kn_buf_printf(b, "%s%d", n++ ? ", " : "", l);
+    kn_buf_printf(b, "]},\n");
     kn_buf_printf(b,
                   "  \"contract\": {\"window\": %d, \"chunk\": %d, \"batch\": %d, \"sink\": %d, "
                   "\"kv_cache\": {\"layout\": \"[n_layer, 2, n_head_kv, window, head_dim]\", "

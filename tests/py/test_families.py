@@ -154,6 +154,14 @@ def test_inspect_shows_the_arch_flags(work, fam):
             "phi4mini": ["longrope long", "partial rotary 12/16"]}[fam]
     for w in want:
         assert w in r.stdout, f"{fam}: inspect lacks '{w}':\n{r.stdout}"
+    r = run_kiln("inspect", offering(work, fam, "gguf"), "--json")
+    assert r.returncode == 0, r.stderr
+    hp = json.loads(r.stdout)["hparams"]
+    assert hp["qk_norm"] == (fam == "qwen3")
+    assert hp["no_rope_layers"] == ([3] if fam == "smollm3" else [])
+    assert hp["rope_freq_factors"] == {"llama3": "rope_freqs", "phi3": "longrope_short",
+                                       "phi4mini": "longrope_long"}.get(fam, "none")
+    assert hp["rope_dim"] == (12 if fam == "phi4mini" else F.head_dim(F.config(fam)))
 
 
 @pytest.mark.parametrize("cfg,name", [
