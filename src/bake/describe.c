@@ -110,6 +110,13 @@ static void provenance_json(kn_buf *b, kn_str prov) {
     cJSON_Delete(j);
 }
 
+/* Which RoPE frequency divisors the forward uses (kn_rope_factors' choice). */
+static const char *rope_factors_name(const kn_hparams *hp, int window) {
+    if (hp->rope_freqs) return "rope_freqs";
+    if (hp->longrope) return window > hp->rope_orig_ctx ? "longrope_long" : "longrope_short";
+    return "none";
+}
+
 static void render_json(const desc *d, kn_buf *b) {
     const kn_hparams *hp = d->hp;
     const kn_contract *c = d->c;
@@ -126,12 +133,18 @@ static void render_json(const desc *d, kn_buf *b) {
                   "\"n_ctx_train\": %d, \"rope_theta\": %.9g, \"rope_dim\": %d, "
                   "\"rope_neox\": %s, \"rope_scaling\": \"%s\", \"rope_factor\": %.9g, "
                   "\"rms_eps\": %.9g, \"sliding_window\": %d, \"tied_embeddings\": %s, "
-                  "\"qkv_bias\": %s},\n",
+                  "\"qkv_bias\": %s, \"qk_norm\": %s, \"rope_freq_factors\": \"%s\", "
+                  "\"rope_attn_factor\": %.9g, \"no_rope_layers\": [",
                   hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_ff,
                   hp->n_vocab, hp->n_ctx_train, hp->rope_theta, hp->rope_dim,
                   hp->rope_neox ? "true" : "false", rope_scaling_name(hp->rope_scaling),
                   hp->rope_scaling ? hp->rope_factor : 1.0, hp->rms_eps, hp->sliding_window,
-                  hp->tied_embeddings ? "true" : "false", hp->qkv_bias ? "true" : "false");
+                  hp->tied_embeddings ? "true" : "false", hp->qkv_bias ? "true" : "false",
+                  hp->qk_norm ? "true" : "false", rope_factors_name(hp, c->window),
+                  hp->rope_attn_factor);
+    for (int l = 0, n = 0; l < hp->n_layer; l++)
+        if (!kn_layer_has_rope(hp, l)) kn_buf_printf(b, "%s%d", n++ ? ", " : "", l);
+    kn_buf_printf(b, "]},\n");
     kn_buf_printf(b,
                   "  \"contract\": {\"window\": %d, \"chunk\": %d, \"batch\": %d, \"sink\": %d, "
                   "\"kv_cache\": {\"layout\": \"[n_layer, 2, n_head_kv, window, head_dim]\", "
@@ -207,6 +220,34 @@ static void shape_str(const kn_io *x, char *s, size_t n) {
     if (o < n) snprintf(s + o, n - o, "]");
 }
 
+/* What the architecture's block does beyond the Llama one (model/arch.h), on one line. */
+static void block_flags(const desc *d, kn_buf *b) {
+    const kn_hparams *hp = d->hp;
+    size_t start = b->len;
+    kn_buf_printf(b, "\n  block:");
+    if (hp->qk_norm) kn_buf_printf(b, " qk norm (per head, before RoPE);");
+    if (hp->qkv_bias) kn_buf_printf(b, " qkv bias;");
+    kn_buf_printf(b, " rope %s", hp->rope_neox ? "neox (halves)" : "adjacent pairs");
+    if (hp->rope_dim < hp->head_dim)
+        kn_buf_printf(b, ", partial rotary %d/%d", hp->rope_dim, hp->head_dim);
+    if (hp->rope_scaling == KN_ROPE_SCALING_LLAMA3 || hp->rope_freqs)
+        kn_buf_printf(b, ", rope scaling llama3%s", hp->rope_freqs ? " (rope_freqs.weight)" : "");
+    if (hp->longrope) {
+        bool lng = d->c->window > hp->rope_orig_ctx;
+        kn_buf_printf(b, ", longrope %s (window %d %s original context %d), attention factor "
+                      "%.4g", lng ? "long" : "short", d->c->window, lng ? ">" : "<=",
+                      hp->rope_orig_ctx, hp->rope_attn_factor);
+    }
+    kn_buf_printf(b, ";");
+    if (hp->nope_step > 0) {
+        kn_buf_printf(b, " no rope in layers");
+        for (int l = 0, n = 0; l < hp->n_layer; l++)
+            if (!kn_layer_has_rope(hp, l)) kn_buf_printf(b, "%s %d", n++ ? "," : "", l);
+        kn_buf_printf(b, ";");
+    }
+    if (b->len > start && b->data[b->len - 1] == ';') b->data[--b->len] = 0;
+}
+
 static void render_text(const desc *d, kn_buf *b) {
     const kn_hparams *hp = d->hp;
     const kn_contract *c = d->c;
@@ -227,6 +268,7 @@ static void render_text(const desc *d, kn_buf *b) {
                   rope_scaling_name(hp->rope_scaling), hp->rms_eps,
                   hp->tied_embeddings ? ", tied embeddings" : "", hp->qkv_bias ? ", qkv bias" : "");
     if (hp->sliding_window) kn_buf_printf(b, ", sliding window %d", hp->sliding_window);
+    block_flags(d, b);
     kn_buf_printf(b, "\n\nstatic contract: window W=%d, prefill chunk C=%d, batch %d, sink %d, "
                      "KV cache %s [%d, 2, %d, %d, %d]\n",
                   c->window, c->chunk, c->batch, c->sink, c->kv_dtype, hp->n_layer, hp->n_head_kv,

@@ -27,6 +27,34 @@ static const kn_arch_info k_archs[KN_ARCH_COUNT] = {
         .qkv_bias = true,
         .hf_sliding_window_always = false,
     },
+    [KN_ARCH_QWEN3] = {
+        .id = KN_ARCH_QWEN3,
+        .name = "qwen3",
+        .gguf_names = {"qwen3"},
+        .hf_model_types = {"qwen3"},
+        .hf_classes = {"Qwen3ForCausalLM"},
+        .rope_neox = true,
+        .qk_norm = true,
+    },
+    [KN_ARCH_SMOLLM3] = {
+        .id = KN_ARCH_SMOLLM3,
+        .name = "smollm3",
+        .gguf_names = {"smollm3"},
+        .hf_model_types = {"smollm3"},
+        .hf_classes = {"SmolLM3ForCausalLM"},
+        .hf_permute_qk = true,
+        .nope_step = 4,
+    },
+    [KN_ARCH_PHI3] = {
+        .id = KN_ARCH_PHI3,
+        .name = "phi3",
+        .gguf_names = {"phi3"},
+        .hf_model_types = {"phi3"},
+        .hf_classes = {"Phi3ForCausalLM"},
+        .rope_neox = true,
+        .fused_qkv_gate_up = true,
+        .ignore_sliding_window = true,
+    },
 };
 
 const kn_arch_info *kn_arch_get(kn_arch id) {
@@ -100,6 +128,14 @@ static const struct {
     [KN_T_FFN_UP] = {"blk.%d.ffn_up.weight", "model.layers.%d.mlp.up_proj.weight", true, true},
     [KN_T_FFN_DOWN] = {"blk.%d.ffn_down.weight", "model.layers.%d.mlp.down_proj.weight", true,
                        true},
+    [KN_T_ATTN_Q_NORM] = {"blk.%d.attn_q_norm.weight", "model.layers.%d.self_attn.q_norm.weight",
+                          true, false},
+    [KN_T_ATTN_K_NORM] = {"blk.%d.attn_k_norm.weight", "model.layers.%d.self_attn.k_norm.weight",
+                          true, false},
+    /* no Hugging Face tensor: config.json's rope_scaling holds these numbers */
+    [KN_T_ROPE_FREQS] = {"rope_freqs.weight", NULL, false, false},
+    [KN_T_ROPE_LONG] = {"rope_factors_long.weight", NULL, false, false},
+    [KN_T_ROPE_SHORT] = {"rope_factors_short.weight", NULL, false, false},
 };
 
 bool kn_tensor_role_is_matrix(kn_tensor_role role) { return k_roles[role].matrix; }
@@ -146,7 +182,7 @@ bool kn_tensor_from_hf(const char *hf_name, char *gguf_name, size_t n, kn_tensor
     *skip = false;
     int layer = 0;
     for (int r = 0; r < KN_T_ROLE_COUNT; r++)
-        if (match_fmt(k_roles[r].hf, hf_name, &layer)) {
+        if (k_roles[r].hf && match_fmt(k_roles[r].hf, hf_name, &layer)) {
             kn_tensor_name((kn_tensor_role)r, layer, gguf_name, n);
             *role = (kn_tensor_role)r;
             return true;
@@ -156,4 +192,17 @@ bool kn_tensor_from_hf(const char *hf_name, char *gguf_name, size_t n, kn_tensor
         return true;
     }
     return false;
+}
+
+kn_fused kn_tensor_fused_from_hf(const char *hf_name, int *layer) {
+    if (match_fmt("model.layers.%d.self_attn.qkv_proj.weight", hf_name, layer)) return KN_FUSED_QKV;
+    if (match_fmt("model.layers.%d.mlp.gate_up_proj.weight", hf_name, layer))
+        return KN_FUSED_GATE_UP;
+    return KN_FUSED_NONE;
+}
+
+kn_fused kn_tensor_fused_from_gguf(const char *name, int *layer) {
+    if (match_fmt("blk.%d.attn_qkv.weight", name, layer)) return KN_FUSED_QKV;
+    if (match_fmt("blk.%d.ffn_up.weight", name, layer)) return KN_FUSED_GATE_UP;
+    return KN_FUSED_NONE;
 }

@@ -24,6 +24,9 @@
 typedef enum kn_arch {
     KN_ARCH_LLAMA = 0,    /* Llama 1/2/3, SmolLM2, TinyLlama, and Mistral (GGUF "llama") */
     KN_ARCH_QWEN2 = 1,
+    KN_ARCH_QWEN3 = 2,    /* dense Qwen3: q/k RMSNorm per head */
+    KN_ARCH_SMOLLM3 = 3,  /* llama block without RoPE in every 4th layer */
+    KN_ARCH_PHI3 = 4,     /* Phi-3 / 3.5-mini, Phi-4-mini: fused qkv and gate_up, LongRoPE */
     KN_ARCH_COUNT
 } kn_arch;
 
@@ -45,6 +48,17 @@ typedef struct kn_arch_info {
     /* config.json's sliding_window applies by itself (Mistral); false: only with
      * "use_sliding_window": true (Qwen2, where the key is present but off by default). */
     bool hf_sliding_window_always;
+    bool qk_norm;             /* attn_{q,k}_norm: RMSNorm of each head of Q and K before RoPE */
+    /* Layer l has no RoPE when (l + 1) % nope_step == 0 (SmolLM3: 4, llama.cpp's
+     * n_no_rope_layer_step); 0: every layer rotates. */
+    int nope_step;
+    /* Q, K, V come fused as attn_qkv (HF qkv_proj) and gate/up as one ffn_up of 2F rows (HF
+     * gate_up_proj, gate first): split when the source is opened, so nothing after it sees a
+     * fused weight (model/source.c). */
+    bool fused_qkv_gate_up;
+    /* A sliding_window in the checkpoint is not applied: llama.cpp disables Phi-3's (its
+     * phi3 loader resets n_swa to 0), and kiln follows the reference it is checked against. */
+    bool ignore_sliding_window;
 } kn_arch_info;
 
 const kn_arch_info *kn_arch_get(kn_arch id);
@@ -63,6 +77,11 @@ typedef enum kn_tensor_role {
     KN_T_ATTN_NORM, KN_T_ATTN_Q, KN_T_ATTN_K, KN_T_ATTN_V, KN_T_ATTN_OUT,
     KN_T_ATTN_Q_BIAS, KN_T_ATTN_K_BIAS, KN_T_ATTN_V_BIAS,
     KN_T_FFN_NORM, KN_T_FFN_GATE, KN_T_FFN_UP, KN_T_FFN_DOWN,
+    KN_T_ATTN_Q_NORM, KN_T_ATTN_K_NORM,   /* [head_dim], qk_norm */
+    /* RoPE frequency divisors, [rope_dim / 2] (llama.cpp's names): rope_freqs (Llama 3, as
+     * llama.cpp's converter encodes rope_type llama3), rope_factors_long / _short (LongRoPE:
+     * long when the context exceeds the original one, see kn_rope_factors). */
+    KN_T_ROPE_FREQS, KN_T_ROPE_LONG, KN_T_ROPE_SHORT,
     KN_T_ROLE_COUNT
 } kn_tensor_role;
 
@@ -80,5 +99,12 @@ bool kn_tensor_from_gguf(const char *name, kn_tensor_role *role, int *layer);
  * knows and drops (rotary inv_freq buffers, recomputed from rope_theta). */
 bool kn_tensor_from_hf(const char *hf_name, char *gguf_name, size_t n, kn_tensor_role *role,
                        bool *skip);
+
+/* A fused tensor of a fused_qkv_gate_up architecture: QKV (split into q, k, v rows) or GATE_UP
+ * (gate rows, then up rows). HF: self_attn.qkv_proj / mlp.gate_up_proj; GGUF: attn_qkv (and
+ * ffn_up, which is fused only when it has 2F rows: the caller checks the shape). */
+typedef enum kn_fused { KN_FUSED_NONE = 0, KN_FUSED_QKV, KN_FUSED_GATE_UP } kn_fused;
+kn_fused kn_tensor_fused_from_hf(const char *hf_name, int *layer);
+kn_fused kn_tensor_fused_from_gguf(const char *name, int *layer);
 
 #endif

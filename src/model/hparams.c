@@ -65,6 +65,12 @@ kiln_status kn_hparams_validate(const kn_hparams *hp, const char *label, kiln_er
     if (hp->rope_scaling != KN_ROPE_SCALING_NONE && !(hp->rope_factor >= 1.0f))
         return kn_fail(err, KILN_ERR_FORMAT, "%s: rope scaling factor %g must be >= 1", label,
                        hp->rope_factor);
+    if (!(hp->rope_attn_factor > 0) || !isfinite(hp->rope_attn_factor))
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: rope attention factor %g is not positive",
+                       label, hp->rope_attn_factor);
+    if (hp->longrope && hp->rope_orig_ctx < 1)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: LongRoPE without an original context length",
+                       label);
     if (hp->sliding_window < 0)
         return kn_fail(err, KILN_ERR_FORMAT, "%s: sliding window %d is negative", label,
                        hp->sliding_window);
@@ -87,6 +93,9 @@ kiln_status kn_hparams_from_gguf(const kn_gguf *g, kn_hparams *hp, kiln_error *e
     hp->arch = ai->id;
     snprintf(hp->arch_name, sizeof hp->arch_name, "%s", ai->name);
     hp->rope_neox = ai->rope_neox;
+    hp->qk_norm = ai->qk_norm;
+    hp->nope_step = ai->nope_step;
+    hp->rope_attn_factor = 1.0f;
     uint32_t u;
     if (!get_u32k(g, a, "block_count", &u))
         return kn_fail(err, KILN_ERR_FORMAT, "%s: missing %s.block_count", g->path, a);
@@ -142,7 +151,18 @@ kiln_status kn_hparams_from_gguf(const kn_gguf *g, kn_hparams *hp, kiln_error *e
         if (kn_gguf_get_u32(g, "kiln.rope.llama3.original_context", &u))
             hp->rope_orig_ctx = (int)(u > (1u << 30) ? 1 << 30 : u);
     }
-    if (get_u32k(g, a, "attention.sliding_window", &u)) hp->sliding_window = (int)(u > (1u << 30) ? 1 << 30 : u);
+    if (get_u32k(g, a, "attention.sliding_window", &u) && !ai->ignore_sliding_window)
+        hp->sliding_window = (int)(u > (1u << 30) ? 1 << 30 : u);
+    hp->rope_freqs = kn_gguf_find_tensor(g, "rope_freqs.weight") != NULL;
+    hp->longrope = kn_gguf_find_tensor(g, "rope_factors_long.weight") != NULL ||
+                   kn_gguf_find_tensor(g, "rope_factors_short.weight") != NULL;
+    if (hp->longrope) {
+        hp->rope_orig_ctx = get_u32k(g, a, "rope.scaling.original_context_length", &u)
+                                ? (int)(u > (1u << 30) ? 1 << 30 : u)
+                                : hp->n_ctx_train;
+        if ((s = get_f32k(g, a, "rope.scaling.attn_factor", &hp->rope_attn_factor, err)))
+            return s;
+    }
 
     const kn_gguf_tensor *emb = kn_gguf_find_tensor(g, "token_embd.weight");
     if (!emb)
@@ -191,6 +211,10 @@ void kn_hparams_to_gguf(const kn_hparams *hp, kn_gguf_writer *w) {
     if (hp->sliding_window > 0) {
         U32("attention.sliding_window", hp->sliding_window);
     }
+    if (hp->longrope) {
+        U32("rope.scaling.original_context_length", hp->rope_orig_ctx);
+        F32("rope.scaling.attn_factor", hp->rope_attn_factor);
+    }
 #undef U32
 #undef F32
 }
@@ -201,6 +225,9 @@ bool kn_tensor_expected(const kn_hparams *hp, kn_tensor_role role, int layer, ch
     if ((role == KN_T_ATTN_Q_BIAS || role == KN_T_ATTN_K_BIAS || role == KN_T_ATTN_V_BIAS) &&
         !hp->qkv_bias)
         return false;
+    if ((role == KN_T_ATTN_Q_NORM || role == KN_T_ATTN_K_NORM) && !hp->qk_norm) return false;
+    if (role == KN_T_ROPE_FREQS && !hp->rope_freqs) return false;
+    if ((role == KN_T_ROPE_LONG || role == KN_T_ROPE_SHORT) && !hp->longrope) return false;
     kn_tensor_name(role, layer, name, name_size);
     int64_t q = (int64_t)hp->n_head * hp->head_dim, kv = (int64_t)hp->n_head_kv * hp->head_dim;
     *n_dims = 2;
@@ -216,6 +243,9 @@ bool kn_tensor_expected(const kn_hparams *hp, kn_tensor_role role, int layer, ch
     case KN_T_ATTN_K_BIAS: case KN_T_ATTN_V_BIAS: *n_dims = 1; ne[0] = kv; break;
     case KN_T_FFN_GATE: case KN_T_FFN_UP: ne[0] = hp->n_embd; ne[1] = hp->n_ff; break;
     case KN_T_FFN_DOWN: ne[0] = hp->n_ff; ne[1] = hp->n_embd; break;
+    case KN_T_ATTN_Q_NORM: case KN_T_ATTN_K_NORM: *n_dims = 1; ne[0] = hp->head_dim; break;
+    case KN_T_ROPE_FREQS: case KN_T_ROPE_LONG: case KN_T_ROPE_SHORT:
+        *n_dims = 1; ne[0] = hp->rope_dim / 2; break;
     default: return false;
     }
     return true;
@@ -246,4 +276,30 @@ bool kn_weight_type_ok(bool matrix, uint32_t type) {
 
 bool kn_tensor_type_ok(kn_tensor_role role, uint32_t type) {
     return kn_weight_type_ok(kn_tensor_role_is_matrix(role), type);
+}
+
+kiln_status kn_rope_factors(const kn_gguf *g, const kn_hparams *hp, int window, float *out,
+                            bool *have, kiln_error *err) {
+    int n = hp->rope_dim / 2;
+    for (int i = 0; i < n; i++) out[i] = 1.0f;
+    *have = false;
+    kn_tensor_role role;
+    if (hp->rope_freqs) role = KN_T_ROPE_FREQS;
+    else if (hp->longrope) role = window > hp->rope_orig_ctx ? KN_T_ROPE_LONG : KN_T_ROPE_SHORT;
+    else return KILN_OK;
+    char name[64];
+    int nd;
+    int64_t ne[2];
+    kn_tensor_expected(hp, role, 0, name, sizeof name, &nd, ne);
+    const kn_gguf_tensor *t = kn_gguf_find_tensor(g, name);
+    if (!t || t->ne[0] != n || t->ne[1] != 1 || !kn_weight_type_ok(false, t->type) ||
+        !kn_dequantize(t->type, t->data, out, n))
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor %s missing or not [%d] floats", g->path,
+                       name, n);
+    for (int i = 0; i < n; i++)
+        if (!(out[i] > 0) || !isfinite(out[i]))
+            return kn_fail(err, KILN_ERR_FORMAT, "%s: %s[%d] = %g is not a positive factor",
+                           g->path, name, i, out[i]);
+    *have = true;
+    return KILN_OK;
 }

@@ -48,7 +48,27 @@ typedef struct kn_hparams {
     int sliding_window;       /* Mistral: attend to the last N positions; 0 = unlimited */
     bool tied_embeddings;     /* no output.weight: the classifier is token_embd */
     bool qkv_bias;            /* Qwen2 */
+    /* Per-architecture block flags (model/arch.h explains each): */
+    bool qk_norm;             /* Qwen3: attn_{q,k}_norm per head before RoPE */
+    int nope_step;            /* SmolLM3: 4; layer l skips RoPE when (l + 1) % nope_step == 0 */
+    bool rope_freqs;          /* the checkpoint carries rope_freqs.weight (llama.cpp's Llama 3) */
+    /* LongRoPE (Phi-3.5, Phi-4-mini): rope_factors_long / _short tensors, chosen by the window
+     * against rope_orig_ctx; cos and sin scaled by rope_attn_factor. */
+    bool longrope;
+    float rope_attn_factor;   /* 1 unless LongRoPE says otherwise */
 } kn_hparams;
+
+/* Whether RoPE rotates Q and K in layer l. */
+static inline bool kn_layer_has_rope(const kn_hparams *hp, int l) {
+    return hp->nope_step <= 0 || (l + 1) % hp->nope_step != 0;
+}
+
+/* The RoPE frequency divisors of a model for a window of W slots, rope_dim / 2 of them, into
+ * out: rope_freqs.weight, or LongRoPE's long factors when W exceeds the original context
+ * (llama.cpp's rule: n_ctx > n_ctx_orig_yarn) and its short ones otherwise. false (out all 1)
+ * when the model has none; a factor that is not finite and positive is an error. */
+kiln_status kn_rope_factors(const kn_gguf *g, const kn_hparams *hp, int window, float *out,
+                            bool *have, kiln_error *err);
 
 /* Range and consistency checks shared by the GGUF and config.json paths. */
 kiln_status kn_hparams_validate(const kn_hparams *hp, const char *label, kiln_error *err);

@@ -102,12 +102,6 @@ static kiln_status check_schema(kn_source *s, kiln_error *err) {
     }
     for (int i = 0; i < s->n_tensors; i++) {
         const char *nm = s->tensors[i].name;
-        if (strcmp(nm, "rope_freqs.weight") == 0) {
-            if (s->tensors[i].type != KN_TYPE_F32)
-                return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor %s has type %s (F32 expected)",
-                               s->tensors[i].file, nm, kn_type_name(s->tensors[i].type));
-            continue;
-        }
         kn_tensor_role role;
         int layer;
         if (!kn_tensor_role_of(hp, nm, &role, &layer))
@@ -122,6 +116,46 @@ static kiln_status check_schema(kn_source *s, kiln_error *err) {
         if (!kn_type_get(t->type)->can_dequantize)
             return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: tensor %s has type %s, which kiln "
                            "cannot read", t->file, t->name, kn_type_name(t->type));
+    }
+    return KILN_OK;
+}
+
+/* A fused weight as the tensors it holds: views of consecutive row ranges (no copy), named as
+ * the split architecture names them (model/arch.h, fused_qkv_gate_up). */
+static kiln_status add_split(kn_source *s, const kn_src_tensor *base, kn_fused kind, int layer,
+                             kiln_error *err) {
+    const kn_hparams *hp = &s->hp;
+    int64_t q = (int64_t)hp->n_head * hp->head_dim, kv = (int64_t)hp->n_head_kv * hp->head_dim;
+    int64_t rows[3];
+    kn_tensor_role roles[3];
+    int n;
+    if (kind == KN_FUSED_QKV) {
+        n = 3;
+        rows[0] = q, rows[1] = kv, rows[2] = kv;
+        roles[0] = KN_T_ATTN_Q, roles[1] = KN_T_ATTN_K, roles[2] = KN_T_ATTN_V;
+    } else {
+        n = 2;
+        rows[0] = rows[1] = hp->n_ff;
+        roles[0] = KN_T_FFN_GATE, roles[1] = KN_T_FFN_UP;
+    }
+    int64_t total = 0;
+    for (int i = 0; i < n; i++) total += rows[i];
+    if (base->n_dims != 2 || base->ne[1] != total || base->ne[2] != 1 || base->ne[3] != 1 ||
+        base->nbytes % (uint64_t)total)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: fused tensor %s has %lld rows, the config "
+                       "implies %lld", base->file, base->name, (long long)base->ne[1],
+                       (long long)total);
+    uint64_t rb = base->nbytes / (uint64_t)total, at = 0;
+    for (int i = 0; i < n; i++) {
+        kn_src_tensor t = *base;
+        kn_tensor_name(roles[i], layer, t.name, sizeof t.name);
+        t.ne[1] = rows[i];
+        t.data = base->data + at;
+        t.nbytes = (uint64_t)rows[i] * rb;
+        t.permute_heads = 0;
+        at += t.nbytes;
+        kiln_status st = add_tensor(s, &t, err);
+        if (st) return st;
     }
     return KILN_OK;
 }
@@ -149,6 +183,15 @@ static kiln_status open_gguf(kn_source *s, const char *path, kiln_error *err) {
         memcpy(t.ne, gt->ne, sizeof t.ne);
         t.data = gt->data;
         t.nbytes = gt->nbytes;
+        int layer;
+        kn_fused fk = kn_arch_get(s->hp.arch)->fused_qkv_gate_up
+                          ? kn_tensor_fused_from_gguf(t.name, &layer) : KN_FUSED_NONE;
+        /* ffn_up is the fused gate_up only with 2F rows (a baked offering holds it split) */
+        if (fk == KN_FUSED_GATE_UP && t.ne[1] != 2 * (int64_t)s->hp.n_ff) fk = KN_FUSED_NONE;
+        if (fk) {
+            if ((st = add_split(s, &t, fk, layer, err))) return st;
+            continue;
+        }
         if ((st = add_tensor(s, &t, err))) return st;
     }
     s->bos_id = s->eos_id = -1;
@@ -211,6 +254,9 @@ kiln_status kn_hparams_from_hf_config(const char *json, const char *label, kn_hp
     snprintf(hp->arch_name, sizeof hp->arch_name, "%s", ai->name);
     hp->rope_neox = ai->rope_neox;
     hp->qkv_bias = ai->qkv_bias;
+    hp->qk_norm = ai->qk_norm;
+    hp->nope_step = ai->nope_step;
+    hp->rope_attn_factor = 1.0f;
     /* Every number through the range-checked reader: kn_hparams_validate then applies the
      * model limits to values that are at least integers. */
     const int M = INT32_MAX;
@@ -244,10 +290,38 @@ kiln_status kn_hparams_from_hf_config(const char *json, const char *label, kn_hp
         hp->head_dim = hp->n_embd / hp->n_head;
     }
     hp->rope_dim = hp->head_dim;
+    const cJSON *prf = cJSON_GetObjectItemCaseSensitive(c, "partial_rotary_factor");
+    if (prf) {
+        /* transformers: rotary dimensions = int(head_dim * partial_rotary_factor) */
+        if (!cJSON_IsNumber(prf) || !(prf->valuedouble > 0) || !(prf->valuedouble <= 1)) {
+            st = kn_fail(err, KILN_ERR_FORMAT, "%s: partial_rotary_factor must be in (0, 1]",
+                         label);
+            goto done;
+        }
+        hp->rope_dim = (int)(hp->head_dim * prf->valuedouble);
+    }
+    if (ai->nope_step) {
+        /* SmolLM3 lists the layers that rotate; llama.cpp (and so kiln) knows only the pattern
+         * "every nope_step-th layer has none", so any other list is refused, not run wrong. */
+        const cJSON *nl = cJSON_GetObjectItemCaseSensitive(c, "no_rope_layers");
+        const cJSON *it;
+        int l = 0;
+        if (cJSON_IsArray(nl)) cJSON_ArrayForEach(it, nl) {
+            bool rot = !(cJSON_IsNumber(it) && it->valuedouble == 0) && !cJSON_IsFalse(it);
+            if (rot != ((l + 1) % ai->nope_step != 0)) {
+                st = kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: no_rope_layers[%d] breaks the "
+                             "pattern kiln runs (no RoPE in every layer l with (l + 1) %% %d == "
+                             "0)", label, l, ai->nope_step);
+                goto done;
+            }
+            l++;
+        }
+    }
     hp->tied_embeddings = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c, "tie_word_embeddings"));
     const cJSON *sw = cJSON_GetObjectItemCaseSensitive(c, "sliding_window");
     const cJSON *use_sw = cJSON_GetObjectItemCaseSensitive(c, "use_sliding_window");
-    if (cJSON_IsNumber(sw) && (ai->hf_sliding_window_always || cJSON_IsTrue(use_sw)) &&
+    if (cJSON_IsNumber(sw) && !ai->ignore_sliding_window &&
+        (ai->hf_sliding_window_always || cJSON_IsTrue(use_sw)) &&
         (st = kn_json_get_i32(c, "sliding_window", 0, M, 0, &hp->sliding_window, label, err)))
         goto done;
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(c, "rope_scaling");
@@ -267,9 +341,29 @@ kiln_status kn_hparams_from_hf_config(const char *json, const char *label, kn_hp
                 (st = kn_json_get_i32(rs, "original_max_position_embeddings", 1, M, 8192,
                                       &hp->rope_orig_ctx, label, err)))
                 goto done;
+        } else if (strcmp(t, "longrope") == 0 || strcmp(t, "su") == 0) {
+            /* the factors themselves become tensors (add_longrope_factors) */
+            hp->longrope = true;
+            hp->rope_factor = 1.0f;
+            const cJSON *o = cJSON_GetObjectItemCaseSensitive(rs, "original_max_position_embeddings");
+            if ((st = kn_json_get_i32(o ? rs : c, "original_max_position_embeddings", 1, M, 0,
+                                      &hp->rope_orig_ctx, label, err)))
+                goto done;
+            if (hp->rope_orig_ctx < 1) {
+                st = kn_fail(err, KILN_ERR_FORMAT, "%s: LongRoPE needs "
+                             "original_max_position_embeddings", label);
+                goto done;
+            }
+            /* transformers' _compute_longrope_parameters (and llama.cpp's converter) */
+            double scale = (double)hp->n_ctx_train / hp->rope_orig_ctx;
+            float af = scale > 1.0 ? (float)sqrt(1.0 + log(scale) / log((double)hp->rope_orig_ctx))
+                                   : 1.0f;
+            if ((st = kn_json_get_f32(rs, "attention_factor", af, &hp->rope_attn_factor, label,
+                                      err)))
+                goto done;
         } else if (strcmp(t, "default") != 0 && t[0]) {
             st = kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: rope_scaling type '%s' is not supported "
-                         "(linear, llama3)", label, t);
+                         "(linear, llama3, longrope)", label, t);
             goto done;
         }
     }
@@ -327,6 +421,51 @@ static kiln_status open_shard(kn_source *s, const char *file, kiln_error *err) {
     if (st) return st;
     kn_safetensors *sh = s->shards[s->n_shards++];
     return add_file(s, sh->path, sh->map.data, sh->map.size, err);
+}
+
+/* LongRoPE's long_factor / short_factor lists of config.json's rope_scaling, as the F32
+ * tensors rope_factors_long.weight / rope_factors_short.weight llama.cpp's converter writes. */
+static kiln_status add_longrope_factors(kn_source *s, kiln_error *err) {
+    int n = s->hp.rope_dim / 2;
+    cJSON *c = cJSON_Parse(s->config_json);
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(c, "rope_scaling");
+    static const char *keys[2] = {"long_factor", "short_factor"};
+    static const char *names[2] = {"rope_factors_long.weight", "rope_factors_short.weight"};
+    kiln_status st = KILN_OK;
+    if (!(s->synth = kn_malloc(sizeof(float) * 2 * (size_t)n)))
+        st = kn_fail(err, KILN_ERR_NOMEM, "out of memory");
+    for (int k = 0; k < 2 && !st; k++) {
+        const cJSON *a = cJSON_GetObjectItemCaseSensitive(rs, keys[k]);
+        if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != n) {
+            st = kn_fail(err, KILN_ERR_FORMAT, "%s/config.json: rope_scaling.%s must be a list "
+                         "of %d numbers (rotary dimensions / 2)", s->path, keys[k], n);
+            break;
+        }
+        float *f = s->synth + (size_t)k * (size_t)n;
+        int i = 0;
+        const cJSON *it;
+        cJSON_ArrayForEach(it, a) {
+            if (!cJSON_IsNumber(it) || !(it->valuedouble > 0) || !isfinite(it->valuedouble) ||
+                it->valuedouble > 1e30) {
+                st = kn_fail(err, KILN_ERR_FORMAT, "%s/config.json: rope_scaling.%s[%d] is not a "
+                             "positive number", s->path, keys[k], i);
+                break;
+            }
+            f[i++] = (float)it->valuedouble;
+        }
+        kn_src_tensor t = {0};
+        snprintf(t.name, sizeof t.name, "%s", names[k]);
+        t.orig_name = keys[k];
+        t.file = s->files[0].path; /* config.json, read first */
+        t.type = KN_TYPE_F32;
+        t.n_dims = 1;
+        t.ne[0] = n, t.ne[1] = t.ne[2] = t.ne[3] = 1;
+        t.data = (const uint8_t *)f;
+        t.nbytes = sizeof(float) * (size_t)n;
+        if (!st) st = add_tensor(s, &t, err);
+    }
+    cJSON_Delete(c);
+    return st;
 }
 
 static kiln_status open_hf(kn_source *s, kiln_error *err) {
@@ -393,9 +532,13 @@ static kiln_status open_hf(kn_source *s, kiln_error *err) {
         for (int k = 0; k < sh->n_tensors && !st; k++) {
             kn_st_tensor *x = &sh->tensors[k];
             kn_src_tensor t = {0};
-            bool skip;
-            kn_tensor_role role;
-            if (!kn_tensor_from_hf(x->name, t.name, sizeof t.name, &role, &skip))
+            bool skip = false;
+            kn_tensor_role role = KN_T_ROLE_COUNT;
+            int layer = 0;
+            kn_fused fk = kn_arch_get(s->hp.arch)->fused_qkv_gate_up
+                              ? kn_tensor_fused_from_hf(x->name, &layer) : KN_FUSED_NONE;
+            if (fk) snprintf(t.name, sizeof t.name, "%.95s", x->name);
+            else if (!kn_tensor_from_hf(x->name, t.name, sizeof t.name, &role, &skip))
                 return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: unexpected tensor %s", sh->path,
                                x->name);
             if (skip) continue;
@@ -416,6 +559,10 @@ static kiln_status open_hf(kn_source *s, kiln_error *err) {
                 return kn_fail(err, KILN_ERR_FORMAT, "%s: tensor %s is empty", sh->path, x->name);
             t.data = x->data;
             t.nbytes = x->nbytes;
+            if (fk) {
+                st = add_split(s, &t, fk, layer, err);
+                continue;
+            }
             if (kn_arch_get(s->hp.arch)->hf_permute_qk && role == KN_T_ATTN_Q)
                 t.permute_heads = s->hp.n_head;
             if (kn_arch_get(s->hp.arch)->hf_permute_qk && role == KN_T_ATTN_K)
@@ -424,6 +571,7 @@ static kiln_status open_hf(kn_source *s, kiln_error *err) {
         }
     }
     if (st) return st;
+    if (s->hp.longrope && (st = add_longrope_factors(s, err))) return st;
     if (!has_lm_head) s->hp.tied_embeddings = true;
     const kn_src_tensor *emb = kn_source_find(s, "token_embd.weight");
     if (emb && emb->ne[1] != s->hp.n_vocab)
@@ -547,6 +695,7 @@ void kn_source_close(kn_source *s) {
     kn_free(s->tokenizer_json);
     kn_free(s->tokenizer_config_json);
     kn_free(s->generation_config_json);
+    kn_free(s->synth);
     kn_free(s->name);
     kn_free(s->path);
     kn_free(s->label);

@@ -55,6 +55,8 @@ typedef struct kn_source {
     kn_src_file *files;       /* every file read, with its hash, for provenance */
     int n_files;
     bool quantized;           /* any matrix tensor already quantized (not F32/F16/BF16) */
+    float *synth;             /* HF LongRoPE: the factors of config.json, the data of the
+                                 rope_factors_{long,short} tensors the source adds */
 } kn_source;
 
 /* Opens a source. Checks structure, names and shapes; data is checked later by the bake. */

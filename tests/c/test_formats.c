@@ -1,4 +1,5 @@
 /* test_formats.c — GGUF reader/writer, safetensors reader, contract, fault injection. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -315,9 +316,35 @@ TEST(hf_config_parsing) {
     CHECK(kn_hparams_from_hf_config(l3, "c.json", &hp, &bos, &eos, &e) == KILN_OK);
     CHECK(hp.rope_scaling == KN_ROPE_SCALING_LLAMA3 && hp.rope_factor == 32.0f &&
           hp.rope_orig_ctx == 8192);
-    CHECK(kn_hparams_from_hf_config("{\"model_type\": \"phi3\"}", "c.json", &hp, &bos, &eos,
-                                    &e) == KILN_ERR_UNSUPPORTED);
-    CHECK(strstr(e.message, "phi3"));
+    CHECK(kn_hparams_from_hf_config("{\"model_type\": \"qwen3_moe\"}", "c.json", &hp, &bos,
+                                    &eos, &e) == KILN_ERR_UNSUPPORTED);
+    CHECK(strstr(e.message, "qwen3_moe"));
+    /* Phi-4-mini: partial rotary, LongRoPE with the attention factor transformers computes,
+     * its sliding_window not applied (as llama.cpp) */
+    const char *p4 =
+        "{\"architectures\": [\"Phi3ForCausalLM\"], \"hidden_size\": 3072, "
+        "\"intermediate_size\": 8192, \"num_hidden_layers\": 32, \"num_attention_heads\": 24, "
+        "\"num_key_value_heads\": 8, \"vocab_size\": 200064, \"partial_rotary_factor\": 0.75, "
+        "\"max_position_embeddings\": 131072, \"original_max_position_embeddings\": 4096, "
+        "\"sliding_window\": 262144, \"rope_scaling\": {\"type\": \"longrope\", "
+        "\"long_factor\": [1], \"short_factor\": [1]}}";
+    CHECK(kn_hparams_from_hf_config(p4, "c.json", &hp, &bos, &eos, &e) == KILN_OK);
+    CHECK(hp.arch == KN_ARCH_PHI3 && hp.rope_dim == 96 && hp.head_dim == 128 && hp.longrope &&
+          hp.rope_orig_ctx == 4096 && hp.sliding_window == 0 && hp.rope_neox);
+    CHECK(fabsf(hp.rope_attn_factor - 1.1902381f) < 1e-6f);
+    const char *q3 =
+        "{\"model_type\": \"qwen3\", \"hidden_size\": 1024, \"intermediate_size\": 3072, "
+        "\"num_hidden_layers\": 28, \"num_attention_heads\": 16, \"num_key_value_heads\": 8, "
+        "\"head_dim\": 128, \"vocab_size\": 151936}";
+    CHECK(kn_hparams_from_hf_config(q3, "c.json", &hp, &bos, &eos, &e) == KILN_OK);
+    CHECK(hp.arch == KN_ARCH_QWEN3 && hp.qk_norm && !hp.qkv_bias && hp.head_dim == 128);
+    const char *s3 =
+        "{\"model_type\": \"smollm3\", \"hidden_size\": 64, \"intermediate_size\": 64, "
+        "\"num_hidden_layers\": 8, \"num_attention_heads\": 4, \"vocab_size\": 9, "
+        "\"no_rope_layers\": [1, 1, 1, 0, 1, 1, 1, 0]}";
+    CHECK(kn_hparams_from_hf_config(s3, "c.json", &hp, &bos, &eos, &e) == KILN_OK);
+    CHECK(hp.nope_step == 4 && kn_layer_has_rope(&hp, 2) && !kn_layer_has_rope(&hp, 3) &&
+          !kn_layer_has_rope(&hp, 7));
     CHECK(kn_hparams_from_hf_config("{\"model_type\": \"llama\", \"hidden_size\": 64, "
                                     "\"num_attention_heads\": 6, \"intermediate_size\": 8, "
                                     "\"num_hidden_layers\": 1, \"vocab_size\": 9}",

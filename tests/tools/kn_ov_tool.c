@@ -12,6 +12,7 @@
  *       continuation fed one decode step at a time whatever the engine would have chosen; writes
  *       to OUT the float32 logits [n_cont][V] that predict each continuation id. The kernel
  *       table is the engine's choice, so KILN_KERNELS selects it.
+ * The native sessions keep an f16 KV cache unless KN_OV_TOOL_KV=f32.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +57,9 @@ static kiln_status open_native(const char *dir, kiln_model **m, kiln_session **s
                                kiln_error *err) {
     kiln_session_params sp = kiln_session_default_params();
     sp.device = "cpu";
+    /* KN_OV_TOOL_KV=f32: an f32 KV cache (the f16 default rounds K and V) */
+    const char *kv = getenv("KN_OV_TOOL_KV");
+    if (kv && strcmp(kv, "f32") == 0) sp.kv = KILN_KV_F32;
     kiln_status s = kiln_model_open(dir, NULL, m, err);
     if (s == KILN_OK) s = kiln_session_new(*m, &sp, ss, err);
     return s;

@@ -79,6 +79,8 @@ typedef struct kn_layer {
     kn_wmat gate;             /* [E] -> [F] */
     kn_wmat up;               /* [E] -> [F] */
     kn_wmat down;             /* [F] -> [E] */
+    const float *q_norm;      /* [D] or NULL (qk_norm: Qwen3) */
+    const float *k_norm;      /* [D] or NULL */
 } kn_layer;
 
 typedef struct kn_model {

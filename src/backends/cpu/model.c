@@ -139,7 +139,9 @@ static void role_slot(kn_model *m, kn_tensor_role role, int l, kn_wmat **mat, co
     case KN_T_FFN_GATE: *mat = &L->gate; break;
     case KN_T_FFN_UP: *mat = &L->up; break;
     case KN_T_FFN_DOWN: *mat = &L->down; break;
-    default: break;
+    case KN_T_ATTN_Q_NORM: *vec = &L->q_norm; break;
+    case KN_T_ATTN_K_NORM: *vec = &L->k_norm; break;
+    default: break; /* RoPE factors: read once into rope_inv_freq (kn_rope_factors) */
     }
 }
 
@@ -158,6 +160,7 @@ static kiln_status load_tensors(kn_model *m, int layer, kiln_error *err) {
         kn_wmat *mat;
         const float **vec;
         role_slot(m, role, layer, &mat, &vec);
+        if (!mat && !vec) continue;
         kiln_status s = mat ? load_mat(m, name, ne[0], ne[1], mat, err)
                             : load_vec(m, name, ne[0], vec, err);
         if (s) return s;
@@ -345,6 +348,12 @@ kiln_status kn_model_load(const kn_gguf *g, const kn_hparams *hp, const kn_model
     }
     /* The embedding table is read row by row through kn_dequantize, and is the classifier when
      * tied; either way its type must be one the kernels take or it is widened now. */
+    if (kn_gguf_find_tensor(g, "blk.0.attn_qkv.weight")) {
+        /* the runtime takes split weights only: kn_source splits them on the way to an offering */
+        s = kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: fused attn_qkv / ffn_up weights (llama.cpp's "
+                    "%s layout): bake it first (kiln bake %s)", g->path, hp->arch_name, g->path);
+        goto fail;
+    }
     for (int l = -1; l < hp->n_layer; l++)
         if ((s = load_tensors(m, l, err))) goto fail;
     if (hp->tied_embeddings) m->output = m->tok_embd;
@@ -352,6 +361,16 @@ kiln_status kn_model_load(const kn_gguf *g, const kn_hparams *hp, const kn_model
                       hp->rope_factor,         hp->rope_low_freq_factor, hp->rope_high_freq_factor,
                       hp->rope_orig_ctx};
     kn_rope_inv_freq(&rc, m->rope_inv_freq);
+    /* Llama 3's rope_freqs or LongRoPE's factors divide the frequencies (ggml's freq_factors) */
+    float ff[2048];
+    bool have;
+    if (hp->rope_dim / 2 > (int)(sizeof ff / sizeof ff[0])) {
+        s = kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: rope dimension %d is too large", g->path,
+                    hp->rope_dim);
+        goto fail;
+    }
+    if ((s = kn_rope_factors(g, hp, m->window, ff, &have, err))) goto fail;
+    for (int i = 0; have && i < hp->rope_dim / 2; i++) m->rope_inv_freq[i] /= ff[i];
     *out = m;
     return KILN_OK;
 fail:

@@ -293,6 +293,10 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, in
         const uint8_t *row = m->tok_embd.data + (size_t)ids[r] * erb;
         kn_dequantize(m->tok_embd.type, row, s->x + (size_t)r * E, E);
         kn_rope_cossin(m->rope_inv_freq, RD, s->rows_pos[r], s->cs + (size_t)r * RD);
+        /* LongRoPE's attention factor scales cos and sin (so Q.K by its square), as ggml's
+         * mscale does */
+        if (hp->rope_attn_factor != 1.0f)
+            for (int i = 0; i < RD; i++) s->cs[(size_t)r * RD + i] *= hp->rope_attn_factor;
     }
     for (int l = 0; l < hp->n_layer; l++) {
         const kn_layer *L = &s->layers[l];
@@ -310,10 +314,21 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, in
         add_bias(s->q, L->bq, n, HD);
         add_bias(s->kn, L->bk, n, KD);
         add_bias(s->vn, L->bv, n, KD);
+        bool rope = kn_layer_has_rope(hp, l);
         for (int r = 0; r < n; r++) {
             const float *cs = s->cs + (size_t)r * RD;
-            kn_rope_apply(s->q + (size_t)r * HD, H, D, RD, hp->rope_neox, cs);
-            kn_rope_apply(s->kn + (size_t)r * KD, Hkv, D, RD, hp->rope_neox, cs);
+            if (L->q_norm) /* Qwen3: each head normed before RoPE */
+                for (int h = 0; h < H; h++)
+                    kn_rmsnorm(s->q + (size_t)r * HD + (size_t)h * D,
+                               s->q + (size_t)r * HD + (size_t)h * D, L->q_norm, D, hp->rms_eps);
+            if (L->k_norm)
+                for (int h = 0; h < Hkv; h++)
+                    kn_rmsnorm(s->kn + (size_t)r * KD + (size_t)h * D,
+                               s->kn + (size_t)r * KD + (size_t)h * D, L->k_norm, D, hp->rms_eps);
+            if (rope) {
+                kn_rope_apply(s->q + (size_t)r * HD, H, D, RD, hp->rope_neox, cs);
+                kn_rope_apply(s->kn + (size_t)r * KD, Hkv, D, RD, hp->rope_neox, cs);
+            }
             int slot = s->rows_slot[r];
             kv_view kv = view_of(s, r, l, stateless);
             if (kv.n_slots > max_slots) max_slots = kv.n_slots;

@@ -74,25 +74,35 @@ static int rmsnorm(ov_ctx *x, int in, int w) {
 }
 
 /* Rotates [T, n_head, D]. Adjacent pairs (x[2i], x[2i+1]) for GGUF llama, halves (x[i],
- * x[i + D/2]) for NeoX (qwen2): both are a reshape to [T, n, D/2, 2] or [T, n, 2, D/2], a split
- * of the pair axis, the rotation, and the way back. cos/sin are [T, D/2]. */
+ * x[i + R/2]) for NeoX (qwen2): both are a reshape to [T, n, R/2, 2] or [T, n, 2, R/2], a split
+ * of the pair axis, the rotation, and the way back. cos/sin are [T, R/2]. With partial rotary
+ * (R = rope_dim < D, Phi-4-mini) only the first R dimensions of each head turn; the rest pass. */
 static int rope(ov_ctx *x, int in, int n_head, int cs_cos, int cs_sin) {
     kn_ovb *b = x->b;
-    int64_t T = x->T, D = x->hp->head_dim, h = D / 2;
+    int64_t T = x->T, D = x->hp->head_dim, R = x->hp->rope_dim, h = R / 2;
     bool neox = x->hp->rope_neox;
+    int rot = in, pass = -1;
+    if (R < D) {
+        int32_t idx[4096];
+        for (int64_t i = 0; i < D; i++) idx[i] = (int32_t)i;
+        int64_t nr = R, np = D - R;
+        rot = kn_ovb_gather(b, in, kn_ovb_const(b, KN_OV_I32, 1, &nr, idx), 2);
+        pass = kn_ovb_gather(b, in, kn_ovb_const(b, KN_OV_I32, 1, &np, idx + R), 2);
+    }
     int pair_axis = neox ? 2 : 3;
     int64_t pshape[4] = {T, n_head, neox ? 2 : h, neox ? h : 2};
     int64_t cshape[4] = {T, 1, neox ? 1 : h, neox ? h : 1};
     int c = kn_ovb_reshape(b, cs_cos, 4, cshape), s = kn_ovb_reshape(b, cs_sin, 4, cshape);
     int parts[2];
-    if (kn_ovb_split(b, kn_ovb_reshape(b, in, 4, pshape), pair_axis, 2, parts) < 0) return -1;
+    if (kn_ovb_split(b, kn_ovb_reshape(b, rot, 4, pshape), pair_axis, 2, parts) < 0) return -1;
     int x0 = parts[0], x1 = parts[1];
     int o0 = kn_ovb_binary(b, "Subtract", kn_ovb_binary(b, "Multiply", x0, c),
                            kn_ovb_binary(b, "Multiply", x1, s));
     int o1 = kn_ovb_binary(b, "Add", kn_ovb_binary(b, "Multiply", x0, s),
                            kn_ovb_binary(b, "Multiply", x1, c));
     int o = kn_ovb_concat(b, 2, (int[]){o0, o1}, pair_axis);
-    return kn_ovb_reshape(b, o, 3, (int64_t[]){T, n_head, D});
+    o = kn_ovb_reshape(b, o, 3, (int64_t[]){T, n_head, R});
+    return pass >= 0 ? kn_ovb_concat(b, 2, (int[]){o, pass}, 2) : o;
 }
 
 /* [T, n, D] -> [n, T, D] */
@@ -122,10 +132,18 @@ static int block(ov_ctx *x, const ov_inputs *in, int h, int l, int cs_cos, int c
         k = kn_ovb_binary(b, "Add", k, vec(x, KN_T_ATTN_K_BIAS, l));
         v = kn_ovb_binary(b, "Add", v, vec(x, KN_T_ATTN_V_BIAS, l));
     }
-    q = heads_first(b, rope(x, kn_ovb_reshape(b, q, 3, (int64_t[]){T, H, D}), (int)H, cs_cos,
-                            cs_sin));
-    k = heads_first(b, rope(x, kn_ovb_reshape(b, k, 3, (int64_t[]){T, Hkv, D}), (int)Hkv,
-                            cs_cos, cs_sin));
+    q = kn_ovb_reshape(b, q, 3, (int64_t[]){T, H, D});
+    k = kn_ovb_reshape(b, k, 3, (int64_t[]){T, Hkv, D});
+    if (hp->qk_norm) { /* Qwen3: RMSNorm of each head, before RoPE */
+        q = rmsnorm(x, q, vec(x, KN_T_ATTN_Q_NORM, l));
+        k = rmsnorm(x, k, vec(x, KN_T_ATTN_K_NORM, l));
+    }
+    if (kn_layer_has_rope(hp, l)) { /* SmolLM3: not in every 4th layer */
+        q = rope(x, q, (int)H, cs_cos, cs_sin);
+        k = rope(x, k, (int)Hkv, cs_cos, cs_sin);
+    }
+    q = heads_first(b, q);
+    k = heads_first(b, k);
     v = heads_first(b, kn_ovb_reshape(b, v, 3, (int64_t[]){T, Hkv, D}));
     if (kv_out) {
         kv_out[0] = kn_ovb_reshape(b, k, 4, (int64_t[]){1, Hkv, T, D});
@@ -301,11 +319,23 @@ static void build(ov_ctx *x, const kn_graph *gr) {
                       hp->rope_factor,       hp->rope_low_freq_factor, hp->rope_high_freq_factor,
                       hp->rope_orig_ctx};
     kn_rope_inv_freq(&rc, invd);
-    for (int i = 0; i < half; i++) inv[i] = (float)invd[i];
+    float ff[512];
+    bool have;
+    kiln_error ferr = {0};
+    if (kn_rope_factors(x->g, hp, x->W, ff, &have, &ferr)) {
+        kn_ovb_fail(b, ferr.code, "%s", ferr.message);
+        return;
+    }
+    for (int i = 0; i < half; i++) inv[i] = (float)(invd[i] / ff[i]);
     int pos = kn_ovb_reshape(b, kn_ovb_convert(b, in.pos, KN_OV_F32), 2, (int64_t[]){T, 1});
     int ang = kn_ovb_binary(b, "Multiply", pos,
                             kn_ovb_const(b, KN_OV_F32, 2, (int64_t[]){1, half}, inv));
     int cs_cos = kn_ovb_unary(b, "Cos", ang), cs_sin = kn_ovb_unary(b, "Sin", ang);
+    if (hp->rope_attn_factor != 1.0f) { /* LongRoPE: as the native forward, cos and sin scaled */
+        int af = kn_ovb_const_f32(b, hp->rope_attn_factor);
+        cs_cos = kn_ovb_binary(b, "Multiply", cs_cos, af);
+        cs_sin = kn_ovb_binary(b, "Multiply", cs_sin, af);
+    }
 
     const kn_gguf_tensor *te = tensor(x, KN_T_TOKEN_EMBD, 0);
     x->tok_embd = te ? kn_ov_weight_matrix(b, te, x->group) : -1;
@@ -358,7 +388,8 @@ kiln_status kn_ov_write_ir_graph(const kn_gguf *model_gguf, const kn_hparams *hp
         strcmp(graph, "stateless") != 0)
         return kn_fail(err, KILN_ERR_UNSUPPORTED, "openvino IR: no writer for the %s graph",
                        graph);
-    if (hp->rope_dim != hp->head_dim || hp->rope_dim / 2 > 512 || hp->n_layer > 512 ||
+    if (hp->rope_dim > hp->head_dim || hp->rope_dim / 2 > 512 || hp->head_dim > 4096 ||
+        hp->n_layer > 512 ||
         hp->n_head_kv <= 0 || hp->n_head % hp->n_head_kv)
         return kn_fail(err, KILN_ERR_UNSUPPORTED,
                        "openvino IR: rope_dim %d / head_dim %d / %d layers / %d:%d heads not "
