@@ -272,7 +272,8 @@ def run_row(name, model, test, threads, a, bins):
         for eng in order:
             res["load"].append(os.getloadavg()[0])  # how busy the shared machine was
             if eng == "llama" and not res["llama_err"]:
-                out, e = run_json(llama_cmd(bins, model, kind, n, depth, threads, a.reps))
+                out, e = run_json(llama_cmd(bins, model, kind, n, depth, threads, a.reps),
+                                  timeout=a.timeout)
                 if out:
                     rnd["llama"] = out[0]["avg_ts"]
                     res["llama"] += out[0].get("samples_ts") or [out[0]["avg_ts"]]
@@ -282,7 +283,7 @@ def run_row(name, model, test, threads, a, bins):
                     res["llama_err"] = e
             elif eng == "kiln" and not res["kiln_err"]:
                 out, e = run_json(kiln_cmd(model, kind, n, depth, threads, a.reps, a.window,
-                                           a.chunk), limit_as=cap)
+                                           a.chunk), limit_as=cap, timeout=a.timeout)
                 if out:
                     rnd["kiln"] = out[0]["avg_ts"]
                     res["kiln"] += out[0]["samples_ts"]
@@ -447,6 +448,10 @@ def main():
     ap.add_argument("--reps", type=int, default=3, help="repetitions per run (default 3)")
     ap.add_argument("--rounds", type=int, default=2,
                     help="interleaved runs of each engine per row (default 2: A B B A)")
+    ap.add_argument("--timeout", type=int, default=3600,
+                    help="seconds one engine's run of a row may take before it is reported as "
+                    "timed out (default 3600; on a busy machine llama.cpp's spinning thread "
+                    "barrier can slow 2-thread decode a hundredfold)")
     ap.add_argument("--quick", action="store_true", help=f"{', '.join(QUICK)}; 1 round")
     ap.add_argument("--window", type=int, default=2048, help="kiln's W (default 2048)")
     ap.add_argument("--chunk", type=int, default=512,
@@ -491,6 +496,9 @@ def main():
         return
     notes = []
     results = []
+    partial = (Path(a.out) if a.out else CACHE / "bench-results" / "speed").with_suffix(
+        ".partial.json")
+    partial.parent.mkdir(parents=True, exist_ok=True)
     bw_probe = {}
     if not a.bake_only:
         files = {n: model_file(n, smol, bins / "llama-quantize") for n in names}
@@ -501,6 +509,8 @@ def main():
             for th in threads_override or ROWS[n]["threads"]:
                 for t in tests_override or ROWS[n]["tests"]:
                     results.append(run_row(n, files[n], t, th, a, bins))
+                    # every finished row kept at once: a long run stopped half way still counts
+                    partial.write_text(json.dumps(results, indent=1) + "\n")
         # the run's own bandwidth: every tg row measured it; the probe fills in the rest
         for t in all_threads:
             seen = [b for r in results if r["threads"] == t for b in r["bw"]]
