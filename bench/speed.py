@@ -383,7 +383,8 @@ def long_context(results):
             if hi and lo:
                 parts.append(f"{lab} {hi / lo:.2f}")
         out.append(f"Long context, {r['title']}, tg{n} at {d} tokens of context / at "
-                   f"{b['depth']} ({th} threads): {', '.join(parts) or '—'} (goal ≥ 0.9).")
+                   f"{b['depth']} ({th} thread{'s' if th > 1 else ''}): {', '.join(parts) or '—'} "
+                   "(goal ≥ 0.9).")
     return out
 
 
