@@ -375,6 +375,17 @@ void kiln_session_cached(const kiln_session *session, const int32_t **ids, int *
 kiln_status kiln_session_feed(kiln_session *session, const int32_t *ids, int n, int pos0,
                               const float **logits, kiln_error *err);
 
+/* For benchmarks (kiln bench --floor). Bytes of weights one decode step reads: every layer
+ * matrix and the output matrix (the one embedding row is negligible). *stored: as the model
+ * file stores them, what any engine must stream per token; *resident: as the native engine
+ * holds them (more where a type its kernels lack is widened to F32 at load). Either pointer may
+ * be NULL. */
+void kiln_model_decode_bytes(const kiln_model *model, uint64_t *stored, uint64_t *resident);
+/* This machine's read bandwidth in GB/s (1e9 bytes/s): `threads` threads of a pool like a
+ * session's stream a buffer of `bytes` (0: 1 GiB, well past the caches), best of 5 passes.
+ * bandwidth / stored bytes per token is the ceiling of decode tokens/s. */
+kiln_status kiln_read_bandwidth(int threads, size_t bytes, double *gbs, kiln_error *err);
+
 typedef struct kiln_sampling {
     float temperature;        /* <= 0: greedy (default) */
     int top_k;                /* 0 = off (default 40 when sampling) */

@@ -28,50 +28,20 @@ static void fill_random(int32_t *ids, int n, int vocab) {
     }
 }
 
-/* One prefill of n random tokens from an empty cache. */
-static kiln_status time_prefill(kiln_session *s, const kiln_model *m, int n, double *secs,
-                                kiln_error *err) {
-    int W = kiln_model_window(m);
-    if (n < 1 || n > W) {
-        snprintf(err->message, sizeof err->message, "-p %d must be in [1, window %d]", n, W);
-        return err->code = KILN_ERR_INVALID_ARG;
-    }
-    int32_t *ids = malloc((size_t)n * sizeof *ids);
-    if (!ids) {
-        snprintf(err->message, sizeof err->message, "out of memory");
-        return err->code = KILN_ERR_NOMEM;
-    }
-    fill_random(ids, n, kiln_model_n_vocab(m));
-    kiln_session_reset(s);
+/* From an empty cache: `depth` random tokens of context (not timed, like llama-bench's -d),
+ * then one prefill of n tokens (kind 0) or n decode steps of one token each (kind 1), timed.
+ * ids holds depth + n tokens. Stateless mode feeds the same calls; its window recomputes the
+ * context on every step, which is what that mode costs. */
+static kiln_status time_test(kiln_session *s, int kind, const int32_t *ids, int depth, int n,
+                             double *secs, kiln_error *err) {
     const float *logits;
-    double t0 = now_seconds();
-    kiln_status st = kiln_session_feed(s, ids, n, 0, &logits, err);
-    *secs = now_seconds() - t0;
-    free(ids);
-    return st;
-}
-
-/* n decode steps, one token each, from an empty cache (stateless: each step one window). */
-static kiln_status time_decode(kiln_session *s, const kiln_model *m, int n, double *secs,
-                               kiln_error *err) {
-    int W = kiln_model_window(m);
-    if (n < 1 || n >= W) {
-        snprintf(err->message, sizeof err->message, "-n %d must be in [1, window %d)", n, W);
-        return err->code = KILN_ERR_INVALID_ARG;
-    }
-    int32_t *ids = malloc((size_t)n * sizeof *ids);
-    if (!ids) {
-        snprintf(err->message, sizeof err->message, "out of memory");
-        return err->code = KILN_ERR_NOMEM;
-    }
-    fill_random(ids, n, kiln_model_n_vocab(m));
     kiln_session_reset(s);
-    const float *logits;
-    kiln_status st = KILN_OK;
+    kiln_status st = depth ? kiln_session_feed(s, ids, depth, 0, &logits, err) : KILN_OK;
     double t0 = now_seconds();
-    for (int i = 0; i < n && !st; i++) st = kiln_session_feed(s, ids + i, 1, i, &logits, err);
+    if (!st && kind == 0) st = kiln_session_feed(s, ids + depth, n, depth, &logits, err);
+    for (int i = depth; !st && kind == 1 && i < depth + n; i++)
+        st = kiln_session_feed(s, ids + i, 1, i, &logits, err);
     *secs = now_seconds() - t0;
-    free(ids);
     return st;
 }
 
@@ -92,25 +62,86 @@ static int parse_list(const char *opt, const char *v, int *out, int max, long hi
     return n ? n : -1;
 }
 
+/* One result row: a test at a thread count, mode and depth. */
+typedef struct bench_row {
+    const char *name, *device, *kernels, *mode, *kv;
+    int window, chunk, threads, reps, kind, n, depth; /* kind 0: pp, 1: tg */
+    double avg, sd;
+    const double *samples;      /* [reps] tokens/s */
+    bool floor;                 /* --floor: the weight bytes and bandwidth below are set */
+    uint64_t stored, resident;
+    double bw_gbs;
+} bench_row;
+
+static void print_row(const bench_row *r, bool json, bool first) {
+    bool fl = r->floor && r->kind == 1;
+    double floor_ts = fl && r->stored ? r->bw_gbs * 1e9 / (double)r->stored : 0;
+    double pct = floor_ts > 0 ? 100 * r->avg / floor_ts : 0;
+    if (json) {
+        printf("%s  {\"model\": ", first ? "" : ",\n");
+        kiln_cli_json_str(stdout, r->name);
+        printf(", \"backend\": \"%s\", \"kernels\": \"%s\", \"mode\": \"%s\", \"window\": %d, "
+               "\"chunk\": %d, \"n_prompt\": %d, \"n_gen\": %d, \"n_depth\": %d, "
+               "\"n_threads\": %d, \"type_k\": \"%s\", \"type_v\": \"%s\", \"repetitions\": %d, "
+               "\"avg_ts\": %.3f, \"stddev_ts\": %.3f, \"samples_ts\": [",
+               r->device, r->kernels, r->mode, r->window, r->chunk, r->kind == 0 ? r->n : 0,
+               r->kind == 1 ? r->n : 0, r->depth, r->threads, r->kv, r->kv, r->reps, r->avg,
+               r->sd);
+        for (int i = 0; i < r->reps; i++) printf("%s%.3f", i ? ", " : "", r->samples[i]);
+        printf("]");
+        if (fl)
+            printf(", \"weight_bytes\": %llu, \"resident_bytes\": %llu, \"bw_gbs\": %.3f, "
+                   "\"floor_ts\": %.3f, \"pct_floor\": %.2f",
+                   (unsigned long long)r->stored, (unsigned long long)r->resident, r->bw_gbs,
+                   floor_ts, pct);
+        printf("}");
+        return;
+    }
+    char test[64];
+    int k = snprintf(test, sizeof test, "%s%d", r->kind == 0 ? "pp" : "tg", r->n);
+    if (r->depth) snprintf(test + k, sizeof test - (size_t)k, " @ d%d", r->depth);
+    printf("| %s | %s | %s | %d | %s | %.2f ± %.2f |", r->name, r->device, r->mode, r->threads,
+           test, r->avg, r->sd);
+    if (fl)
+        printf(" %.1f | %.2f | %.2f | %.1f |", (double)r->stored / 1e6, r->bw_gbs, floor_ts, pct);
+    else if (r->floor)
+        printf(" | | | |");
+    printf("\n");
+}
+
 int kiln_cli_bench(int argc, char **argv) {
     const char *model = NULL, *v = NULL;
     int pp[16] = {128, 512}, n_pp = 2, tg[16] = {128}, n_tg = 1, th[16] = {1, 2}, n_th = 2;
+    int dp[16] = {0}, n_dp = 1;
     int modes[2] = {KILN_MODE_KV}, n_modes = 1, reps = 3;
     kiln_kv_type kv = KILN_KV_F16;
     const char *kv_name = "f16";
-    bool json = false;
+    bool json = false, floor = false;
     const char *device = "auto";
+    kiln_model_params mp = kiln_model_default_params();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool bad = false;
         if (kiln_arg_is_help(a)) {
-            printf("usage: kiln bench OFFERING [-p 128,512] [-n 128] [-t 1,2] [--mode kv,stateless]\n"
-                   "                  [--kv f16|f32] [-r REPS] [--json]\n\n"
+            printf("usage: kiln bench OFFERING [-p 128,512] [-n 128] [-d 0] [-t 1,2]\n"
+                   "                  [--mode kv,stateless] [--kv f16|f32] [-r REPS] [--floor]\n"
+                   "                  [--json] [--window W] [--chunk C] [--device DEV]\n\n"
                    "Prompt processing (pp: one prefill of N tokens in [1,C] chunks) and text\n"
                    "generation (tg: N decode steps) in tokens/s, like llama-bench: each test is\n"
-                   "repeated REPS times (default 3) and reported as mean and standard deviation.\n"
-                   "0 in -p or -n skips that test. --json prints llama-bench's fields (n_prompt,\n"
-                   "n_gen, n_threads, avg_ts, stddev_ts, type_k, type_v) plus mode and window.\n"
+                   "repeated REPS times (default 3) after one warm-up and reported as mean and\n"
+                   "standard deviation. 0 in -p or -n skips that test. -d D first fills D tokens\n"
+                   "of context (not timed), like llama-bench's -d; a list runs each depth.\n"
+                   "OFFERING may also be a GGUF file, opened with the contract --window W\n"
+                   "(default 1024) and --chunk C (default 128); an offering keeps its own.\n\n"
+                   "--floor measures this machine's read bandwidth at each thread count in the\n"
+                   "same run and adds, per tg row, the bytes of weights a decode step reads (every\n"
+                   "layer matrix and the output matrix, as the file stores them) and the floor\n"
+                   "tokens/s = bandwidth / bytes, with the share of it reached (KV-cache reads\n"
+                   "are not counted: at a depth the floor is optimistic).\n\n"
+                   "--json prints llama-bench's fields (n_prompt, n_gen, n_depth, n_threads,\n"
+                   "type_k, type_v, avg_ts, stddev_ts, samples_ts) plus mode, window and chunk;\n"
+                   "with --floor, tg rows add weight_bytes, resident_bytes (as kiln holds them:\n"
+                   "more where a type is widened to F32 at load), bw_gbs, floor_ts, pct_floor.\n"
                    "--kv: the native cpu engine's KV cache (default f16).\n");
             return 0;
         }
@@ -118,6 +149,8 @@ int kiln_cli_bench(int argc, char **argv) {
             if (bad || (n_pp = parse_list("-p", v, pp, 16, 1 << 20)) < 0) return 2;
         } else if (kiln_arg_value(argc, argv, &i, "-n", "--n-gen", &v, &bad)) {
             if (bad || (n_tg = parse_list("-n", v, tg, 16, 1 << 20)) < 0) return 2;
+        } else if (kiln_arg_value(argc, argv, &i, "-d", "--n-depth", &v, &bad)) {
+            if (bad || (n_dp = parse_list("-d", v, dp, 16, 1 << 20)) < 0) return 2;
         } else if (kiln_arg_value(argc, argv, &i, "-t", "--threads", &v, &bad)) {
             if (bad || (n_th = parse_list("-t", v, th, 16, 1024)) < 0) return 2;
             for (int k = 0; k < n_th; k++)
@@ -145,11 +178,17 @@ int kiln_cli_bench(int argc, char **argv) {
             if (bad || !kiln_arg_choice("--kv", v, kv_types, &k)) return 2;
             kv = (kiln_kv_type)k;
             kv_name = kv_types[k];
+        } else if (kiln_arg_value(argc, argv, &i, "--window", NULL, &v, &bad)) {
+            if (bad || !kiln_arg_int("--window", v, 1, 1 << 20, &mp.window)) return 2;
+        } else if (kiln_arg_value(argc, argv, &i, "--chunk", NULL, &v, &bad)) {
+            if (bad || !kiln_arg_int("--chunk", v, 1, 1 << 20, &mp.chunk)) return 2;
         } else if (kiln_arg_value(argc, argv, &i, "--device", NULL, &v, &bad)) {
             if (bad) return 2;
             device = v;
         } else if (strcmp(a, "--json") == 0) {
             json = true;
+        } else if (strcmp(a, "--floor") == 0) {
+            floor = true;
         } else if (a[0] == '-' && a[1]) {
             kiln_cli_error("bench: unknown option '%s' (kiln bench --help)", a);
             return 2;
@@ -168,20 +207,68 @@ int kiln_cli_bench(int argc, char **argv) {
     int rc = 0;
     kiln_error err;
     kiln_model *m = NULL;
-    kiln_status st = kiln_model_open(model, NULL, &m, &err);
+    mp.log = kiln_cli_log_stderr;
+    kiln_status st = kiln_model_open(model, &mp, &m, &err);
     if (st) {
         kiln_cli_error("%s", err.message);
         return kiln_exit_code(st);
     }
+    /* Every test must fit the window before anything runs, so a bad -d/-p/-n is one line and
+     * exit 2, not a half-printed table. */
+    int W = kiln_model_window(m), max_n = 1, max_d = 0;
+    for (int di = 0; di < n_dp; di++)
+        if (dp[di] > max_d) max_d = dp[di];
+    for (int kind = 0; kind < 2; kind++)
+        for (int k = 0; k < (kind == 0 ? n_pp : n_tg); k++) {
+            int n = kind == 0 ? pp[k] : tg[k];
+            if (n > max_n) max_n = n;
+            /* a decode step needs a slot after the last token, as generation does */
+            if (n && max_d + n > W - kind) {
+                kiln_cli_error("bench: -d %d + -%c %d does not fit the window of %d tokens%s",
+                               max_d, kind == 0 ? 'p' : 'n', n, W,
+                               kind == 1 ? " (decode keeps one slot free)" : "");
+                kiln_model_free(m);
+                return 2;
+            }
+        }
+    int32_t *ids = malloc((size_t)(max_d + max_n) * sizeof *ids);
+    double *samples = malloc((size_t)reps * sizeof *samples);
+    if (!ids || !samples) {
+        kiln_cli_error("bench: out of memory");
+        free(ids);
+        free(samples);
+        kiln_model_free(m);
+        return 1;
+    }
+    fill_random(ids, max_d + max_n, kiln_model_n_vocab(m));
     if (json) printf("[\n");
+    else if (floor)
+        printf("| model | backend | mode | threads | test | t/s | weights MB/token | read GB/s "
+               "| floor t/s | %% of floor |\n"
+               "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     else
         printf("| model | backend | mode | threads | test | t/s |\n"
                "| --- | --- | --- | ---: | ---: | ---: |\n");
-    const char *name = strrchr(model, '/');
-    name = name && name[1] ? name + 1 : model;
+    bench_row r = {0};
+    r.name = strrchr(model, '/');
+    r.name = r.name && r.name[1] ? r.name + 1 : model;
+    r.window = W;
+    r.chunk = kiln_model_chunk(m);
+    r.reps = reps;
+    r.kv = kv_name;
+    r.samples = samples;
+    r.floor = floor;
+    if (floor) kiln_model_decode_bytes(m, &r.stored, &r.resident);
     int first = 1;
-    for (int mi = 0; mi < n_modes && !rc; mi++)
-        for (int ti = 0; ti < n_th && !rc; ti++) {
+    for (int ti = 0; ti < n_th && !rc; ti++) {
+        r.threads = th[ti];
+        /* measured once per thread count, before that count's sessions load the pool */
+        if (floor && (st = kiln_read_bandwidth(th[ti], 0, &r.bw_gbs, &err))) {
+            kiln_cli_error("bench: %s", err.message);
+            rc = kiln_exit_code(st);
+            break;
+        }
+        for (int mi = 0; mi < n_modes && !rc; mi++) {
             kiln_session_params sp = kiln_session_default_params();
             sp.device = device;
             sp.log = kiln_cli_log_stderr;
@@ -194,54 +281,47 @@ int kiln_cli_bench(int argc, char **argv) {
                 rc = kiln_exit_code(st);
                 break;
             }
+            r.device = kiln_session_device(s);
+            r.kernels = kiln_session_kernels(s);
+            r.mode = modes[mi] == KILN_MODE_KV ? "kv" : "stateless";
             for (int kind = 0; kind < 2 && !rc; kind++) {
                 int *ns = kind == 0 ? pp : tg, cnt = kind == 0 ? n_pp : n_tg;
-                for (int k = 0; k < cnt && !rc; k++) {
-                    int n = ns[k];
-                    if (n == 0) continue;
-                    double sum = 0, sum2 = 0, secs;
-                    /* one warm-up run: page in the weights, settle the thread pool */
-                    st = kind == 0 ? time_prefill(s, m, n, &secs, &err)
-                                   : time_decode(s, m, n, &secs, &err);
-                    for (int r = 0; r < reps && !st; r++) {
-                        st = kind == 0 ? time_prefill(s, m, n, &secs, &err)
-                                       : time_decode(s, m, n, &secs, &err);
-                        double ts = n / secs;
-                        sum += ts;
-                        sum2 += ts * ts;
-                    }
-                    if (st) {
-                        kiln_cli_error("%s", err.message);
-                        rc = kiln_exit_code(st);
-                        break;
-                    }
-                    double avg = sum / reps;
-                    double var = reps > 1 ? (sum2 - reps * avg * avg) / (reps - 1) : 0;
-                    double sd = var > 0 ? sqrt(var) : 0;
-                    const char *mode = modes[mi] == KILN_MODE_KV ? "kv" : "stateless";
-                    if (json) {
-                        printf("%s  {\"model\": ", first ? "" : ",\n");
-                        kiln_cli_json_str(stdout, name);
-                        printf(", \"backend\": \"%s\", \"kernels\": \"%s\", \"mode\": \"%s\", "
-                               "\"window\": %d, \"chunk\": %d, \"n_prompt\": %d, \"n_gen\": %d, "
-                               "\"n_threads\": %d, \"type_k\": \"%s\", \"type_v\": \"%s\", "
-                               "\"repetitions\": %d, \"avg_ts\": %.3f, \"stddev_ts\": %.3f}",
-                               kiln_session_device(s), kiln_session_kernels(s), mode,
-                               kiln_model_window(m), kiln_model_chunk(m),
-                               kind == 0 ? n : 0, kind == 1 ? n : 0, th[ti], kv_name, kv_name,
-                               reps, avg, sd);
+                for (int di = 0; di < n_dp && !rc; di++)
+                    for (int k = 0; k < cnt && !rc; k++) {
+                        int n = ns[k], d = dp[di];
+                        if (n == 0) continue;
+                        double sum = 0, sum2 = 0, secs;
+                        /* one warm-up run: page in the weights, settle the thread pool */
+                        st = time_test(s, kind, ids, d, n, &secs, &err);
+                        for (int rep = 0; rep < reps && !st; rep++) {
+                            st = time_test(s, kind, ids, d, n, &secs, &err);
+                            double ts = secs > 0 ? n / secs : 0;
+                            samples[rep] = ts;
+                            sum += ts;
+                            sum2 += ts * ts;
+                        }
+                        if (st) {
+                            kiln_cli_error("%s", err.message);
+                            rc = kiln_exit_code(st);
+                            break;
+                        }
+                        r.kind = kind;
+                        r.n = n;
+                        r.depth = d;
+                        r.avg = sum / reps;
+                        double var = reps > 1 ? (sum2 - reps * r.avg * r.avg) / (reps - 1) : 0;
+                        r.sd = var > 0 ? sqrt(var) : 0;
+                        print_row(&r, json, first);
                         first = 0;
-                    } else {
-                        printf("| %s | %s | %s | %d | %s%d | %.2f ± %.2f |\n", name,
-                               kiln_session_device(s), mode, th[ti],
-                               kind == 0 ? "pp" : "tg", n, avg, sd);
+                        fflush(stdout);
                     }
-                    fflush(stdout);
-                }
             }
             kiln_session_free(s);
         }
+    }
     if (json) printf("\n]\n");
+    free(ids);
+    free(samples);
     kiln_model_free(m);
     return rc;
 }

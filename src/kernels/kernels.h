@@ -213,6 +213,14 @@ int kn_pool_size(const kn_pool *p); /* 1 for a NULL pool */
  * (items are taken in order from a shared counter), and returns when all are done. */
 void kn_pool_run(kn_pool *p, kn_task_fn fn, void *ctx, int n_items);
 
+/* ---- read bandwidth (bandwidth.c) ----
+ * The rate at which the pool's threads stream a buffer of `bytes` (rounded down to a multiple
+ * of 4 MiB, at least 4 MiB; pass something far larger than the last-level cache) into the
+ * cores, in GB/s (1e9 bytes/s): best of `passes` sequential passes, each split into items like
+ * a matrix product. A decode step reads every weight once, so bandwidth / weight bytes per
+ * token is the ceiling of its tokens/s. False when memory is short. */
+bool kn_read_bandwidth(kn_pool *pool, size_t bytes, int passes, double *gbs);
+
 /* The product over the pool: rows split between workers. a may be NULL for F32/F16 weights,
  * and must already hold kn_quantize_act(x) for quantized ones. */
 void kn_matmul(kn_pool *pool, const kn_kernels *k, const kn_wmat *w, const float *x,

@@ -7,6 +7,7 @@
  *   generate.c  the generation loop: sampling, streaming text with stop-string hold-back,
  *               metrics; prefix reuse
  *   chat.c      kiln_chat: a conversation's messages above a session
+ *   bench.c     what kiln bench --floor reads: weight bytes per token, read bandwidth
  */
 #ifndef KN_RUNTIME_H
 #define KN_RUNTIME_H

@@ -115,6 +115,11 @@ kiln_status kn_model_weights(const kn_model *m, const kn_kernels *k, kn_pool *po
                              const kn_layer **layers, const kn_wmat **output, kiln_error *err);
 /* Bytes of the repacked copy (0 before any session wanted it). */
 size_t kn_model_packed_bytes(const kn_model *m);
+/* Bytes of weights one decode step reads: every layer matrix and the output matrix (the one
+ * embedding row it also reads is negligible). *stored counts them as the GGUF stores them, the
+ * bytes any engine must stream per token; *resident as this engine's views hold them, more
+ * where a type the kernels lack was widened to F32 at load (the 8-row repack keeps the size). */
+void kn_model_decode_bytes(const kn_model *m, uint64_t *stored, uint64_t *resident);
 
 typedef struct kn_session_params {
     int threads;              /* >= 1 (default 1); ignored when pool is given */

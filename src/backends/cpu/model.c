@@ -414,3 +414,31 @@ int kn_argmax(const float *x, int n) {
         if (x[i] > x[best]) best = i;
     return best;
 }
+
+static uint64_t view_bytes(const kn_wmat *w) {
+    uint64_t rows = w->layout == KN_LAYOUT_X8 ? (uint64_t)(w->n_out + KN_GROUP - 1) / KN_GROUP
+                                              : (uint64_t)w->n_out;
+    return (uint64_t)w->row_bytes * rows;
+}
+
+void kn_model_decode_bytes(const kn_model *m, uint64_t *stored, uint64_t *resident) {
+    /* Stored: every matrix of a layer (blk.N.*, two or more dims; biases and norms are vectors
+     * and negligible) plus the output matrix, or the embedding table when tied. */
+    uint64_t s = 0, r = 0;
+    const kn_gguf_tensor *out = kn_gguf_find_tensor(m->gguf, "output.weight");
+    if (!out) out = kn_gguf_find_tensor(m->gguf, "token_embd.weight");
+    for (uint64_t i = 0; i < m->gguf->n_tensors; i++) {
+        const kn_gguf_tensor *t = &m->gguf->tensors[i];
+        if ((t->n_dims >= 2 && t->name.len > 4 && memcmp(t->name.ptr, "blk.", 4) == 0) ||
+            t == out)
+            s += t->nbytes;
+    }
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        const kn_layer *L = &m->layers[l];
+        const kn_wmat *w[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
+        for (size_t k = 0; k < sizeof w / sizeof *w; k++) r += view_bytes(w[k]);
+    }
+    r += view_bytes(&m->output);
+    if (stored) *stored = s;
+    if (resident) *resident = r;
+}

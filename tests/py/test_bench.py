@@ -1,0 +1,171 @@
+"""The speed benchmark's instruments: the random-weight model generator
+(scripts/make_bench_models.py) checked with gguf-py and kiln, and `kiln bench --floor / -d`.
+Timings themselves are never asserted (GUIDE: speed lives in benchmarks)."""
+import json
+import sys
+
+import gguf
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_kiln
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import make_bench_models as mbm  # noqa: E402
+
+TINY = mbm.SHAPES["tiny"]
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory, smollm_gguf):
+    path = tmp_path_factory.mktemp("bm") / "tiny-f16.gguf"
+    mbm.write_f16_gguf("tiny", path)
+    return path
+
+
+def test_generator_writes_the_shape_gguf_py_reads(tiny_gguf, smollm_gguf):
+    r = gguf.GGUFReader(str(tiny_gguf))
+    E, F, V, D = TINY["E"], TINY["F"], TINY["V"], TINY["E"] // TINY["H"]
+    got = {t.name: (t.tensor_type, [int(x) for x in t.shape]) for t in r.tensors}
+    F16, F32 = gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.F32
+    want = {"token_embd.weight": (F16, [E, V]), "output.weight": (F16, [E, V]),
+            "output_norm.weight": (F32, [E])}
+    for i in range(TINY["L"]):
+        want.update({f"blk.{i}.attn_q.weight": (F16, [E, TINY["H"] * D]),
+                     f"blk.{i}.attn_k.weight": (F16, [E, TINY["Hkv"] * D]),
+                     f"blk.{i}.attn_v.weight": (F16, [E, TINY["Hkv"] * D]),
+                     f"blk.{i}.attn_output.weight": (F16, [TINY["H"] * D, E]),
+                     f"blk.{i}.ffn_gate.weight": (F16, [E, F]),
+                     f"blk.{i}.ffn_up.weight": (F16, [E, F]),
+                     f"blk.{i}.ffn_down.weight": (F16, [F, E]),
+                     f"blk.{i}.attn_norm.weight": (F32, [E]),
+                     f"blk.{i}.ffn_norm.weight": (F32, [E])})
+    assert got == want
+    q = next(t for t in r.tensors if t.name == "blk.1.attn_q.weight")
+    w = np.asarray(q.data, dtype=np.float32)
+    assert 0.015 < w.std() < 0.025 and abs(w.mean()) < 0.005   # N(0, 0.02), not zeros
+    assert int(r.fields["llama.block_count"].contents()) == TINY["L"]
+    assert int(r.fields["llama.attention.head_count_kv"].contents()) == TINY["Hkv"]
+    # the tokenizer: SmolLM2's first V tokens, and only merges among them
+    tokens = r.fields["tokenizer.ggml.tokens"].contents()
+    src = gguf.GGUFReader(str(smollm_gguf)).fields["tokenizer.ggml.tokens"].contents()
+    assert len(tokens) == V and tokens == src[:V]
+    kept = set(tokens)
+    merges = r.fields["tokenizer.ggml.merges"].contents()
+    assert merges and all(a in kept and b in kept and a + b in kept
+                          for a, b in (m.split(" ", 1) for m in merges))
+
+
+def test_kiln_inspects_and_tokenizes_the_generated_gguf(tiny_gguf):
+    r = run_kiln("inspect", tiny_gguf, "--json", check=True)
+    assert json.loads(r.stdout)
+    r = run_kiln("tokenize", tiny_gguf, "--text", "Hello world", "--json", check=True)
+    assert json.loads(r.stdout)
+
+
+def decode_bytes(path):
+    """Bytes a decode step reads, from gguf-py: layer matrices + the output matrix."""
+    r = gguf.GGUFReader(str(path))
+    names = {t.name for t in r.tensors}
+    out = "output.weight" if "output.weight" in names else "token_embd.weight"
+    return sum(int(t.n_bytes) for t in r.tensors
+               if (t.name.startswith("blk.") and len(t.shape) >= 2) or t.name == out)
+
+
+@pytest.mark.parametrize("which", ["tiny", "smollm2"])
+def test_bench_floor_json_fields(which, tiny_gguf, smollm_gguf):
+    path = tiny_gguf if which == "tiny" else smollm_gguf
+    r = run_kiln("bench", path, "-p", "8", "-n", "4", "-d", "0,5", "-t", "1,2", "-r", "2",
+                 "--floor", "--json", "--device", "cpu", check=True)
+    rows = json.loads(r.stdout)
+    assert [(x["n_prompt"], x["n_gen"], x["n_depth"], x["n_threads"]) for x in rows] == \
+        [(8, 0, 0, 1), (8, 0, 5, 1), (0, 4, 0, 1), (0, 4, 5, 1),
+         (8, 0, 0, 2), (8, 0, 5, 2), (0, 4, 0, 2), (0, 4, 5, 2)]
+    want = decode_bytes(path)
+    for x in rows:
+        assert len(x["samples_ts"]) == 2 and all(s > 0 for s in x["samples_ts"])
+        assert x["avg_ts"] == pytest.approx(sum(x["samples_ts"]) / 2, rel=1e-3, abs=1e-3)
+        if x["n_gen"] == 0:
+            assert "weight_bytes" not in x      # the floor is a decode figure
+            continue
+        assert x["weight_bytes"] == want
+        # both files hold only types the kernels take (F16 / Q4_1 / Q8_0): nothing widened
+        assert x["resident_bytes"] == want
+        assert x["bw_gbs"] > 0
+        assert x["floor_ts"] == pytest.approx(x["bw_gbs"] * 1e9 / want, rel=1e-3)
+        assert x["pct_floor"] == pytest.approx(100 * x["avg_ts"] / x["floor_ts"], rel=1e-2)
+
+
+def test_bench_text_table_has_floor_columns(smollm_gguf):
+    r = run_kiln("bench", smollm_gguf, "-p", "0", "-n", "2", "-d", "3", "-t", "1", "-r", "1",
+                 "--floor", "--device", "cpu", check=True)
+    head, _, row = r.stdout.strip().splitlines()
+    assert "% of floor" in head and "tg2 @ d3" in row
+    assert len(row.split("|")) == len(head.split("|"))
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["-d", "-1"], "-d"),
+    (["-d", "x"], "-d"),
+    (["-d", ""], "-d"),
+    (["-d"], "-d"),
+    (["-d", "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17"], "-d"),
+    (["-d", "1000", "-n", "30", "-p", "0"], "window"),   # 1000 + 30 > W 1024
+    (["-d", "1000", "-p", "30", "-n", "0"], "window"),
+    (["-d", "1000", "-n", "24", "-p", "0"], "window"),   # decode keeps one slot free
+    (["--window", "0"], "--window"),
+    (["--window", "big"], "--window"),
+    (["--chunk", "-3"], "--chunk"),
+    (["--chunk"], "--chunk"),
+    (["--window", "64", "--chunk", "128"], "chunk"),
+    (["--floor=yes"], "--floor"),
+])
+def test_bench_bad_depth_or_contract_exits_2(smollm_gguf, args, msg):
+    r = run_kiln("bench", smollm_gguf, "-t", "1", "-r", "1", *args, "--device", "cpu")
+    assert r.returncode == 2, r.stderr
+    assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.stdout == ""                                # no half-printed table
+
+
+def test_bench_depth_fills_to_the_last_slot(smollm_gguf):
+    """A depth that leaves exactly room for the test runs (W 256: 251 + 4 decode steps, the
+    last slot kept free as generation keeps it; 251 + 5 prefilled), in both modes; the contract
+    given for the GGUF is the one reported."""
+    r = run_kiln("bench", smollm_gguf, "-p", "5", "-n", "4", "-d", "251", "-t", "1",
+                 "-r", "1", "--mode", "kv,stateless", "--window", "256", "--chunk", "64",
+                 "--json", "--device", "cpu", check=True)
+    rows = json.loads(r.stdout)
+    assert [(x["mode"], x["n_prompt"], x["n_gen"], x["n_depth"]) for x in rows] == \
+        [("kv", 5, 0, 251), ("kv", 0, 4, 251),
+         ("stateless", 5, 0, 251), ("stateless", 0, 4, 251)]
+    assert all(x["window"] == 256 and x["chunk"] == 64 for x in rows)
+    r = run_kiln("bench", smollm_gguf, "-p", "0", "-n", "5", "-d", "251", "-t", "1",
+                 "--window", "256", "--chunk", "64", "--device", "cpu")
+    assert r.returncode == 2 and "-d 251 + -n 5" in r.stderr and r.stdout == "", r.stderr
+
+
+def test_bench_offering_keeps_its_contract(tmp_path, smollm_gguf):
+    run_kiln("bake", smollm_gguf, "-o", tmp_path / "off", "--window", "256", "--chunk", "32",
+             "--quiet", check=True)
+    r = run_kiln("bench", tmp_path / "off", "-p", "8", "-n", "0", "-t", "1", "-r", "1",
+                 "--json", "--device", "cpu", check=True)
+    assert [(x["window"], x["chunk"]) for x in json.loads(r.stdout)] == [(256, 32)]
+    r = run_kiln("bench", tmp_path / "off", "-d", "250", "-n", "8", "-p", "0", "-t", "1",
+                 "--device", "cpu")
+    assert r.returncode == 2 and "256" in r.stderr, r.stderr
+
+
+def test_generator_hf_folder_bakes_to_the_same_shapes(tmp_path, smollm_gguf, tiny_gguf):
+    hf = mbm.ensure_hf("tiny", tmp_path, log=lambda m: None)
+    cfg = json.loads((hf / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["torch_dtype"] == "bfloat16"
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(hf / "tokenizer.json"))
+    assert tok.get_vocab_size() == TINY["V"]
+    run_kiln("bake", hf, "-o", tmp_path / "off", "--quant", "keep", "--quiet", check=True)
+    baked = gguf.GGUFReader(str(tmp_path / "off" / "model.gguf"))
+    ref = gguf.GGUFReader(str(tiny_gguf))
+    shapes = {t.name: [int(x) for x in t.shape] for t in baked.tensors}
+    assert shapes == {t.name: [int(x) for x in t.shape] for t in ref.tensors}
+    assert all(t.tensor_type == gguf.GGMLQuantizationType.BF16 for t in baked.tensors
+               if len(t.shape) >= 2)
