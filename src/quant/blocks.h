@@ -26,6 +26,8 @@ typedef uint16_t kn_f16; /* the bits of an IEEE binary16, little-endian in every
 
 /* Where field f of block type T starts in the block at byte pointer b. */
 #define KN_AT(b, T, f) ((b) + offsetof(T, f))
+/* Bytes of one entry of array field f of T (the step between f[i] and f[i + 1]). */
+#define KN_STRIDE(T, f) sizeof(((T *)0)->f[0])
 
 /* ---- GGUF (ggml-common.h) ---- */
 
@@ -114,6 +116,10 @@ _Static_assert(sizeof(kn_block_q6_k) == 210, "Q6_K is 210 bytes in GGUF");
 _Static_assert(sizeof(kn_block_q8_k) == 292, "Q8_K is 292 bytes in GGUF");
 _Static_assert(offsetof(kn_block_q6_k, scales) == 192 && offsetof(kn_block_q6_k, d) == 208,
                "Q6_K's fields where ggml puts them");
+_Static_assert(offsetof(kn_block_q4_k, d) == offsetof(kn_block_q5_k, d) &&
+                   offsetof(kn_block_q4_k, dmin) == offsetof(kn_block_q5_k, dmin) &&
+                   offsetof(kn_block_q4_k, scales) == offsetof(kn_block_q5_k, scales),
+               "Q5_K is Q4_K's head, so code shared by the two may read either's");
 _Static_assert(offsetof(kn_block_q2_k, d) == 80 && offsetof(kn_block_q3_k, d) == 108,
                "Q2_K's and Q3_K's scales where ggml puts them");
 
@@ -121,63 +127,72 @@ _Static_assert(offsetof(kn_block_q2_k, d) == 80 && offsetof(kn_block_q3_k, d) ==
  * (kernels/pack.c writes them, kernels/x86_x8.h reads them; docs/KERNELS.md). "[v][r][i]" is
  * 32-byte vector v, lane r = row 8g + r, byte i. */
 
-#define KN_X8_ROWS 8
+#define KN_X8_GROUP 8
 
 typedef struct kn_x8_q4_0 {
-    kn_f16 d[KN_X8_ROWS];
-    uint8_t qs[4][KN_X8_ROWS][4]; /* q_r[4v+i] | q_r[16+4v+i] << 4 */
+    kn_f16 d[KN_X8_GROUP];
+    uint8_t qs[4][KN_X8_GROUP][4]; /* q_r[4v+i] | q_r[16+4v+i] << 4 */
 } kn_x8_q4_0;
 
 typedef struct kn_x8_q4_1 {
-    kn_f16 d[KN_X8_ROWS], m[KN_X8_ROWS];
-    uint8_t qs[4][KN_X8_ROWS][4];
+    kn_f16 d[KN_X8_GROUP], m[KN_X8_GROUP];
+    uint8_t qs[4][KN_X8_GROUP][4];
 } kn_x8_q4_1;
 
 typedef struct kn_x8_q8_0 {
-    kn_f16 d[KN_X8_ROWS];
-    int8_t qs[8][KN_X8_ROWS][4];
+    kn_f16 d[KN_X8_GROUP];
+    int8_t qs[8][KN_X8_GROUP][4];
 } kn_x8_q8_0;
 
 typedef struct kn_x8_q4_k {
-    kn_f16 d[KN_X8_ROWS], dmin[KN_X8_ROWS];
-    uint8_t sc[8][KN_X8_ROWS];     /* 6-bit scales widened to bytes, [sub-block][row] */
-    uint8_t mn[4][KN_X8_ROWS][2];  /* mins of sub-blocks 2p, 2p+1 */
-    uint8_t nib[4][8][KN_X8_ROWS][4];
+    kn_f16 d[KN_X8_GROUP], dmin[KN_X8_GROUP];
+    uint8_t sc[8][KN_X8_GROUP];     /* 6-bit scales widened to bytes, [sub-block][row] */
+    uint8_t mn[4][KN_X8_GROUP][2];  /* mins of sub-blocks 2p, 2p+1 */
+    uint8_t nib[4][8][KN_X8_GROUP][4];
 } kn_x8_q4_k;
 
 typedef struct kn_x8_q5_k {
-    kn_f16 d[KN_X8_ROWS], dmin[KN_X8_ROWS];
-    uint8_t sc[8][KN_X8_ROWS];
-    uint8_t mn[4][KN_X8_ROWS][2];
-    uint8_t qh[4][2][KN_X8_ROWS][4]; /* the fifth bits, two per byte position */
-    uint8_t nib[4][8][KN_X8_ROWS][4];
+    kn_f16 d[KN_X8_GROUP], dmin[KN_X8_GROUP];
+    uint8_t sc[8][KN_X8_GROUP];
+    uint8_t mn[4][KN_X8_GROUP][2];
+    uint8_t qh[4][2][KN_X8_GROUP][4]; /* the fifth bits, two per byte position */
+    uint8_t nib[4][8][KN_X8_GROUP][4];
 } kn_x8_q5_k;
 
 typedef struct kn_x8_q6_k {
-    kn_f16 d[KN_X8_ROWS];
-    int8_t sc[8][KN_X8_ROWS][2];     /* scales of the 16-element sub-blocks 2p, 2p+1 */
-    uint8_t qh[4][4][KN_X8_ROWS][4]; /* the top 2 bits, four per byte position */
-    uint8_t nib[4][8][KN_X8_ROWS][4];
+    kn_f16 d[KN_X8_GROUP];
+    int8_t sc[8][KN_X8_GROUP][2];     /* scales of the 16-element sub-blocks 2p, 2p+1 */
+    uint8_t qh[4][4][KN_X8_GROUP][4]; /* the top 2 bits, four per byte position */
+    uint8_t nib[4][8][KN_X8_GROUP][4];
 } kn_x8_q6_k;
 
 _Static_assert(sizeof(kn_x8_q4_0) == 144 &&
-                   sizeof(kn_x8_q4_0) == KN_X8_ROWS * sizeof(kn_block_q4_0),
+                   sizeof(kn_x8_q4_0) == KN_X8_GROUP * sizeof(kn_block_q4_0),
                "X8 Q4_0 is 8 GGUF blocks");
 _Static_assert(sizeof(kn_x8_q4_1) == 160 &&
-                   sizeof(kn_x8_q4_1) == KN_X8_ROWS * sizeof(kn_block_q4_1),
+                   sizeof(kn_x8_q4_1) == KN_X8_GROUP * sizeof(kn_block_q4_1),
                "X8 Q4_1 is 8 GGUF blocks");
 _Static_assert(sizeof(kn_x8_q8_0) == 272 &&
-                   sizeof(kn_x8_q8_0) == KN_X8_ROWS * sizeof(kn_block_q8_0),
+                   sizeof(kn_x8_q8_0) == KN_X8_GROUP * sizeof(kn_block_q8_0),
                "X8 Q8_0 is 8 GGUF blocks");
 _Static_assert(sizeof(kn_x8_q4_k) == 1184, "X8 Q4_K: 8 blocks plus 32 bytes of widened scales");
 _Static_assert(sizeof(kn_x8_q5_k) == 1440, "X8 Q5_K: 8 blocks plus 32 bytes of widened scales");
 _Static_assert(sizeof(kn_x8_q6_k) == 1680 &&
-                   sizeof(kn_x8_q6_k) == KN_X8_ROWS * sizeof(kn_block_q6_k),
+                   sizeof(kn_x8_q6_k) == KN_X8_GROUP * sizeof(kn_block_q6_k),
                "X8 Q6_K is 8 GGUF blocks");
 _Static_assert(offsetof(kn_x8_q4_k, nib) == 160 && offsetof(kn_x8_q5_k, qh) == 160 &&
                    offsetof(kn_x8_q5_k, nib) == 416 && offsetof(kn_x8_q6_k, qh) == 144 &&
                    offsetof(kn_x8_q6_k, nib) == 656,
                "X8 K-quant fields where docs/KERNELS.md puts them");
+_Static_assert(offsetof(kn_x8_q4_k, dmin) == offsetof(kn_x8_q5_k, dmin) &&
+                   offsetof(kn_x8_q4_k, sc) == offsetof(kn_x8_q5_k, sc) &&
+                   offsetof(kn_x8_q4_k, mn) == offsetof(kn_x8_q5_k, mn) &&
+                   offsetof(kn_x8_q4_1, qs) == offsetof(kn_x8_q4_1, m) + sizeof(kn_f16[KN_X8_GROUP]),
+               "X8 Q5_K is Q4_K's head, so code shared by the two may read either's");
+_Static_assert(offsetof(kn_x8_q4_0, d) == 0 && offsetof(kn_x8_q4_1, d) == 0 &&
+                   offsetof(kn_x8_q8_0, d) == 0 && offsetof(kn_x8_q4_k, d) == 0 &&
+                   offsetof(kn_x8_q5_k, d) == 0 && offsetof(kn_x8_q6_k, d) == 0,
+               "the 8 rows' scales open every X8 block");
 
 /* ---- int4_sym (kn_quantize_int4_sym): two's-complement nibbles, two per byte, the even
  * element in the low nibble (OpenVINO's i4/u4 packing); one F16 scale per group. ---- */
