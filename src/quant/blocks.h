@@ -206,8 +206,9 @@ static inline int kn_int4_get(const uint8_t *packed, int64_t i) {
 /* Writes nibble v & 15 of element i; an even i clears the byte's high nibble, so a row is
  * written in element order. */
 static inline void kn_int4_put(uint8_t *packed, int64_t i, int v) {
-    if (i % 2 == 0) packed[i / 2] = (uint8_t)(v & 0x0f);
-    else packed[i / 2] |= (uint8_t)((v & 0x0f) << 4);
+    uint8_t nib = (uint8_t)((unsigned)v & 0x0fu);
+    if (i % 2 == 0) packed[i / 2] = nib;
+    else packed[i / 2] |= (uint8_t)(nib << 4);
 }
 
 /* ---- one F16 field of a block, at any alignment ---- */

@@ -77,5 +77,12 @@ void kn_quantize_int4_sym(const float *src, int64_t n, int group, uint8_t *packe
                           uint16_t *scales);
 void kn_dequantize_int4_sym(const uint8_t *packed, const uint16_t *scales, int64_t n, int group,
                             float *dst);
+/* int4_sym with `group` (a multiple of 32) written as n / 32 Q4_0 blocks to dst, so that every
+ * GGUF reader reads it: each block takes its group's scale, and each two's-complement nibble q
+ * becomes Q4_0's biased q + 8 (Q4_0 pairs element j with j + 16 in byte j, where int4_sym pairs
+ * 2k with 2k + 1). packed (n / 2 bytes) and scales (n / group) are the caller's scratch, left
+ * holding the int4_sym form. */
+void kn_quantize_int4_sym_q4_0(const float *src, int64_t n, int group, uint8_t *dst,
+                               uint8_t *packed, uint16_t *scales);
 
 #endif
