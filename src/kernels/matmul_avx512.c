@@ -115,8 +115,8 @@ KN_AI float tail_block(const uint32_t type, const uint8_t *p, const int8_t *aq, 
     if (type == KN_TYPE_Q4_1) {
         __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(),
                                           unpack_nibbles(KN_AT(p, kn_block_q4_1, qs)), av);
-        return f16_at(KN_AT(p, kn_block_q4_1, d)) * ad * hsum8(_mm256_cvtepi32_ps(dot)) +
-               f16_at(KN_AT(p, kn_block_q4_1, m)) * as;
+        return kn_f16c_at(KN_AT(p, kn_block_q4_1, d)) * ad * hsum8(_mm256_cvtepi32_ps(dot)) +
+               kn_f16c_at(KN_AT(p, kn_block_q4_1, m)) * as;
     }
     __m256i q = type == KN_TYPE_Q4_0
                     ? _mm256_sub_epi8(unpack_nibbles(KN_AT(p, kn_block_q4_0, qs)),
@@ -124,7 +124,7 @@ KN_AI float tail_block(const uint32_t type, const uint8_t *p, const int8_t *aq, 
                     : _mm256_loadu_si256((const __m256i *)(const void *)KN_AT(p, kn_block_q8_0, qs));
     __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(q, q),
                                       _mm256_sign_epi8(av, q));
-    return f16_at(KN_AT(p, kn_block_q4_0, d)) * ad * hsum8(_mm256_cvtepi32_ps(dot));
+    return kn_f16c_at(KN_AT(p, kn_block_q4_0, d)) * ad * hsum8(_mm256_cvtepi32_ps(dot));
 }
 
 KN_AI size_t block_bytes(const uint32_t type) {

@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "kernels/kernels.h"
+#include "kernels/f16_x86.h"
 #include "kernels/kernels_impl.h"
 #include "quant/blocks.h"
 
@@ -53,9 +54,6 @@ KN_X8_AI __m256i x8_load(const uint8_t *p) {
     return _mm256_loadu_si256((const __m256i *)(const void *)p);
 }
 
-KN_X8_AI __m256 x8_f16x8(const uint8_t *p) {
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
-}
 
 /* ((h >> pos) & 1) << 4 in every byte (Q5_K's fifth bit); pos is a constant. Shifting 16-bit
  * lanes moves bits across the byte boundary, but only into bits the mask drops. */
@@ -169,8 +167,9 @@ KN_X8_AI void x8_tile_q4(const uint32_t type, const uint8_t *gp, int nb, const k
             w[v] = _mm256_and_si256(raw, m4);
             w[4 + v] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
         }
-        __m256 dw = x8_f16x8(KN_AT(bp, kn_x8_q4_0, d)); /* Q4_1: the same offset */
-        __m256 mw = type == KN_TYPE_Q4_1 ? x8_f16x8(KN_AT(bp, kn_x8_q4_1, m)) : _mm256_setzero_ps();
+        __m256 dw = kn_f16c_x8(KN_AT(bp, kn_x8_q4_0, d)); /* Q4_1: the same offset */
+        __m256 mw = type == KN_TYPE_Q4_1 ? kn_f16c_x8(KN_AT(bp, kn_x8_q4_1, m))
+                                         : _mm256_setzero_ps();
         for (int t = 0; t < nt; t++) {
             const int8_t *aq = tk.q[t] + b * KN_QBLOCK;
 #if KN_VNNI
@@ -256,11 +255,11 @@ KN_X8_AI void x8_pair_q4(const uint32_t type, const uint8_t *gp0, const uint8_t 
             __m256i s32 = _mm256_madd_epi16(s[g], _mm256_set1_epi16(1));
             if (type == KN_TYPE_Q4_0) s32 = _mm256_add_epi32(s32, _mm256_set1_epi32(tk.q4off[0][b]));
 #endif
-            __m256 dd = _mm256_mul_ps(x8_f16x8(KN_AT(bp[g], kn_x8_q4_0, d)), da);
+            __m256 dd = _mm256_mul_ps(kn_f16c_x8(KN_AT(bp[g], kn_x8_q4_0, d)), da);
             acc[g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), dd, acc[g]);
             if (type == KN_TYPE_Q4_1)
-                acc[g] = _mm256_fmadd_ps(x8_f16x8(KN_AT(bp[g], kn_x8_q4_1, m)), _mm256_set1_ps(tk.s[0][b]),
-                                         acc[g]);
+                acc[g] = _mm256_fmadd_ps(kn_f16c_x8(KN_AT(bp[g], kn_x8_q4_1, m)),
+                                         _mm256_set1_ps(tk.s[0][b]), acc[g]);
         }
     }
     x8_store(y0, acc[0], lo0, hi0);
@@ -300,7 +299,7 @@ KN_X8_AI void x8_tile_q8_0(const uint32_t type, const uint8_t *gp, int nb, const
 #endif
             }
         }
-        __m256 dw = x8_f16x8(KN_AT(bp, kn_x8_q8_0, d));
+        __m256 dw = kn_f16c_x8(KN_AT(bp, kn_x8_q8_0, d));
         for (int t = 0; t < nt; t++) {
 #if KN_VNNI
             __m256i s32 = x8_sum_acc(s[t], nt);
@@ -391,7 +390,8 @@ KN_X8_AI void x8_tile_q45_k(const uint32_t type, const uint8_t *gp, int nb, cons
                 imin[t] = _mm256_add_epi32(
                     imin[t], _mm256_madd_epi16(mn, x8_bcast4((const int8_t *)(tk.bs[t] + 8 * b + 2 * p))));
         }
-        __m256 dw = x8_f16x8(KN_AT(bp, kn_x8_q4_k, d)), mw = x8_f16x8(KN_AT(bp, kn_x8_q4_k, dmin));
+        __m256 dw = kn_f16c_x8(KN_AT(bp, kn_x8_q4_k, d));
+        __m256 mw = kn_f16c_x8(KN_AT(bp, kn_x8_q4_k, dmin));
         for (int t = 0; t < nt; t++) {
             __m256 da = _mm256_set1_ps(tk.d[t][b]);
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(dw, da), acc[t]);
@@ -472,7 +472,7 @@ KN_X8_AI void x8_tile_q6_k(const uint32_t type, const uint8_t *gp, int nb, const
             x8_prefetch_part(bp, sizeof(kn_x8_q6_k), p);
             x8_q6_pass(bp, p, 0, 1, &tk, b, nt, isum);
         }
-        __m256 dw = x8_f16x8(KN_AT(bp, kn_x8_q6_k, d));
+        __m256 dw = kn_f16c_x8(KN_AT(bp, kn_x8_q6_k, d));
         for (int t = 0; t < nt; t++)
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]),
                                      _mm256_mul_ps(dw, _mm256_set1_ps(tk.d[t][b])), acc[t]);
