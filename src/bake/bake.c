@@ -326,7 +326,7 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
     if ((unsigned)p->target > KILN_TARGET_NPU)
         return kn_fail(err, KILN_ERR_INVALID_ARG, "--target: unknown target %d", (int)p->target);
     if (p->group_size != 0 && p->group_size != -1 &&
-        (p->group_size < 32 || p->group_size > 4096 || p->group_size % 32))
+        (p->group_size < KN_QK || p->group_size > 4096 || p->group_size % KN_QK))
         return kn_fail(err, KILN_ERR_INVALID_ARG,
                        "--group-size %d: use -1 (per channel) or a multiple of 32", p->group_size);
     kiln_status s = check_target(out_dir, err);
@@ -362,7 +362,7 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
     }
     ctx.f32 = kn_malloc((size_t)max_row * sizeof(float));
     ctx.scratch = kn_malloc((size_t)max_row / 2 + 1);
-    ctx.scales = kn_malloc(((size_t)max_row / 32 + 1) * sizeof(uint16_t));
+    ctx.scales = kn_malloc(((size_t)max_row / KN_QK + 1) * sizeof(uint16_t));
     kn_gguf_writer *w = kn_gguf_writer_new();
     kn_stage stage = {0};
     const char *tmp = NULL;
