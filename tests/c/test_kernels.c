@@ -572,7 +572,7 @@ TEST(kernels_quantize_k_non_finite_blocks) {
         for (int i = 0; i < 256; i++) CHECK(q0[b * 256 + i] == 0);
         for (int j = 0; j < 16; j++) CHECK(s0[b * 16 + j] == 0);
     }
-    CHECK(isfinite(d0[2]) && d0[2] > 0.0f);
+    CHECK(isfinite(d0[2]) && d0[2] != 0.0f); /* d = -m / 127 takes the sign of the block's m */
     int nv;
     const kn_kernels *const *v = all_variants(&nv);
     for (int vi = 0; vi < nv; vi++) {
