@@ -4,7 +4,7 @@
  *
  * Weights sit inside a mapped file with no alignment promise, so code does not dereference these
  * structs: it takes sizeof (bytes per block) and offsetof (where a field starts) and reads the
- * bytes through memcpy (kn_f16_load below). Both are compile-time constants, so a kernel that
+ * bytes through memcpy (kn_f16_load, quant.h). Both are compile-time constants, so a kernel that
  * writes `blk + offsetof(kn_block_q6_k, d)` compiles to what `blk + 208` did.
  *
  * Every field is a byte array or a 16/32-bit value at an offset that is a multiple of its size,
@@ -14,15 +14,12 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <string.h>
 
 #include "quant/quant.h"
 
 #define KN_QK 32          /* elements per block of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 */
 #define KN_QK_K 256       /* elements per super-block of the K-quants and Q8_K */
 #define KN_K_SCALE_SIZE 12 /* Q3_K..Q5_K's packed 6-bit scales (and mins) */
-
-typedef uint16_t kn_f16; /* the bits of an IEEE binary16, little-endian in every file */
 
 /* Where field f of block type T starts in the block at byte pointer b. */
 #define KN_AT(b, T, f) ((b) + offsetof(T, f))
@@ -209,21 +206,6 @@ static inline void kn_int4_put(uint8_t *packed, int64_t i, int v) {
     uint8_t nib = (uint8_t)((unsigned)v & 0x0fu);
     if (i % 2 == 0) packed[i / 2] = nib;
     else packed[i / 2] |= (uint8_t)(nib << 4);
-}
-
-/* ---- one F16 field of a block, at any alignment ---- */
-
-static inline kn_f16 kn_f16_bits(const void *p) {
-    kn_f16 h;
-    memcpy(&h, p, sizeof h);
-    return h;
-}
-
-static inline float kn_f16_load(const void *p) { return kn_fp16_to_fp32(kn_f16_bits(p)); }
-
-static inline void kn_f16_store(void *p, float f) {
-    kn_f16 h = kn_fp32_to_fp16(f);
-    memcpy(p, &h, sizeof h);
 }
 
 #endif
