@@ -157,8 +157,9 @@ static void put_q6_k(uint8_t *o, const uint8_t *const *b) {
                     for (int k = 0; k < 2; k++) {
                         int l = 4 * (2 * u + k) + i;
                         int e0 = 64 * (p % 2) + l, e1 = e0 + 32;
-                        bits |= ((b[r][qh_in + 32 * h + e0 % 32] >> (2 * (e0 / 32))) & 3) << (4 * k);
-                        bits |= ((b[r][qh_in + 32 * h + e1 % 32] >> (2 * (e1 / 32))) & 3) << (4 * k + 2);
+                        const uint8_t *hb = b[r] + qh_in + 32 * h;
+                        bits |= ((hb[e0 % 32] >> (2 * (e0 / 32))) & 3) << (4 * k);
+                        bits |= ((hb[e1 % 32] >> (2 * (e1 / 32))) & 3) << (4 * k + 2);
                     }
                     qh[((p * 4 + u) * KN_GROUP + r) * 4 + i] = (uint8_t)bits;
                 }

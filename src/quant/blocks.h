@@ -183,8 +183,7 @@ _Static_assert(offsetof(kn_x8_q4_k, nib) == 160 && offsetof(kn_x8_q5_k, qh) == 1
                "X8 K-quant fields where docs/KERNELS.md puts them");
 _Static_assert(offsetof(kn_x8_q4_k, dmin) == offsetof(kn_x8_q5_k, dmin) &&
                    offsetof(kn_x8_q4_k, sc) == offsetof(kn_x8_q5_k, sc) &&
-                   offsetof(kn_x8_q4_k, mn) == offsetof(kn_x8_q5_k, mn) &&
-                   offsetof(kn_x8_q4_1, qs) == offsetof(kn_x8_q4_1, m) + sizeof(kn_f16[KN_X8_GROUP]),
+                   offsetof(kn_x8_q4_k, mn) == offsetof(kn_x8_q5_k, mn),
                "X8 Q5_K is Q4_K's head, so code shared by the two may read either's");
 _Static_assert(offsetof(kn_x8_q4_0, d) == 0 && offsetof(kn_x8_q4_1, d) == 0 &&
                    offsetof(kn_x8_q8_0, d) == 0 && offsetof(kn_x8_q4_k, d) == 0 &&
@@ -193,8 +192,6 @@ _Static_assert(offsetof(kn_x8_q4_0, d) == 0 && offsetof(kn_x8_q4_1, d) == 0 &&
 
 /* ---- int4_sym (kn_quantize_int4_sym): two's-complement nibbles, two per byte, the even
  * element in the low nibble (OpenVINO's i4/u4 packing); one F16 scale per group. ---- */
-
-#define KN_INT4_PER_BYTE 2
 
 static inline int kn_int4_get(const uint8_t *packed, int64_t i) {
     return (packed[i / 2] >> (4 * (i % 2))) & 0x0f;
