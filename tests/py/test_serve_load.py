@@ -80,7 +80,9 @@ def test_sixteen_clients(offering):
         assert not errors, "\n".join(errors[:10])
         assert len(out) >= CLIENTS                       # every client finished requests
         assert set(out) == {0, 1, 2, 3}
-        text = s.metrics()
+        # /health answers 503 while the worker loads, which wait_ready may see on a slow
+        # machine: only the clients' requests must never fail
+        text = "\n".join(l for l in s.metrics().splitlines() if 'endpoint="health"' not in l)
         assert 'status="5' not in text and 'status="429"' not in text
         assert s.worker_pid() == worker                  # no restart under load
         assert s.metric("kiln_worker_restarts_total") == 0
