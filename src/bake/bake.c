@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "bake/openvino/ir.h"
-#include "quant/quant.h"
+#include "quant/blocks.h"
 #include "tokenizer/tokenizer.h"
 
 kiln_bake_params kiln_bake_default_params(void) {
@@ -64,41 +64,20 @@ uint32_t kn_bake_out_type(const kn_src_tensor *t, kiln_quant quant, int *group) 
     switch (quant) {
     case KILN_QUANT_KEEP: return t->type;
     case KILN_QUANT_F16: return KN_TYPE_F16;
-    case KILN_QUANT_Q4_0: return t->ne[0] % 32 ? KN_TYPE_F16 : KN_TYPE_Q4_0;
-    case KILN_QUANT_Q4_1: return t->ne[0] % 32 ? KN_TYPE_F16 : KN_TYPE_Q4_1;
-    case KILN_QUANT_Q8_0: return t->ne[0] % 32 ? KN_TYPE_F16 : KN_TYPE_Q8_0;
+    case KILN_QUANT_Q4_0: return t->ne[0] % KN_QK ? KN_TYPE_F16 : KN_TYPE_Q4_0;
+    case KILN_QUANT_Q4_1: return t->ne[0] % KN_QK ? KN_TYPE_F16 : KN_TYPE_Q4_1;
+    case KILN_QUANT_Q8_0: return t->ne[0] % KN_QK ? KN_TYPE_F16 : KN_TYPE_Q8_0;
     case KILN_QUANT_INT4_SYM_G128:
         /* Stored in the Q4_0 layout (x = d * (nibble - 8) per 32) with one scale repeated over
          * each group, so every GGUF reader reads it and the NPU path recovers the groups. Rows
          * that 128 does not divide use the largest of 64 / 32 that does. */
-        for (int g = 128; g >= 32; g /= 2)
+        for (int g = 128; g >= KN_QK; g /= 2)
             if (t->ne[0] % g == 0) {
                 *group = g;
                 return KN_TYPE_Q4_0;
             }
         return KN_TYPE_F16;
     default: return KN_TYPE_Q4_0;
-    }
-}
-
-/* int4_sym with `group` into Q4_0 blocks: Q4_0 keeps element j of a 32-block in the low nibble
- * of byte j and element j+16 in the high nibble, biased by 8. */
-static void int4_group_to_q4_0(const float *x, int64_t n, int group, uint8_t *dst,
-                               uint8_t *packed, uint16_t *scales) {
-    kn_quantize_int4_sym(x, n, group, packed, scales);
-    for (int64_t b = 0; b < n / 32; b++) {
-        uint8_t *blk = dst + b * 18;
-        uint16_t d = scales[(b * 32) / group];
-        memcpy(blk, &d, 2);
-        for (int j = 0; j < 16; j++) {
-            int64_t e0 = b * 32 + j, e1 = e0 + 16;
-            int q0 = (packed[e0 / 2] >> ((e0 & 1) * 4)) & 15;
-            int q1 = (packed[e1 / 2] >> ((e1 & 1) * 4)) & 15;
-            /* two's-complement nibble -> biased nibble */
-            q0 = (q0 ^ 8);
-            q1 = (q1 ^ 8);
-            blk[2 + j] = (uint8_t)(q0 | (q1 << 4));
-        }
     }
 }
 
@@ -156,7 +135,8 @@ static kiln_status fill(void *user, uint64_t index, uint8_t *dst, uint64_t nbyte
                                t->file, t->name, kn_type_name(t->type));
             if ((s = check_finite(c->f32, ne0, t, err))) break;
             uint8_t *out = dst + (uint64_t)r * rb;
-            if (pl->group) int4_group_to_q4_0(c->f32, ne0, pl->group, out, c->scratch, c->scales);
+            if (pl->group)
+                kn_quantize_int4_sym_q4_0(c->f32, ne0, pl->group, out, c->scratch, c->scales);
             else if (kn_quantize(pl->type, c->f32, out, ne0) != rb)
                 return kn_fail(err, KILN_ERR_INTERNAL, "tensor %s: no quantizer for %s", t->name,
                                kn_type_name(pl->type));
@@ -346,7 +326,7 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
     if ((unsigned)p->target > KILN_TARGET_NPU)
         return kn_fail(err, KILN_ERR_INVALID_ARG, "--target: unknown target %d", (int)p->target);
     if (p->group_size != 0 && p->group_size != -1 &&
-        (p->group_size < 32 || p->group_size > 4096 || p->group_size % 32))
+        (p->group_size < KN_QK || p->group_size > 4096 || p->group_size % KN_QK))
         return kn_fail(err, KILN_ERR_INVALID_ARG,
                        "--group-size %d: use -1 (per channel) or a multiple of 32", p->group_size);
     kiln_status s = check_target(out_dir, err);
@@ -382,7 +362,7 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
     }
     ctx.f32 = kn_malloc((size_t)max_row * sizeof(float));
     ctx.scratch = kn_malloc((size_t)max_row / 2 + 1);
-    ctx.scales = kn_malloc(((size_t)max_row / 32 + 1) * sizeof(uint16_t));
+    ctx.scales = kn_malloc(((size_t)max_row / KN_QK + 1) * sizeof(uint16_t));
     kn_gguf_writer *w = kn_gguf_writer_new();
     kn_stage stage = {0};
     const char *tmp = NULL;

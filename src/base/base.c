@@ -426,9 +426,3 @@ void kn_buf_free(kn_buf *b) {
     kn_free(b->data);
     memset(b, 0, sizeof *b);
 }
-
-double kn_now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}

@@ -148,14 +148,18 @@ void kn_buf_json_str(kn_buf *b, const char *s, size_t n); /* quoted, escaped JSO
 void kn_buf_escaped(kn_buf *b, const char *s, size_t n);  /* kn_escape'd text */
 void kn_buf_free(kn_buf *b);
 
-double kn_now_seconds(void);
-
 /* ---- the operating system (os.c) ---- */
+/* Seconds on the monotonic clock (differences only). */
+double kn_now_seconds(void);
 /* Physical cores (hyper-thread siblings counted once); at least 1. */
 int kn_physical_cores(void);
+/* Logical CPUs online (hyper-threads included); at least 1. */
+int kn_online_cpus(void);
 /* The process's peak resident set so far, in MiB (0 when the system will not say). */
 double kn_peak_rss_mb(void);
-/* A new private directory $TMPDIR/PREFIX-XXXXXX (/tmp without TMPDIR), or NULL; kn_free it. */
+/* Where temporary files go: $TMPDIR, or /tmp without it. */
+const char *kn_tmp_root(void);
+/* A new private directory kn_tmp_root()/PREFIX-XXXXXX, or NULL; kn_free it. */
 char *kn_make_tmpdir(const char *prefix);
 
 /* Lowercase hex SHA-256 of a byte range (provenance hashes). out must hold 65 chars. */

@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "kernels/f16_x86.h"
 #include "kernels/kernels.h"
 
 #define KA_AI __attribute__((always_inline)) static inline
@@ -59,10 +60,10 @@ KA_AI __m256 ka_exp_neg8(__m256 x) {
 KA_AI __m256 ka_load8(const void *row, int i, int d, const bool f16) {
     if (f16) {
         const uint16_t *p = (const uint16_t *)row + i;
-        if (i + 8 <= d) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
+        if (i + 8 <= d) return kn_f16c_x8(p);
         uint16_t tmp[8] = {0};
         memcpy(tmp, p, sizeof(uint16_t) * (size_t)(d - i));
-        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)tmp));
+        return kn_f16c_x8(tmp);
     }
     const float *p = (const float *)row + i;
     if (i + 8 <= d) return _mm256_loadu_ps(p);

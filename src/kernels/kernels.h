@@ -60,11 +60,12 @@
 #include <stdint.h>
 
 #include "base/base.h"
+#include "quant/blocks.h"
 
-#define KN_QBLOCK 32   /* elements per block of Q4_0, Q4_1, Q8_0 and of quantized activations */
-#define KN_KBLOCK 256  /* elements per super-block of the K-quants and of Q8_K activations */
-#define KN_NTYPES 32   /* size of the tables indexed by kn_type */
-#define KN_GROUP 8     /* rows per interleaved group of KN_LAYOUT_X8 */
+#define KN_QBLOCK KN_QK    /* elements per block of Q4_0, Q4_1, Q8_0 and of quantized activations */
+#define KN_KBLOCK KN_QK_K  /* elements per super-block of the K-quants and of Q8_K activations */
+#define KN_NTYPES 32       /* size of the tables indexed by kn_type */
+#define KN_GROUP KN_X8_GROUP /* rows per interleaved group of KN_LAYOUT_X8 (quant/blocks.h) */
 #define KN_ATTN_MAX_D 4096 /* widest attention head (the hyperparameter check's limit) */
 /* Rows of attention scratch for n_q query heads (the SIMD variants work 8 heads at a time). */
 #define KN_ATTN_SCRATCH(n_q) (((n_q) + 7) / 8 * 8)

@@ -7,9 +7,6 @@
 
 #include "kernels/kernels.h"
 
-/* An F16 field of a block, read without alignment assumptions. */
-float kn_load_f16(const uint8_t *p);
-
 /* Reference pieces the ISA tables reuse: the K-quant products in the GGUF layout (the model
  * repacks those types for the ISA tables, so these run only on unpacked views), and the Q8_0
  * quantizer with its block sums. */

@@ -23,6 +23,12 @@
 #define KN_DPBUSD(acc, u, s) _mm256_dpbusd_epi32((acc), (u), (s))
 #include "kernels/x86_x8.h"
 
+/* The scale loads below take a block's first 4 bytes as one word: d (and Q4_1's m) must lead
+ * the block, as they do in GGUF. */
+_Static_assert(offsetof(kn_block_q4_0, d) == 0 && offsetof(kn_block_q8_0, d) == 0 &&
+                   offsetof(kn_block_q4_1, d) == 0 && offsetof(kn_block_q4_1, m) == sizeof(kn_f16),
+               "the F16 scales open the block");
+
 static inline uint32_t load_u32(const uint8_t *p) {
     uint32_t v;
     memcpy(&v, p, 4);
@@ -57,18 +63,20 @@ KN_AI pair_w load_pair(const uint32_t type, const uint8_t *p0, const uint8_t *p1
     pair_w w;
     w.neg = 0;
     if (type == KN_TYPE_Q4_1) {
-        w.u = unpack_pair(p0 + 4, p1 + 4);
+        w.u = unpack_pair(KN_AT(p0, kn_block_q4_1, qs), KN_AT(p1, kn_block_q4_1, qs));
         w.dm = _mm_cvtph_ps(_mm_blend_epi32(_mm_set1_epi32((int)load_u32(p0)),
                                             _mm_set1_epi32((int)load_u32(p1)), 0x2));
         return w;
     }
     __m512i s;
     if (type == KN_TYPE_Q4_0) {
-        s = _mm512_sub_epi8(unpack_pair(p0 + 2, p1 + 2), _mm512_set1_epi8(8));
+        s = _mm512_sub_epi8(unpack_pair(KN_AT(p0, kn_block_q4_0, qs), KN_AT(p1, kn_block_q4_0, qs)),
+                            _mm512_set1_epi8(8));
     } else {
+        const uint8_t *q0 = KN_AT(p0, kn_block_q8_0, qs), *q1 = KN_AT(p1, kn_block_q8_0, qs);
         s = _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)(p0 + 2))),
-            _mm256_loadu_si256((const __m256i *)(const void *)(p1 + 2)), 1);
+            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)q0)),
+            _mm256_loadu_si256((const __m256i *)(const void *)q1), 1);
     }
     w.neg = _mm512_movepi8_mask(s);
     w.u = _mm512_abs_epi8(s); /* -128 becomes 128 as u8, which is right */
@@ -105,19 +113,24 @@ KN_AI float tail_block(const uint32_t type, const uint8_t *p, const int8_t *aq, 
                        float as) {
     __m256i av = _mm256_loadu_si256((const __m256i *)(const void *)aq);
     if (type == KN_TYPE_Q4_1) {
-        __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), unpack_nibbles(p + 4), av);
-        return f16_at(p) * ad * hsum8(_mm256_cvtepi32_ps(dot)) + f16_at(p + 2) * as;
+        __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(),
+                                          unpack_nibbles(KN_AT(p, kn_block_q4_1, qs)), av);
+        return kn_f16c_at(KN_AT(p, kn_block_q4_1, d)) * ad * hsum8(_mm256_cvtepi32_ps(dot)) +
+               kn_f16c_at(KN_AT(p, kn_block_q4_1, m)) * as;
     }
     __m256i q = type == KN_TYPE_Q4_0
-                    ? _mm256_sub_epi8(unpack_nibbles(p + 2), _mm256_set1_epi8(8))
-                    : _mm256_loadu_si256((const __m256i *)(const void *)(p + 2));
+                    ? _mm256_sub_epi8(unpack_nibbles(KN_AT(p, kn_block_q4_0, qs)),
+                                      _mm256_set1_epi8(8))
+                    : _mm256_loadu_si256((const __m256i *)(const void *)KN_AT(p, kn_block_q8_0, qs));
     __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(q, q),
                                       _mm256_sign_epi8(av, q));
-    return f16_at(p) * ad * hsum8(_mm256_cvtepi32_ps(dot));
+    return kn_f16c_at(KN_AT(p, kn_block_q4_0, d)) * ad * hsum8(_mm256_cvtepi32_ps(dot));
 }
 
 KN_AI size_t block_bytes(const uint32_t type) {
-    return type == KN_TYPE_Q4_0 ? 18 : type == KN_TYPE_Q4_1 ? 20 : 34;
+    return type == KN_TYPE_Q4_0   ? sizeof(kn_block_q4_0)
+           : type == KN_TYPE_Q4_1 ? sizeof(kn_block_q4_1)
+                                  : sizeof(kn_block_q8_0);
 }
 
 /* Row r against tokens t0 .. t0 + nt - 1. */

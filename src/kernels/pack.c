@@ -33,17 +33,17 @@
 
 #include "kernels/kernels.h"
 #include "kernels/kernels_impl.h"
-#include "quant/quant.h"
+#include "quant/blocks.h"
 
 /* Bytes of one block of 8 rows in the X8 layout; 0 for a type without one. */
 static size_t x8_block_bytes(uint32_t type) {
     switch (type) {
-    case KN_TYPE_Q4_0: return 144;
-    case KN_TYPE_Q4_1: return 160;
-    case KN_TYPE_Q8_0: return 272;
-    case KN_TYPE_Q4_K: return 1184;
-    case KN_TYPE_Q5_K: return 1440;
-    case KN_TYPE_Q6_K: return 1680;
+    case KN_TYPE_Q4_0: return sizeof(kn_x8_q4_0);
+    case KN_TYPE_Q4_1: return sizeof(kn_x8_q4_1);
+    case KN_TYPE_Q8_0: return sizeof(kn_x8_q8_0);
+    case KN_TYPE_Q4_K: return sizeof(kn_x8_q4_k);
+    case KN_TYPE_Q5_K: return sizeof(kn_x8_q5_k);
+    case KN_TYPE_Q6_K: return sizeof(kn_x8_q6_k);
     default: return 0;
     }
 }
@@ -74,10 +74,10 @@ kn_wmat kn_pack_view(const kn_wmat *w, const uint8_t *dst) {
  * Q4_0 byte (and sub-block 2p with 2p + 1 in a Q4_K one), which is the pairing of a vector's
  * low and high nibbles here. */
 
-static const uint8_t k_zero_block[256];
+static const uint8_t k_zero_block[sizeof(kn_block_q6_k)]; /* the largest block packed */
 
 static void gather_f16(uint8_t *out, const uint8_t *const *b, size_t off) {
-    for (int r = 0; r < KN_GROUP; r++) memcpy(out + 2 * r, b[r] + off, 2);
+    for (int r = 0; r < KN_GROUP; r++) memcpy(out + sizeof(kn_f16) * r, b[r] + off, sizeof(kn_f16));
 }
 
 /* out[v][r][0..3] = b[r][off + 4v .. off + 4v + 3] for v < nv */
@@ -96,31 +96,34 @@ static void k4_scale_min(const uint8_t *s, int j, uint8_t *sc, uint8_t *m) {
     }
 }
 
+/* Q4_K and Q5_K share their head (blocks.h), so the Q4_K names serve both up to nib. */
 static void put_q45_k(uint8_t *o, const uint8_t *const *b, bool five) {
-    gather_f16(o, b, 0);
-    gather_f16(o + 16, b, 2);
+    gather_f16(KN_AT(o, kn_x8_q4_k, d), b, offsetof(kn_block_q4_k, d));
+    gather_f16(KN_AT(o, kn_x8_q4_k, dmin), b, offsetof(kn_block_q4_k, dmin));
     for (int r = 0; r < KN_GROUP; r++)
         for (int j = 0; j < 8; j++) {
             uint8_t sc, m;
-            k4_scale_min(b[r] + 4, j, &sc, &m);
-            o[32 + j * 8 + r] = sc;
-            o[96 + ((j / 2) * 8 + r) * 2 + j % 2] = m;
+            k4_scale_min(KN_AT(b[r], kn_block_q4_k, scales), j, &sc, &m);
+            KN_AT(o, kn_x8_q4_k, sc)[j * KN_GROUP + r] = sc;
+            KN_AT(o, kn_x8_q4_k, mn)[((j / 2) * KN_GROUP + r) * 2 + j % 2] = m;
         }
-    const size_t qs = five ? 48 : 16;
-    uint8_t *nib = o + (five ? 416 : 160);
+    const size_t qs = five ? offsetof(kn_block_q5_k, qs) : offsetof(kn_block_q4_k, qs);
+    uint8_t *nib = o + (five ? offsetof(kn_x8_q5_k, nib) : offsetof(kn_x8_q4_k, nib));
     /* GGUF's qs[32p + l] holds element 64p + l (sub-block 2p) low and 64p + 32 + l high */
-    for (int p = 0; p < 4; p++) gather_words(nib + p * 256, b, qs + 32 * (size_t)p, 8);
+    for (int p = 0; p < 4; p++)
+        gather_words(nib + KN_STRIDE(kn_x8_q4_k, nib) * p, b, qs + 32 * (size_t)p, 8);
     if (!five) return;
     /* the fifth bit of element 32j + l is bit j of GGUF's qh[l]; here bit 2k (2k + 1) of
      * qh[p][u][r][i] is that of element 64p + 16u + 4k + i (plus 32) */
-    uint8_t *qh = o + 160;
+    uint8_t *qh = KN_AT(o, kn_x8_q5_k, qh);
+    const size_t qh_in = offsetof(kn_block_q5_k, qh);
     for (int p = 0; p < 4; p++)
         for (int u = 0; u < 2; u++)
             for (int r = 0; r < KN_GROUP; r++)
                 for (int i = 0; i < 4; i++) {
                     int bits = 0;
                     for (int k = 0; k < 4; k++)
-                        bits |= ((b[r][16 + 16 * u + 4 * k + i] >> (2 * p)) & 3) << (2 * k);
+                        bits |= ((b[r][qh_in + 16 * u + 4 * k + i] >> (2 * p)) & 3) << (2 * k);
                     qh[((p * 2 + u) * KN_GROUP + r) * 4 + i] = (uint8_t)bits;
                 }
 }
@@ -128,18 +131,21 @@ static void put_q45_k(uint8_t *o, const uint8_t *const *b, bool five) {
 /* GGUF Q6_K: element 128h + e' takes its low 4 bits from nibble e' / 64 of ql[64h + e' % 64]
  * and its top 2 from qh[32h + e' % 32] >> 2 (e' / 32). */
 static void put_q6_k(uint8_t *o, const uint8_t *const *b) {
-    gather_f16(o, b, 208);
+    gather_f16(KN_AT(o, kn_x8_q6_k, d), b, offsetof(kn_block_q6_k, d));
     for (int r = 0; r < KN_GROUP; r++)
-        for (int j = 0; j < 16; j++) o[16 + ((j / 2) * 8 + r) * 2 + j % 2] = b[r][192 + j];
-    uint8_t *qh = o + 144, *nib = o + 656;
+        for (int j = 0; j < 16; j++)
+            KN_AT(o, kn_x8_q6_k, sc)[((j / 2) * KN_GROUP + r) * 2 + j % 2] =
+                KN_AT(b[r], kn_block_q6_k, scales)[j];
+    uint8_t *qh = KN_AT(o, kn_x8_q6_k, qh), *nib = KN_AT(o, kn_x8_q6_k, nib);
+    const size_t ql_in = offsetof(kn_block_q6_k, ql), qh_in = offsetof(kn_block_q6_k, qh);
     for (int p = 0; p < 4; p++) {
         int h = p / 2, sh = 4 * (p % 2);
         for (int v = 0; v < 8; v++)
             for (int r = 0; r < KN_GROUP; r++)
                 for (int i = 0; i < 4; i++) {
                     int l = 4 * v + i; /* element 64p + l, and 64p + 32 + l */
-                    int lo = (b[r][64 * h + l] >> sh) & 0x0f;
-                    int hi = (b[r][64 * h + 32 + l] >> sh) & 0x0f;
+                    int lo = (b[r][ql_in + 64 * h + l] >> sh) & 0x0f;
+                    int hi = (b[r][ql_in + 64 * h + 32 + l] >> sh) & 0x0f;
                     nib[((p * 8 + v) * KN_GROUP + r) * 4 + i] = (uint8_t)(lo | hi << 4);
                 }
         /* top bits: element 64p + l sits at e' = 64(p % 2) + l of half h, i.e. qh[32h + l % 32]
@@ -151,8 +157,9 @@ static void put_q6_k(uint8_t *o, const uint8_t *const *b) {
                     for (int k = 0; k < 2; k++) {
                         int l = 4 * (2 * u + k) + i;
                         int e0 = 64 * (p % 2) + l, e1 = e0 + 32;
-                        bits |= ((b[r][128 + 32 * h + e0 % 32] >> (2 * (e0 / 32))) & 3) << (4 * k);
-                        bits |= ((b[r][128 + 32 * h + e1 % 32] >> (2 * (e1 / 32))) & 3) << (4 * k + 2);
+                        const uint8_t *hb = b[r] + qh_in + 32 * h;
+                        bits |= ((hb[e0 % 32] >> (2 * (e0 / 32))) & 3) << (4 * k);
+                        bits |= ((hb[e1 % 32] >> (2 * (e1 / 32))) & 3) << (4 * k + 2);
                     }
                     qh[((p * 4 + u) * KN_GROUP + r) * 4 + i] = (uint8_t)bits;
                 }
@@ -162,17 +169,17 @@ static void put_q6_k(uint8_t *o, const uint8_t *const *b) {
 static void put_block(uint32_t type, uint8_t *o, const uint8_t *const *b) {
     switch (type) {
     case KN_TYPE_Q4_0:
-        gather_f16(o, b, 0);
-        gather_words(o + 16, b, 2, 4);
+        gather_f16(KN_AT(o, kn_x8_q4_0, d), b, offsetof(kn_block_q4_0, d));
+        gather_words(KN_AT(o, kn_x8_q4_0, qs), b, offsetof(kn_block_q4_0, qs), 4);
         break;
     case KN_TYPE_Q4_1:
-        gather_f16(o, b, 0);
-        gather_f16(o + 16, b, 2);
-        gather_words(o + 32, b, 4, 4);
+        gather_f16(KN_AT(o, kn_x8_q4_1, d), b, offsetof(kn_block_q4_1, d));
+        gather_f16(KN_AT(o, kn_x8_q4_1, m), b, offsetof(kn_block_q4_1, m));
+        gather_words(KN_AT(o, kn_x8_q4_1, qs), b, offsetof(kn_block_q4_1, qs), 4);
         break;
     case KN_TYPE_Q8_0:
-        gather_f16(o, b, 0);
-        gather_words(o + 16, b, 2, 8);
+        gather_f16(KN_AT(o, kn_x8_q8_0, d), b, offsetof(kn_block_q8_0, d));
+        gather_words(KN_AT(o, kn_x8_q8_0, qs), b, offsetof(kn_block_q8_0, qs), 8);
         break;
     case KN_TYPE_Q4_K: put_q45_k(o, b, false); break;
     case KN_TYPE_Q5_K: put_q45_k(o, b, true); break;

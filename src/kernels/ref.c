@@ -7,15 +7,7 @@
 
 #include "kernels/kernels.h"
 #include "kernels/kernels_impl.h"
-#include "quant/quant.h"
-
-/* ---- block readers (GGUF layouts; fields may be unaligned, hence memcpy) ---- */
-
-float kn_load_f16(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return kn_fp16_to_fp32(h);
-}
+#include "quant/blocks.h"
 
 /* ---- activation quantization ---- */
 
@@ -177,7 +169,8 @@ static void rows_f16(const kn_wmat *w, int r0, int r1, const float *x, const kn_
         for (int t = 0; t < n_tok; t++) {
             const float *xt = x + (size_t)t * w->n_in;
             float s = 0.0f;
-            for (int i = 0; i < w->n_in; i++) s += kn_load_f16(wr + 2 * (size_t)i) * xt[i];
+            for (int i = 0; i < w->n_in; i++)
+                s += kn_f16_load(wr + sizeof(kn_f16) * (size_t)i) * xt[i];
             y[(size_t)t * ldy + r] = s;
         }
     }
@@ -196,14 +189,15 @@ static void rows_q4_0(const kn_wmat *w, int r0, int r1, const float *x, const kn
             const float *ad = a->d + (size_t)t * sb;
             float acc = 0.0f;
             for (int b = 0; b < nb; b++) {
-                const uint8_t *blk = wr + (size_t)b * 18;
+                const uint8_t *blk = wr + (size_t)b * sizeof(kn_block_q4_0);
+                const uint8_t *qs = KN_AT(blk, kn_block_q4_0, qs);
                 const int8_t *qa = q + b * KN_QBLOCK;
                 int s = 0;
-                for (int i = 0; i < 16; i++) {
-                    s += ((blk[2 + i] & 0x0F) - 8) * qa[i];
-                    s += ((blk[2 + i] >> 4) - 8) * qa[i + 16];
+                for (int i = 0; i < KN_QBLOCK / 2; i++) {
+                    s += ((qs[i] & 0x0F) - 8) * qa[i];
+                    s += ((qs[i] >> 4) - 8) * qa[i + 16];
                 }
-                acc += kn_load_f16(blk) * ad[b] * (float)s;
+                acc += kn_f16_load(KN_AT(blk, kn_block_q4_0, d)) * ad[b] * (float)s;
             }
             y[(size_t)t * ldy + r] = acc;
         }
@@ -222,14 +216,16 @@ static void rows_q4_1(const kn_wmat *w, int r0, int r1, const float *x, const kn
             const float *ad = a->d + (size_t)t * sb, *as = a->s + (size_t)t * sb;
             float acc = 0.0f;
             for (int b = 0; b < nb; b++) {
-                const uint8_t *blk = wr + (size_t)b * 20;
+                const uint8_t *blk = wr + (size_t)b * sizeof(kn_block_q4_1);
+                const uint8_t *qs = KN_AT(blk, kn_block_q4_1, qs);
                 const int8_t *qa = q + b * KN_QBLOCK;
                 int s = 0;
-                for (int i = 0; i < 16; i++) {
-                    s += (blk[4 + i] & 0x0F) * qa[i];
-                    s += (blk[4 + i] >> 4) * qa[i + 16];
+                for (int i = 0; i < KN_QBLOCK / 2; i++) {
+                    s += (qs[i] & 0x0F) * qa[i];
+                    s += (qs[i] >> 4) * qa[i + 16];
                 }
-                acc += kn_load_f16(blk) * ad[b] * (float)s + kn_load_f16(blk + 2) * as[b];
+                acc += kn_f16_load(KN_AT(blk, kn_block_q4_1, d)) * ad[b] * (float)s +
+                       kn_f16_load(KN_AT(blk, kn_block_q4_1, m)) * as[b];
             }
             y[(size_t)t * ldy + r] = acc;
         }
@@ -248,11 +244,12 @@ static void rows_q8_0(const kn_wmat *w, int r0, int r1, const float *x, const kn
             const float *ad = a->d + (size_t)t * sb;
             float acc = 0.0f;
             for (int b = 0; b < nb; b++) {
-                const uint8_t *blk = wr + (size_t)b * 34;
+                const uint8_t *blk = wr + (size_t)b * sizeof(kn_block_q8_0);
+                const int8_t *qw = (const int8_t *)KN_AT(blk, kn_block_q8_0, qs);
                 const int8_t *qa = q + b * KN_QBLOCK;
                 int s = 0;
-                for (int i = 0; i < KN_QBLOCK; i++) s += (int8_t)blk[2 + i] * qa[i];
-                acc += kn_load_f16(blk) * ad[b] * (float)s;
+                for (int i = 0; i < KN_QBLOCK; i++) s += qw[i] * qa[i];
+                acc += kn_f16_load(KN_AT(blk, kn_block_q8_0, d)) * ad[b] * (float)s;
             }
             y[(size_t)t * ldy + r] = acc;
         }
@@ -275,11 +272,12 @@ static void scale_min_k4(const uint8_t *s, int j, int *sc, int *m) {
 }
 
 /* Q4_K: f16 d, f16 dmin, scales[12], qs[128]; x = d * sc_j * q - dmin * m_j. Q5_K: the same
- * with qh[32] before qs giving a fifth bit. y += (d*da) * sum_j sc_j dot_j - (dmin*da) *
+ * with qh[32] before qs giving a fifth bit (blocks.h: the shared fields sit at the same offsets). y += (d*da) * sum_j sc_j dot_j - (dmin*da) *
  * sum_j m_j sum_j(a). */
 static void rows_q45_k(const kn_wmat *w, int r0, int r1, const kn_act *a, int n_tok, float *y,
                        int ldy, bool five) {
-    int nb = w->n_in / KN_KBLOCK, bb = five ? 176 : 144;
+    int nb = w->n_in / KN_KBLOCK;
+    size_t bb = five ? sizeof(kn_block_q5_k) : sizeof(kn_block_q4_k);
     for (int r = r0; r < r1; r++) {
         const uint8_t *wr = w->data + (size_t)r * w->row_bytes;
         for (int t = 0; t < n_tok; t++) {
@@ -289,12 +287,14 @@ static void rows_q45_k(const kn_wmat *w, int r0, int r1, const kn_act *a, int n_
             float acc = 0.0f;
             for (int b = 0; b < nb; b++) {
                 const uint8_t *blk = wr + (size_t)b * bb;
-                const uint8_t *qh = blk + 16, *qs = blk + (five ? 48 : 16);
+                const uint8_t *qh = KN_AT(blk, kn_block_q5_k, qh);
+                const uint8_t *qs = five ? KN_AT(blk, kn_block_q5_k, qs)
+                                         : KN_AT(blk, kn_block_q4_k, qs);
                 const int8_t *qa = q + b * KN_KBLOCK;
                 int32_t isum = 0, imin = 0;
                 for (int j = 0; j < 8; j++) {
                     int sc, m;
-                    scale_min_k4(blk + 4, j, &sc, &m);
+                    scale_min_k4(KN_AT(blk, kn_block_q4_k, scales), j, &sc, &m);
                     int32_t dot = 0;
                     for (int l = 0; l < 32; l++) {
                         int v = (qs[(j / 2) * 32 + l] >> (4 * (j % 2))) & 0x0f;
@@ -304,8 +304,8 @@ static void rows_q45_k(const kn_wmat *w, int r0, int r1, const kn_act *a, int n_
                     isum += sc * dot;
                     imin += m * (bs[b * 16 + 2 * j] + bs[b * 16 + 2 * j + 1]);
                 }
-                float dd = kn_load_f16(blk) * ad[b];
-                float dm = kn_load_f16(blk + 2) * ad[b];
+                float dd = kn_f16_load(KN_AT(blk, kn_block_q4_k, d)) * ad[b];
+                float dm = kn_f16_load(KN_AT(blk, kn_block_q4_k, dmin)) * ad[b];
                 acc += dd * (float)isum;
                 acc -= dm * (float)imin;
             }
@@ -340,8 +340,10 @@ void kn_ref_rows_q6_k(const kn_wmat *w, int r0, int r1, const float *x, const kn
             const float *ad = a->dk + (size_t)t * (a->stride / KN_KBLOCK);
             float acc = 0.0f;
             for (int b = 0; b < nb; b++) {
-                const uint8_t *blk = wr + (size_t)b * 210, *ql = blk, *qh = blk + 128;
-                const int8_t *sc = (const int8_t *)(blk + 192);
+                const uint8_t *blk = wr + (size_t)b * sizeof(kn_block_q6_k);
+                const uint8_t *ql = KN_AT(blk, kn_block_q6_k, ql);
+                const uint8_t *qh = KN_AT(blk, kn_block_q6_k, qh);
+                const int8_t *sc = (const int8_t *)KN_AT(blk, kn_block_q6_k, scales);
                 const int8_t *qa = q + b * KN_KBLOCK;
                 int32_t isum = 0;
                 for (int j = 0; j < 16; j++) {
@@ -354,7 +356,7 @@ void kn_ref_rows_q6_k(const kn_wmat *w, int r0, int r1, const float *x, const kn
                     }
                     isum += sc[j] * dot;
                 }
-                float dd = kn_load_f16(blk + 208) * ad[b];
+                float dd = kn_f16_load(KN_AT(blk, kn_block_q6_k, d)) * ad[b];
                 acc += dd * (float)isum;
             }
             y[(size_t)t * ldy + r] = acc;

@@ -16,8 +16,9 @@
 #include <string.h>
 
 #include "kernels/kernels.h"
+#include "kernels/f16_x86.h"
 #include "kernels/kernels_impl.h"
-#include "quant/quant.h"
+#include "quant/blocks.h"
 
 #define KN_AI __attribute__((always_inline)) static inline
 
@@ -35,11 +36,6 @@ KN_AI float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-KN_AI float f16_at(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return _cvtsh_ss(h);
-}
 
 /* 16 bytes of nibbles -> 32 bytes: low nibbles (elements 0..15) then high ones (16..31). */
 KN_AI __m256i unpack_nibbles(const uint8_t *p) {
@@ -54,8 +50,8 @@ KN_AI void step_q4_0(const uint8_t *blk, const kn_act *a, int t0, const int nt, 
                      __m256 *acc, float *mins) {
     (void)mins;
     _mm_prefetch((const char *)blk + KN_PREFETCH, _MM_HINT_T0);
-    float dw = f16_at(blk);
-    __m256i q = _mm256_sub_epi8(unpack_nibbles(blk + 2), _mm256_set1_epi8(8));
+    float dw = kn_f16c_at(KN_AT(blk, kn_block_q4_0, d));
+    __m256i q = _mm256_sub_epi8(unpack_nibbles(KN_AT(blk, kn_block_q4_0, qs)), _mm256_set1_epi8(8));
     __m256i aq = _mm256_sign_epi8(q, q);
     for (int t = 0; t < nt; t++) {
         size_t tt = (size_t)(t0 + t);
@@ -70,8 +66,8 @@ KN_AI void step_q4_0(const uint8_t *blk, const kn_act *a, int t0, const int nt, 
 KN_AI void step_q4_1(const uint8_t *blk, const kn_act *a, int t0, const int nt, int b, int sb,
                      __m256 *acc, float *mins) {
     _mm_prefetch((const char *)blk + KN_PREFETCH, _MM_HINT_T0);
-    float dw = f16_at(blk), mw = f16_at(blk + 2);
-    __m256i q = unpack_nibbles(blk + 4);
+    float dw = kn_f16c_at(KN_AT(blk, kn_block_q4_1, d)), mw = kn_f16c_at(KN_AT(blk, kn_block_q4_1, m));
+    __m256i q = unpack_nibbles(KN_AT(blk, kn_block_q4_1, qs));
     for (int t = 0; t < nt; t++) {
         size_t tt = (size_t)(t0 + t);
         __m256i av = _mm256_loadu_si256(
@@ -87,8 +83,8 @@ KN_AI void step_q8_0(const uint8_t *blk, const kn_act *a, int t0, const int nt, 
                      __m256 *acc, float *mins) {
     (void)mins;
     _mm_prefetch((const char *)blk + KN_PREFETCH, _MM_HINT_T0);
-    float dw = f16_at(blk);
-    __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(blk + 2));
+    float dw = kn_f16c_at(KN_AT(blk, kn_block_q8_0, d));
+    __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)KN_AT(blk, kn_block_q8_0, qs));
     __m256i aq = _mm256_sign_epi8(q, q);
     for (int t = 0; t < nt; t++) {
         size_t tt = (size_t)(t0 + t);
@@ -120,9 +116,9 @@ KN_AI void step_q8_0(const uint8_t *blk, const kn_act *a, int t0, const int nt, 
                                             (m0[t] + m1[t]);                                    \
     }
 
-KN_TILE(tile_q4_0, step_q4_0, 18)
-KN_TILE(tile_q4_1, step_q4_1, 20)
-KN_TILE(tile_q8_0, step_q8_0, 34)
+KN_TILE(tile_q4_0, step_q4_0, sizeof(kn_block_q4_0))
+KN_TILE(tile_q4_1, step_q4_1, sizeof(kn_block_q4_1))
+KN_TILE(tile_q8_0, step_q8_0, sizeof(kn_block_q8_0))
 
 /* Expands one rows function per type: rows x tokens in tiles of 1 x 4 (the remainder 1..3 each
  * get their own specialized copy through the constant nt). */
@@ -152,9 +148,6 @@ KN_ROWS_Q(rows_q4_1, tile_q4_1)
 KN_ROWS_Q(rows_q8_0, tile_q8_0)
 #endif
 
-KN_AI __m256 load8_f16(const uint8_t *p) {
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
-}
 
 KN_AI __m256 load8_f32(const uint8_t *p) { return _mm256_loadu_ps((const float *)(const void *)p); }
 
@@ -189,8 +182,8 @@ KN_AI float f32_at(const uint8_t *p) {
     return f;
 }
 
-KN_ROWS_F(rows_f32, load8_f32, 4, f32_at)
-KN_ROWS_F(rows_f16, load8_f16, 2, f16_at)
+KN_ROWS_F(rows_f32, load8_f32, sizeof(float), f32_at)
+KN_ROWS_F(rows_f16, kn_f16c_x8, sizeof(kn_f16), kn_f16c_at)
 
 /* The fields of a table that this file provides: the GGUF-layout products (the K-quants' are
  * the reference ones: the model always repacks them for these tables), and the AVX2

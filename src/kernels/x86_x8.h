@@ -29,8 +29,9 @@
 #include <string.h>
 
 #include "kernels/kernels.h"
+#include "kernels/f16_x86.h"
 #include "kernels/kernels_impl.h"
-#include "quant/quant.h"
+#include "quant/blocks.h"
 
 #ifndef KN_X8_NT
 #define KN_X8_NT 4
@@ -53,9 +54,6 @@ KN_X8_AI __m256i x8_load(const uint8_t *p) {
     return _mm256_loadu_si256((const __m256i *)(const void *)p);
 }
 
-KN_X8_AI __m256 x8_f16x8(const uint8_t *p) {
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
-}
 
 /* ((h >> pos) & 1) << 4 in every byte (Q5_K's fifth bit); pos is a constant. Shifting 16-bit
  * lanes moves bits across the byte boundary, but only into bits the mask drops. */
@@ -150,8 +148,8 @@ KN_X8_AI void x8_tok_q8_k(x8_tok *tk, const kn_act *a, int t0, const int nt, con
 
 KN_X8_AI void x8_tile_q4(const uint32_t type, const uint8_t *gp, int nb, const kn_act *a, int t0,
                          const int nt, float *y, int ldy, int row0, int lo, int hi) {
-    const size_t bb = type == KN_TYPE_Q4_0 ? 144 : 160;
-    const int qoff = type == KN_TYPE_Q4_0 ? 16 : 32;
+    const size_t bb = type == KN_TYPE_Q4_0 ? sizeof(kn_x8_q4_0) : sizeof(kn_x8_q4_1);
+    const size_t qoff = type == KN_TYPE_Q4_0 ? offsetof(kn_x8_q4_0, qs) : offsetof(kn_x8_q4_1, qs);
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     x8_tok tk;
     x8_tok_q8_0(&tk, a, t0, nt);
@@ -169,8 +167,9 @@ KN_X8_AI void x8_tile_q4(const uint32_t type, const uint8_t *gp, int nb, const k
             w[v] = _mm256_and_si256(raw, m4);
             w[4 + v] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
         }
-        __m256 dw = x8_f16x8(bp);
-        __m256 mw = type == KN_TYPE_Q4_1 ? x8_f16x8(bp + 16) : _mm256_setzero_ps();
+        __m256 dw = kn_f16c_x8(KN_AT(bp, kn_x8_q4_0, d)); /* Q4_1: the same offset */
+        __m256 mw = type == KN_TYPE_Q4_1 ? kn_f16c_x8(KN_AT(bp, kn_x8_q4_1, m))
+                                         : _mm256_setzero_ps();
         for (int t = 0; t < nt; t++) {
             const int8_t *aq = tk.q[t] + b * KN_QBLOCK;
 #if KN_VNNI
@@ -210,8 +209,8 @@ KN_X8_AI void x8_tile_q4(const uint32_t type, const uint8_t *gp, int nb, const k
 KN_X8_AI void x8_pair_q4(const uint32_t type, const uint8_t *gp0, const uint8_t *gp1, int nb,
                          const kn_act *a, float *y0, float *y1, int lo0, int hi0, int lo1,
                          int hi1) {
-    const size_t bb = type == KN_TYPE_Q4_0 ? 144 : 160;
-    const int qoff = type == KN_TYPE_Q4_0 ? 16 : 32;
+    const size_t bb = type == KN_TYPE_Q4_0 ? sizeof(kn_x8_q4_0) : sizeof(kn_x8_q4_1);
+    const size_t qoff = type == KN_TYPE_Q4_0 ? offsetof(kn_x8_q4_0, qs) : offsetof(kn_x8_q4_1, qs);
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     x8_tok tk;
     x8_tok_q8_0(&tk, a, 0, 1);
@@ -256,10 +255,11 @@ KN_X8_AI void x8_pair_q4(const uint32_t type, const uint8_t *gp0, const uint8_t 
             __m256i s32 = _mm256_madd_epi16(s[g], _mm256_set1_epi16(1));
             if (type == KN_TYPE_Q4_0) s32 = _mm256_add_epi32(s32, _mm256_set1_epi32(tk.q4off[0][b]));
 #endif
-            __m256 dd = _mm256_mul_ps(x8_f16x8(bp[g]), da);
+            __m256 dd = _mm256_mul_ps(kn_f16c_x8(KN_AT(bp[g], kn_x8_q4_0, d)), da);
             acc[g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), dd, acc[g]);
             if (type == KN_TYPE_Q4_1)
-                acc[g] = _mm256_fmadd_ps(x8_f16x8(bp[g] + 16), _mm256_set1_ps(tk.s[0][b]), acc[g]);
+                acc[g] = _mm256_fmadd_ps(kn_f16c_x8(KN_AT(bp[g], kn_x8_q4_1, m)),
+                                         _mm256_set1_ps(tk.s[0][b]), acc[g]);
         }
     }
     x8_store(y0, acc[0], lo0, hi0);
@@ -276,7 +276,7 @@ KN_X8_AI void x8_tile_q8_0(const uint32_t type, const uint8_t *gp, int nb, const
     __m256 acc[KN_X8_NT];
     for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        const uint8_t *bp = gp + (size_t)b * 272;
+        const uint8_t *bp = gp + (size_t)b * sizeof(kn_x8_q8_0);
         _mm_prefetch((const char *)bp + KN_X8_PREFETCH, _MM_HINT_T0);
         _mm_prefetch((const char *)bp + KN_X8_PREFETCH + 64, _MM_HINT_T0);
         _mm_prefetch((const char *)bp + KN_X8_PREFETCH + 128, _MM_HINT_T0);
@@ -285,7 +285,7 @@ KN_X8_AI void x8_tile_q8_0(const uint32_t type, const uint8_t *gp, int nb, const
         for (int t = 0; t < nt; t++)
             for (int k = 0; k < X8_NACC; k++) s[t][k] = _mm256_setzero_si256();
         for (int v = 0; v < 8; v++) {
-            __m256i wv = x8_load(bp + 16 + 32 * v);
+            __m256i wv = x8_load(KN_AT(bp, kn_x8_q8_0, qs) + KN_STRIDE(kn_x8_q8_0, qs) * v);
             __m256i aw = _mm256_sign_epi8(wv, wv); /* -128 stays 0x80 = 128 as u8: right */
             for (int t = 0; t < nt; t++) {
                 __m256i av = _mm256_sign_epi8(x8_bcast4(tk.q[t] + b * KN_QBLOCK + 4 * v), wv);
@@ -299,7 +299,7 @@ KN_X8_AI void x8_tile_q8_0(const uint32_t type, const uint8_t *gp, int nb, const
 #endif
             }
         }
-        __m256 dw = x8_f16x8(bp);
+        __m256 dw = kn_f16c_x8(KN_AT(bp, kn_x8_q8_0, d));
         for (int t = 0; t < nt; t++) {
 #if KN_VNNI
             __m256i s32 = x8_sum_acc(s[t], nt);
@@ -322,7 +322,10 @@ KN_X8_AI void x8_tile_q8_0(const uint32_t type, const uint8_t *gp, int nb, const
 KN_X8_AI void x8_q45_pass(const bool five, const uint8_t *bp, int p, const int h0, const int h1,
                           const x8_tok *tk, int b, const int nt, __m256i *isum) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
-    const uint8_t *nib = bp + (five ? 416 : 160) + 256 * p, *qh = bp + 160 + 64 * p;
+    const uint8_t *nib = bp + (five ? offsetof(kn_x8_q5_k, nib) : offsetof(kn_x8_q4_k, nib)) +
+                         KN_STRIDE(kn_x8_q4_k, nib) * p;
+    const uint8_t *qh = KN_AT(bp, kn_x8_q5_k, qh) + KN_STRIDE(kn_x8_q5_k, qh) * p;
+    const uint8_t *sc = KN_AT(bp, kn_x8_q4_k, sc);
     for (int hf = h0; hf <= h1; hf++) {
         const int j = 2 * p + hf;
         __m256i w[8];
@@ -332,9 +335,10 @@ KN_X8_AI void x8_q45_pass(const bool five, const uint8_t *bp, int p, const int h
             if (five) w[v] = _mm256_or_si256(w[v], x8_bit4(x8_load(qh + 32 * (v / 4)), 2 * (v % 4) + hf));
         }
 #if KN_VNNI
-        __m256i sc32 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(bp + 32 + 8 * j)));
+        __m256i sc32 = _mm256_cvtepu8_epi32(
+            _mm_loadl_epi64((const __m128i *)(const void *)(sc + KN_STRIDE(kn_x8_q4_k, sc) * j)));
 #else
-        __m256i sc16 = x8_scale_dup16(bp + 32 + 8 * j);
+        __m256i sc16 = x8_scale_dup16(sc + KN_STRIDE(kn_x8_q4_k, sc) * j);
 #endif
         for (int t = 0; t < nt; t++) {
             const int8_t *aq = tk->q[t] + b * KN_KBLOCK + 32 * j;
@@ -365,7 +369,7 @@ KN_X8_AI void x8_q45_pass(const bool five, const uint8_t *bp, int p, const int h
 KN_X8_AI void x8_tile_q45_k(const uint32_t type, const uint8_t *gp, int nb, const kn_act *a,
                             int t0, const int nt, float *y, int ldy, int row0, int lo, int hi) {
     const bool five = type == KN_TYPE_Q5_K;
-    const size_t bb = five ? 1440 : 1184;
+    const size_t bb = five ? sizeof(kn_x8_q5_k) : sizeof(kn_x8_q4_k);
     x8_tok tk;
     x8_tok_q8_k(&tk, a, t0, nt, false);
     __m256 acc[KN_X8_NT];
@@ -380,12 +384,14 @@ KN_X8_AI void x8_tile_q45_k(const uint32_t type, const uint8_t *gp, int nb, cons
             x8_q45_pass(five, bp, p, 0, 0, &tk, b, nt, isum);
             x8_q45_pass(five, bp, p, 1, 1, &tk, b, nt, isum);
             /* mins of sub-blocks 2p, 2p+1 times the activations' sums over them */
-            __m256i mn = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(bp + 96 + 16 * p)));
+            const uint8_t *mp = KN_AT(bp, kn_x8_q4_k, mn) + KN_STRIDE(kn_x8_q4_k, mn) * p;
+            __m256i mn = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)mp));
             for (int t = 0; t < nt; t++)
                 imin[t] = _mm256_add_epi32(
                     imin[t], _mm256_madd_epi16(mn, x8_bcast4((const int8_t *)(tk.bs[t] + 8 * b + 2 * p))));
         }
-        __m256 dw = x8_f16x8(bp), mw = x8_f16x8(bp + 16);
+        __m256 dw = kn_f16c_x8(KN_AT(bp, kn_x8_q4_k, d));
+        __m256 mw = kn_f16c_x8(KN_AT(bp, kn_x8_q4_k, dmin));
         for (int t = 0; t < nt; t++) {
             __m256 da = _mm256_set1_ps(tk.d[t][b]);
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(dw, da), acc[t]);
@@ -402,7 +408,8 @@ KN_X8_AI void x8_tile_q45_k(const uint32_t type, const uint8_t *gp, int nb, cons
 KN_X8_AI void x8_q6_pass(const uint8_t *bp, int p, const int h0, const int h1, const x8_tok *tk,
                          int b, const int nt, __m256i *isum) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
-    const uint8_t *nib = bp + 656 + 256 * p, *qh = bp + 144 + 128 * p;
+    const uint8_t *nib = KN_AT(bp, kn_x8_q6_k, nib) + KN_STRIDE(kn_x8_q6_k, nib) * p;
+    const uint8_t *qh = KN_AT(bp, kn_x8_q6_k, qh) + KN_STRIDE(kn_x8_q6_k, qh) * p;
     for (int hf = h0; hf <= h1; hf++) {
         const int c = 2 * p + hf;
         __m256i w[8];
@@ -412,7 +419,8 @@ KN_X8_AI void x8_q6_pass(const uint8_t *bp, int p, const int h0, const int h1, c
             w[v] = _mm256_or_si256(w[v], x8_bits45(x8_load(qh + 32 * (v / 2)), 4 * (v % 2) + 2 * hf));
         }
         /* [sc_2c, sc_2c+1] of each row as i16 pairs, and each of them alone per 32-bit lane */
-        __m256i pc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(bp + 16 + 16 * c)));
+        const uint8_t *pcp = KN_AT(bp, kn_x8_q6_k, sc) + KN_STRIDE(kn_x8_q6_k, sc) * c;
+        __m256i pc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)pcp));
 #if KN_VNNI
         __m256i sc_lo = _mm256_srai_epi32(_mm256_slli_epi32(pc, 16), 16), sc_hi = _mm256_srai_epi32(pc, 16);
 #else
@@ -456,15 +464,15 @@ KN_X8_AI void x8_tile_q6_k(const uint32_t type, const uint8_t *gp, int nb, const
     __m256 acc[KN_X8_NT];
     for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        const uint8_t *bp = gp + (size_t)b * 1680;
+        const uint8_t *bp = gp + (size_t)b * sizeof(kn_x8_q6_k);
         __m256i isum[KN_X8_NT];
         for (int t = 0; t < nt; t++) isum[t] = _mm256_setzero_si256();
 #pragma GCC unroll 4
         for (int p = 0; p < 4; p++) {
-            x8_prefetch_part(bp, 1680, p);
+            x8_prefetch_part(bp, sizeof(kn_x8_q6_k), p);
             x8_q6_pass(bp, p, 0, 1, &tk, b, nt, isum);
         }
-        __m256 dw = x8_f16x8(bp);
+        __m256 dw = kn_f16c_x8(KN_AT(bp, kn_x8_q6_k, d));
         for (int t = 0; t < nt; t++)
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]),
                                      _mm256_mul_ps(dw, _mm256_set1_ps(tk.d[t][b])), acc[t]);

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef enum kn_type {
     KN_TYPE_F32 = 0,
@@ -51,11 +52,29 @@ int kn_type_from_name(const char *name);
 /* Bytes of one row of ne0 elements; false when ne0 is not a whole number of blocks. */
 bool kn_row_bytes(uint32_t type, int64_t ne0, uint64_t *out);
 
-/* IEEE half and bfloat16 conversions (round to nearest even; NaN stays NaN). */
+/* IEEE half and bfloat16 conversions (round to nearest even; NaN stays NaN), in plain C
+ * (fp16.c): the one implementation outside the x86 kernels, whose inner loops use F16C
+ * (kernels/f16_x86.h, tested to agree). */
 float kn_fp16_to_fp32(uint16_t h);
 uint16_t kn_fp32_to_fp16(float f);
 float kn_bf16_to_fp32(uint16_t h);
 uint16_t kn_fp32_to_bf16(float f);
+
+typedef uint16_t kn_f16; /* the bits of an IEEE binary16, little-endian in every file */
+
+/* A half stored at p, any alignment (a field of a block inside a mapped file, a cache row). */
+static inline kn_f16 kn_f16_bits(const void *p) {
+    kn_f16 h;
+    memcpy(&h, p, sizeof h);
+    return h;
+}
+
+static inline float kn_f16_load(const void *p) { return kn_fp16_to_fp32(kn_f16_bits(p)); }
+
+static inline void kn_f16_store(void *p, float f) {
+    kn_f16 h = kn_fp32_to_fp16(f);
+    memcpy(p, &h, sizeof h);
+}
 
 /* Dequantizes n elements (a whole number of blocks) of `type` to F32. Types with
  * can_dequantize: F32, F16, BF16, F64, I8, I16, I32, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K,
@@ -77,5 +96,12 @@ void kn_quantize_int4_sym(const float *src, int64_t n, int group, uint8_t *packe
                           uint16_t *scales);
 void kn_dequantize_int4_sym(const uint8_t *packed, const uint16_t *scales, int64_t n, int group,
                             float *dst);
+/* int4_sym with `group` (a multiple of 32) written as n / 32 Q4_0 blocks to dst, so that every
+ * GGUF reader reads it: each block takes its group's scale, and each two's-complement nibble q
+ * becomes Q4_0's biased q + 8 (Q4_0 pairs element j with j + 16 in byte j, where int4_sym pairs
+ * 2k with 2k + 1). packed (n / 2 bytes) and scales (n / group) are the caller's scratch, left
+ * holding the int4_sym form. */
+void kn_quantize_int4_sym_q4_0(const float *src, int64_t n, int group, uint8_t *dst,
+                               uint8_t *packed, uint16_t *scales);
 
 #endif

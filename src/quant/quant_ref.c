@@ -11,26 +11,12 @@
 #include <math.h>
 #include <string.h>
 
-#include "quant.h"
-
-#define QK 32   /* elements per block of the legacy formats */
-#define QK_K 256 /* elements per K-quant super-block */
-
-static float rd_f16(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, sizeof h);
-    return kn_fp16_to_fp32(h);
-}
-
-static void wr_f16(uint8_t *p, float f) {
-    uint16_t h = kn_fp32_to_fp16(f);
-    memcpy(p, &h, sizeof h);
-}
+#include "quant/blocks.h"
 
 /* ---- plain types ---- */
 
 static void deq_f16(const uint8_t *s, float *y, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] = rd_f16(s + 2 * i);
+    for (int64_t i = 0; i < n; i++) y[i] = kn_f16_load(s + sizeof(kn_f16) * i);
 }
 
 static void deq_bf16(const uint8_t *s, float *y, int64_t n) {
@@ -73,23 +59,23 @@ static void deq_i32(const uint8_t *s, float *y, int64_t n) {
 
 /* Q4_0: f16 d; 16 bytes of nibbles; x = d * (q - 8). */
 static void deq_q4_0(const uint8_t *b, float *y) {
-    float d = rd_f16(b);
-    const uint8_t *qs = b + 2;
-    for (int j = 0; j < QK / 2; j++) {
+    float d = kn_f16_load(KN_AT(b, kn_block_q4_0, d));
+    const uint8_t *qs = KN_AT(b, kn_block_q4_0, qs);
+    for (int j = 0; j < KN_QK / 2; j++) {
         y[j] = d * (float)((qs[j] & 0x0f) - 8);
-        y[j + QK / 2] = d * (float)((qs[j] >> 4) - 8);
+        y[j + KN_QK / 2] = d * (float)((qs[j] >> 4) - 8);
     }
 }
 
 /* Q4_1: f16 d, f16 m; 16 bytes of nibbles; x = d * q + m. */
 static void deq_q4_1(const uint8_t *b, float *y) {
-    float d = rd_f16(b), m = rd_f16(b + 2);
-    const uint8_t *qs = b + 4;
-    for (int j = 0; j < QK / 2; j++) {
+    float d = kn_f16_load(KN_AT(b, kn_block_q4_1, d)), m = kn_f16_load(KN_AT(b, kn_block_q4_1, m));
+    const uint8_t *qs = KN_AT(b, kn_block_q4_1, qs);
+    for (int j = 0; j < KN_QK / 2; j++) {
         float lo = d * (float)(qs[j] & 0x0f);
         float hi = d * (float)(qs[j] >> 4);
         y[j] = lo + m;
-        y[j + QK / 2] = hi + m;
+        y[j + KN_QK / 2] = hi + m;
     }
 }
 
@@ -100,36 +86,37 @@ static uint32_t rd_qh(const uint8_t *p) {
 
 /* Q5_0: f16 d; qh[4]; 16 bytes of nibbles; x = d * (q - 16). */
 static void deq_q5_0(const uint8_t *b, float *y) {
-    float d = rd_f16(b);
-    uint32_t qh = rd_qh(b + 2);
-    const uint8_t *qs = b + 6;
-    for (int j = 0; j < QK / 2; j++) {
+    float d = kn_f16_load(KN_AT(b, kn_block_q5_0, d));
+    uint32_t qh = rd_qh(KN_AT(b, kn_block_q5_0, qh));
+    const uint8_t *qs = KN_AT(b, kn_block_q5_0, qs);
+    for (int j = 0; j < KN_QK / 2; j++) {
         int q0 = (qs[j] & 0x0f) | (int)((qh >> j) & 1u) << 4;
         int q1 = (qs[j] >> 4) | (int)((qh >> (j + 16)) & 1u) << 4;
         y[j] = d * (float)(q0 - 16);
-        y[j + QK / 2] = d * (float)(q1 - 16);
+        y[j + KN_QK / 2] = d * (float)(q1 - 16);
     }
 }
 
 /* Q5_1: f16 d, f16 m; qh[4]; 16 bytes of nibbles; x = d * q + m. */
 static void deq_q5_1(const uint8_t *b, float *y) {
-    float d = rd_f16(b), m = rd_f16(b + 2);
-    uint32_t qh = rd_qh(b + 4);
-    const uint8_t *qs = b + 8;
-    for (int j = 0; j < QK / 2; j++) {
+    float d = kn_f16_load(KN_AT(b, kn_block_q5_1, d)), m = kn_f16_load(KN_AT(b, kn_block_q5_1, m));
+    uint32_t qh = rd_qh(KN_AT(b, kn_block_q5_1, qh));
+    const uint8_t *qs = KN_AT(b, kn_block_q5_1, qs);
+    for (int j = 0; j < KN_QK / 2; j++) {
         int q0 = (qs[j] & 0x0f) | (int)((qh >> j) & 1u) << 4;
         int q1 = (qs[j] >> 4) | (int)((qh >> (j + 16)) & 1u) << 4;
         float lo = d * (float)q0;
         float hi = d * (float)q1;
         y[j] = lo + m;
-        y[j + QK / 2] = hi + m;
+        y[j + KN_QK / 2] = hi + m;
     }
 }
 
 /* Q8_0: f16 d; 32 int8; x = d * q. */
 static void deq_q8_0(const uint8_t *b, float *y) {
-    float d = rd_f16(b);
-    for (int j = 0; j < QK; j++) y[j] = (float)(int8_t)b[2 + j] * d;
+    float d = kn_f16_load(KN_AT(b, kn_block_q8_0, d));
+    const uint8_t *qs = KN_AT(b, kn_block_q8_0, qs);
+    for (int j = 0; j < KN_QK; j++) y[j] = (float)(int8_t)qs[j] * d;
 }
 
 /* ---- K-quants: 256-element super-blocks of 16 or 8 sub-blocks ---- */
@@ -137,9 +124,10 @@ static void deq_q8_0(const uint8_t *b, float *y) {
 /* Q2_K: scales[16] (low nibble scale, high nibble min), qs[64], f16 d, f16 dmin. Each 128-half
  * reads 32 bytes of qs four times, shifting by 2 bits each pass; sub-block = element / 16. */
 static void deq_q2_k(const uint8_t *b, float *y) {
-    const uint8_t *sc = b, *qs = b + 16;
-    float d = rd_f16(b + 16 + 64), dmin = rd_f16(b + 16 + 64 + 2);
-    for (int e = 0; e < QK_K; e++) {
+    const uint8_t *sc = KN_AT(b, kn_block_q2_k, scales), *qs = KN_AT(b, kn_block_q2_k, qs);
+    float d = kn_f16_load(KN_AT(b, kn_block_q2_k, d));
+    float dmin = kn_f16_load(KN_AT(b, kn_block_q2_k, dmin));
+    for (int e = 0; e < KN_QK_K; e++) {
         int half = e / 128, pass = (e % 128) / 32, l = e % 32;
         int q = (qs[half * 32 + l] >> (2 * pass)) & 3;
         uint8_t s = sc[e / 16];
@@ -154,15 +142,16 @@ static void deq_q2_k(const uint8_t *b, float *y) {
  * Low 2 bits as in Q2_K; the high bit of element e is bit e / 32 of hmask[e % 32], and a
  * clear bit means "subtract 4". */
 static void deq_q3_k(const uint8_t *b, float *y) {
-    const uint8_t *hm = b, *qs = b + 32, *sp = b + 32 + 64;
-    float d = rd_f16(b + 32 + 64 + 12);
+    const uint8_t *hm = KN_AT(b, kn_block_q3_k, hmask), *qs = KN_AT(b, kn_block_q3_k, qs);
+    const uint8_t *sp = KN_AT(b, kn_block_q3_k, scales);
+    float d = kn_f16_load(KN_AT(b, kn_block_q3_k, d));
     int8_t scales[16];
     for (int i = 0; i < 16; i++) {
         int lo = (i < 8 ? sp[i] : sp[i - 8] >> 4) & 0x0f;
         int hi = (sp[8 + i % 4] >> (2 * (i / 4))) & 3;
         scales[i] = (int8_t)((lo | hi << 4) - 32);
     }
-    for (int e = 0; e < QK_K; e++) {
+    for (int e = 0; e < KN_QK_K; e++) {
         int half = e / 128, pass = (e % 128) / 32, l = e % 32;
         int q = (qs[half * 32 + l] >> (2 * pass)) & 3;
         if (!((hm[l] >> (e / 32)) & 1)) q -= 4;
@@ -187,8 +176,9 @@ static void k4_scale_min(const uint8_t *s, int j, int *sc, int *m) {
 /* Q4_K: f16 d, f16 dmin, scales[12], qs[128]; 8 sub-blocks of 32. Byte run i (32 bytes) holds
  * sub-block 2i in low nibbles and 2i + 1 in high nibbles. x = d*sc * q - dmin*m. */
 static void deq_q4_k(const uint8_t *b, float *y) {
-    float d = rd_f16(b), dmin = rd_f16(b + 2);
-    const uint8_t *sp = b + 4, *qs = b + 16;
+    float d = kn_f16_load(KN_AT(b, kn_block_q4_k, d));
+    float dmin = kn_f16_load(KN_AT(b, kn_block_q4_k, dmin));
+    const uint8_t *sp = KN_AT(b, kn_block_q4_k, scales), *qs = KN_AT(b, kn_block_q4_k, qs);
     for (int j = 0; j < 8; j++) {
         int sc, m;
         k4_scale_min(sp, j, &sc, &m);
@@ -204,8 +194,10 @@ static void deq_q4_k(const uint8_t *b, float *y) {
 
 /* Q5_K: Q4_K plus qh[32] before qs: bit j of qh[l] is the fifth bit of element 32j + l. */
 static void deq_q5_k(const uint8_t *b, float *y) {
-    float d = rd_f16(b), dmin = rd_f16(b + 2);
-    const uint8_t *sp = b + 4, *qh = b + 16, *qs = b + 16 + 32;
+    float d = kn_f16_load(KN_AT(b, kn_block_q5_k, d));
+    float dmin = kn_f16_load(KN_AT(b, kn_block_q5_k, dmin));
+    const uint8_t *sp = KN_AT(b, kn_block_q5_k, scales), *qh = KN_AT(b, kn_block_q5_k, qh);
+    const uint8_t *qs = KN_AT(b, kn_block_q5_k, qs);
     for (int j = 0; j < 8; j++) {
         int sc, m;
         k4_scale_min(sp, j, &sc, &m);
@@ -224,10 +216,10 @@ static void deq_q5_k(const uint8_t *b, float *y) {
  * nibble of ql[k], element 64 + k the high nibble; the top 2 bits of element 32p + l come from
  * qh[l] >> 2p. x = (d * scale) * (q - 32). */
 static void deq_q6_k(const uint8_t *b, float *y) {
-    const uint8_t *ql = b, *qh = b + 128;
-    const int8_t *sc = (const int8_t *)(b + 128 + 64);
-    float d = rd_f16(b + 128 + 64 + 16);
-    for (int e = 0; e < QK_K; e++) {
+    const uint8_t *ql = KN_AT(b, kn_block_q6_k, ql), *qh = KN_AT(b, kn_block_q6_k, qh);
+    const int8_t *sc = (const int8_t *)KN_AT(b, kn_block_q6_k, scales);
+    float d = kn_f16_load(KN_AT(b, kn_block_q6_k, d));
+    for (int e = 0; e < KN_QK_K; e++) {
         int half = e / 128, r = e % 128;
         int lo = (ql[half * 64 + r % 64] >> (4 * (r / 64))) & 0x0f;
         int hi = (qh[half * 32 + r % 32] >> (2 * (r / 32))) & 3;
@@ -239,8 +231,9 @@ static void deq_q6_k(const uint8_t *b, float *y) {
 /* Q8_K: f32 d, int8 qs[256], int16 bsums[16] (sums for dot products; not needed here). */
 static void deq_q8_k(const uint8_t *b, float *y) {
     float d;
-    memcpy(&d, b, sizeof d);
-    for (int j = 0; j < QK_K; j++) y[j] = d * (float)(int8_t)b[4 + j];
+    memcpy(&d, KN_AT(b, kn_block_q8_k, d), sizeof d);
+    const uint8_t *qs = KN_AT(b, kn_block_q8_k, qs);
+    for (int j = 0; j < KN_QK_K; j++) y[j] = d * (float)(int8_t)qs[j];
 }
 
 typedef void (*deq_block_fn)(const uint8_t *block, float *y);
@@ -301,7 +294,7 @@ static uint8_t clip15(uint8_t q) { return q > 15 ? 15 : q; }
  * is x * (1/d) and the rounding is trunc(+ 8.5), not round(): both are gguf-py's (and ggml's). */
 static void q_q4_0(const float *x, uint8_t *b) {
     float amax = 0.0f, max = x[0];
-    for (int j = 0; j < QK; j++) {
+    for (int j = 0; j < KN_QK; j++) {
         if (fabsf(x[j]) > amax) {
             amax = fabsf(x[j]);
             max = x[j];
@@ -309,51 +302,54 @@ static void q_q4_0(const float *x, uint8_t *b) {
     }
     float d = max / -8.0f;
     float id = d == 0.0f ? 0.0f : 1.0f / d;
-    uint8_t q[QK];
-    for (int j = 0; j < QK; j++) {
+    uint8_t q[KN_QK];
+    for (int j = 0; j < KN_QK; j++) {
         float v = x[j] * id;
         v = v + 8.5f;
         q[j] = clip15(cast_low_byte(truncf(v)));
     }
-    wr_f16(b, d);
-    for (int j = 0; j < QK / 2; j++) b[2 + j] = (uint8_t)(q[j] | q[j + QK / 2] << 4);
+    kn_f16_store(KN_AT(b, kn_block_q4_0, d), d);
+    uint8_t *qs = KN_AT(b, kn_block_q4_0, qs);
+    for (int j = 0; j < KN_QK / 2; j++) qs[j] = (uint8_t)(q[j] | q[j + KN_QK / 2] << 4);
 }
 
 /* Q4_1: d = (max - min) / 15, m = min; q = min(15, trunc((x - min) / d + 0.5)). */
 static void q_q4_1(const float *x, uint8_t *b) {
     float mn = x[0], mx = x[0];
-    for (int j = 1; j < QK; j++) {
+    for (int j = 1; j < KN_QK; j++) {
         if (x[j] < mn) mn = x[j];
         if (x[j] > mx) mx = x[j];
     }
     float d = (mx - mn) / 15.0f;
     float id = d == 0.0f ? 0.0f : 1.0f / d;
-    uint8_t q[QK];
-    for (int j = 0; j < QK; j++) {
+    uint8_t q[KN_QK];
+    for (int j = 0; j < KN_QK; j++) {
         float v = x[j] - mn;
         v = v * id;
         v = v + 0.5f;
         q[j] = clip15(cast_low_byte(truncf(v)));
     }
-    wr_f16(b, d);
-    wr_f16(b + 2, mn);
-    for (int j = 0; j < QK / 2; j++) b[4 + j] = (uint8_t)(q[j] | q[j + QK / 2] << 4);
+    kn_f16_store(KN_AT(b, kn_block_q4_1, d), d);
+    kn_f16_store(KN_AT(b, kn_block_q4_1, m), mn);
+    uint8_t *qs = KN_AT(b, kn_block_q4_1, qs);
+    for (int j = 0; j < KN_QK / 2; j++) qs[j] = (uint8_t)(q[j] | q[j + KN_QK / 2] << 4);
 }
 
 /* Q8_0: d = max|x| / 127; q = round-half-away-from-zero(x / d) (gguf-py's np_roundf is C's
  * roundf). */
 static void q_q8_0(const float *x, uint8_t *b) {
     float amax = 0.0f;
-    for (int j = 0; j < QK; j++) {
+    for (int j = 0; j < KN_QK; j++) {
         float a = fabsf(x[j]);
         if (a > amax) amax = a;
     }
     float d = amax / 127.0f;
     float id = d == 0.0f ? 0.0f : 1.0f / d;
-    wr_f16(b, d);
-    for (int j = 0; j < QK; j++) {
+    kn_f16_store(KN_AT(b, kn_block_q8_0, d), d);
+    uint8_t *qs = KN_AT(b, kn_block_q8_0, qs);
+    for (int j = 0; j < KN_QK; j++) {
         float v = x[j] * id;
-        b[2 + j] = cast_low_byte(roundf(v));
+        qs[j] = cast_low_byte(roundf(v));
     }
 }
 
@@ -366,7 +362,7 @@ size_t kn_quantize(uint32_t type, const float *src, void *dst, int64_t n) {
     switch (type) {
     case KN_TYPE_F32: memcpy(d, src, (size_t)n * sizeof(float)); break;
     case KN_TYPE_F16:
-        for (int64_t i = 0; i < n; i++) wr_f16(d + 2 * i, src[i]);
+        for (int64_t i = 0; i < n; i++) kn_f16_store(d + sizeof(kn_f16) * i, src[i]);
         break;
     case KN_TYPE_BF16:
         for (int64_t i = 0; i < n; i++) {

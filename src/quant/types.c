@@ -1,25 +1,23 @@
 /* types.c — block geometry of GGUF tensor types (ggml-common.h, GGUF spec). */
 #include <string.h>
 
-#include "quant.h"
-
-#define QK_K 256
+#include "quant/blocks.h"
 
 static const kn_type_traits k_traits[KN_TYPE_COUNT_MAX] = {
     [KN_TYPE_F32] = {"F32", 1, 4, true},
     [KN_TYPE_F16] = {"F16", 1, 2, true},
-    [KN_TYPE_Q4_0] = {"Q4_0", 32, 2 + 16, true},
-    [KN_TYPE_Q4_1] = {"Q4_1", 32, 2 + 2 + 16, true},
-    [KN_TYPE_Q5_0] = {"Q5_0", 32, 2 + 4 + 16, true},
-    [KN_TYPE_Q5_1] = {"Q5_1", 32, 2 + 2 + 4 + 16, true},
-    [KN_TYPE_Q8_0] = {"Q8_0", 32, 2 + 32, true},
-    [KN_TYPE_Q8_1] = {"Q8_1", 32, 4 + 32, false},
-    [KN_TYPE_Q2_K] = {"Q2_K", QK_K, QK_K / 16 + QK_K / 4 + 2 + 2, true},
-    [KN_TYPE_Q3_K] = {"Q3_K", QK_K, QK_K / 8 + QK_K / 4 + 12 + 2, true},
-    [KN_TYPE_Q4_K] = {"Q4_K", QK_K, 2 + 2 + 12 + QK_K / 2, true},
-    [KN_TYPE_Q5_K] = {"Q5_K", QK_K, 2 + 2 + 12 + QK_K / 8 + QK_K / 2, true},
-    [KN_TYPE_Q6_K] = {"Q6_K", QK_K, QK_K / 2 + QK_K / 4 + QK_K / 16 + 2, true},
-    [KN_TYPE_Q8_K] = {"Q8_K", QK_K, 4 + QK_K + QK_K / 16 * 2, true},
+    [KN_TYPE_Q4_0] = {"Q4_0", KN_QK, sizeof(kn_block_q4_0), true},
+    [KN_TYPE_Q4_1] = {"Q4_1", KN_QK, sizeof(kn_block_q4_1), true},
+    [KN_TYPE_Q5_0] = {"Q5_0", KN_QK, sizeof(kn_block_q5_0), true},
+    [KN_TYPE_Q5_1] = {"Q5_1", KN_QK, sizeof(kn_block_q5_1), true},
+    [KN_TYPE_Q8_0] = {"Q8_0", KN_QK, sizeof(kn_block_q8_0), true},
+    [KN_TYPE_Q8_1] = {"Q8_1", KN_QK, sizeof(kn_block_q8_1), false},
+    [KN_TYPE_Q2_K] = {"Q2_K", KN_QK_K, sizeof(kn_block_q2_k), true},
+    [KN_TYPE_Q3_K] = {"Q3_K", KN_QK_K, sizeof(kn_block_q3_k), true},
+    [KN_TYPE_Q4_K] = {"Q4_K", KN_QK_K, sizeof(kn_block_q4_k), true},
+    [KN_TYPE_Q5_K] = {"Q5_K", KN_QK_K, sizeof(kn_block_q5_k), true},
+    [KN_TYPE_Q6_K] = {"Q6_K", KN_QK_K, sizeof(kn_block_q6_k), true},
+    [KN_TYPE_Q8_K] = {"Q8_K", KN_QK_K, sizeof(kn_block_q8_k), true},
     [KN_TYPE_I8] = {"I8", 1, 1, true},
     [KN_TYPE_I16] = {"I16", 1, 2, true},
     [KN_TYPE_I32] = {"I32", 1, 4, true},

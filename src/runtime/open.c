@@ -44,7 +44,7 @@ static kiln_status bake_private(const char *path, const kn_model_params *mp,
                                 kiln_error *err) {
     *tmpdir = kn_make_tmpdir("kiln-run");
     if (!*tmpdir) return kn_fail(err, KILN_ERR_IO, "%s: cannot create a temporary directory "
-                                 "($TMPDIR or /tmp)", path);
+                                 "in %s ($TMPDIR)", path, kn_tmp_root());
     char *off = kn_path_join(*tmpdir, "offering");
     kiln_bake_params bp = kiln_bake_default_params();
     bp.quant = KILN_QUANT_KEEP;
@@ -150,7 +150,7 @@ kiln_status kiln_model_open(const char *path, const kiln_model_params *params, k
     if (baked)
         kn_log(p->log, p->log_user, KILN_LOG_INFO, "%s: not an offering: ran a private bake "
                "(weights as they are) made under %s and removed once loaded; kiln bake keeps "
-               "one", path, getenv("TMPDIR") && *getenv("TMPDIR") ? "$TMPDIR" : "/tmp");
+               "one", path, kn_tmp_root());
     *out = km;
     return KILN_OK;
 }

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "kt.h"
-#include "quant/quant.h"
+#include "quant/blocks.h"
 
 static uint32_t bits_of(float f) {
     uint32_t u;
@@ -407,4 +407,40 @@ TEST(quant_int4_sym_round_trip) {
     kn_dequantize_int4_sym(pb, sb, 2, 2, yb);
     CHECK_EQ_INT(sb[0], 0x7bff);
     CHECK(yb[0] == 7.0f * 65504.0f && yb[1] == -8.0f * 65504.0f);
+}
+
+/* int4_sym as Q4_0 blocks (the bake's int4_sym_g128): a Q4_0 reader (the reference
+ * dequantizer, itself bit-exact against gguf-py) sees the int4_sym values exactly, for every
+ * group the bake uses; and one block by hand: nibble q is stored biased, element j beside j + 16. */
+TEST(quant_int4_sym_as_q4_0) {
+    enum { N = 512 };
+    static float x[N], want[N], got[N];
+    static uint8_t p[N / 2], blocks[N / 32 * sizeof(kn_block_q4_0)];
+    static uint16_t s[N / 32];
+    for (int i = 0; i < N; i++) x[i] = rng_normal() * (i < N / 2 ? 1.0f : 40.0f);
+    for (int i = 64; i < 128; i++) x[i] = 0.0f;
+    const int groups[] = {128, 64, 32};
+    for (int k = 0; k < 3; k++) {
+        int g = groups[k];
+        memset(blocks, 0xa5, sizeof blocks);
+        kn_quantize_int4_sym_q4_0(x, N, g, blocks, p, s);
+        kn_dequantize_int4_sym(p, s, N, g, want);
+        CHECK(kn_dequantize(KN_TYPE_Q4_0, blocks, got, N));
+        for (int i = 0; i < N; i++)
+            CHECKF(bits_of(got[i]) == bits_of(want[i]), "group %d elem %d: %g vs %g", g, i,
+                   (double)got[i], (double)want[i]);
+        for (int b = 0; b < N / 32; b++)
+            CHECKF(kn_f16_bits(blocks + b * sizeof(kn_block_q4_0)) == s[b * 32 / g],
+                   "group %d block %d scale", g, b);
+    }
+    /* d = 7 / 7; 7 at element 0 (biased 15), -7 at 16 (1), -1 at 1 (7), 1 at 17 (9) */
+    float h[32] = {0};
+    h[0] = 7.0f, h[16] = -7.0f, h[1] = -1.0f, h[17] = 1.0f;
+    uint8_t hb[sizeof(kn_block_q4_0)], hp[16];
+    uint16_t hs[1];
+    kn_quantize_int4_sym_q4_0(h, 32, 32, hb, hp, hs);
+    CHECK_EQ_INT(kn_f16_bits(KN_AT(hb, kn_block_q4_0, d)), 0x3c00);
+    CHECK_EQ_INT(KN_AT(hb, kn_block_q4_0, qs)[0], 0x1f);
+    CHECK_EQ_INT(KN_AT(hb, kn_block_q4_0, qs)[1], 0x97);
+    CHECK_EQ_INT(KN_AT(hb, kn_block_q4_0, qs)[2], 0x88);
 }

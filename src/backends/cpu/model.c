@@ -11,7 +11,6 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "model/contract.h"
 #include "quant/quant.h"
@@ -255,8 +254,8 @@ static kiln_status packed_build(const kn_model *m, kn_packed *pk, const kn_kerne
     /* a pool of every core for the copy when the caller has none */
     kn_pool *tmp = NULL;
     if (!pool) {
-        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-        if (ncpu > 1) pool = tmp = kn_pool_new(ncpu > 16 ? 16 : (int)ncpu); /* NULL: alone */
+        int ncpu = kn_online_cpus();
+        if (ncpu > 1) pool = tmp = kn_pool_new(ncpu > 16 ? 16 : ncpu); /* NULL: alone */
     }
     kiln_status s = pack_mat(m, pk, k, pool, &pk->output, err);
     for (int l = 0; l < L && !s; l++) {

@@ -249,10 +249,7 @@ static void store_kv(uint8_t *dst, const float *src, int n, size_t elem) {
         memcpy(dst, src, sizeof(float) * (size_t)n);
         return;
     }
-    for (int i = 0; i < n; i++) {
-        uint16_t h = kn_fp32_to_fp16(src[i]);
-        memcpy(dst + 2 * (size_t)i, &h, 2);
-    }
+    for (int i = 0; i < n; i++) kn_f16_store(dst + sizeof(kn_f16) * (size_t)i, src[i]);
 }
 
 /* Quantizes n rows of x (n_in floats each) into the activation forms that the matrices w[0..nw)

@@ -13,22 +13,11 @@
 #include <string.h>
 
 #include "bake/openvino/ir_build.h"
-#include "quant/quant.h"
-
-static uint16_t rd16(const uint8_t *p) {
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return v;
-}
+#include "quant/blocks.h"
 
 /* Element e of a GGUF 4-bit block's 16 quant bytes. */
 static int q4_nibble(const uint8_t *qs, int e) {
-    return e < 16 ? qs[e] & 15 : qs[e - 16] >> 4;
-}
-
-static void put_nibble(uint8_t *packed, int64_t i, int v) {
-    if (i % 2 == 0) packed[i / 2] = (uint8_t)(v & 15);
-    else packed[i / 2] |= (uint8_t)((v & 15) << 4);
+    return e < KN_QK / 2 ? qs[e] & 15 : qs[e - KN_QK / 2] >> 4;
 }
 
 static int pattern(kn_ovb *b, int q, int zp, int scale, int64_t rows, int64_t cols) {
@@ -41,12 +30,14 @@ static int pattern(kn_ovb *b, int q, int zp, int scale, int64_t rows, int64_t co
 /* Whether every group of `group` elements (a multiple of 32) of every row of a Q4_0 tensor has
  * one scale in all its blocks. */
 static bool q4_0_uniform(const uint8_t *data, int64_t rows, int64_t cols, int64_t group) {
-    int64_t nb = cols / 32, per = group / 32;
+    const int64_t bb = sizeof(kn_block_q4_0);
+    int64_t nb = cols / KN_QK, per = group / KN_QK;
     for (int64_t r = 0; r < rows; r++)
         for (int64_t b0 = 0; b0 < nb; b0 += per) {
-            uint16_t d = rd16(data + (r * nb + b0) * 18);
+            kn_f16 d = kn_f16_bits(KN_AT(data + (r * nb + b0) * bb, kn_block_q4_0, d));
             for (int64_t k = 1; k < per; k++)
-                if (rd16(data + (r * nb + b0 + k) * 18) != d) return false;
+                if (kn_f16_bits(KN_AT(data + (r * nb + b0 + k) * bb, kn_block_q4_0, d)) != d)
+                    return false;
         }
     return true;
 }
@@ -54,19 +45,20 @@ static bool q4_0_uniform(const uint8_t *data, int64_t rows, int64_t cols, int64_
 static int64_t q4_0_group(const kn_gguf_tensor *t, int want) {
     int64_t rows = t->ne[1], cols = t->ne[0];
     int64_t first = want < 0 ? cols : want;
-    int64_t cand[4] = {first, 128, 64, 32};
+    int64_t cand[4] = {first, 128, 64, KN_QK};
     for (int i = 0; i < 4; i++) {
         int64_t g = cand[i];
-        if (g > first || g % 32 || cols % g) continue;
-        if (g == 32 || q4_0_uniform(t->data, rows, cols, g)) return g;
+        if (g > first || g % KN_QK || cols % g) continue;
+        if (g == KN_QK || q4_0_uniform(t->data, rows, cols, g)) return g;
     }
-    return 32;
+    return KN_QK;
 }
 
 static int weight_q4(kn_ovb *b, const kn_gguf_tensor *t, int want) {
     bool q41 = t->type == KN_TYPE_Q4_1;
-    int64_t rows = t->ne[1], cols = t->ne[0], nb = cols / 32, bb = q41 ? 20 : 18;
-    int64_t group = q41 ? 32 : q4_0_group(t, want), ng = cols / group, per = group / 32;
+    int64_t rows = t->ne[1], cols = t->ne[0], nb = cols / KN_QK;
+    int64_t bb = q41 ? (int64_t)sizeof(kn_block_q4_1) : (int64_t)sizeof(kn_block_q4_0);
+    int64_t group = q41 ? KN_QK : q4_0_group(t, want), ng = cols / group, per = group / KN_QK;
     uint8_t *packed = kn_malloc((size_t)(rows * cols / 2));
     float *scale = kn_malloc(sizeof(float) * (size_t)(rows * ng));
     float *zp = q41 ? kn_malloc(sizeof(float) * (size_t)(rows * ng)) : NULL;
@@ -77,11 +69,12 @@ static int weight_q4(kn_ovb *b, const kn_gguf_tensor *t, int want) {
     for (int64_t r = 0; r < rows; r++)
         for (int64_t blk = 0; blk < nb; blk++) {
             const uint8_t *p = t->data + (r * nb + blk) * bb;
-            float d = kn_fp16_to_fp32(rd16(p));
-            int64_t gi = r * ng + blk / per, e0 = r * cols + blk * 32;
+            /* Q4_0's and Q4_1's d share an offset (and their qs differ) */
+            float d = kn_f16_load(KN_AT(p, kn_block_q4_0, d));
+            int64_t gi = r * ng + blk / per, e0 = r * cols + blk * KN_QK;
             bool flat = false;
             if (q41) {
-                float m = kn_fp16_to_fp32(rd16(p + 2));
+                float m = kn_f16_load(KN_AT(p, kn_block_q4_1, m));
                 /* x = (q - zp) * d with zp = -m / d; a zero scale has no zero point, so its
                  * block becomes q = 0, zp = -1, scale m, which is m again. */
                 flat = d == 0.0f;
@@ -90,10 +83,10 @@ static int weight_q4(kn_ovb *b, const kn_gguf_tensor *t, int want) {
             } else {
                 scale[gi] = d;
             }
-            const uint8_t *qs = p + (q41 ? 4 : 2);
-            for (int e = 0; e < 32; e++) {
+            const uint8_t *qs = q41 ? KN_AT(p, kn_block_q4_1, qs) : KN_AT(p, kn_block_q4_0, qs);
+            for (int e = 0; e < KN_QK; e++) {
                 int n = flat ? 0 : q4_nibble(qs, e);
-                put_nibble(packed, e0 + e, q41 ? n : n ^ 8); /* nibble - 8 as two's complement */
+                kn_int4_put(packed, e0 + e, q41 ? n : n ^ 8); /* nibble - 8 as two's complement */
             }
         }
     int64_t qs_shape[3] = {rows, ng, group}, s_shape[3] = {rows, ng, 1};
@@ -105,7 +98,7 @@ static int weight_q4(kn_ovb *b, const kn_gguf_tensor *t, int want) {
 }
 
 static int weight_q8_0(kn_ovb *b, const kn_gguf_tensor *t) {
-    int64_t rows = t->ne[1], cols = t->ne[0], nb = cols / 32;
+    int64_t rows = t->ne[1], cols = t->ne[0], nb = cols / KN_QK;
     int8_t *qv = kn_malloc((size_t)(rows * cols));
     float *scale = kn_malloc(sizeof(float) * (size_t)(rows * nb));
     if (!qv || !scale) {
@@ -113,11 +106,11 @@ static int weight_q8_0(kn_ovb *b, const kn_gguf_tensor *t) {
         return kn_ovb_fail(b, KILN_ERR_NOMEM, "openvino IR: out of memory");
     }
     for (int64_t i = 0; i < rows * nb; i++) {
-        const uint8_t *p = t->data + i * 34;
-        scale[i] = kn_fp16_to_fp32(rd16(p));
-        memcpy(qv + i * 32, p + 2, 32);
+        const uint8_t *p = t->data + i * (int64_t)sizeof(kn_block_q8_0);
+        scale[i] = kn_f16_load(KN_AT(p, kn_block_q8_0, d));
+        memcpy(qv + i * KN_QK, KN_AT(p, kn_block_q8_0, qs), KN_QK);
     }
-    int64_t qs_shape[3] = {rows, nb, 32}, s_shape[3] = {rows, nb, 1};
+    int64_t qs_shape[3] = {rows, nb, KN_QK}, s_shape[3] = {rows, nb, 1};
     int q = kn_ovb_const(b, KN_OV_I8, 3, qs_shape, qv);
     int s = kn_ovb_const(b, KN_OV_F32, 3, s_shape, scale);
     kn_free(qv), kn_free(scale);
