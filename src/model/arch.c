@@ -27,6 +27,18 @@ static const kn_arch_info k_archs[KN_ARCH_COUNT] = {
         .qkv_bias = true,
         .hf_sliding_window_always = false,
     },
+    [KN_ARCH_GEMMA3] = {
+        .id = KN_ARCH_GEMMA3,
+        .name = "gemma3",
+        .gguf_names = {"gemma3"},
+        /* GGUF only so far: a Gemma3ForCausalLM folder is refused by name */
+        .rope_neox = true,
+        .hf_permute_qk = false,
+        .qkv_bias = false,
+        .hf_sliding_window_always = true,
+        .gemma = true,
+        .gemma_swa_pattern = 6,
+    },
 };
 
 const kn_arch_info *kn_arch_get(kn_arch id) {
@@ -100,6 +112,16 @@ static const struct {
     [KN_T_FFN_UP] = {"blk.%d.ffn_up.weight", "model.layers.%d.mlp.up_proj.weight", true, true},
     [KN_T_FFN_DOWN] = {"blk.%d.ffn_down.weight", "model.layers.%d.mlp.down_proj.weight", true,
                        true},
+    [KN_T_ATTN_Q_NORM] = {"blk.%d.attn_q_norm.weight", "model.layers.%d.self_attn.q_norm.weight",
+                          true, false},
+    [KN_T_ATTN_K_NORM] = {"blk.%d.attn_k_norm.weight", "model.layers.%d.self_attn.k_norm.weight",
+                          true, false},
+    /* No HF name: in a Gemma folder this is "post_attention_layernorm", which in every other
+     * folder is the FFN norm, and Gemma folders are not read yet (their FFN norm is
+     * "pre_feedforward_layernorm" and their norms store w, not 1 + w). */
+    [KN_T_ATTN_POST_NORM] = {"blk.%d.post_attention_norm.weight", "", true, false},
+    [KN_T_FFN_POST_NORM] = {"blk.%d.post_ffw_norm.weight",
+                            "model.layers.%d.post_feedforward_layernorm.weight", true, false},
 };
 
 bool kn_tensor_role_is_matrix(kn_tensor_role role) { return k_roles[role].matrix; }
@@ -146,7 +168,7 @@ bool kn_tensor_from_hf(const char *hf_name, char *gguf_name, size_t n, kn_tensor
     *skip = false;
     int layer = 0;
     for (int r = 0; r < KN_T_ROLE_COUNT; r++)
-        if (match_fmt(k_roles[r].hf, hf_name, &layer)) {
+        if (k_roles[r].hf[0] && match_fmt(k_roles[r].hf, hf_name, &layer)) {
             kn_tensor_name((kn_tensor_role)r, layer, gguf_name, n);
             *role = (kn_tensor_role)r;
             return true;

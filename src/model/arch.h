@@ -24,6 +24,7 @@
 typedef enum kn_arch {
     KN_ARCH_LLAMA = 0,    /* Llama 1/2/3, SmolLM2, TinyLlama, and Mistral (GGUF "llama") */
     KN_ARCH_QWEN2 = 1,
+    KN_ARCH_GEMMA3 = 2,   /* Gemma 3 text models (Gemma3ForCausalLM) */
     KN_ARCH_COUNT
 } kn_arch;
 
@@ -45,6 +46,12 @@ typedef struct kn_arch_info {
     /* config.json's sliding_window applies by itself (Mistral); false: only with
      * "use_sliding_window": true (Qwen2, where the key is present but off by default). */
     bool hf_sliding_window_always;
+    /* The Gemma block: the embedding scaled by sqrt(E); RMSNorm (1 + w) — GGUF stores 1 + w
+     * (llama.cpp's convert_hf_to_gguf.py adds the 1), so the runtime's RMSNorm is the plain one;
+     * GeGLU with tanh GELU; norms after attention and after the FFN; q/k RMSNorm per head;
+     * sliding-window layers between global ones (gemma_swa_pattern, see kn_hparams). */
+    bool gemma;
+    int gemma_swa_pattern;                     /* every N-th layer is global (Gemma 3: 6) */
 } kn_arch_info;
 
 const kn_arch_info *kn_arch_get(kn_arch id);
@@ -63,6 +70,8 @@ typedef enum kn_tensor_role {
     KN_T_ATTN_NORM, KN_T_ATTN_Q, KN_T_ATTN_K, KN_T_ATTN_V, KN_T_ATTN_OUT,
     KN_T_ATTN_Q_BIAS, KN_T_ATTN_K_BIAS, KN_T_ATTN_V_BIAS,
     KN_T_FFN_NORM, KN_T_FFN_GATE, KN_T_FFN_UP, KN_T_FFN_DOWN,
+    KN_T_ATTN_Q_NORM, KN_T_ATTN_K_NORM,        /* [D], shared by the heads (Gemma 3) */
+    KN_T_ATTN_POST_NORM, KN_T_FFN_POST_NORM,   /* [E] (Gemma) */
     KN_T_ROLE_COUNT
 } kn_tensor_role;
 

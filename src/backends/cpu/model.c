@@ -139,6 +139,10 @@ static void role_slot(kn_model *m, kn_tensor_role role, int l, kn_wmat **mat, co
     case KN_T_FFN_GATE: *mat = &L->gate; break;
     case KN_T_FFN_UP: *mat = &L->up; break;
     case KN_T_FFN_DOWN: *mat = &L->down; break;
+    case KN_T_ATTN_Q_NORM: *vec = &L->q_norm; break;
+    case KN_T_ATTN_K_NORM: *vec = &L->k_norm; break;
+    case KN_T_ATTN_POST_NORM: *vec = &L->post_attn_norm; break;
+    case KN_T_FFN_POST_NORM: *vec = &L->post_ffn_norm; break;
     default: break;
     }
 }
@@ -352,6 +356,15 @@ kiln_status kn_model_load(const kn_gguf *g, const kn_hparams *hp, const kn_model
                       hp->rope_factor,         hp->rope_low_freq_factor, hp->rope_high_freq_factor,
                       hp->rope_orig_ctx};
     kn_rope_inv_freq(&rc, m->rope_inv_freq);
+    if (hp->gemma && hp->swa_pattern > 0) {
+        /* Gemma 3's sliding layers: their own base, no scaling (llama.cpp's freq_scale_swa) */
+        kn_rope_cfg rs = {hp->rope_theta_swa, hp->rope_dim, KN_ROPE_SCALING_NONE, 1.0f, 0, 0, 0};
+        if (!(m->rope_inv_freq_swa = kn_calloc((size_t)hp->rope_dim / 2, sizeof(double)))) {
+            s = kn_fail(err, KILN_ERR_NOMEM, "out of memory loading the model");
+            goto fail;
+        }
+        kn_rope_inv_freq(&rs, m->rope_inv_freq_swa);
+    }
     *out = m;
     return KILN_OK;
 fail:
@@ -385,6 +398,7 @@ void kn_model_free(kn_model *m) {
     kn_free(m->owned);
     kn_free(m->layers);
     kn_free(m->rope_inv_freq);
+    kn_free(m->rope_inv_freq_swa);
     if (m->owned_gguf) kn_gguf_close(m->owned_gguf);
     kn_free(m);
 }
