@@ -111,6 +111,20 @@ static void deq_q5_0(const uint8_t *b, float *y) {
     }
 }
 
+void kn_q5_0_to_q8_0(const uint8_t *src, uint8_t *dst, size_t n_blocks) {
+    for (size_t i = 0; i < n_blocks; i++, src += 22, dst += 34) {
+        uint32_t qh = rd_qh(src + 2);
+        const uint8_t *qs = src + 6;
+        memcpy(dst, src, 2); /* the same f16 scale */
+        for (int j = 0; j < QK / 2; j++) {
+            int q0 = (qs[j] & 0x0f) | (int)((qh >> j) & 1u) << 4;
+            int q1 = (qs[j] >> 4) | (int)((qh >> (j + 16)) & 1u) << 4;
+            dst[2 + j] = (uint8_t)(int8_t)(q0 - 16);
+            dst[2 + j + QK / 2] = (uint8_t)(int8_t)(q1 - 16);
+        }
+    }
+}
+
 /* Q5_1: f16 d, f16 m; qh[4]; 16 bytes of nibbles; x = d * q + m. */
 static void deq_q5_1(const uint8_t *b, float *y) {
     float d = rd_f16(b), m = rd_f16(b + 2);

@@ -111,6 +111,17 @@ static kiln_status load_mat(kn_model *m, const char *name, int64_t n_in, int64_t
         *w = (kn_wmat){t->type, (int)n_in, (int)n_out, (size_t)rb, t->data, KN_LAYOUT_GGUF};
         return KILN_OK;
     }
+    if (t->type == KN_TYPE_Q5_0 && kn_kernels_type_ok(KN_TYPE_Q8_0) && n_in % 32 == 0) {
+        /* exact: every Q5_0 value is an int8 times the same scale */
+        size_t blocks = (size_t)(n_in / 32) * (size_t)n_out;
+        uint8_t *q8 = kn_malloc(blocks * 34);
+        if (!q8) return kn_fail(err, KILN_ERR_NOMEM, "out of memory loading the model");
+        if ((s = keep_owned(m, q8, err))) return s;
+        kn_q5_0_to_q8_0(t->data, q8, blocks);
+        *w = (kn_wmat){KN_TYPE_Q8_0, (int)n_in, (int)n_out, (size_t)(n_in / 32) * 34, q8,
+                       KN_LAYOUT_GGUF};
+        return KILN_OK;
+    }
     float *f;
     if ((s = dequant_copy(m, t, n_in * n_out, &f, err))) return s;
     *w = (kn_wmat){KN_TYPE_F32, (int)n_in, (int)n_out, sizeof(float) * (size_t)n_in,
