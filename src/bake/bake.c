@@ -138,7 +138,7 @@ static kiln_status fill(void *user, uint64_t index, uint8_t *dst, uint64_t nbyte
     const kn_src_tensor *t = pl->src;
     int64_t ne0 = t->ne[0], rows = t->ne[1] * t->ne[2] * t->ne[3];
     kiln_status s = KILN_OK;
-    if (pl->type == t->type && !pl->group) {
+    if (pl->type == t->type && !pl->group && !t->plus_one) {
         kn_src_tensor_read_raw(t, dst);
         uint64_t rb = nbytes / (uint64_t)rows;
         for (int64_t r = 0; r < rows && !s; r++) {

@@ -31,7 +31,8 @@ static const kn_arch_info k_archs[KN_ARCH_COUNT] = {
         .id = KN_ARCH_GEMMA3,
         .name = "gemma3",
         .gguf_names = {"gemma3"},
-        /* GGUF only so far: a Gemma3ForCausalLM folder is refused by name */
+        .hf_model_types = {"gemma3_text"},
+        .hf_classes = {"Gemma3ForCausalLM"},
         .rope_neox = true,
         .hf_permute_qk = false,
         .qkv_bias = false,
@@ -116,9 +117,8 @@ static const struct {
                           true, false},
     [KN_T_ATTN_K_NORM] = {"blk.%d.attn_k_norm.weight", "model.layers.%d.self_attn.k_norm.weight",
                           true, false},
-    /* No HF name: in a Gemma folder this is "post_attention_layernorm", which in every other
-     * folder is the FFN norm, and Gemma folders are not read yet (their FFN norm is
-     * "pre_feedforward_layernorm" and their norms store w, not 1 + w). */
+    /* No HF name here: in a Gemma folder this is "post_attention_layernorm", which in every
+     * other folder is the FFN norm (kn_tensor_from_hf_arch maps Gemma's names). */
     [KN_T_ATTN_POST_NORM] = {"blk.%d.post_attention_norm.weight", "", true, false},
     [KN_T_FFN_POST_NORM] = {"blk.%d.post_ffw_norm.weight",
                             "model.layers.%d.post_feedforward_layernorm.weight", true, false},
@@ -178,4 +178,28 @@ bool kn_tensor_from_hf(const char *hf_name, char *gguf_name, size_t n, kn_tensor
         return true;
     }
     return false;
+}
+
+bool kn_tensor_from_hf_arch(const kn_arch_info *ai, const char *hf_name, char *gguf_name,
+                            size_t n, kn_tensor_role *role, bool *skip) {
+    /* Gemma's block norms (llama.cpp's gguf-py TensorNameMap: post_attention_layernorm ->
+     * post_attention_norm, pre_feedforward_layernorm -> ffn_norm, post_feedforward_layernorm
+     * -> post_ffw_norm) */
+    static const struct {
+        const char *hf;
+        kn_tensor_role role;
+    } gemma[] = {
+        {"model.layers.%d.post_attention_layernorm.weight", KN_T_ATTN_POST_NORM},
+        {"model.layers.%d.pre_feedforward_layernorm.weight", KN_T_FFN_NORM},
+        {"model.layers.%d.post_feedforward_layernorm.weight", KN_T_FFN_POST_NORM},
+    };
+    int layer = 0;
+    for (size_t i = 0; ai && ai->gemma && i < sizeof gemma / sizeof gemma[0]; i++)
+        if (match_fmt(gemma[i].hf, hf_name, &layer)) {
+            *skip = false;
+            *role = gemma[i].role;
+            kn_tensor_name(*role, layer, gguf_name, n);
+            return true;
+        }
+    return kn_tensor_from_hf(hf_name, gguf_name, n, role, skip);
 }

@@ -89,5 +89,8 @@ bool kn_tensor_from_gguf(const char *name, kn_tensor_role *role, int *layer);
  * knows and drops (rotary inv_freq buffers, recomputed from rope_theta). */
 bool kn_tensor_from_hf(const char *hf_name, char *gguf_name, size_t n, kn_tensor_role *role,
                        bool *skip);
+/* The same for a folder of architecture ai, whose own names come first (Gemma's norms). */
+bool kn_tensor_from_hf_arch(const kn_arch_info *ai, const char *hf_name, char *gguf_name,
+                            size_t n, kn_tensor_role *role, bool *skip);
 
 #endif
