@@ -297,6 +297,10 @@ int kiln_model_n_vocab(const kiln_model *model);
 /* How many device graphs the model has compiled or imported from the blob cache so far, over
  * every device its sessions opened (0 on the native CPU, which compiles nothing). */
 int kiln_model_compiles(const kiln_model *model);
+/* How many decode steps of its sessions have run batched: in one pass over the weights with
+ * other sessions' steps. The native CPU batches the steps of sessions that run at once (each
+ * on its own thread, e.g. kiln serve's slots); the output is the same bits either way. */
+long kiln_model_batched_steps(const kiln_model *model);
 
 typedef enum kiln_mode {
     KILN_MODE_KV = 0,         /* prefill chunks [1,C] + decode [1,1] against a W-slot KV cache */
@@ -345,6 +349,9 @@ const char *kiln_session_device(const kiln_session *session);
 const char *kiln_session_kernels(const kiln_session *session);
 /* What auto skipped before this device: "" or e.g. "npu,gpu". */
 const char *kiln_session_fallback(const kiln_session *session);
+/* The CPU threads the session runs on (its model's pool on that device, shared by its
+ * sessions): the number asked for, or the physical cores when 0 was. */
+int kiln_session_threads(const kiln_session *session);
 
 /* The CPU kernel tables this machine can run, reference first and best last, space-separated
  * ("generic avx2 avx512vnni"), and in *chosen the one sessions use: $KILN_KERNELS, else the

@@ -83,6 +83,8 @@ struct kn_device {
     char name[64];            /* "cpu", "openvino:CPU", "openvino:NPU" ... */
     char kernels[16];         /* the CPU kernel table ("avx2" ...); "" on other devices */
     int n_compiles;           /* graphs compiled or imported from the blob cache (OpenVINO) */
+    long n_batched;           /* decode steps that ran in one pass with another session's (the
+                                 CPU's batched decode); atomic */
 };
 
 /* How to open a device for a model. */

@@ -185,6 +185,16 @@ int kiln_model_compiles(const kiln_model *km) {
     return n;
 }
 
+long kiln_model_batched_steps(const kiln_model *km) {
+    kiln_model *m = (kiln_model *)km;
+    pthread_mutex_lock(&m->mu);
+    long n = 0;
+    for (int i = 0; i < m->n_devs; i++)
+        n += __atomic_load_n(&m->devs[i]->device->n_batched, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&m->mu);
+    return n;
+}
+
 kiln_status kn_model_device(kiln_model *km, const kiln_session_params *p, kn_device_entry **out,
                             kiln_error *err) {
     *out = NULL;

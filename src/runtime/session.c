@@ -64,6 +64,7 @@ void kiln_session_free(kiln_session *ks) {
 const char *kiln_session_device(const kiln_session *ks) { return ks->dev->device->name; }
 const char *kiln_session_kernels(const kiln_session *ks) { return ks->dev->device->kernels; }
 const char *kiln_session_fallback(const kiln_session *ks) { return ks->dev->fallback; }
+int kiln_session_threads(const kiln_session *ks) { return ks->p.threads; }
 
 void kiln_session_reset(kiln_session *ks) {
     kn_driver_reset(&ks->drv);

@@ -133,6 +133,10 @@ char *sv_metrics_render(const sv_metrics *m, size_t *len) {
     put(&o, "kiln_kv_cache_usage_perc %.6f\n", m->kv_usage);
     head(&o, "kiln_prefix_cache_tokens", "gauge", "tokens idle slots keep for prefix reuse");
     put(&o, "kiln_prefix_cache_tokens %ld\n", m->prefix_tokens);
+    head(&o, "kiln_batched_decode_steps_total", "counter",
+         "decode steps that ran in one pass over the weights with other slots' steps (since "
+         "the worker started)");
+    put(&o, "kiln_batched_decode_steps_total %ld\n", m->batched_steps);
     head(&o, "kiln_ready", "gauge", "1 when the worker is ready to serve (GET /health is 200)");
     put(&o, "kiln_ready %d\n", m->ready);
     head(&o, "kiln_device_info", "gauge", "the device the worker runs on");

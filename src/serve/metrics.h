@@ -40,6 +40,7 @@ typedef struct sv_metrics {
     int waiting, running, slots, slots_busy, ready;
     double kv_usage;          /* running requests' tokens / (slots x window) */
     long prefix_tokens;       /* tokens idle slots keep for reuse */
+    long batched_steps;       /* the worker's decode steps that shared a pass (its lifetime) */
     char device[64], kernels[32], fallback[64], mode[16];
 } sv_metrics;
 

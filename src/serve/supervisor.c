@@ -303,10 +303,10 @@ static void on_ready_locked(sup *s, const sv_frame *f) {
     snprintf(s->m.mode, sizeof s->m.mode, "%s", str(j, "mode"));
     if (s->m.fallback[0]) s->m.fallbacks++;
     s->m.slots = s->slots;
-    sv_log("worker %d ready in %.1f s: %d slot%s on %s%s%s (%d thread%s each), window %d",
+    sv_log("worker %d ready in %.1f s: %d slot%s on %s%s%s (%d thread%s, shared), window %d",
            (int)s->pid, sv_now() - s->started_at, s->slots, s->slots == 1 ? "" : "s",
-           s->m.device, s->m.kernels[0] ? " " : "", s->m.kernels, (int)num(j, "threads_per_slot"),
-           num(j, "threads_per_slot") == 1 ? "" : "s", (int)num(j, "window"));
+           s->m.device, s->m.kernels[0] ? " " : "", s->m.kernels, (int)num(j, "threads"),
+           num(j, "threads") == 1 ? "" : "s", (int)num(j, "window"));
     cJSON_Delete(j);
     s->ws = WS_READY;
     s->ever_ready = true;
@@ -324,6 +324,7 @@ static void on_pong_locked(sup *s, const sv_frame *f) {
     s->m.kv_usage = cap > 0 ? num(j, "kv_busy_tokens") / cap : 0;
     if (s->m.kv_usage > 1) s->m.kv_usage = 1;
     s->m.prefix_tokens = (long)num(j, "kv_idle_tokens");
+    s->m.batched_steps = (long)num(j, "batched_steps");
     cJSON_Delete(j);
 }
 

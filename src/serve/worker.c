@@ -10,12 +10,11 @@
  *       reuse_prefix: the session keeps the longest prefix its cache already holds, so a resent
  *       conversation prefills only its new turn.
  *
- * The seam for batched decoding is run_job(): today every busy slot runs its own generation
- * loop, and their steps take turns on (or, one thread per slot, run beside each other over)
- * the model's weights. A batched step — one pass over the weights for the next token of every
- * busy slot — replaces run_job with a scheduler loop that admits jobs into slots (prefill),
- * then calls the batched step over the busy slots until each finishes; the heartbeat is then
- * answered by that loop between steps, so the watchdog covers a step that never returns. */
+ * Every slot is a session of the one model on one device and its one thread pool. Batching
+ * is the device's, below this file: on the CPU, decode steps of busy slots that arrive while a
+ * pass runs ride together in the next one (backends/cpu/cpu.c), so each slot keeps its own
+ * plain generation loop (sampling, stop strings, streaming) and the busy slots still stream
+ * the weights once per token between them. */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -232,7 +231,7 @@ static uint64_t next_seed(worker *w) {
     return z ^ (z >> 31);
 }
 
-/* One job on one slot, start to end: the seam a batched decode step replaces (see the top). */
+/* One job on one slot, start to end. */
 static cJSON *run_job(worker *w, slot *s, job *j, int *http_status, char *errmsg, size_t errcap) {
     const sv_job_spec *sp = &j->spec;
     kiln_generate_params gp = kiln_generate_default_params();
@@ -329,6 +328,7 @@ static void send_pong(worker *w, uint64_t seq) {
     cJSON_AddNumberToObject(p, "kv_busy_tokens", kv_busy);
     cJSON_AddNumberToObject(p, "kv_idle_tokens", kv_idle);
     cJSON_AddNumberToObject(p, "kv_capacity", (double)w->n_slots * w->window);
+    cJSON_AddNumberToObject(p, "batched_steps", (double)kiln_model_batched_steps(w->model));
     send_json(w, SV_F_PONG, seq, p);
 }
 
@@ -407,9 +407,10 @@ int sv_worker_main(const sv_options *o) {
     w->window = kiln_model_window(w->model);
     w->n_vocab = kiln_model_n_vocab(w->model);
     kiln_session_params sp = kiln_session_default_params();
-    long online = sysconf(_SC_NPROCESSORS_ONLN);
-    if (o->threads) sp.threads = o->threads / n > 1 ? o->threads / n : 1;
-    else sp.threads = n == 1 ? 0 : (online / n > 1 ? (int)(online / n) : 1);
+    /* every slot on the one shared pool of all threads (0: physical cores): the CPU device
+     * runs the busy slots' decode steps as one batched pass over the weights, so splitting
+     * the cores between slots would only leave some idle */
+    sp.threads = o->threads;
     sp.mode = o->mode;
     sp.overflow = o->overflow;
     sp.device = o->device;
@@ -442,7 +443,7 @@ int sv_worker_main(const sv_options *o) {
 
     cJSON *ready = cJSON_CreateObject();
     cJSON_AddNumberToObject(ready, "slots", w->n_slots);
-    cJSON_AddNumberToObject(ready, "threads_per_slot", sp.threads);
+    cJSON_AddNumberToObject(ready, "threads", kiln_session_threads(w->slots[0].s));
     cJSON_AddStringToObject(ready, "device", kiln_session_device(w->slots[0].s));
     cJSON_AddStringToObject(ready, "kernels", kiln_session_kernels(w->slots[0].s));
     cJSON_AddStringToObject(ready, "fallback", kiln_session_fallback(w->slots[0].s));

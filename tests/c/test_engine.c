@@ -545,3 +545,83 @@ TEST(engine_smollm2_modes_agree) {
                                      (int)(sizeof k_smol_prompt / sizeof k_smol_prompt[0]), false,
                                      KT_SANITIZED || g_table == kn_kernels_generic() ? 6 : 32));
 }
+
+/* Batched decode (a server's busy slots in one pass over the weights): three sessions with
+ * prompts of different lengths step together through kn_session_run_batch, and each one's
+ * logits equal, bit for bit, those of a twin session stepping alone through kn_session_run —
+ * rows from different caches, at different positions, do not disturb each other. One step
+ * has one session step alone and the next lead a batch of the other two. */
+static void check_batched_decode(const char *path) {
+    kn_model *m = open_model(path, 64, 8);
+    CHECKF(m != NULL, "%s is missing: run scripts/fetch_models.sh", path);
+    const int NS = 3, STEPS = KT_SANITIZED ? 3 : 6, V = m->hp.n_vocab;
+    kn_session_params sp = sess_params();
+    sp.stateless = false;
+    sp.max_batch = KN_MAX_BATCH;
+    eng *a[3] = {0}, *b[3] = {0};
+    int32_t pos[3], tok[3];
+    int32_t slot_pos[3][64];
+    bool ok = true;
+    kiln_error err = {0};
+    for (int i = 0; i < NS && ok; i++) {
+        a[i] = eng_new(m, &sp, false);
+        b[i] = eng_new(m, &sp, false);
+        ok = a[i] && b[i];
+        int n = (int)(sizeof k_smol_prompt / sizeof k_smol_prompt[0]) - 4 * i;
+        int32_t ids[16];
+        for (int j = 0; j < n; j++) ids[j] = k_smol_prompt[j] % V;
+        const float *la = NULL, *lb = NULL;
+        ok = ok && !kn_driver_feed(&a[i]->kv, ids, n, 0, &la, &err) &&
+             !kn_driver_feed(&b[i]->kv, ids, n, 0, &lb, &err);
+        if (ok) tok[i] = kn_argmax(lb, V);
+        pos[i] = n;
+        /* a fresh run without overflow: slot j holds position j */
+        for (int j = 0; j < 64; j++) slot_pos[i][j] = j < n ? j : -1;
+    }
+    for (int step = 0; step < STEPS && ok; step++) {
+        kn_graph_call calls[3];
+        const kn_graph_call *cp[3];
+        kn_session *ss[3];
+        for (int i = 0; i < NS; i++) {
+            slot_pos[i][pos[i]] = pos[i];
+            calls[i] = (kn_graph_call){KN_GRAPH_DECODE, 1, &tok[i], &pos[i], &pos[i],
+                                       slot_pos[i], pos[i] + 1};
+            cp[i] = &calls[i];
+            ss[i] = a[i]->s;
+        }
+        const float *lg;
+        if (step == 1) {      /* one steps alone, the next leads a batch of two */
+            ok = !kn_session_run(a[0]->s, &calls[0], &lg, &err) &&
+                 !kn_session_run_batch(a[1]->s, ss + 1, cp + 1, NS - 1, &err);
+        } else {
+            ok = !kn_session_run_batch(a[0]->s, ss, cp, NS, &err);
+        }
+        for (int i = 0; i < NS && ok; i++) {
+            const float *lb;
+            ok = !kn_session_run(b[i]->s, &calls[i], &lb, &err);
+            const float *la = kn_session_logits(a[i]->s);
+            int first = -1;
+            for (int j = 0; ok && j < V && first < 0; j++)
+                if (memcmp(&la[j], &lb[j], sizeof(float)) != 0) first = j;
+            if (first >= 0) {
+                fprintf(stderr, "    %s [%s] step %d session %d: logit %d batched %.9g, alone "
+                        "%.9g\n", path, table_name(), step, i, first, la[first], lb[first]);
+                ok = false;
+            }
+            if (ok) tok[i] = kn_argmax(lb, V);
+            pos[i]++;
+        }
+    }
+    for (int i = 0; i < NS; i++) {
+        eng_free(a[i]);
+        eng_free(b[i]);
+    }
+    kn_model_free(m);
+    CHECKF(ok, "%s [%s]: batched decode differs from lone steps, or a step failed (%s)", path,
+           table_name(), err.message);
+}
+
+TEST(engine_batched_decode_bit_identical) {
+    FOR_EACH_TABLE(check_batched_decode(smollm2_path()));
+    FOR_EACH_TABLE(check_batched_decode(kt_shared(STORIES)));
+}

@@ -17,6 +17,15 @@ SANITIZED = os.environ.get("KILN_SANITIZED") == "1"
 START_TIMEOUT = 120 if SANITIZED else 60
 
 
+def wait_for(cond, timeout, what):
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 class Server:
     def __init__(self, offering, *args, env=None, wait=True):
         e = sanitizer_env(env)

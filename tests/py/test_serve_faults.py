@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from conftest import run_kiln
-from serve_util import Server
+from serve_util import Server, wait_for
 from test_serve import offering  # noqa: F401  (the shared fixture)
 
 LONG = "Write a long story about a dragon who learns to fly, with many details."
@@ -23,15 +23,6 @@ LONG = "Write a long story about a dragon who learns to fly, with many details."
 
 def client_for(s):
     return openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0, timeout=120)
-
-
-def wait_for(cond, timeout, what):
-    end = time.time() + timeout
-    while time.time() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_kill_9_worker_mid_stream(offering):

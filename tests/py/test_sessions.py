@@ -29,10 +29,12 @@ def tool(*args, timeout=900):
                           timeout=timeout, env=env)
 
 
-def parse(stdout):
+def parse(stdout, counters=None):
     seq, par, compiles = {}, {}, None
     for line in stdout.splitlines():
         tag, *rest = line.split()
+        if tag in ("BATCHED", "BATCHED_SEQ") and counters is not None:
+            counters[tag] = int(rest[0])
         if tag == "COMPILES":
             compiles = int(rest[0])
         elif tag in ("SEQ", "PAR"):
@@ -48,11 +50,15 @@ def test_four_sessions_in_parallel_equal_one_after_another(smollm_gguf, tmp_path
                     "--chunk", 16).returncode == 0
     r = tool(off, 4, 6 if TSAN else 24, "--threads", threads)
     assert r.returncode == 0, r.stdout + r.stderr
-    seq, par, compiles = parse(r.stdout)
+    counters = {}
+    seq, par, compiles = parse(r.stdout, counters)
     assert sorted(seq) == [0, 1, 2, 3] and seq == par
     assert all(len(v) > 0 for v in seq.values())
     assert len({tuple(v) for v in seq.values()}) > 1   # four prompts, not one answer four times
     assert compiles == 0                                # the native CPU compiles nothing
+    # one after another nothing batches; at once, decode steps share passes over the weights
+    # (and the ids above are still bit-identical)
+    assert counters["BATCHED_SEQ"] == 0 and counters["BATCHED"] > 0, counters
 
 
 def test_stateless_sessions_in_parallel(stories, tmp_path):

@@ -105,6 +105,7 @@ int main(int argc, char **argv) {
             rc = 2;
         }
     }
+    if (!rc) printf("BATCHED_SEQ %ld\n", kiln_model_batched_steps(m));
     pthread_t th[MAX_SESSIONS];
     int started = 0;
     for (int k = 0; k < n && !rc; k++, started++)
@@ -127,7 +128,8 @@ int main(int argc, char **argv) {
             memcmp(par[k].out, seq[k].out, sizeof(int32_t) * (size_t)seq[k].n_out) != 0)
             rc = 1;
     }
-    if (rc != 2) printf("COMPILES %d\n", kiln_model_compiles(m));
+    if (rc != 2) printf("COMPILES %d\nBATCHED %ld\n", kiln_model_compiles(m),
+                        kiln_model_batched_steps(m));
     for (int k = 0; k < n; k++) kiln_session_free(s[k]);
     kiln_model_free(m);
     return rc;

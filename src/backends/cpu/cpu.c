@@ -1,9 +1,29 @@
 /* cpu.c — the native CPU device: the engine's model and one thread pool, shared by every
- * session of the model on the CPU; a session is an engine session (KV cache, scratch). */
+ * session of the model on the CPU; a session is an engine session (KV cache, scratch).
+ *
+ * Decode steps of sessions that run at once (a server's slots, each on its own thread) are
+ * batched: a step joins a queue, and whichever thread finds no pass running leads one over
+ * its own step and every like step queued so far (kn_session_run_batch), while the others wait
+ * for their logits. One pass over the weights then serves every busy session, where
+ * separate steps would each stream the whole model. No timer and no minimum: a lone session
+ * leads a batch of one at once, and steps that arrive during a pass ride in the next. Every
+ * session gets the bits its lone step would give (the kernels are batch-invariant), so
+ * batching changes speed, never output. Prefill chunks and stateless windows run directly. */
+#include <pthread.h>
 #include <stdio.h>
 
 #include "backends/backend.h"
 #include "backends/cpu/engine.h"
+
+/* A decode step waiting for (or riding in) a batched pass. */
+typedef struct step {
+    kn_session *s;
+    const kn_graph_call *call;
+    kiln_status st;
+    bool done;
+    kiln_error *err;
+    struct step *next;
+} step;
 
 typedef struct cpu_device {
     kn_device base;
@@ -11,6 +31,10 @@ typedef struct cpu_device {
     const kn_kernels *k;
     kn_pool *pool;            /* NULL for one thread */
     int threads;
+    pthread_mutex_t mu;       /* guards queue and leading */
+    pthread_cond_t cv;        /* a pass ended */
+    step *queue;              /* FIFO of steps no pass has taken yet */
+    bool leading;             /* a pass is running */
 } cpu_device;
 
 typedef struct cpu_backend {
@@ -18,9 +42,72 @@ typedef struct cpu_backend {
     kn_session *s;
 } cpu_backend;
 
+/* Takes own (row 0) and then, in arrival order, every queued step that can ride in own's
+ * pass, up to the lead's cap; the rest stay queued. Called with d->mu held. */
+static int take_batch(cpu_device *d, step *own, step **out) {
+    int cap = kn_session_batch_cap(own->s), n = 1;
+    out[0] = own;
+    for (step **pp = &d->queue; *pp;) {
+        step *q = *pp;
+        if (q == own || (n < cap && kn_session_batches_with(own->s, q->s))) {
+            *pp = q->next;
+            if (q != own) out[n++] = q;
+        } else {
+            pp = &q->next;
+        }
+    }
+    return n;
+}
+
+static kiln_status decode_batched(cpu_device *d, kn_session *s, const kn_graph_call *call,
+                                  kiln_error *err) {
+    step own = {s, call, KILN_OK, false, err, NULL};
+    pthread_mutex_lock(&d->mu);
+    step **tail = &d->queue;
+    while (*tail) tail = &(*tail)->next;
+    *tail = &own;
+    while (!own.done) {
+        if (d->leading) {
+            pthread_cond_wait(&d->cv, &d->mu);
+            continue;
+        }
+        d->leading = true;
+        step *batch[KN_MAX_BATCH];
+        int n = take_batch(d, &own, batch);
+        pthread_mutex_unlock(&d->mu);
+        kn_session *ss[KN_MAX_BATCH];
+        const kn_graph_call *calls[KN_MAX_BATCH];
+        for (int i = 0; i < n; i++) {
+            ss[i] = batch[i]->s;
+            calls[i] = batch[i]->call;
+        }
+        kiln_error berr;
+        const float *unused;
+        kiln_status st = n == 1 ? kn_session_run(s, call, &unused, &berr)
+                                : kn_session_run_batch(s, ss, calls, n, &berr);
+        pthread_mutex_lock(&d->mu);
+        for (int i = 0; i < n; i++) {
+            batch[i]->st = st;
+            if (st && batch[i]->err) *batch[i]->err = berr;
+            batch[i]->done = true;
+        }
+        if (n > 1) __atomic_add_fetch(&d->base.n_batched, n, __ATOMIC_RELAXED);
+        d->leading = false;
+        pthread_cond_broadcast(&d->cv);
+    }
+    pthread_mutex_unlock(&d->mu);
+    return own.st;
+}
+
 static kiln_status cpu_run(kn_backend *b, const kn_graph_call *call, const float **logits,
                            kiln_error *err) {
-    return kn_session_run(((cpu_backend *)b)->s, call, logits, err);
+    kn_session *s = ((cpu_backend *)b)->s;
+    cpu_device *d = (cpu_device *)b->device;
+    if (call->graph != KN_GRAPH_DECODE || kn_session_batch_cap(s) < 2)
+        return kn_session_run(s, call, logits, err);
+    kiln_status st = decode_batched(d, s, call, err);
+    if (!st) *logits = kn_session_logits(s);
+    return st;
 }
 
 static void cpu_reset(kn_backend *b) { kn_session_reset(((cpu_backend *)b)->s); }
@@ -45,6 +132,7 @@ static kiln_status cpu_open(kn_device *dev, const kn_session_cfg *cfg, kn_backen
     sp.kv_f16 = !cfg->kv_f32;
     sp.kernels = d->k;
     sp.pool = d->pool;
+    sp.max_batch = cfg->stateless ? 1 : KN_MAX_BATCH;
     kiln_status s = kn_session_new(d->m, &sp, &b->s, err);
     if (s) {
         kn_free(b);
@@ -59,6 +147,8 @@ static kiln_status cpu_open(kn_device *dev, const kn_session_cfg *cfg, kn_backen
 static void cpu_device_free(kn_device *dev) {
     cpu_device *d = (cpu_device *)dev;
     if (!d) return;
+    pthread_mutex_destroy(&d->mu);
+    pthread_cond_destroy(&d->cv);
     kn_pool_free(d->pool);
     kn_free(d);
 }
@@ -79,6 +169,8 @@ kiln_status kn_device_cpu_open(const kn_device_params *p, kn_device **out, kiln_
     d->m = p->cpu_model;
     d->k = k;
     d->threads = p->threads > 0 ? p->threads : 1;
+    pthread_mutex_init(&d->mu, NULL);
+    pthread_cond_init(&d->cv, NULL);
     if (d->threads > 1 && !(d->pool = kn_pool_new(d->threads))) {
         kn_free(d);
         return kn_fail(err, KILN_ERR_NOMEM, "cannot start %d threads", p->threads);

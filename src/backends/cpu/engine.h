@@ -127,7 +127,12 @@ typedef struct kn_session_params {
     kn_pool *pool;            /* a shared pool (the device's), or NULL: the session starts its
                                  own of `threads` */
     bool kv_f16;              /* KV cache of IEEE halves (default) rather than F32 */
+    int max_batch;            /* decode rows of other sessions it may lead in one pass
+                                 (kn_session_run_batch), 1..KN_MAX_BATCH; default 1 */
 } kn_session_params;
+
+/* The most decode rows one batched pass takes (each session's logits row is [V] floats). */
+#define KN_MAX_BATCH 8
 
 kn_session_params kn_session_default_params(void);
 
@@ -145,6 +150,21 @@ const kn_kernels *kn_session_kernels(const kn_session *s);
  * run. The caller (the driver) has checked ids and positions. */
 kiln_status kn_session_run(kn_session *s, const kn_graph_call *call, const float **logits,
                            kiln_error *err);
+
+/* Batched decode: one pass over the weights for the next token of n sessions of one model
+ * (calls[i] is a [1,1] decode of ss[i]; ss[0] is lead itself).
+ * It runs on lead's scratch and pool, writes each row's key and value into its own session's
+ * cache and its logits into that session's buffer (what kn_session_run would have returned).
+ * The kernels are batch-invariant, so every session gets the bits a lone decode step gives.
+ * The sessions must not run anything else meanwhile; n <= kn_session_batch_cap(lead), and each
+ * one kn_session_batches_with(lead). */
+kiln_status kn_session_run_batch(kn_session *lead, kn_session *const *ss,
+                                 const kn_graph_call *const *calls, int n, kiln_error *err);
+int kn_session_batch_cap(const kn_session *s);
+/* The session's logits [V] (what its last run or batched step computed). */
+const float *kn_session_logits(const kn_session *s);
+/* Same model, kernel table and KV element type: o's rows can ride in lead's pass. */
+bool kn_session_batches_with(const kn_session *lead, const kn_session *o);
 
 /* Index of the largest value (the first of equals). */
 int kn_argmax(const float *x, int n);

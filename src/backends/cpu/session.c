@@ -49,14 +49,24 @@ struct kn_session {
     float *cs;                /* [R][rope_dim] cos/sin per row */
     float *cs_swa;            /* [R][rope_dim] the same for the sliding layers' base, or NULL */
     float *scores;            /* [threads][KN_ATTN_SCRATCH(H/Hkv)][W] attention weights */
-    float *logits;            /* [V] */
+    float *logits;            /* [B][V]: row 0 is the session's; a batch it leads uses all */
     int32_t *rows_pos;        /* [R] position of each row */
     int32_t *rows_slot;       /* [R] KV slot of each row */
+    struct row_kv *rows_kv;   /* [R] whose cache each row writes and attends over */
+    int batch_cap;            /* B: decode rows of other sessions it may lead (>= 1) */
     kn_act act;               /* both forms, [R] rows of act_stride (see kn_act) */
 };
 
+/* The cache a row writes its key and value into and attends over: its session's (in a batch,
+ * not the session that runs the pass), or the stateless window's private view. */
+typedef struct row_kv {
+    kn_session *owner;
+    const int32_t *slot_pos;  /* [W] the owner's slot table for this call */
+    int n_slots;
+} row_kv;
+
 kn_session_params kn_session_default_params(void) {
-    kn_session_params p = {1, true, NULL, NULL, true};
+    kn_session_params p = {1, true, NULL, NULL, true, 1};
     return p;
 }
 
@@ -74,7 +84,8 @@ void kn_session_free(kn_session *s) {
     if (s->own_pool) kn_pool_free(s->pool);
     void *bufs[] = {s->kv,     s->sl_kv,    s->sl_pos, s->x,      s->xb,     s->xb2,
                     s->q,      s->kn,       s->vn,     s->hb,     s->hb2,    s->cs,     s->cs_swa,
-                    s->scores, s->logits,   s->rows_pos, s->rows_slot, s->act.q, s->act.d,
+                    s->scores, s->logits,   s->rows_pos, s->rows_slot, s->rows_kv, s->act.q,
+                    s->act.d,
                     s->act.s,  s->act.q4off, s->act.qk, s->act.dk, s->act.bsk, s->act.bsk32};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kn_free(bufs[i]);
     kn_free(s);
@@ -93,6 +104,9 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     if (p->threads < 1 || p->threads > 1024)
         return kn_fail(err, KILN_ERR_INVALID_ARG, "threads must be between 1 and 1024, not %d",
                        p->threads);
+    if (p->max_batch < 1 || p->max_batch > KN_MAX_BATCH)
+        return kn_fail(err, KILN_ERR_INVALID_ARG, "a batch must be 1 to %d rows, not %d",
+                       KN_MAX_BATCH, p->max_batch);
     const kn_kernels *k = p->kernels;
     if (!k) {
         kiln_status st = kn_kernels_choose(&k, err);
@@ -111,6 +125,8 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     size_t wide = E > HD ? E : HD;
     size_t amax = wide > F ? wide : F;
     s->max_rows = (int)R;
+    /* a stateless session never batches (its rows are one window, not one row per cache) */
+    s->batch_cap = p->stateless ? 1 : p->max_batch < (int)R ? p->max_batch : (int)R;
     s->act_stride = (int)((amax + KN_KBLOCK - 1) / KN_KBLOCK * KN_KBLOCK);
     size_t fs = sizeof(float);
     bool ok = true;
@@ -133,9 +149,10 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     size_t group = (size_t)KN_ATTN_SCRATCH(hp->n_head / hp->n_head_kv);
     s->scores = alloc_f(fs * (size_t)(p->pool ? kn_pool_size(p->pool) : p->threads) * group * W,
                         &ok);
-    s->logits = alloc_f(fs * V, &ok);
+    s->logits = alloc_f(fs * (size_t)s->batch_cap * V, &ok);
     s->rows_pos = alloc_f(sizeof(int32_t) * R, &ok);
     s->rows_slot = alloc_f(sizeof(int32_t) * R, &ok);
+    s->rows_kv = alloc_f(sizeof(row_kv) * R, &ok);
     size_t AS = (size_t)s->act_stride, i16 = sizeof(int16_t);
     s->act.stride = s->act_stride;
     s->act.q = alloc_f(R * AS, &ok);
@@ -180,10 +197,28 @@ typedef struct kv_view {
 
 typedef struct attn_job {
     kn_session *s;
-    kv_view kv;
-    int n_rows;
+    int layer;
+    bool stateless;
     int swa;                  /* this layer's sliding window, 0 = global */
 } attn_job;
+
+/* Layer l of the cache row r uses. */
+static kv_view view_of(const kn_session *s, int r, int l, bool stateless) {
+    const row_kv *rk = &s->rows_kv[r];
+    const kn_session *o = rk->owner;
+    size_t KD = (size_t)o->m->hp.n_head_kv * o->m->hp.head_dim, W = (size_t)o->m->window;
+    kv_view kv;
+    if (stateless) {
+        kv.k = o->sl_kv;
+        kv.pos = o->sl_pos;
+    } else {
+        kv.k = (uint8_t *)o->kv + (size_t)l * 2 * KD * W * o->kv_elem;
+        kv.pos = rk->slot_pos;
+    }
+    kv.v = kv.k + KD * W * o->kv_elem;
+    kv.n_slots = rk->n_slots;
+    return kv;
+}
 
 /* Item u is the pair (row u / Hkv, KV head u % Hkv): for each query head of that KV head's
  * group, scores over the allowed slots, softmax, and the weighted sum of values into xb (one
@@ -198,16 +233,15 @@ static void attn_item(void *ctx, int u, int n_items, int worker) {
     int H = hp->n_head, Hkv = hp->n_head_kv, D = hp->head_dim, W = s->m->window;
     int group = H / Hkv, r = u / Hkv, kh = u % Hkv;
     const float *q = s->q + (size_t)r * H * D + (size_t)kh * group * D;
-    const void *k = j->kv.k + (size_t)kh * W * D * s->kv_elem;
-    const void *v = j->kv.v + (size_t)kh * W * D * s->kv_elem;
+    kv_view kv = view_of(s, r, j->layer, j->stateless);
+    const void *k = kv.k + (size_t)kh * W * D * s->kv_elem;
+    const void *v = kv.v + (size_t)kh * W * D * s->kv_elem;
     float *sc = s->scores + (size_t)worker * KN_ATTN_SCRATCH(group) * W;
     float *out = s->xb + (size_t)r * H * D + (size_t)kh * group * D;
     if (s->kv_elem == sizeof(uint16_t))
-        s->k->attn_f16(q, k, v, j->kv.pos, j->kv.n_slots, s->rows_pos[r], j->swa, D,
-                       group, sc, out);
+        s->k->attn_f16(q, k, v, kv.pos, kv.n_slots, s->rows_pos[r], j->swa, D, group, sc, out);
     else
-        s->k->attn(q, k, v, j->kv.pos, j->kv.n_slots, s->rows_pos[r], j->swa, D,
-                   group, sc, out);
+        s->k->attn(q, k, v, kv.pos, kv.n_slots, s->rows_pos[r], j->swa, D, group, sc, out);
 }
 
 /* One cache row of n elements from F32: rounded to halves, or copied. */
@@ -253,7 +287,7 @@ static void norm_rows(float *x, const float *w, int n_vec, int n, float eps) {
 }
 
 /* Gemma's GeGLU: g = gelu(g) * u with the tanh GELU (gelu_pytorch_tanh; llama.cpp's
- * ggml_gelu, which reads it from a table at f16 inputs, is within that rounding). */
+ * ggml_gelu reads the same function from a table at f16 inputs). */
 static void geglu(float *g, const float *u, int n) {
     for (int i = 0; i < n; i++) {
         float x = g[i];
@@ -268,11 +302,10 @@ static void add_residual(float *x, float *y, const float *w, int n, int E, float
     for (size_t i = 0; i < (size_t)n * E; i++) x[i] += y[i];
 }
 
-/* Runs n rows (ids; rows_pos, rows_slot and the mask already set) through the model, into the
- * cache or, when stateless, the private one-layer view; the logits of row out_row go to
- * s->logits. */
-static void forward(kn_session *s, const int32_t *ids, int n, const int32_t *slot_pos,
-                    int n_slots, bool stateless, int out_row) {
+/* Runs n rows (ids; rows_pos, rows_slot and rows_kv already set) through the model, into
+ * each row's cache or, when stateless, the private one-layer view. The logits of rows
+ * out_row..n-1 go to s->logits, one [V] row each (one row but in a batched decode). */
+static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, int out_row) {
     const kn_model *m = s->m;
     const kn_hparams *hp = &m->hp;
     int E = hp->n_embd, H = hp->n_head, Hkv = hp->n_head_kv, D = hp->head_dim, F = hp->n_ff;
@@ -292,20 +325,9 @@ static void forward(kn_session *s, const int32_t *ids, int n, const int32_t *slo
     float qscale = hp->attn_scale > 0 ? hp->attn_scale * sqrtf((float)D) : 1.0f;
     for (int l = 0; l < hp->n_layer; l++) {
         const kn_layer *L = &s->layers[l];
+        int max_slots = 0;
         int swa = kn_hparams_layer_window(hp, l);
         const float *lcs = swa > 0 && s->cs_swa ? s->cs_swa : s->cs;
-        kv_view kv;
-        if (stateless) {
-            kv.k = s->sl_kv;
-            kv.v = kv.k + (size_t)KD * W * s->kv_elem;
-            kv.pos = s->sl_pos;
-            kv.n_slots = n;
-        } else {
-            kv.k = (uint8_t *)s->kv + (size_t)l * 2 * KD * W * s->kv_elem;
-            kv.v = kv.k + (size_t)KD * W * s->kv_elem;
-            kv.pos = slot_pos;
-            kv.n_slots = n_slots;
-        }
         /* attention */
         for (int r = 0; r < n; r++)
             kn_rmsnorm(s->xb + (size_t)r * E, s->x + (size_t)r * E, L->attn_norm, E, hp->rms_eps);
@@ -328,14 +350,16 @@ static void forward(kn_session *s, const int32_t *ids, int n, const int32_t *slo
             kn_rope_apply(s->q + (size_t)r * HD, H, D, RD, hp->rope_neox, cs);
             kn_rope_apply(s->kn + (size_t)r * KD, Hkv, D, RD, hp->rope_neox, cs);
             int slot = s->rows_slot[r];
+            kv_view kv = view_of(s, r, l, stateless);
+            if (kv.n_slots > max_slots) max_slots = kv.n_slots;
             for (int h = 0; h < Hkv; h++) {
                 size_t at = ((size_t)h * W + slot) * D * s->kv_elem;
                 store_kv(kv.k + at, s->kn + (size_t)r * KD + (size_t)h * D, D, s->kv_elem);
                 store_kv(kv.v + at, s->vn + (size_t)r * KD + (size_t)h * D, D, s->kv_elem);
             }
         }
-        attn_job aj = {s, kv, n, swa};
-        kn_pool_run(n * H * kv.n_slots * D < 16384 ? NULL : s->pool, attn_item, &aj, n * Hkv);
+        attn_job aj = {s, l, stateless, swa};
+        kn_pool_run(n * H * max_slots * D < 16384 ? NULL : s->pool, attn_item, &aj, n * Hkv);
         mm(s, &L->wo, s->xb, n, s->xb2);
         add_residual(s->x, s->xb2, L->post_attn_norm, n, E, hp->rms_eps);
 
@@ -356,11 +380,14 @@ static void forward(kn_session *s, const int32_t *ids, int n, const int32_t *slo
         mm(s, &L->down, s->hb, n, s->xb2);
         add_residual(s->x, s->xb2, L->post_ffn_norm, n, E, hp->rms_eps);
     }
-    /* Only the row whose logits are asked for goes through the classifier. */
-    kn_rmsnorm(s->xb, s->x + (size_t)out_row * E, m->output_norm, E, hp->rms_eps);
-    mm(s, s->output, s->xb, 1, s->logits);
+    /* Only the rows whose logits are asked for go through the classifier. */
+    int n_out = n - out_row;
+    for (int r = 0; r < n_out; r++)
+        kn_rmsnorm(s->xb + (size_t)r * E, s->x + (size_t)(out_row + r) * E, m->output_norm, E,
+                   hp->rms_eps);
+    mm(s, s->output, s->xb, n_out, s->logits);
     if (hp->final_softcap > 0)
-        for (int i = 0; i < hp->n_vocab; i++)
+        for (size_t i = 0; i < (size_t)n_out * hp->n_vocab; i++)
             s->logits[i] = hp->final_softcap * tanhf(s->logits[i] / hp->final_softcap);
 }
 
@@ -378,15 +405,49 @@ kiln_status kn_session_run(kn_session *s, const kn_graph_call *c, const float **
             s->rows_pos[r] = r;
             s->rows_slot[r] = r;
             s->sl_pos[r] = r;
+            s->rows_kv[r] = (row_kv){s, NULL, c->n};
         }
-        forward(s, c->ids, c->n, NULL, 0, true, c->n - 1);
+        forward(s, c->ids, c->n, true, c->n - 1);
     } else {
         /* Padded rows are skipped: nothing reads them, and the output equals a full [1,C]
          * evaluation with the padding masked. */
         memcpy(s->rows_pos, c->pos, sizeof(int32_t) * (size_t)c->n);
         memcpy(s->rows_slot, c->slot, sizeof(int32_t) * (size_t)c->n);
-        forward(s, c->ids, c->n, c->slot_pos, c->n_slots, false, c->n - 1);
+        for (int r = 0; r < c->n; r++) s->rows_kv[r] = (row_kv){s, c->slot_pos, c->n_slots};
+        forward(s, c->ids, c->n, false, c->n - 1);
     }
     *logits = s->logits;
+    return KILN_OK;
+}
+
+int kn_session_batch_cap(const kn_session *s) { return s->batch_cap; }
+const float *kn_session_logits(const kn_session *s) { return s->logits; }
+
+bool kn_session_batches_with(const kn_session *lead, const kn_session *o) {
+    return o->m == lead->m && o->kv_elem == lead->kv_elem && o->k == lead->k;
+}
+
+kiln_status kn_session_run_batch(kn_session *lead, kn_session *const *ss,
+                                 const kn_graph_call *const *calls, int n, kiln_error *err) {
+    if (n < 1 || n > lead->batch_cap)
+        return kn_fail(err, KILN_ERR_INTERNAL, "cpu: a batch of %d rows (at most %d)", n,
+                       lead->batch_cap);
+    int32_t ids[KN_MAX_BATCH];
+    for (int i = 0; i < n; i++) {
+        const kn_graph_call *c = calls[i];
+        if (c->graph != KN_GRAPH_DECODE || c->n != 1 || !kn_session_batches_with(lead, ss[i]) ||
+            (ss[i] == lead) != (i == 0))
+            return kn_fail(err, KILN_ERR_INTERNAL, "cpu: row %d of a batch is not a decode step "
+                           "of a like session (row 0 is the lead's own)", i);
+        ids[i] = c->ids[0];
+        lead->rows_pos[i] = c->pos[0];
+        lead->rows_slot[i] = c->slot[0];
+        lead->rows_kv[i] = (row_kv){ss[i], c->slot_pos, c->n_slots};
+    }
+    forward(lead, ids, n, false, 0);
+    size_t V = (size_t)lead->m->hp.n_vocab;
+    /* row 0 is the lead's own: its logits are already in place */
+    for (int i = 1; i < n; i++)
+        memcpy(ss[i]->logits, lead->logits + (size_t)i * V, sizeof(float) * V);
     return KILN_OK;
 }
