@@ -38,6 +38,9 @@ GGUF_SHA = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 # Under ASan (-O0, ~30x slower) the first prompt and 4 positions check memory safety; the
 # numbers are the release build's to prove.
 SANITIZED = os.environ.get("KILN_SANITIZED") == "1"
+# and a few tokenizer texts (each call loads the 262k vocabulary)
+TEXTS = [0, 3, 4] if SANITIZED else list(range(len(FIX["texts"])))
+PROMPT_IDS = [0] if SANITIZED else list(range(len(FIX["prompts"])))
 EVERY_TABLE = [0] if SANITIZED else [0, 3]
 DEFAULT_TABLE = [1] if SANITIZED else [1, 2, 4]
 N_POS = 4 if SANITIZED else None
@@ -76,7 +79,7 @@ def offering(gemma_gguf, tmp_path_factory):
     return off
 
 
-@pytest.mark.parametrize("k", range(len(FIX["texts"])))
+@pytest.mark.parametrize("k", TEXTS)
 def test_tokenizer_matches_llamacpp(gemma_gguf, k):
     t = FIX["texts"][k]
     r = run_kiln("tokenize", gemma_gguf, "--text", t["text"], "--special")
@@ -84,7 +87,7 @@ def test_tokenizer_matches_llamacpp(gemma_gguf, k):
     assert [int(x) for x in r.stdout.split()] == t["ids"], t["text"]
 
 
-@pytest.mark.parametrize("k", range(len(FIX["prompts"])))
+@pytest.mark.parametrize("k", PROMPT_IDS)
 def test_prompt_ids_match_llamacpp(gemma_gguf, k):
     p = FIX["prompts"][k]
     r = run_kiln("tokenize", gemma_gguf, "--text", p["text"], "--special", "--bos")
@@ -153,11 +156,12 @@ def test_teacher_forced_default_table(offering, k, tmp_path):
 
 
 def test_inspect_states_the_window_per_layer(offering):
-    r = run_kiln("inspect", offering)
-    assert r.returncode == 0, r.stderr
-    assert ("attention per layer: 0-4 sliding 512, 5 global, 6-10 sliding 512, 11 global, "
-            "12-16 sliding 512, 17 global") in r.stdout
-    assert "rope theta 10000 on sliding layers" in r.stdout
+    if not SANITIZED:  # the same rendering; one inspect of this model takes ~100 s under ASan
+        r = run_kiln("inspect", offering)
+        assert r.returncode == 0, r.stderr
+        assert ("attention per layer: 0-4 sliding 512, 5 global, 6-10 sliding 512, 11 global, "
+                "12-16 sliding 512, 17 global") in r.stdout
+        assert "rope theta 10000 on sliding layers" in r.stdout
     r = run_kiln("inspect", offering, "--json")
     assert r.returncode == 0, r.stderr
     # llama.cpp's rule (set_swa_pattern(6)): layer l is global when l % 6 == 5
