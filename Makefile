@@ -24,7 +24,7 @@ pyenv:
 	@scripts/pyenv.sh
 
 models: pyenv
-	@scripts/fetch_models.sh >/dev/null
+	@scripts/fetch_models.sh all >/dev/null
 
 test: all pyenv models
 	@scripts/run_tests.sh $(BUILD)

@@ -117,7 +117,7 @@ static kiln_status fill(void *user, uint64_t index, uint8_t *dst, uint64_t nbyte
     const kn_src_tensor *t = pl->src;
     int64_t ne0 = t->ne[0], rows = t->ne[1] * t->ne[2] * t->ne[3];
     kiln_status s = KILN_OK;
-    if (pl->type == t->type && !pl->group) {
+    if (pl->type == t->type && !pl->group && !t->plus_one) {
         kn_src_tensor_read_raw(t, dst);
         uint64_t rb = nbytes / (uint64_t)rows;
         for (int64_t r = 0; r < rows && !s; r++) {
@@ -334,6 +334,14 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
 
     kn_source *src = NULL;
     if ((s = kn_source_open(source, &src, err))) return s;
+    /* refused before any weight is read (the IR writer says the same, later) */
+    if (p->target != KILN_TARGET_CPU && src->hp.gemma) {
+        s = kn_fail(err, KILN_ERR_UNSUPPORTED, "--target: the OpenVINO IR of architecture %s is "
+                    "not written yet (native CPU only: bake with --target cpu)",
+                    src->hp.arch_name);
+        kn_source_close(src);
+        return s;
+    }
     /* A GGUF's tokenizer must serve the model before anything is written (an HF folder's is
      * checked, and padded, when it is converted: kn_bake_hf_tokenizer). */
     if (src->gguf && (s = kn_tokenizer_check_gguf(src->gguf, src->hp.n_vocab, err))) {

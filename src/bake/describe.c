@@ -117,6 +117,20 @@ static const char *rope_factors_name(const kn_hparams *hp, int window) {
     return "none";
 }
 
+/* "attention per layer: 0-4 sliding 512, 5 global, ..." in runs of one kind. */
+static void layer_windows_text(const kn_hparams *hp, kn_buf *b) {
+    kn_buf_printf(b, "\n  attention per layer:");
+    for (int l = 0; l < hp->n_layer;) {
+        int w = kn_hparams_layer_window(hp, l), e = l;
+        while (e + 1 < hp->n_layer && kn_hparams_layer_window(hp, e + 1) == w) e++;
+        if (e > l) kn_buf_printf(b, "%s %d-%d", l ? "," : "", l, e);
+        else kn_buf_printf(b, "%s %d", l ? "," : "", l);
+        if (w > 0) kn_buf_printf(b, " sliding %d", w);
+        else kn_buf_printf(b, " global");
+        l = e + 1;
+    }
+}
+
 static void render_json(const desc *d, kn_buf *b) {
     const kn_hparams *hp = d->hp;
     const kn_contract *c = d->c;
@@ -152,6 +166,11 @@ static void render_json(const desc *d, kn_buf *b) {
                   c->window, c->chunk, c->batch, c->sink, c->kv_dtype, hp->n_layer, hp->n_head_kv,
                   c->window, hp->head_dim);
     kn_contract_graphs_json(c, b);
+    /* each layer's sliding window, 0 = global (it sees every slot the contract keeps) */
+    kn_buf_printf(b, ",\n    \"layer_window\": [");
+    for (int l = 0; l < hp->n_layer; l++)
+        kn_buf_printf(b, "%s%d", l ? ", " : "", kn_hparams_layer_window(hp, l));
+    kn_buf_printf(b, "]");
     kn_buf_printf(b, "},\n  \"quantization\": {\"scheme\": \"%s\"", d->quant);
     if (d->group_size) kn_buf_printf(b, ", \"group_size\": %d", d->group_size);
     cls_count cc[64];
@@ -269,6 +288,14 @@ static void render_text(const desc *d, kn_buf *b) {
                   hp->tied_embeddings ? ", tied embeddings" : "", hp->qkv_bias ? ", qkv bias" : "");
     if (hp->sliding_window) kn_buf_printf(b, ", sliding window %d", hp->sliding_window);
     block_flags(d, b);
+    if (hp->gemma)
+        kn_buf_printf(b, "\n  gemma block: embedding x sqrt(%d), q/k norms, post-attention and "
+                         "post-FFN norms, GeGLU (tanh); attention scale %g; rope theta %g on "
+                         "sliding layers%s",
+                      hp->n_embd, hp->attn_scale, hp->rope_theta_swa,
+                      hp->final_softcap > 0 ? ", final logit soft-cap" : "");
+    if (hp->final_softcap > 0) kn_buf_printf(b, " %g", hp->final_softcap);
+    layer_windows_text(hp, b);
     kn_buf_printf(b, "\n\nstatic contract: window W=%d, prefill chunk C=%d, batch %d, sink %d, "
                      "KV cache %s [%d, 2, %d, %d, %d]\n",
                   c->window, c->chunk, c->batch, c->sink, c->kv_dtype, hp->n_layer, hp->n_head_kv,

@@ -55,6 +55,20 @@ static const kn_arch_info k_archs[KN_ARCH_COUNT] = {
         .fused_qkv_gate_up = true,
         .ignore_sliding_window = true,
     },
+    [KN_ARCH_GEMMA3] = {
+        .id = KN_ARCH_GEMMA3,
+        .name = "gemma3",
+        .gguf_names = {"gemma3"},
+        .hf_model_types = {"gemma3_text"},
+        .hf_classes = {"Gemma3ForCausalLM"},
+        .rope_neox = true,
+        .hf_permute_qk = false,
+        .qkv_bias = false,
+        .hf_sliding_window_always = true,
+        .qk_norm = true,
+        .gemma = true,
+        .gemma_swa_pattern = 6,
+    },
 };
 
 const kn_arch_info *kn_arch_get(kn_arch id) {
@@ -136,6 +150,11 @@ static const struct {
     [KN_T_ROPE_FREQS] = {"rope_freqs.weight", NULL, false, false},
     [KN_T_ROPE_LONG] = {"rope_factors_long.weight", NULL, false, false},
     [KN_T_ROPE_SHORT] = {"rope_factors_short.weight", NULL, false, false},
+    /* No HF name here: in a Gemma folder this is "post_attention_layernorm", which in every
+     * other folder is the FFN norm (kn_tensor_from_hf_arch maps Gemma's names). */
+    [KN_T_ATTN_POST_NORM] = {"blk.%d.post_attention_norm.weight", NULL, true, false},
+    [KN_T_FFN_POST_NORM] = {"blk.%d.post_ffw_norm.weight",
+                            "model.layers.%d.post_feedforward_layernorm.weight", true, false},
 };
 
 bool kn_tensor_role_is_matrix(kn_tensor_role role) { return k_roles[role].matrix; }
@@ -205,4 +224,28 @@ kn_fused kn_tensor_fused_from_gguf(const char *name, int *layer) {
     if (match_fmt("blk.%d.attn_qkv.weight", name, layer)) return KN_FUSED_QKV;
     if (match_fmt("blk.%d.ffn_up.weight", name, layer)) return KN_FUSED_GATE_UP;
     return KN_FUSED_NONE;
+}
+
+bool kn_tensor_from_hf_arch(const kn_arch_info *ai, const char *hf_name, char *gguf_name,
+                            size_t n, kn_tensor_role *role, bool *skip) {
+    /* Gemma's block norms (llama.cpp's gguf-py TensorNameMap: post_attention_layernorm ->
+     * post_attention_norm, pre_feedforward_layernorm -> ffn_norm, post_feedforward_layernorm
+     * -> post_ffw_norm) */
+    static const struct {
+        const char *hf;
+        kn_tensor_role role;
+    } gemma[] = {
+        {"model.layers.%d.post_attention_layernorm.weight", KN_T_ATTN_POST_NORM},
+        {"model.layers.%d.pre_feedforward_layernorm.weight", KN_T_FFN_NORM},
+        {"model.layers.%d.post_feedforward_layernorm.weight", KN_T_FFN_POST_NORM},
+    };
+    int layer = 0;
+    for (size_t i = 0; ai && ai->gemma && i < sizeof gemma / sizeof gemma[0]; i++)
+        if (match_fmt(gemma[i].hf, hf_name, &layer)) {
+            *skip = false;
+            *role = gemma[i].role;
+            kn_tensor_name(*role, layer, gguf_name, n);
+            return true;
+        }
+    return kn_tensor_from_hf(hf_name, gguf_name, n, role, skip);
 }

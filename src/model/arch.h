@@ -27,6 +27,7 @@ typedef enum kn_arch {
     KN_ARCH_QWEN3 = 2,    /* dense Qwen3: q/k RMSNorm per head */
     KN_ARCH_SMOLLM3 = 3,  /* llama block without RoPE in every 4th layer */
     KN_ARCH_PHI3 = 4,     /* Phi-3 / 3.5-mini, Phi-4-mini: fused qkv and gate_up, LongRoPE */
+    KN_ARCH_GEMMA3 = 5,   /* Gemma 3 text models (Gemma3ForCausalLM) */
     KN_ARCH_COUNT
 } kn_arch;
 
@@ -59,6 +60,12 @@ typedef struct kn_arch_info {
     /* A sliding_window in the checkpoint is not applied: llama.cpp disables Phi-3's (its
      * phi3 loader resets n_swa to 0), and kiln follows the reference it is checked against. */
     bool ignore_sliding_window;
+    /* The Gemma block: the embedding scaled by sqrt(E); RMSNorm (1 + w) — GGUF stores 1 + w
+     * (llama.cpp's convert_hf_to_gguf.py adds the 1), so the runtime's RMSNorm is the plain one;
+     * GeGLU with tanh GELU; norms after attention and after the FFN; q/k RMSNorm per head;
+     * sliding-window layers between global ones (gemma_swa_pattern, see kn_hparams). */
+    bool gemma;
+    int gemma_swa_pattern;                     /* every N-th layer is global (Gemma 3: 6) */
 } kn_arch_info;
 
 const kn_arch_info *kn_arch_get(kn_arch id);
@@ -77,11 +84,12 @@ typedef enum kn_tensor_role {
     KN_T_ATTN_NORM, KN_T_ATTN_Q, KN_T_ATTN_K, KN_T_ATTN_V, KN_T_ATTN_OUT,
     KN_T_ATTN_Q_BIAS, KN_T_ATTN_K_BIAS, KN_T_ATTN_V_BIAS,
     KN_T_FFN_NORM, KN_T_FFN_GATE, KN_T_FFN_UP, KN_T_FFN_DOWN,
-    KN_T_ATTN_Q_NORM, KN_T_ATTN_K_NORM,   /* [head_dim], qk_norm */
+    KN_T_ATTN_Q_NORM, KN_T_ATTN_K_NORM,   /* [head_dim], shared by the heads (qk_norm) */
     /* RoPE frequency divisors, [rope_dim / 2] (llama.cpp's names): rope_freqs (Llama 3, as
      * llama.cpp's converter encodes rope_type llama3), rope_factors_long / _short (LongRoPE:
      * long when the context exceeds the original one, see kn_rope_factors). */
     KN_T_ROPE_FREQS, KN_T_ROPE_LONG, KN_T_ROPE_SHORT,
+    KN_T_ATTN_POST_NORM, KN_T_FFN_POST_NORM,   /* [E] (Gemma) */
     KN_T_ROLE_COUNT
 } kn_tensor_role;
 
@@ -99,6 +107,9 @@ bool kn_tensor_from_gguf(const char *name, kn_tensor_role *role, int *layer);
  * knows and drops (rotary inv_freq buffers, recomputed from rope_theta). */
 bool kn_tensor_from_hf(const char *hf_name, char *gguf_name, size_t n, kn_tensor_role *role,
                        bool *skip);
+/* The same for a folder of architecture ai, whose own names come first (Gemma's norms). */
+bool kn_tensor_from_hf_arch(const kn_arch_info *ai, const char *hf_name, char *gguf_name,
+                            size_t n, kn_tensor_role *role, bool *skip);
 
 /* A fused tensor of a fused_qkv_gate_up architecture: QKV (split into q, k, v rows) or GATE_UP
  * (gate rows, then up rows). HF: self_attn.qkv_proj / mlp.gate_up_proj; GGUF: attn_qkv (and

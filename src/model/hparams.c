@@ -74,6 +74,44 @@ kiln_status kn_hparams_validate(const kn_hparams *hp, const char *label, kiln_er
     if (hp->sliding_window < 0)
         return kn_fail(err, KILN_ERR_FORMAT, "%s: sliding window %d is negative", label,
                        hp->sliding_window);
+    if ((s = check_range(label, "sliding_window_pattern", hp->swa_pattern, 0, HP_MAX_LAYERS,
+                         err)))
+        return s;
+    if (hp->gemma && (!(hp->rope_theta_swa > 0) || !isfinite(hp->rope_theta_swa)))
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: rope freq_base_swa %g is not positive", label,
+                       hp->rope_theta_swa);
+    if (!(hp->attn_scale >= 0) || !isfinite(hp->attn_scale) || !(hp->final_softcap >= 0) ||
+        !isfinite(hp->final_softcap))
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: attention scale %g or logit soft-cap %g is out "
+                       "of range", label, hp->attn_scale, hp->final_softcap);
+    return KILN_OK;
+}
+
+int kn_hparams_layer_window(const kn_hparams *hp, int l) {
+    int n = hp->swa_pattern;
+    if (n > 0 && l % n == n - 1) return 0;
+    return hp->sliding_window;
+}
+
+/* Gemma 3's keys (llama.cpp's names and defaults: src/models/gemma3.cpp). The sliding pattern
+ * and the local RoPE base are not written by llama.cpp's converter: it assumes 6 and 10000. */
+static kiln_status gemma_from_gguf(const kn_gguf *g, const char *a, const kn_arch_info *ai,
+                                   kn_hparams *hp, kiln_error *err) {
+    hp->gemma = true;
+    uint32_t u;
+    hp->swa_pattern = ai->gemma_swa_pattern;
+    if (get_u32k(g, a, "attention.sliding_window_pattern", &u))
+        hp->swa_pattern = (int)(u > HP_MAX_LAYERS ? HP_MAX_LAYERS + 1 : u);
+    if (hp->sliding_window == 0) hp->swa_pattern = 0;
+    hp->rope_theta_swa = 10000.0f;
+    kiln_status s;
+    if ((s = get_f32k(g, a, "rope.freq_base_swa", &hp->rope_theta_swa, err)) ||
+        (s = get_f32k(g, a, "final_logit_softcapping", &hp->final_softcap, err)))
+        return s;
+    /* query_pre_attn_scalar is not in the GGUF: llama.cpp takes head_dim, except for the 62
+     * layers of Gemma 3 27B (E / H) — the same rule, so that both read one file alike. */
+    int qpas = hp->n_layer == 62 ? hp->n_embd / hp->n_head : hp->head_dim;
+    if (qpas > 0) hp->attn_scale = 1.0f / sqrtf((float)qpas);
     return KILN_OK;
 }
 
@@ -163,6 +201,7 @@ kiln_status kn_hparams_from_gguf(const kn_gguf *g, kn_hparams *hp, kiln_error *e
         if ((s = get_f32k(g, a, "rope.scaling.attn_factor", &hp->rope_attn_factor, err)))
             return s;
     }
+    if (ai->gemma && (s = gemma_from_gguf(g, a, ai, hp, err))) return s;
 
     const kn_gguf_tensor *emb = kn_gguf_find_tensor(g, "token_embd.weight");
     if (!emb)
@@ -215,6 +254,16 @@ void kn_hparams_to_gguf(const kn_hparams *hp, kn_gguf_writer *w) {
         U32("rope.scaling.original_context_length", hp->rope_orig_ctx);
         F32("rope.scaling.attn_factor", hp->rope_attn_factor);
     }
+    if (hp->gemma) {
+        const kn_arch_info *ai = kn_arch_get(hp->arch);
+        if (hp->sliding_window > 0 && (!ai || hp->swa_pattern != ai->gemma_swa_pattern)) {
+            U32("attention.sliding_window_pattern", hp->swa_pattern);
+        }
+        F32("rope.freq_base_swa", hp->rope_theta_swa);
+        if (hp->final_softcap > 0) {
+            F32("final_logit_softcapping", hp->final_softcap);
+        }
+    }
 #undef U32
 #undef F32
 }
@@ -228,14 +277,17 @@ bool kn_tensor_expected(const kn_hparams *hp, kn_tensor_role role, int layer, ch
     if ((role == KN_T_ATTN_Q_NORM || role == KN_T_ATTN_K_NORM) && !hp->qk_norm) return false;
     if (role == KN_T_ROPE_FREQS && !hp->rope_freqs) return false;
     if ((role == KN_T_ROPE_LONG || role == KN_T_ROPE_SHORT) && !hp->longrope) return false;
+    if ((role == KN_T_ATTN_POST_NORM || role == KN_T_FFN_POST_NORM) && !hp->gemma) return false;
     kn_tensor_name(role, layer, name, name_size);
     int64_t q = (int64_t)hp->n_head * hp->head_dim, kv = (int64_t)hp->n_head_kv * hp->head_dim;
     *n_dims = 2;
     ne[1] = 1;
     switch (role) {
     case KN_T_TOKEN_EMBD: case KN_T_OUTPUT: ne[0] = hp->n_embd; ne[1] = hp->n_vocab; break;
-    case KN_T_OUTPUT_NORM: case KN_T_ATTN_NORM: case KN_T_FFN_NORM:
+    case KN_T_OUTPUT_NORM: case KN_T_ATTN_NORM: case KN_T_FFN_NORM: case KN_T_ATTN_POST_NORM:
+    case KN_T_FFN_POST_NORM:
         *n_dims = 1; ne[0] = hp->n_embd; break;
+    case KN_T_ATTN_Q_NORM: case KN_T_ATTN_K_NORM: *n_dims = 1; ne[0] = hp->head_dim; break;
     case KN_T_ATTN_Q: ne[0] = hp->n_embd; ne[1] = q; break;
     case KN_T_ATTN_K: case KN_T_ATTN_V: ne[0] = hp->n_embd; ne[1] = kv; break;
     case KN_T_ATTN_OUT: ne[0] = q; ne[1] = hp->n_embd; break;
@@ -243,7 +295,6 @@ bool kn_tensor_expected(const kn_hparams *hp, kn_tensor_role role, int layer, ch
     case KN_T_ATTN_K_BIAS: case KN_T_ATTN_V_BIAS: *n_dims = 1; ne[0] = kv; break;
     case KN_T_FFN_GATE: case KN_T_FFN_UP: ne[0] = hp->n_embd; ne[1] = hp->n_ff; break;
     case KN_T_FFN_DOWN: ne[0] = hp->n_ff; ne[1] = hp->n_embd; break;
-    case KN_T_ATTN_Q_NORM: case KN_T_ATTN_K_NORM: *n_dims = 1; ne[0] = hp->head_dim; break;
     case KN_T_ROPE_FREQS: case KN_T_ROPE_LONG: case KN_T_ROPE_SHORT:
         *n_dims = 1; ne[0] = hp->rope_dim / 2; break;
     default: return false;

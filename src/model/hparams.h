@@ -45,7 +45,8 @@ typedef struct kn_hparams {
     float rope_low_freq_factor;   /* llama3 only */
     float rope_high_freq_factor;  /* llama3 only */
     int rope_orig_ctx;            /* llama3 only: original_max_position_embeddings */
-    int sliding_window;       /* Mistral: attend to the last N positions; 0 = unlimited */
+    int sliding_window;       /* attend to the last N positions (every layer, or the sliding
+                                 layers of swa_pattern); 0 = unlimited */
     bool tied_embeddings;     /* no output.weight: the classifier is token_embd */
     bool qkv_bias;            /* Qwen2 */
     /* Per-architecture block flags (model/arch.h explains each): */
@@ -56,6 +57,15 @@ typedef struct kn_hparams {
      * against rope_orig_ctx; cos and sin scaled by rope_attn_factor. */
     bool longrope;
     float rope_attn_factor;   /* 1 unless LongRoPE says otherwise */
+    /* Gemma (kn_arch_info.gemma): embedding * sqrt(E), q/k norms, post-attention and post-FFN
+     * norms, GeGLU with tanh GELU. */
+    bool gemma;
+    /* Gemma 3: with a sliding window, layer l is global when l % N == N - 1 and sliding
+     * otherwise (llama.cpp's set_swa_pattern); 0: every layer slides (Mistral). */
+    int swa_pattern;
+    float rope_theta_swa;     /* RoPE base of the sliding layers (Gemma 3: 10000, unscaled) */
+    float attn_scale;         /* q.k factor; 0 = 1 / sqrt(head_dim) */
+    float final_softcap;      /* logits = c * tanh(logits / c); 0 = none */
 } kn_hparams;
 
 /* Whether RoPE rotates Q and K in layer l. */
@@ -69,6 +79,9 @@ static inline bool kn_layer_has_rope(const kn_hparams *hp, int l) {
  * when the model has none; a factor that is not finite and positive is an error. */
 kiln_status kn_rope_factors(const kn_gguf *g, const kn_hparams *hp, int window, float *out,
                             bool *have, kiln_error *err);
+
+/* The sliding window of layer l (0: global, it sees every slot the contract keeps). */
+int kn_hparams_layer_window(const kn_hparams *hp, int l);
 
 /* Range and consistency checks shared by the GGUF and config.json paths. */
 kiln_status kn_hparams_validate(const kn_hparams *hp, const char *label, kiln_error *err);

@@ -222,6 +222,57 @@ static kiln_status eos_id_of(const cJSON *o, const char *label, int *id, kiln_er
     return kn_json_get_i32(o, "eos_token_id", -1, INT32_MAX, *id, id, label, err);
 }
 
+/* Gemma3TextConfig's fields (transformers), read the way llama.cpp's converter and loader do:
+ * what a GGUF cannot say (a query_pre_attn_scalar other than llama.cpp's rule, a sliding pattern
+ * other than every N-th layer global, attention soft-capping, another activation) is refused
+ * rather than baked into a file that llama.cpp and kiln would read differently. */
+static kiln_status gemma_from_hf_config(const cJSON *c, const kn_arch_info *ai, kn_hparams *hp,
+                                        const char *label, kiln_error *err) {
+    kiln_status st;
+    hp->gemma = true;
+    hp->swa_pattern = ai->gemma_swa_pattern;
+    int qpas = 0;
+    if ((st = kn_json_get_f32(c, "rope_local_base_freq", 10000.0f, &hp->rope_theta_swa, label,
+                              err)) ||
+        (st = kn_json_get_f32(c, "final_logit_softcapping", 0.0f, &hp->final_softcap, label,
+                              err)) ||
+        (st = kn_json_get_i32(c, "sliding_window_pattern", 1, 1 << 20, hp->swa_pattern,
+                              &hp->swa_pattern, label, err)) ||
+        (st = kn_json_get_i32(c, "query_pre_attn_scalar", 1, 1 << 20, hp->head_dim, &qpas,
+                              label, err)))
+        return st;
+    const cJSON *lt = cJSON_GetObjectItemCaseSensitive(c, "layer_types");
+    if (cJSON_IsArray(lt)) {
+        int n = cJSON_GetArraySize(lt);
+        for (int l = 0; l < n; l++) {
+            const cJSON *e = cJSON_GetArrayItem(lt, l);
+            bool sliding = cJSON_IsString(e) && strcmp(e->valuestring, "sliding_attention") == 0;
+            bool full = cJSON_IsString(e) && strcmp(e->valuestring, "full_attention") == 0;
+            if (n != hp->n_layer || !(sliding || full) ||
+                sliding != (hp->swa_pattern <= 0 || l % hp->swa_pattern != hp->swa_pattern - 1))
+                return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: layer_types is not one global "
+                               "layer in every %d (the pattern a GGUF can state)", label,
+                               hp->swa_pattern);
+        }
+    }
+    if (hp->sliding_window == 0) hp->swa_pattern = 0;
+    int rule = hp->n_layer == 62 ? hp->n_embd / hp->n_head : hp->head_dim;
+    if (qpas != rule)
+        return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: query_pre_attn_scalar %d is not the %d "
+                       "llama.cpp assumes for this shape", label, qpas, rule);
+    hp->attn_scale = 1.0f / sqrtf((float)qpas);
+    const cJSON *cap = cJSON_GetObjectItemCaseSensitive(c, "attn_logit_softcapping");
+    if (cap && !cJSON_IsNull(cap))
+        return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: attn_logit_softcapping is not supported",
+                       label);
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(c, "hidden_activation");
+    if (!cJSON_IsString(act)) act = cJSON_GetObjectItemCaseSensitive(c, "hidden_act");
+    if (cJSON_IsString(act) && strcmp(act->valuestring, "gelu_pytorch_tanh") != 0)
+        return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: hidden_activation '%s' is not supported "
+                       "(gelu_pytorch_tanh)", label, act->valuestring);
+    return KILN_OK;
+}
+
 kiln_status kn_hparams_from_hf_config(const char *json, const char *label, kn_hparams *hp,
                                       int *bos_id, int *eos_id, kiln_error *err) {
     memset(hp, 0, sizeof *hp);
@@ -367,6 +418,7 @@ kiln_status kn_hparams_from_hf_config(const char *json, const char *label, kn_hp
             goto done;
         }
     }
+    if (ai->gemma && (st = gemma_from_hf_config(c, ai, hp, label, err))) goto done;
     if ((st = kn_json_get_i32(c, "bos_token_id", -1, M, -1, bos_id, label, err))) goto done;
     *eos_id = -1;
     if ((st = eos_id_of(c, label, eos_id, err))) goto done;
@@ -538,7 +590,8 @@ static kiln_status open_hf(kn_source *s, kiln_error *err) {
             kn_fused fk = kn_arch_get(s->hp.arch)->fused_qkv_gate_up
                               ? kn_tensor_fused_from_hf(x->name, &layer) : KN_FUSED_NONE;
             if (fk) snprintf(t.name, sizeof t.name, "%.95s", x->name);
-            else if (!kn_tensor_from_hf(x->name, t.name, sizeof t.name, &role, &skip))
+            else if (!kn_tensor_from_hf_arch(kn_arch_get(s->hp.arch), x->name, t.name,
+                                             sizeof t.name, &role, &skip))
                 return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: unexpected tensor %s", sh->path,
                                x->name);
             if (skip) continue;
@@ -565,6 +618,9 @@ static kiln_status open_hf(kn_source *s, kiln_error *err) {
             }
             if (kn_arch_get(s->hp.arch)->hf_permute_qk && role == KN_T_ATTN_Q)
                 t.permute_heads = s->hp.n_head;
+            /* Gemma's RMSNorm multiplies by 1 + w; GGUF stores 1 + w (convert_hf_to_gguf.py
+             * adds 1 to every "*norm.weight"), so the runtime's RMSNorm stays the plain one */
+            t.plus_one = s->hp.gemma && !kn_tensor_role_is_matrix(role);
             if (kn_arch_get(s->hp.arch)->hf_permute_qk && role == KN_T_ATTN_K)
                 t.permute_heads = s->hp.n_head_kv;
             st = add_tensor(s, &t, err);
@@ -728,5 +784,7 @@ bool kn_src_tensor_read_f32(const kn_src_tensor *t, int64_t row0, int64_t nrows,
         if (!kn_dequantize(t->type, t->data + (uint64_t)perm_row(t, row0 + r) * rb,
                            dst + r * t->ne[0], t->ne[0]))
             return false;
+    if (t->plus_one)
+        for (int64_t i = 0; i < nrows * t->ne[0]; i++) dst[i] += 1.0f;
     return true;
 }

@@ -30,6 +30,7 @@ typedef struct kn_src_tensor {
      * adjacent pairs: rows of attn_q / attn_k are permuted on read for that many heads (0 =
      * none), exactly as llama.cpp's converter does. */
     int permute_heads;
+    bool plus_one;            /* 1 is added to every element on read (Gemma's norms) */
 } kn_src_tensor;
 
 typedef struct kn_src_file {
@@ -66,7 +67,7 @@ const kn_src_tensor *kn_source_find(const kn_source *s, const char *name);
 
 /* Copies tensor t to dst as raw bytes of its own type, applying the head permutation. dst must
  * hold t->nbytes. */
-void kn_src_tensor_read_raw(const kn_src_tensor *t, uint8_t *dst);
+void kn_src_tensor_read_raw(const kn_src_tensor *t, uint8_t *dst); /* not plus_one ones */
 /* Dequantizes rows [row0, row0 + nrows) of t to F32 (permutation applied). false if the type has
  * no dequantizer. */
 bool kn_src_tensor_read_f32(const kn_src_tensor *t, int64_t row0, int64_t nrows, float *dst);

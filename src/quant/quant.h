@@ -81,6 +81,11 @@ static inline void kn_f16_store(void *p, float f) {
  * Q8_K. Returns false for any other type or a partial block. */
 bool kn_dequantize(uint32_t type, const void *src, float *dst, int64_t n);
 
+/* Rewrites n_blocks Q5_0 blocks (22 bytes) as Q8_0 blocks (34 bytes) holding the same values
+ * exactly: the same f16 scale, q - 16 as an int8. The runtime multiplies Q5_0 weights this way
+ * (Q8_0 has native kernels and takes the same 8-bit activations ggml gives Q5_0). */
+void kn_q5_0_to_q8_0(const uint8_t *src, uint8_t *dst, size_t n_blocks);
+
 /* Quantizes n elements (a whole number of blocks) from F32 into `type`; returns the bytes
  * written, 0 when the type has no quantizer (F32, F16, BF16, Q4_0, Q4_1, Q8_0 have one).
  * A partial block or negative n also returns 0. */

@@ -97,6 +97,23 @@ static void deq_q5_0(const uint8_t *b, float *y) {
     }
 }
 
+void kn_q5_0_to_q8_0(const uint8_t *src, uint8_t *dst, size_t n_blocks) {
+    for (size_t i = 0; i < n_blocks;
+         i++, src += sizeof(kn_block_q5_0), dst += sizeof(kn_block_q8_0)) {
+        uint32_t qh = rd_qh(KN_AT(src, kn_block_q5_0, qh));
+        const uint8_t *qs = KN_AT(src, kn_block_q5_0, qs);
+        uint8_t *q8 = KN_AT(dst, kn_block_q8_0, qs);
+        /* the same f16 scale */
+        memcpy(KN_AT(dst, kn_block_q8_0, d), KN_AT(src, kn_block_q5_0, d), sizeof(uint16_t));
+        for (int j = 0; j < KN_QK / 2; j++) {
+            int q0 = (qs[j] & 0x0f) | (int)((qh >> j) & 1u) << 4;
+            int q1 = (qs[j] >> 4) | (int)((qh >> (j + 16)) & 1u) << 4;
+            q8[j] = (uint8_t)(int8_t)(q0 - 16);
+            q8[j + KN_QK / 2] = (uint8_t)(int8_t)(q1 - 16);
+        }
+    }
+}
+
 /* Q5_1: f16 d, f16 m; qh[4]; 16 bytes of nibbles; x = d * q + m. */
 static void deq_q5_1(const uint8_t *b, float *y) {
     float d = kn_f16_load(KN_AT(b, kn_block_q5_1, d)), m = kn_f16_load(KN_AT(b, kn_block_q5_1, m));

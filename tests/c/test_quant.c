@@ -313,6 +313,23 @@ TEST(quant_dequant_hand_blocks) {
     CHECK(kn_dequantize(KN_TYPE_F64, f64, y, 2) && isinf(y[0]) && y[1] == -0.1f);
 }
 
+/* Q5_0 -> Q8_0 at load (model.c) must keep every value: every byte pattern of random blocks,
+ * scales included (any f16 but NaN/inf), dequantizes to the same floats both ways. */
+TEST(quant_q5_0_to_q8_0_exact) {
+    uint8_t q5[NB * 22], q8[NB * 34];
+    float a[NB * 32], b[NB * 32];
+    uint32_t r = 12345u;
+    for (size_t i = 0; i < sizeof q5; i++) {
+        r = r * 1664525u + 1013904223u;
+        q5[i] = (uint8_t)(r >> 24);
+    }
+    for (int i = 0; i < NB; i++) q5[i * 22 + 1] &= 0x7b; /* exponent never all ones */
+    kn_q5_0_to_q8_0(q5, q8, NB);
+    CHECK(kn_dequantize(KN_TYPE_Q5_0, q5, a, NB * 32));
+    CHECK(kn_dequantize(KN_TYPE_Q8_0, q8, b, NB * 32));
+    CHECK(memcmp(a, b, sizeof a) == 0);
+}
+
 TEST(quant_dequant_unaligned) {
     /* Tensors inside a mapped file sit at any offset: read from an odd address. */
     uint8_t *buf = malloc(1 + 2 * 34);

@@ -21,6 +21,7 @@ KILN_ERR_INVALID_ARG = 1
 # bos/eos texts as each model's tokenizer_config.json names them
 TOKENS = {
     "gemma": ("<bos>", "<eos>"),
+    "gemma3": ("<bos>", "<eos>"),
     "llama3": ("<|begin_of_text|>", "<|end_of_text|>"),
     "qwen2": ("", "<|im_end|>"),
     "chatml": ("<s>", "<|im_end|>"),

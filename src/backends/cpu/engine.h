@@ -79,8 +79,10 @@ typedef struct kn_layer {
     kn_wmat gate;             /* [E] -> [F] */
     kn_wmat up;               /* [E] -> [F] */
     kn_wmat down;             /* [F] -> [E] */
-    const float *q_norm;      /* [D] or NULL (qk_norm: Qwen3) */
+    const float *q_norm;      /* [D] or NULL (qk_norm: Qwen3, Gemma 3) */
     const float *k_norm;      /* [D] or NULL */
+    const float *post_attn_norm; /* [E] or NULL (Gemma) */
+    const float *post_ffn_norm;  /* [E] or NULL */
 } kn_layer;
 
 typedef struct kn_model {
@@ -95,6 +97,8 @@ typedef struct kn_model {
     kn_wmat output;           /* [E] -> [V]; token_embd itself with tied embeddings */
     kn_layer *layers;         /* [L] */
     double *rope_inv_freq;    /* [rope_dim/2], scaling applied */
+    double *rope_inv_freq_swa;/* [rope_dim/2] of the sliding layers (rope_theta_swa, unscaled),
+                                 or NULL when every layer uses rope_inv_freq */
     void **owned;             /* F32 copies made at load for types the kernels lack */
     int n_owned;
     struct kn_packed *packed; /* the repacked matrices, built on first demand (model.c) */

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "model/contract.h"
+#include "quant/blocks.h"
 #include "quant/quant.h"
 #include "backends/cpu/engine.h"
 
@@ -110,6 +111,17 @@ static kiln_status load_mat(kn_model *m, const char *name, int64_t n_in, int64_t
         *w = (kn_wmat){t->type, (int)n_in, (int)n_out, (size_t)rb, t->data, KN_LAYOUT_GGUF};
         return KILN_OK;
     }
+    if (t->type == KN_TYPE_Q5_0 && kn_kernels_type_ok(KN_TYPE_Q8_0) && n_in % KN_QK == 0) {
+        /* exact: every Q5_0 value is an int8 times the same scale */
+        size_t blocks = (size_t)(n_in / KN_QK) * (size_t)n_out;
+        uint8_t *q8 = kn_malloc(blocks * sizeof(kn_block_q8_0));
+        if (!q8) return kn_fail(err, KILN_ERR_NOMEM, "out of memory loading the model");
+        if ((s = keep_owned(m, q8, err))) return s;
+        kn_q5_0_to_q8_0(t->data, q8, blocks);
+        *w = (kn_wmat){KN_TYPE_Q8_0, (int)n_in, (int)n_out,
+                       (size_t)(n_in / KN_QK) * sizeof(kn_block_q8_0), q8, KN_LAYOUT_GGUF};
+        return KILN_OK;
+    }
     float *f;
     if ((s = dequant_copy(m, t, n_in * n_out, &f, err))) return s;
     *w = (kn_wmat){KN_TYPE_F32, (int)n_in, (int)n_out, sizeof(float) * (size_t)n_in,
@@ -140,6 +152,8 @@ static void role_slot(kn_model *m, kn_tensor_role role, int l, kn_wmat **mat, co
     case KN_T_FFN_DOWN: *mat = &L->down; break;
     case KN_T_ATTN_Q_NORM: *vec = &L->q_norm; break;
     case KN_T_ATTN_K_NORM: *vec = &L->k_norm; break;
+    case KN_T_ATTN_POST_NORM: *vec = &L->post_attn_norm; break;
+    case KN_T_FFN_POST_NORM: *vec = &L->post_ffn_norm; break;
     default: break; /* RoPE factors: read once into rope_inv_freq (kn_rope_factors) */
     }
 }
@@ -370,6 +384,15 @@ kiln_status kn_model_load(const kn_gguf *g, const kn_hparams *hp, const kn_model
     }
     if ((s = kn_rope_factors(g, hp, m->window, ff, &have, err))) goto fail;
     for (int i = 0; have && i < hp->rope_dim / 2; i++) m->rope_inv_freq[i] /= ff[i];
+    if (hp->gemma && hp->swa_pattern > 0) {
+        /* Gemma 3's sliding layers: their own base, no scaling (llama.cpp's freq_scale_swa) */
+        kn_rope_cfg rs = {hp->rope_theta_swa, hp->rope_dim, KN_ROPE_SCALING_NONE, 1.0f, 0, 0, 0};
+        if (!(m->rope_inv_freq_swa = kn_calloc((size_t)hp->rope_dim / 2, sizeof(double)))) {
+            s = kn_fail(err, KILN_ERR_NOMEM, "out of memory loading the model");
+            goto fail;
+        }
+        kn_rope_inv_freq(&rs, m->rope_inv_freq_swa);
+    }
     *out = m;
     return KILN_OK;
 fail:
@@ -403,6 +426,7 @@ void kn_model_free(kn_model *m) {
     kn_free(m->owned);
     kn_free(m->layers);
     kn_free(m->rope_inv_freq);
+    kn_free(m->rope_inv_freq_swa);
     if (m->owned_gguf) kn_gguf_close(m->owned_gguf);
     kn_free(m);
 }

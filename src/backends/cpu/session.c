@@ -47,6 +47,7 @@ struct kn_session {
     float *hb;                /* [R][F] gate, then SwiGLU */
     float *hb2;               /* [R][F] up */
     float *cs;                /* [R][rope_dim] cos/sin per row */
+    float *cs_swa;            /* [R][rope_dim] the same for the sliding layers' base, or NULL */
     float *scores;            /* [threads][KN_ATTN_SCRATCH(H/Hkv)][W] attention weights */
     float *logits;            /* [B][V]: row 0 is the session's; a batch it leads uses all */
     int32_t *rows_pos;        /* [R] position of each row */
@@ -82,7 +83,7 @@ void kn_session_free(kn_session *s) {
     if (!s) return;
     if (s->own_pool) kn_pool_free(s->pool);
     void *bufs[] = {s->kv,     s->sl_kv,    s->sl_pos, s->x,      s->xb,     s->xb2,
-                    s->q,      s->kn,       s->vn,     s->hb,     s->hb2,    s->cs,
+                    s->q,      s->kn,       s->vn,     s->hb,     s->hb2,    s->cs,     s->cs_swa,
                     s->scores, s->logits,   s->rows_pos, s->rows_slot, s->rows_kv, s->act.q,
                     s->act.d,
                     s->act.s,  s->act.q4off, s->act.qk, s->act.dk, s->act.bsk, s->act.bsk32};
@@ -144,6 +145,7 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     s->hb = alloc_f(fs * R * F, &ok);
     s->hb2 = alloc_f(fs * R * F, &ok);
     s->cs = alloc_f(fs * R * (size_t)hp->rope_dim, &ok);
+    if (m->rope_inv_freq_swa) s->cs_swa = alloc_f(fs * R * (size_t)hp->rope_dim, &ok);
     size_t group = (size_t)KN_ATTN_SCRATCH(hp->n_head / hp->n_head_kv);
     s->scores = alloc_f(fs * (size_t)(p->pool ? kn_pool_size(p->pool) : p->threads) * group * W,
                         &ok);
@@ -197,6 +199,7 @@ typedef struct attn_job {
     kn_session *s;
     int layer;
     bool stateless;
+    int swa;                  /* this layer's sliding window, 0 = global */
 } attn_job;
 
 /* Layer l of the cache row r uses. */
@@ -236,11 +239,9 @@ static void attn_item(void *ctx, int u, int n_items, int worker) {
     float *sc = s->scores + (size_t)worker * KN_ATTN_SCRATCH(group) * W;
     float *out = s->xb + (size_t)r * H * D + (size_t)kh * group * D;
     if (s->kv_elem == sizeof(uint16_t))
-        s->k->attn_f16(q, k, v, kv.pos, kv.n_slots, s->rows_pos[r], hp->sliding_window, D,
-                       group, sc, out);
+        s->k->attn_f16(q, k, v, kv.pos, kv.n_slots, s->rows_pos[r], j->swa, D, group, sc, out);
     else
-        s->k->attn(q, k, v, kv.pos, kv.n_slots, s->rows_pos[r], hp->sliding_window, D, group,
-                   sc, out);
+        s->k->attn(q, k, v, kv.pos, kv.n_slots, s->rows_pos[r], j->swa, D, group, sc, out);
 }
 
 /* One cache row of n elements from F32: rounded to halves, or copied. */
@@ -276,6 +277,28 @@ static void add_bias(float *y, const float *b, int n_rows, int n) {
         for (int i = 0; i < n; i++) y[(size_t)r * n + i] += b[i];
 }
 
+/* RMSNorm in place over n_vec vectors of n (Gemma 3's q/k norms: one per head). */
+static void norm_rows(float *x, const float *w, int n_vec, int n, float eps) {
+    if (!w) return;
+    for (int i = 0; i < n_vec; i++) kn_rmsnorm(x + (size_t)i * n, x + (size_t)i * n, w, n, eps);
+}
+
+/* Gemma's GeGLU: g = gelu(g) * u with the tanh GELU (gelu_pytorch_tanh; llama.cpp's
+ * ggml_gelu reads the same function from a table at f16 inputs). */
+static void geglu(float *g, const float *u, int n) {
+    for (int i = 0; i < n; i++) {
+        float x = g[i];
+        g[i] = 0.5f * x * (1.0f + tanhf(0.7978845608028654f * x * (1.0f + 0.044715f * x * x))) *
+               u[i];
+    }
+}
+
+/* x += f(y) for n rows of E, f the post-norm w when the block has one (Gemma), else identity. */
+static void add_residual(float *x, float *y, const float *w, int n, int E, float eps) {
+    norm_rows(y, w, n, E, eps);
+    for (size_t i = 0; i < (size_t)n * E; i++) x[i] += y[i];
+}
+
 /* Runs n rows (ids; rows_pos, rows_slot and rows_kv already set) through the model, into
  * each row's cache or, when stateless, the private one-layer view. The logits of rows
  * out_row..n-1 go to s->logits, one [V] row each (one row but in a batched decode). */
@@ -289,15 +312,23 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, in
     for (int r = 0; r < n; r++) {
         const uint8_t *row = m->tok_embd.data + (size_t)ids[r] * erb;
         kn_dequantize(m->tok_embd.type, row, s->x + (size_t)r * E, E);
+        if (hp->gemma)
+            for (int i = 0; i < E; i++) s->x[(size_t)r * E + i] *= sqrtf((float)E);
         kn_rope_cossin(m->rope_inv_freq, RD, s->rows_pos[r], s->cs + (size_t)r * RD);
         /* LongRoPE's attention factor scales cos and sin (so Q.K by its square), as ggml's
          * mscale does */
         if (hp->rope_attn_factor != 1.0f)
             for (int i = 0; i < RD; i++) s->cs[(size_t)r * RD + i] *= hp->rope_attn_factor;
+        if (s->cs_swa)
+            kn_rope_cossin(m->rope_inv_freq_swa, RD, s->rows_pos[r], s->cs_swa + (size_t)r * RD);
     }
+    /* the kernels divide q.k by sqrt(D); a model with another factor has q scaled to it */
+    float qscale = hp->attn_scale > 0 ? hp->attn_scale * sqrtf((float)D) : 1.0f;
     for (int l = 0; l < hp->n_layer; l++) {
         const kn_layer *L = &s->layers[l];
         int max_slots = 0;
+        int swa = kn_hparams_layer_window(hp, l);
+        const float *lcs = swa > 0 && s->cs_swa ? s->cs_swa : s->cs;
         /* attention */
         for (int r = 0; r < n; r++)
             kn_rmsnorm(s->xb + (size_t)r * E, s->x + (size_t)r * E, L->attn_norm, E, hp->rms_eps);
@@ -311,17 +342,14 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, in
         add_bias(s->q, L->bq, n, HD);
         add_bias(s->kn, L->bk, n, KD);
         add_bias(s->vn, L->bv, n, KD);
+        /* Qwen3, Gemma 3: each head of Q and K normed before RoPE */
+        norm_rows(s->q, L->q_norm, n * H, D, hp->rms_eps);
+        norm_rows(s->kn, L->k_norm, n * Hkv, D, hp->rms_eps);
+        if (qscale != 1.0f)
+            for (size_t i = 0; i < (size_t)n * HD; i++) s->q[i] *= qscale;
         bool rope = kn_layer_has_rope(hp, l);
         for (int r = 0; r < n; r++) {
-            const float *cs = s->cs + (size_t)r * RD;
-            if (L->q_norm) /* Qwen3: each head normed before RoPE */
-                for (int h = 0; h < H; h++)
-                    kn_rmsnorm(s->q + (size_t)r * HD + (size_t)h * D,
-                               s->q + (size_t)r * HD + (size_t)h * D, L->q_norm, D, hp->rms_eps);
-            if (L->k_norm)
-                for (int h = 0; h < Hkv; h++)
-                    kn_rmsnorm(s->kn + (size_t)r * KD + (size_t)h * D,
-                               s->kn + (size_t)r * KD + (size_t)h * D, L->k_norm, D, hp->rms_eps);
+            const float *cs = lcs + (size_t)r * RD;
             if (rope) {
                 kn_rope_apply(s->q + (size_t)r * HD, H, D, RD, hp->rope_neox, cs);
                 kn_rope_apply(s->kn + (size_t)r * KD, Hkv, D, RD, hp->rope_neox, cs);
@@ -335,10 +363,10 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, in
                 store_kv(kv.v + at, s->vn + (size_t)r * KD + (size_t)h * D, D, s->kv_elem);
             }
         }
-        attn_job aj = {s, l, stateless};
+        attn_job aj = {s, l, stateless, swa};
         kn_pool_run(n * H * max_slots * D < 16384 ? NULL : s->pool, attn_item, &aj, n * Hkv);
         mm(s, &L->wo, s->xb, n, s->xb2);
-        for (size_t i = 0; i < (size_t)n * E; i++) s->x[i] += s->xb2[i];
+        add_residual(s->x, s->xb2, L->post_attn_norm, n, E, hp->rms_eps);
 
         /* feed-forward */
         for (int r = 0; r < n; r++)
@@ -350,10 +378,12 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, in
             kn_matmul_multi(s->pool, s->k, 2, w2, s->xb, &s->act, n, y2);
         }
         /* per row: where a row's tail starts must not depend on the rows before it */
-        for (int r = 0; r < n; r++)
-            s->k->swiglu(s->hb + (size_t)r * F, s->hb2 + (size_t)r * F, F);
+        for (int r = 0; r < n; r++) {
+            if (hp->gemma) geglu(s->hb + (size_t)r * F, s->hb2 + (size_t)r * F, F);
+            else s->k->swiglu(s->hb + (size_t)r * F, s->hb2 + (size_t)r * F, F);
+        }
         mm(s, &L->down, s->hb, n, s->xb2);
-        for (size_t i = 0; i < (size_t)n * E; i++) s->x[i] += s->xb2[i];
+        add_residual(s->x, s->xb2, L->post_ffn_norm, n, E, hp->rms_eps);
     }
     /* Only the rows whose logits are asked for go through the classifier. */
     int n_out = n - out_row;
@@ -361,6 +391,9 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, in
         kn_rmsnorm(s->xb + (size_t)r * E, s->x + (size_t)(out_row + r) * E, m->output_norm, E,
                    hp->rms_eps);
     mm(s, s->output, s->xb, n_out, s->logits);
+    if (hp->final_softcap > 0)
+        for (size_t i = 0; i < (size_t)n_out * hp->n_vocab; i++)
+            s->logits[i] = hp->final_softcap * tanhf(s->logits[i] / hp->final_softcap);
 }
 
 kiln_status kn_session_run(kn_session *s, const kn_graph_call *c, const float **logits,
