@@ -69,12 +69,14 @@ int main(int argc, char **argv) {
     for (int i = 0; i < g_n; i++) {
         if (filter && !strstr(g_tests[i].name, filter)) continue;
         g_failed = false;
+        double t0 = kn_now_seconds();
         g_tests[i].fn();
         if (g_tmp[0]) {
             kn_rmtree(g_tmp);
             g_tmp[0] = 0;
         }
-        printf("%s %s\n", g_failed ? "FAIL" : "ok  ", g_tests[i].name);
+        printf("%s %s (%.1f s)\n", g_failed ? "FAIL" : "ok  ", g_tests[i].name,
+               kn_now_seconds() - t0);
         fflush(stdout);
         if (g_failed) failed++;
         else passed++;

@@ -622,6 +622,9 @@ static void check_batched_decode(const char *path) {
 }
 
 TEST(engine_batched_decode_bit_identical) {
-    FOR_EACH_TABLE(check_batched_decode(smollm2_path()));
+    /* sanitizer builds: SmolLM2 on the default table only (the rows' bookkeeping is what ASan
+     * watches here; every table's batch invariance is the release build's to check) */
+    if (KT_SANITIZED) check_batched_decode(smollm2_path());
+    else FOR_EACH_TABLE(check_batched_decode(smollm2_path()));
     FOR_EACH_TABLE(check_batched_decode(kt_shared(STORIES)));
 }

@@ -255,8 +255,8 @@ def test_kiln_kernels_names_a_usable_table_or_is_an_error(stories_offering, name
     """KILN_KERNELS forces a kernel table; a name that does not exist, or names a table this CPU
     cannot run, is a one-line error listing the valid choices (exit 2), never silently replaced
     by the default (a test that forces a table must run that table)."""
-    from conftest import kernel_tables
-    usable = kernel_tables()
+    from conftest import usable_tables
+    usable = usable_tables()
     r = run_kiln("run", stories_offering, "--raw", "--prompt", "Once", "--max-tokens", 2,
                  "--json", kernels=name)
     if name in usable:
