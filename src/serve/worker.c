@@ -216,8 +216,17 @@ typedef struct text_ctx {
     job *j;
 } text_ctx;
 
+/* KILN_SERVE_TEST_PIECE_DELAY_MS (a test-only switch, read once at start): a pause after each
+ * streamed piece, so a test can hold a request in generation for as long as it needs however
+ * fast the machine is. */
+static long g_piece_delay_ms;
+
 static int on_text(const char *text, size_t len, void *user) {
     text_ctx *c = user;
+    if (g_piece_delay_ms > 0) {
+        struct timespec ts = {g_piece_delay_ms / 1000, (g_piece_delay_ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     send_frame(c->w, SV_F_TEXT, c->j->id, text, len);
     __atomic_add_fetch(&c->j->pieces, 1, __ATOMIC_RELAXED);
     return __atomic_load_n(&c->j->cancel, __ATOMIC_RELAXED);
@@ -374,6 +383,8 @@ int sv_worker_main(const sv_options *o) {
     signal(SIGPIPE, SIG_IGN);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() == 1) return 1;
+    g_piece_delay_ms = test_env("KILN_SERVE_TEST_PIECE_DELAY_MS");
+    if (g_piece_delay_ms > 10000) g_piece_delay_ms = 10000;
     long delay = test_env("KILN_SERVE_TEST_LOAD_DELAY");
     if (delay > 0) sleep((unsigned)delay);
 

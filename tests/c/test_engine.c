@@ -218,11 +218,14 @@ static void check_golden(const char *rel) {
                 CHECKF(out[pos] == g.next[pos], "%s [%s] kv C=%d threads=%d pos %d: %d, run.c %d",
                        rel, table_name(), chunks[ci], th, pos, out[pos], g.next[pos]);
             if (sp.stateless) {
+                /* a stateless step recomputes the whole window: O(N^2), so a sanitizer build
+                 * (unoptimized, ~30x slower) checks the first 64 positions */
+                int sl_steps = KT_SANITIZED && g.n_steps > 64 ? 64 : g.n_steps;
                 memset(out, -1, sizeof out);
-                bool ok = run_stateless(e, g.prompt, g.n_prompt, g.n_steps, out);
+                bool ok = run_stateless(e, g.prompt, g.n_prompt, sl_steps, out);
                 if (!ok) eng_free(e);
                 CHECK(ok);
-                for (int pos = g.n_prompt - 1; pos < g.n_steps; pos++)
+                for (int pos = g.n_prompt - 1; pos < sl_steps; pos++)
                     CHECKF(out[pos] == g.next[pos], "%s [%s] stateless pos %d: %d, run.c %d", rel,
                            table_name(), pos, out[pos], g.next[pos]);
             }
@@ -541,9 +544,15 @@ TEST(engine_smollm2_modes_agree) {
     /* Stateless with two threads is left out: every step is a whole window, and the
      * two-thread kv run and the stateless run already cover both halves. The plain-C table
      * and sanitizer builds are ~10-30x slower: there a few stateless steps show the same. */
-    FOR_EACH_TABLE(check_modes_agree(path, k_smol_prompt,
-                                     (int)(sizeof k_smol_prompt / sizeof k_smol_prompt[0]), false,
-                                     KT_SANITIZED || g_table == kn_kernels_generic() ? 6 : 32));
+    /* Sanitizer builds run it on the default table only (each table's kernels are checked
+     * under ASan by kernels_variants_match_reference; the release build runs every table). */
+    if (KT_SANITIZED)
+        check_modes_agree(path, k_smol_prompt,
+                          (int)(sizeof k_smol_prompt / sizeof k_smol_prompt[0]), false, 6);
+    else
+        FOR_EACH_TABLE(check_modes_agree(path, k_smol_prompt,
+                                         (int)(sizeof k_smol_prompt / sizeof k_smol_prompt[0]),
+                                         false, g_table == kn_kernels_generic() ? 6 : 32));
 }
 
 /* Batched decode (a server's busy slots in one pass over the weights): three sessions with

@@ -240,8 +240,12 @@ def test_command_errors(offering, tmp_path):
 
 def test_drain_timeout_answers_what_is_left(offering):
     """A drain that runs out of time (--drain-timeout 1) still answers every request: the one
-    generating ends, the one queued gets a 503, and the server exits 0."""
-    s = Server(offering, "--parallel", 1, "--drain-timeout", 1)
+    generating ends, the one queued gets a 503, and the server exits 0. The running request is
+    held in generation (a 50 ms pause per streamed piece, a test-only switch) so that it
+    outlasts the drain on any machine: on a fast one it could otherwise finish within the
+    second, and the queued one would then rightly run."""
+    s = Server(offering, "--parallel", 1, "--drain-timeout", 1,
+               env={**os.environ, "KILN_SERVE_TEST_PIECE_DELAY_MS": "50"})
     try:
         out = {}
 
