@@ -229,10 +229,13 @@ typedef struct kiln_chat_message {
 
 /* Renders a conversation with the model's chat template (template_name NULL) or a built-in
  * one ("chatml", "llama2", "mistral", "zephyr", "neural-chat", "llama3", "gemma"). A template
- * kiln cannot render is KILN_ERR_UNSUPPORTED naming it. *out: free with kiln_free. */
+ * kiln cannot render is KILN_ERR_UNSUPPORTED naming it. template_kwargs: NULL, or a JSON
+ * object whose members the template sees as variables, as apply_chat_template's extra
+ * arguments (e.g. "{\"enable_thinking\": false}" for Qwen3); a malformed one is
+ * KILN_ERR_INVALID_ARG. *out: free with kiln_free. */
 kiln_status kiln_chat_render(const kiln_tokenizer *tok, const char *template_name,
-                             const kiln_chat_message *msgs, size_t n, int add_generation_prompt,
-                             char **out, kiln_error *err);
+                             const char *template_kwargs, const kiln_chat_message *msgs, size_t n,
+                             int add_generation_prompt, char **out, kiln_error *err);
 /* ---- end tokenizer ---- */
 
 /* ---- runtime ---- */
@@ -408,6 +411,8 @@ typedef struct kiln_generate_params {
     int raw;                  /* 1: the prompt as is (BOS as the model wants), no chat template */
     const char *system;       /* optional system message for the chat template */
     const char *chat_template;/* optional built-in template name overriding the model's */
+    const char *chat_template_kwargs; /* optional JSON object of extra template variables,
+                                         e.g. {"enable_thinking": false} (kiln_chat_render) */
     kiln_text_fn on_text;
     void *user;
     volatile int *cancel;     /* optional: set non-zero (e.g. from a signal) to stop */

@@ -1,6 +1,7 @@
 /* args.c — option parsing helpers shared by the subcommands. */
 #include "args.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,16 @@ bool kiln_arg_choice(const char *option, const char *text, const char *const *na
                                 i == 0 ? "" : i == n - 1 ? " or " : ", ", names[i]);
     kiln_cli_error("%s: '%s' is not %s", option, text, list);
     return false;
+}
+
+bool kiln_arg_json_object(const char *option, const char *text) {
+    cJSON *j = cJSON_Parse(text);
+    bool ok = cJSON_IsObject(j);
+    cJSON_Delete(j);
+    if (!ok)
+        kiln_cli_error("%s: '%.60s%s' is not a JSON object (e.g. '{\"enable_thinking\": false}')",
+                       option, text, strlen(text) > 60 ? "..." : "");
+    return ok;
 }
 
 bool kiln_arg_is_help(const char *a) { return strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0; }

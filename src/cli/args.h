@@ -19,6 +19,8 @@ bool kiln_arg_is_help(const char *a);
 /* Finds text in the NULL-terminated list names and sets *index; otherwise prints
  * "kiln: OPTION: 'text' is not a, b or c" and returns false. */
 bool kiln_arg_choice(const char *option, const char *text, const char *const *names, int *index);
+/* Whether text is a JSON object; prints "kiln: OPTION: ..." when not. */
+bool kiln_arg_json_object(const char *option, const char *text);
 /* Whether s is valid UTF-8 (no overlongs, surrogates or values past U+10FFFF). */
 bool kiln_arg_utf8_ok(const char *s);
 

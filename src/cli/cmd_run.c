@@ -27,7 +27,7 @@ static int print_text(const char *text, size_t len, void *user) {
 
 /* Options shared by run and chat. */
 typedef struct run_opts {
-    const char *model, *prompt, *system, *tokenizer, *chat_template, *device;
+    const char *model, *prompt, *system, *tokenizer, *chat_template, *chat_kwargs, *device;
     kiln_model_params mp;
     kiln_session_params sp;
     kiln_generate_params gp;
@@ -53,6 +53,10 @@ static int parse_common(int argc, char **argv, int *i, run_opts *o) {
     if (kiln_arg_value(argc, argv, i, "--system", NULL, &v, &bad)) o->system = v;
     else if (kiln_arg_value(argc, argv, i, "--tokenizer_id", NULL, &v, &bad)) o->tokenizer = v;
     else if (kiln_arg_value(argc, argv, i, "--chat-template", NULL, &v, &bad)) o->chat_template = v;
+    else if (kiln_arg_value(argc, argv, i, "--chat-template-kwargs", NULL, &v, &bad)) {
+        if (!bad && !kiln_arg_json_object("--chat-template-kwargs", v)) return -1;
+        o->chat_kwargs = v;
+    }
     else if (kiln_arg_value(argc, argv, i, "--max-tokens", "-n", &v, &bad)) {
         if (!bad && !kiln_arg_int("--max-tokens", v, 1, 1 << 24, &o->gp.max_tokens)) return -1;
     } else if (kiln_arg_value(argc, argv, i, "--temp", NULL, &v, &bad)) {
@@ -147,6 +151,7 @@ static int open_all(run_opts *o, kiln_model **m, kiln_session **s) {
     }
     o->gp.system = o->system;
     o->gp.chat_template = o->chat_template;
+    o->gp.chat_template_kwargs = o->chat_kwargs;
     o->gp.cancel = &g_cancel;
     return 0;
 }
@@ -185,6 +190,8 @@ static void run_usage(FILE *f) {
             "  --system TEXT        system message for the chat template\n"
             "  --raw                no chat template (BOS as the model wants)\n"
             "  --chat-template NAME chatml | llama2 | mistral | zephyr | neural-chat | llama3 | gemma\n"
+            "  --chat-template-kwargs JSON  extra template variables, e.g.\n"
+            "                       '{\"enable_thinking\": false}' (Qwen3: answer without thinking)\n"
             "  --max-tokens N       default 256 (-n)\n"
             "  --temp T             0 = greedy (default); sampling otherwise\n"
             "  --top-k K            default 40 (0 = the 512 most likely)\n"

@@ -37,6 +37,8 @@ static void serve_usage(FILE *f) {
         "  defaults of a request that does not say (as kiln run):\n"
         "  --temp T --top-k K --top-p P --min-p P --repeat-penalty R\n"
         "  --chat-template NAME chatml | llama2 | mistral | zephyr | neural-chat | llama3 | gemma\n"
+        "  --chat-template-kwargs JSON  extra template variables (a request's own\n"
+        "                       chat_template_kwargs members win), e.g. '{\"enable_thinking\": false}'\n"
         "  the model, as kiln run opens it:\n"
         "  --device D --no-fallback --verify --openvino-lib PATH --mode kv|stateless\n"
         "  --overflow stop|slide --window W --chunk C --tokenizer_id ID\n\n"
@@ -134,6 +136,9 @@ static int sv_parse_options(int argc, char **argv, sv_options *o) {
                 return 2;
         } else if (kiln_arg_value(argc, argv, &i, "--chat-template", NULL, &v, &bad)) {
             o->chat_template = v;
+        } else if (kiln_arg_value(argc, argv, &i, "--chat-template-kwargs", NULL, &v, &bad)) {
+            if (!bad && !kiln_arg_json_object("--chat-template-kwargs", v)) return 2;
+            o->chat_template_kwargs = v;
         } else if (kiln_arg_value(argc, argv, &i, "--device", NULL, &v, &bad)) {
             o->device = v;
         } else if (kiln_arg_value(argc, argv, &i, "--openvino-lib", NULL, &v, &bad)) {

@@ -81,7 +81,9 @@ kiln_status kiln_chat_turn(kiln_chat *c, const char *user_text,
     if (!s) s = add_msg(c, "user", user_text, strlen(user_text), err);
     kn_tokens ids = {0};
     const kiln_model *km = c->s->model;
-    if (!s) s = kn_chat_tokens(km->tok, p->chat_template, c->msgs, (size_t)c->n_msgs, &ids, err);
+    if (!s)
+        s = kn_chat_tokens(km->tok, p->chat_template, p->chat_template_kwargs, c->msgs,
+                           (size_t)c->n_msgs, &ids, err);
     const int W = km->contract.window;
     if (!s && (int)ids.n >= W && c->s->p.overflow == KILN_OVERFLOW_STOP)
         s = kn_fail(err, KILN_ERR_INVALID_ARG,

@@ -316,7 +316,8 @@ kiln_status kiln_generate(kiln_session *ks, const char *prompt,
         size_t nm = 0;
         if (p->system && *p->system) msgs[nm++] = (kn_chat_msg){"system", p->system};
         msgs[nm++] = (kn_chat_msg){"user", prompt};
-        s = kn_chat_tokens(ks->model->tok, p->chat_template, msgs, nm, &ids, err);
+        s = kn_chat_tokens(ks->model->tok, p->chat_template, p->chat_template_kwargs, msgs, nm,
+                           &ids, err);
     }
     if (!s) s = kiln_generate_ids(ks, ids.ids, (int)ids.n, p, out, err);
     kn_tokens_free(&ids);

@@ -361,6 +361,16 @@ int sv_request_parse(const char *body, size_t len, sv_kind kind, const char *mod
         cJSON_AddStringToObject(w, "seed", s);
     }
     if (parse_stop(root, w, e)) goto done;
+    /* llama-server's and vLLM's name for apply_chat_template's extra arguments */
+    const cJSON *kw = field(root, "chat_template_kwargs");
+    if (kw) {
+        if (!cJSON_IsObject(kw)) {
+            bad(e, "chat_template_kwargs", "invalid_type",
+                "'chat_template_kwargs' must be an object");
+            goto done;
+        }
+        cJSON_AddItemToObject(w, "chat_template_kwargs", cJSON_Duplicate(kw, 1));
+    }
     if (boolean(root, "stream", &out->stream, e) < 0) goto done;
     const cJSON *so = field(root, "stream_options");
     if (so) {
@@ -459,6 +469,9 @@ int sv_job_from_json(const char *json, size_t len, sv_job_spec *s, sv_error *e) 
             s->n_stop++;
         }
     }
+    if ((f = cJSON_GetObjectItemCaseSensitive(root, "chat_template_kwargs")) && cJSON_IsObject(f) &&
+        !(s->chat_template_kwargs = cJSON_PrintUnformatted(f)))
+        goto bad;
     rc = 0;
 bad:
     if (rc) sv_error_set(e, 500, "server_error", NULL, NULL, "the worker got a malformed request");
@@ -476,5 +489,6 @@ void sv_job_spec_free(sv_job_spec *s) {
     free(s->prompt);
     free(s->prompt_ids);
     for (int i = 0; i < s->n_stop; i++) free(s->stops[i]);
+    cJSON_free(s->chat_template_kwargs);
     memset(s, 0, sizeof *s);
 }

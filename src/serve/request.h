@@ -54,6 +54,7 @@ typedef struct sv_job_spec {
     uint64_t seed;
     char *stops[SV_MAX_STOPS];
     int n_stop;
+    char *chat_template_kwargs; /* the request's JSON object, or NULL */
 } sv_job_spec;
 
 /* 0 ok, -1 with e->message set (a malformed message from the supervisor: a bug). */

@@ -40,6 +40,7 @@ typedef struct sv_options {
     /* defaults of a request that does not say (kiln run's defaults) */
     kiln_sampling sampling;
     const char *chat_template;
+    const char *chat_template_kwargs; /* JSON object, or NULL */
     /* the model and its sessions, as kiln run opens them */
     const char *device, *openvino_lib, *tokenizer;
     int no_fallback, verify;

@@ -109,6 +109,29 @@ static void job_free(job *j) {
     free(j);
 }
 
+/* The template variables of a request: the server's --chat-template-kwargs with the request's
+ * own members over them (as llama-server merges them). NULL when neither; *owned says whether
+ * the caller frees the text (cJSON_free). */
+static const char *merged_kwargs(const char *dflt, const char *req, bool *owned) {
+    *owned = false;
+    if (!dflt || !req) return req ? req : dflt;
+    cJSON *d = cJSON_Parse(dflt), *r = cJSON_Parse(req);
+    char *out = NULL;
+    if (cJSON_IsObject(d) && cJSON_IsObject(r)) {
+        cJSON *m;
+        while ((m = r->child)) {
+            cJSON_DetachItemViaPointer(r, m);
+            cJSON_DeleteItemFromObjectCaseSensitive(d, m->string);
+            cJSON_AddItemToObject(d, m->string, m);
+        }
+        out = cJSON_PrintUnformatted(d);
+    }
+    cJSON_Delete(d);
+    cJSON_Delete(r);
+    *owned = out != NULL;
+    return out ? out : req;
+}
+
 /* The prompt's ids: the chat template (or the raw text, or the ids given), checked against the
  * vocabulary and the window. 0 ok; else an error was sent. */
 static int prepare(worker *w, job *j) {
@@ -118,8 +141,12 @@ static int prepare(worker *w, job *j) {
     sv_job_spec *sp = &j->spec;
     if (sp->kind == SV_CHAT) {
         char *text = NULL;
-        st = kiln_chat_render(w->tok, w->o->chat_template, sp->msgs, (size_t)sp->n_msgs, 1, &text,
-                              &err);
+        bool owned;
+        const char *kw = merged_kwargs(w->o->chat_template_kwargs, sp->chat_template_kwargs,
+                                       &owned);
+        st = kiln_chat_render(w->tok, w->o->chat_template, kw, sp->msgs, (size_t)sp->n_msgs, 1,
+                              &text, &err);
+        if (owned) cJSON_free((char *)kw);
         if (!st) st = kiln_tokenize(w->tok, text, strlen(text), KILN_TOKENIZE_SPECIAL, &j->ids, &n,
                                     &err);
         kiln_free(text);

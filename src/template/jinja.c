@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <cjson/cJSON.h>
 #include <utf8proc.h>
 
 #include "base/limits.h"
@@ -128,6 +129,7 @@ typedef struct R {
     const char *line_p;       /* lexer: line_no is the line of line_p (advanced, never rescanned) */
     int line_no;
     frame *globals;
+    cJSON *kwargs;            /* parsed kwargs_json, deleted on every way out */
 } R;
 
 static _Noreturn KN_PRINTF(3, 4) void fail(R *r, kiln_status code, const char *fmt, ...) {
@@ -2350,6 +2352,59 @@ static int exec(R *r, frame *f, node *x, bool in_loop) {
 
 /* ---------------------------------------------------------------- entry */
 
+static jv arena_str(R *r, const char *s) {
+    size_t n = strlen(s);
+    char *p = amalloc(r, n + 1);
+    memcpy(p, s, n + 1);
+    return mk_str(p, n);
+}
+
+/* A JSON value as a template value; strings are copied into the arena. */
+static jv from_json(R *r, const cJSON *j, int depth) {
+    if (depth > 64) fail(r, KILN_ERR_INVALID_ARG, "chat template kwargs: nested deeper than 64");
+    work(r, 1);
+    if (cJSON_IsNull(j)) return mk_none();
+    if (cJSON_IsBool(j)) return mk_bool(cJSON_IsTrue(j));
+    if (cJSON_IsNumber(j)) {
+        double d = j->valuedouble;
+        /* JSON has one number type; a whole one is an int to the template, as json.loads
+         * gives Python (a literal with a fraction or exponent stays a float only in
+         * Python, which cJSON cannot tell apart: 2.0 becomes 2) */
+        if (d == floor(d) && fabs(d) < 9007199254740992.0) return mk_int((int64_t)d);
+        return mk_float(d);
+    }
+    if (cJSON_IsString(j)) return arena_str(r, j->valuestring);
+    if (cJSON_IsArray(j)) {
+        jv l = mk_list(r);
+        const cJSON *e;
+        cJSON_ArrayForEach(e, j) list_push(r, l.u.l, from_json(r, e, depth + 1));
+        return l;
+    }
+    if (cJSON_IsObject(j)) {
+        jv d = mk_dict(r, JV_DICT);
+        const cJSON *e;
+        cJSON_ArrayForEach(e, j) dict_set(r, d.u.d, arena_str(r, e->string), from_json(r, e, depth + 1));
+        return d;
+    }
+    fail(r, KILN_ERR_INVALID_ARG, "chat template kwargs: a value of no JSON type");
+}
+
+static void bind_kwargs(R *r, frame *g, const char *json) {
+    r->kwargs = cJSON_Parse(json);
+    if (!cJSON_IsObject(r->kwargs))
+        fail(r, KILN_ERR_INVALID_ARG, "chat template kwargs: not a JSON object: %.60s%s", json,
+             strlen(json) > 60 ? "..." : "");
+    const cJSON *e;
+    cJSON_ArrayForEach(e, r->kwargs) {
+        if (!strcmp(e->string, "messages") || !strcmp(e->string, "add_generation_prompt"))
+            fail(r, KILN_ERR_INVALID_ARG, "chat template kwargs: '%s' is set by kiln itself",
+                 e->string);
+        bind(r, g, arena_str(r, e->string), from_json(r, e, 0));
+    }
+    cJSON_Delete(r->kwargs);
+    r->kwargs = NULL;
+}
+
 static void free_arena(R *r) {
     while (r->arena) {
         blk *n = r->arena->next;
@@ -2366,6 +2421,7 @@ kiln_status kn_jinja_render(const char *tmpl, const kn_jinja_vars *vars, char **
     if (setjmp(r->jb)) {
         kiln_status code = r->code;
         kn_fail(err, code, "%s", r->msg);
+        cJSON_Delete(r->kwargs);
         kn_buf_free(&r->out);
         free_arena(r);
         kn_free(r);
@@ -2407,6 +2463,7 @@ kiln_status kn_jinja_render(const char *tmpl, const kn_jinja_vars *vars, char **
     bind(r, g, mk_cstr("documents"), mk_none());
     if (vars->bos_token) bind(r, g, mk_cstr("bos_token"), mk_cstr(vars->bos_token));
     if (vars->eos_token) bind(r, g, mk_cstr("eos_token"), mk_cstr(vars->eos_token));
+    if (vars->kwargs_json) bind_kwargs(r, g, vars->kwargs_json);
     frame *top = acalloc(r, 1, sizeof(frame));
     top->up = g;
     r->globals = g;

@@ -4,7 +4,9 @@
  * ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True) with the loopcontrols
  * extension, a raise_exception() global and transformers' own tojson filter (ensure_ascii off).
  * The variables are messages (role/content dicts), add_generation_prompt, bos_token, eos_token,
- * and tools/documents set to None, as transformers passes them.
+ * and tools/documents set to None, as transformers passes them, plus the members of an optional
+ * JSON object (apply_chat_template's extra keyword arguments, e.g. Qwen3's enable_thinking:
+ * llama-server's and vLLM's chat_template_kwargs).
  *
  * Work is bounded whatever the template: the source is lexed in linear time and is at most
  * KN_MAX_TEMPLATE_BYTES (1 MiB); a rendering may produce KN_MAX_TEMPLATE_OUTPUT bytes, run
@@ -36,6 +38,10 @@ typedef struct kn_jinja_vars {
     bool add_generation_prompt;
     const char *bos_token; /* NULL: undefined */
     const char *eos_token;
+    /* NULL, or a JSON object whose members become variables (a string, number, bool, null,
+     * list or dict each); it may not rebind messages or add_generation_prompt. A malformed one
+     * is KILN_ERR_INVALID_ARG. */
+    const char *kwargs_json;
 } kn_jinja_vars;
 
 /* Renders tmpl; *out is NUL-terminated, freed with kn_free (NULL on failure). */

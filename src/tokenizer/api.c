@@ -151,10 +151,10 @@ int kiln_tokenizer_is_eog(const kiln_tokenizer *tok, int32_t id) {
 }
 
 kiln_status kiln_chat_render(const kiln_tokenizer *tok, const char *template_name,
-                             const kiln_chat_message *msgs, size_t n, int add_generation_prompt,
-                             char **out, kiln_error *err) {
+                             const char *template_kwargs, const kiln_chat_message *msgs, size_t n,
+                             int add_generation_prompt, char **out, kiln_error *err) {
     if (!tok || !out || (!msgs && n)) return kn_fail(err, KILN_ERR_INVALID_ARG, "kiln_chat_render: NULL argument");
     /* kiln_chat_message and kn_chat_msg have the same layout */
-    return kn_chat_render((const kn_tokenizer *)tok, template_name, (const kn_chat_msg *)msgs, n,
-                          add_generation_prompt != 0, out, err);
+    return kn_chat_render((const kn_tokenizer *)tok, template_name, template_kwargs,
+                          (const kn_chat_msg *)msgs, n, add_generation_prompt != 0, out, err);
 }

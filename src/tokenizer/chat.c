@@ -175,10 +175,10 @@ static kiln_status finish(kn_buf *b, char **out, kiln_error *err) {
 }
 
 kiln_status kn_chat_render_template(const char *tmpl, const char *bos, const char *eos,
-                                    const kn_chat_msg *msgs, size_t n, bool add_generation_prompt,
-                                    char **out, kiln_error *err) {
+                                    const char *kwargs, const kn_chat_msg *msgs, size_t n,
+                                    bool add_generation_prompt, char **out, kiln_error *err) {
     *out = NULL;
-    kn_jinja_vars v = {msgs, n, add_generation_prompt, bos ? bos : "", eos ? eos : ""};
+    kn_jinja_vars v = {msgs, n, add_generation_prompt, bos ? bos : "", eos ? eos : "", kwargs};
     kiln_error jerr;
     kn_error_clear(&jerr);
     kiln_status st = kn_jinja_render(tmpl, &v, out, &jerr);
@@ -211,8 +211,9 @@ static char *tok_text(const kn_tokenizer *t, int32_t id, char *buf, size_t cap) 
     return buf;
 }
 
-kiln_status kn_chat_render(const kn_tokenizer *t, const char *name, const kn_chat_msg *msgs,
-                           size_t n, bool add_generation_prompt, char **out, kiln_error *err) {
+kiln_status kn_chat_render(const kn_tokenizer *t, const char *name, const char *kwargs,
+                           const kn_chat_msg *msgs, size_t n, bool add_generation_prompt,
+                           char **out, kiln_error *err) {
     *out = NULL;
     char bos[128], eos[128];
     tok_text(t, t->bos, bos, sizeof bos);
@@ -233,14 +234,14 @@ kiln_status kn_chat_render(const kn_tokenizer *t, const char *name, const kn_cha
     if (!t->chat_template)
         return kn_fail(err, KILN_ERR_UNSUPPORTED, "the model has no chat template "
                        "(tokenizer.chat_template); choose one with --chat-template NAME");
-    return kn_chat_render_template(t->chat_template, bos, eos, msgs, n, add_generation_prompt,
-                                   out, err);
+    return kn_chat_render_template(t->chat_template, bos, eos, kwargs, msgs, n,
+                                   add_generation_prompt, out, err);
 }
 
-kiln_status kn_chat_tokens(const kn_tokenizer *t, const char *name, const kn_chat_msg *msgs,
-                           size_t n, kn_tokens *ids, kiln_error *err) {
+kiln_status kn_chat_tokens(const kn_tokenizer *t, const char *name, const char *kwargs,
+                           const kn_chat_msg *msgs, size_t n, kn_tokens *ids, kiln_error *err) {
     char *text = NULL;
-    kiln_status s = kn_chat_render(t, name, msgs, n, true, &text, err);
+    kiln_status s = kn_chat_render(t, name, kwargs, msgs, n, true, &text, err);
     if (!s) s = kn_tokenize(t, text, strlen(text), KN_TOK_PARSE_SPECIAL, ids, err);
     kn_free(text);
     return s;

@@ -174,17 +174,20 @@ size_t kn_utf8_sanitize(const uint8_t *src, size_t n, bool final, kn_buf *out);
  * template; NULL uses tokenizer.chat_template, rendered by kiln's Jinja-subset interpreter, or
  * recognised as a built-in format. KILN_ERR_UNSUPPORTED names a template kiln cannot render.
  * *out is NUL-terminated, freed with kn_free. */
-kiln_status kn_chat_render(const kn_tokenizer *t, const char *name, const kn_chat_msg *msgs,
-                           size_t n, bool add_generation_prompt, char **out, kiln_error *err);
+/* kwargs: NULL, or a JSON object of extra template variables (e.g. {"enable_thinking":
+ * false}); a built-in format has no use for them. */
+kiln_status kn_chat_render(const kn_tokenizer *t, const char *name, const char *kwargs,
+                           const kn_chat_msg *msgs, size_t n, bool add_generation_prompt,
+                           char **out, kiln_error *err);
 /* Renders a Jinja template source directly (bos/eos token texts given by the caller). */
 kiln_status kn_chat_render_template(const char *tmpl, const char *bos, const char *eos,
-                                    const kn_chat_msg *msgs, size_t n, bool add_generation_prompt,
-                                    char **out, kiln_error *err);
+                                    const char *kwargs, const kn_chat_msg *msgs, size_t n,
+                                    bool add_generation_prompt, char **out, kiln_error *err);
 /* Renders messages for generation (add_generation_prompt) and tokenizes the text with its
  * special tokens. Chat templates carry their own BOS text where the model wants one, so none
  * is added (as Hugging Face's apply_chat_template does). */
-kiln_status kn_chat_tokens(const kn_tokenizer *t, const char *name, const kn_chat_msg *msgs,
-                           size_t n, kn_tokens *ids, kiln_error *err);
+kiln_status kn_chat_tokens(const kn_tokenizer *t, const char *name, const char *kwargs,
+                           const kn_chat_msg *msgs, size_t n, kn_tokens *ids, kiln_error *err);
 /* The built-in format a template source looks like, or NULL. */
 const char *kn_chat_detect(const char *tmpl);
 

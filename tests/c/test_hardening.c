@@ -179,7 +179,7 @@ TEST(hardening_fuzz_seeds_are_valid_inputs) {
                           {"user", "2+2?"}};
     for (size_t i = 0; i < 2; i++) {
         CHECK((t = seed_text(tmpls[i], &n)) != NULL);
-        kn_jinja_vars v = {msgs, 4, true, "<s>", "</s>"};
+        kn_jinja_vars v = {msgs, 4, true, "<s>", "</s>", NULL};
         char *out = NULL;
         CHECKF(kn_jinja_render(t, &v, &out, &e) == KILN_OK, "%s: %s", tmpls[i], e.message);
         kn_free(out);

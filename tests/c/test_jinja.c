@@ -14,7 +14,7 @@ static const kn_chat_msg k_msgs[] = {
 
 /* Renders tmpl over k_msgs[0..n); returns the status, the output in *out (kn_free it). */
 static kiln_status render(const char *tmpl, size_t n, bool gen, char **out, kiln_error *err) {
-    kn_jinja_vars v = {k_msgs, n, gen, "<s>", "</s>"};
+    kn_jinja_vars v = {k_msgs, n, gen, "<s>", "</s>", NULL};
     kn_error_clear(err);
     return kn_jinja_render(tmpl, &v, out, err);
 }
@@ -185,18 +185,18 @@ TEST(jinja_chat_render_template) {
     CHECK(kn_chat_render_template("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
                                   "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>"
                                   "assistant\n{% endif %}",
-                                  "", "", k_msgs + 1, 1, true, &out, &err) == KILN_OK);
+                                  "", "", NULL, k_msgs + 1, 1, true, &out, &err) == KILN_OK);
     CHECK(!strcmp(out, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"));
     kn_free(out);
     /* a macro is beyond the subset; the ChatML markers select the built-in format */
-    CHECK(kn_chat_render_template("{% macro x() %}{% endmacro %}<|im_start|>", "", "", k_msgs + 1, 1,
+    CHECK(kn_chat_render_template("{% macro x() %}{% endmacro %}<|im_start|>", "", "", NULL, k_msgs + 1, 1,
                                   true, &out, &err) == KILN_OK);
     CHECK(!strcmp(out, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"));
     kn_free(out);
-    CHECK(kn_chat_render_template("{% macro x() %}{% endmacro %}", "", "", k_msgs, 1, true, &out,
+    CHECK(kn_chat_render_template("{% macro x() %}{% endmacro %}", "", "", NULL, k_msgs, 1, true, &out,
                                   &err) == KILN_ERR_UNSUPPORTED);
     CHECK(strstr(err.message, "macro") != NULL);
-    CHECK(kn_chat_render_template("{{ raise_exception('nope') }}<|im_start|>", "", "", k_msgs, 1,
+    CHECK(kn_chat_render_template("{{ raise_exception('nope') }}<|im_start|>", "", "", NULL, k_msgs, 1,
                                   true, &out, &err) == KILN_ERR_INVALID_ARG);
     CHECK(!strcmp(err.message, "nope"));
 }

@@ -488,33 +488,33 @@ TEST(tokenizer_chat_templates) {
     kn_chat_msg m[] = {{"system", "Be brief."}, {"user", "Hi"}, {"assistant", "Hello!"}, {"user", "Bye"}};
     char *out = NULL;
     kiln_error err;
-    CHECK(kn_chat_render_template(FALLBACK "{% for message in messages %}<|im_start|>...", "", "", m, 4,
+    CHECK(kn_chat_render_template(FALLBACK "{% for message in messages %}<|im_start|>...", "", "", NULL, m, 4,
                                   true, &out, &err) == KILN_OK);
     CHECK(strcmp(out, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
                       "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n"
                       "<|im_start|>assistant\n") == 0);
     kn_free(out);
-    CHECK(kn_chat_render_template(FALLBACK "[INST] <<SYS>>", "<s>", "</s>", m, 4, true, &out, &err) == KILN_OK);
+    CHECK(kn_chat_render_template(FALLBACK "[INST] <<SYS>>", "<s>", "</s>", NULL, m, 4, true, &out, &err) == KILN_OK);
     CHECK(strcmp(out, "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello! </s><s>[INST] Bye [/INST]") == 0);
     kn_free(out);
-    CHECK(kn_chat_render_template(FALLBACK "x [INST] y", "<s>", "</s>", m + 1, 3, true, &out, &err) == KILN_OK);
+    CHECK(kn_chat_render_template(FALLBACK "x [INST] y", "<s>", "</s>", NULL, m + 1, 3, true, &out, &err) == KILN_OK);
     CHECK(strcmp(out, "<s>[INST] Hi [/INST]Hello!</s>[INST] Bye [/INST]") == 0);
     kn_free(out);
-    CHECK(kn_chat_render_template(FALLBACK "<|user|>", "<s>", "</s>", m, 2, true, &out, &err) == KILN_OK);
+    CHECK(kn_chat_render_template(FALLBACK "<|user|>", "<s>", "</s>", NULL, m, 2, true, &out, &err) == KILN_OK);
     CHECK(strcmp(out, "<|system|>\nBe brief.</s>\n<|user|>\nHi</s>\n<|assistant|>\n") == 0);
     kn_free(out);
-    CHECK(kn_chat_render_template(FALLBACK "### User:", "", "", m, 2, true, &out, &err) == KILN_OK);
+    CHECK(kn_chat_render_template(FALLBACK "### User:", "", "", NULL, m, 2, true, &out, &err) == KILN_OK);
     CHECK(strcmp(out, "### System:\nBe brief.\n### User:\nHi\n### Assistant:\n") == 0);
     kn_free(out);
-    CHECK(kn_chat_render_template(FALLBACK "<|start_header_id|>", "<|begin_of_text|>", "", m, 2, true, &out, &err) == KILN_OK);
+    CHECK(kn_chat_render_template(FALLBACK "<|start_header_id|>", "<|begin_of_text|>", "", NULL, m, 2, true, &out, &err) == KILN_OK);
     CHECK(strcmp(out, "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
                       "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
                       "<|start_header_id|>assistant<|end_header_id|>\n\n") == 0);
     kn_free(out);
-    CHECK(kn_chat_render_template(FALLBACK "<start_of_turn>", "<bos>", "", m, 2, true, &out, &err) == KILN_OK);
+    CHECK(kn_chat_render_template(FALLBACK "<start_of_turn>", "<bos>", "", NULL, m, 2, true, &out, &err) == KILN_OK);
     CHECK(strcmp(out, "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n") == 0);
     kn_free(out);
-    CHECK(kn_chat_render_template("{{ something else }}", "", "", m, 2, true, &out, &err) ==
+    CHECK(kn_chat_render_template("{{ something else }}", "", "", NULL, m, 2, true, &out, &err) ==
           KILN_ERR_FORMAT);
     CHECK(strstr(err.message, "else") != NULL);
     /* SmolLM2's own template, through the model */
@@ -523,7 +523,7 @@ TEST(tokenizer_chat_templates) {
            "%s (run scripts/fetch_models.sh)", err.message);
     {
         CHECK(kn_chat_detect(kn_tokenizer_chat_template(t)) != NULL);
-        CHECK(kn_chat_render(t, NULL, m + 1, 1, true, &out, &err) == KILN_OK);
+        CHECK(kn_chat_render(t, NULL, NULL, m + 1, 1, true, &out, &err) == KILN_OK);
         CHECK(strstr(out, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n") != NULL);
         kn_free(out);
         CHECK(kn_tokenizer_is_eog(t, kn_tokenizer_find(t, "<|im_end|>", 10)));

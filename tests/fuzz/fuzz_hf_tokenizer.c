@@ -32,7 +32,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                           {"user", "Bye"}};
     char *rendered = NULL;
     if (kn_tokenizer_chat_template(t) &&
-        kn_chat_render(t, NULL, msgs, 4, true, &rendered, &e) == KILN_OK)
+        kn_chat_render(t, NULL, NULL, msgs, 4, true, &rendered, &e) == KILN_OK)
         kn_free(rendered);
     kn_tokenizer_free(t);
     return 0;

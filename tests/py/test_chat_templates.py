@@ -24,6 +24,7 @@ TOKENS = {
     "gemma3": ("<bos>", "<eos>"),
     "llama3": ("<|begin_of_text|>", "<|end_of_text|>"),
     "qwen2": ("", "<|im_end|>"),
+    "qwen3": ("", "<|im_end|>"),
     "chatml": ("<s>", "<|im_end|>"),
     "command-r": ("<BOS_TOKEN>", "<|END_OF_TURN_TOKEN|>"),
     "deepseek-coder": ("<｜begin▁of▁sentence｜>", "<|EOT|>"),
@@ -42,11 +43,15 @@ CONVERSATIONS = {
     "unicode": [{"role": "user", "content": "héllo — 日本語 🎉\n\ttabs\u3000"},
                 {"role": "assistant", "content": "ünïcödé ✓ straße"},
                 {"role": "user", "content": "ΣΑΣ ǆ {{ not a tag }} {% if %} 'q' \"dq\" \\ end"}],
+    # an earlier answer that kept its reasoning (Qwen3's template strips it from history)
+    "thinking": [{"role": "user", "content": "2+2?"},
+                 {"role": "assistant", "content": "<think>\nadd them\n</think>\n\nIt is 4."},
+                 {"role": "user", "content": "and 3+3?"}],
     "bad_order": [{"role": "assistant", "content": "first"}, {"role": "user", "content": "second"}],
 }
 
 
-def hf_render(source, messages, add_generation_prompt, bos, eos):
+def hf_render(source, messages, add_generation_prompt, bos, eos, kwargs=None):
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
 
@@ -60,7 +65,8 @@ def hf_render(source, messages, add_generation_prompt, bos, eos):
     env.globals["raise_exception"] = raise_exception
     return env.from_string(source).render(messages=messages, tools=None, documents=None,
                                           add_generation_prompt=add_generation_prompt,
-                                          bos_token=bos, eos_token=eos)
+                                          # transformers: {**special_tokens_map, **kwargs}
+                                          **{"bos_token": bos, "eos_token": eos, **(kwargs or {})})
 
 
 def tool() -> Path:
@@ -70,21 +76,23 @@ def tool() -> Path:
     return p
 
 
-def kiln_render(tmp_path, source, messages, gen, bos, eos):
+def kiln_render(tmp_path, source, messages, gen, bos, eos, kwargs=None):
     t = tmp_path / "t.jinja"
     t.write_bytes(source.encode())
     c = tmp_path / "c.json"
-    c.write_text(json.dumps({"messages": messages, "add_generation_prompt": gen,
-                             "bos_token": bos, "eos_token": eos}))
+    conv = {"messages": messages, "add_generation_prompt": gen, "bos_token": bos, "eos_token": eos}
+    if kwargs is not None:  # JSON text as the CLI takes it (a str is passed as it is)
+        conv["kwargs"] = kwargs if isinstance(kwargs, str) else json.dumps(kwargs)
+    c.write_text(json.dumps(conv))
     return subprocess.run([str(tool()), "template", str(t), str(c)], capture_output=True, timeout=60)
 
 
-def check(tmp_path, source, messages, gen, bos="<s>", eos="</s>"):
+def check(tmp_path, source, messages, gen, bos="<s>", eos="</s>", kwargs=None):
     try:
-        want, want_err = hf_render(source, messages, gen, bos, eos), None
+        want, want_err = hf_render(source, messages, gen, bos, eos, kwargs), None
     except Exception as e:  # noqa: BLE001 - any jinja2 failure must be a kiln failure too
         want, want_err = None, e
-    r = kiln_render(tmp_path, source, messages, gen, bos, eos)
+    r = kiln_render(tmp_path, source, messages, gen, bos, eos, kwargs)
     if want_err is not None:
         assert r.returncode == 1, f"jinja2 raised {want_err!r}; kiln printed {r.stdout!r}"
         err = r.stderr.decode()
@@ -201,3 +209,43 @@ def test_builtin_name_still_selects_format(tmp_path, smollm_gguf):
                        timeout=120)
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode().startswith("<|system|>\nYou are a helpful assistant")
+
+
+# apply_chat_template's extra keyword arguments (kiln's --chat-template-kwargs, the server's
+# chat_template_kwargs): Qwen3's switch, and every JSON type as a template variable.
+@pytest.mark.parametrize("kwargs", [{}, {"enable_thinking": False}, {"enable_thinking": True},
+                                    {"enable_thinking": None}, {"enable_thinking": 0}])
+@pytest.mark.parametrize("conv", ["user", "system_user", "thinking"])
+def test_qwen3_enable_thinking(tmp_path, conv, kwargs):
+    source = (TEMPLATES / "qwen3.jinja").read_text()
+    check(tmp_path, source, CONVERSATIONS[conv], True, "", "<|im_end|>", kwargs)
+    if kwargs.get("enable_thinking", 1) is False:  # the switch really changes the text
+        assert kiln_render(tmp_path, source, CONVERSATIONS[conv], True, "", "<|im_end|>",
+                           kwargs).stdout.decode().endswith("<think>\n\n</think>\n\n")
+
+
+KWARGS_TEMPLATE = ("{{ s }}|{{ i + 1 }}|{{ f * 2 }}|{{ b }}|{{ n is none }}|{{ l[1] }}|{{ l | length }}|"
+                   "{{ d.k }}|{{ d['n'][0].x }}|{{ d | tojson }}|{{ l | tojson }}|{{ bos_token }}|"
+                   "{{ messages | length }}")
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"s": "héllo \"q\" 日本", "i": 41, "f": 1.25, "b": True, "n": None, "l": [1, "two", None],
+     "d": {"k": "v", "n": [{"x": -3}], "z": False}},
+    {"s": "", "i": -9007199254740991, "f": -1e-7, "b": False, "n": None, "l": [[], {}],
+     "d": {"k": 0, "n": [{"x": 1.5}]}, "bos_token": "<override>"},
+])
+def test_template_kwargs_types(tmp_path, kwargs):
+    check(tmp_path, KWARGS_TEMPLATE, CONVERSATIONS["multi"], True, kwargs=kwargs)
+
+
+@pytest.mark.parametrize("kwargs, why", [
+    ([1, 2], "not a JSON object"), ("x", "not a JSON object"), ('{"a": 1', "not a JSON object"),
+    ({"messages": []}, "'messages' is set by kiln itself"),
+    ({"add_generation_prompt": False}, "'add_generation_prompt' is set by kiln itself"),
+])
+def test_template_kwargs_refused(tmp_path, kwargs, why):
+    r = kiln_render(tmp_path, "{{ messages | length }}", CONVERSATIONS["user"], True, "", "", kwargs)
+    assert r.returncode == 1, r.stdout
+    assert r.stderr.decode().startswith(f"kn_chat_tool: {KILN_ERR_INVALID_ARG} ")
+    assert why in r.stderr.decode()

@@ -14,7 +14,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import run_kiln
+from conftest import ROOT, run_kiln, smollm2_hf_tokenizer
 from serve_util import Server
 
 KEY = "kiln-test-key"
@@ -209,6 +209,8 @@ def post(server, path, body, key=KEY, **kw):
     ({"messages": [{"role": "user", "content": "x"}], "stop": [1]}, "stop"),
     ({"messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
     ({"messages": [{"role": "user", "content": "x"}], "seed": "x"}, "seed"),
+    ({"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": "x"},
+     "chat_template_kwargs"),
 ])
 def test_400_bad_requests(server, body, param):
     r = post(server, "/v1/chat/completions", body)
@@ -312,3 +314,33 @@ def test_health_and_metrics_format(server, client):
     assert [s for s in ttft if s.name.endswith("_count")][0].value >= 1
     dev = fams["kiln_device_info"].samples[0].labels
     assert dev["device"] == "cpu" and dev["mode"] == "kv"
+
+
+def test_chat_template_kwargs(offering, smollm_gguf, tmp_path):
+    """chat_template_kwargs in a request, over the server's --chat-template-kwargs (llama-server's
+    and vLLM's field): with Qwen3's template (a tokenizer folder beside SmolLM2's weights) the
+    prompt the server counts is HF `tokenizers` on what jinja2 renders with the merged
+    arguments; a kwarg the template may not take is a 400."""
+    from test_chat_templates import hf_render
+    template = (ROOT / "tests/data/chat_templates/qwen3.jinja").read_text(encoding="utf-8")
+    tok = smollm2_hf_tokenizer(smollm_gguf, tmp_path / "tok", template)
+    msgs = [{"role": "user", "content": "Name a colour."}]
+    s = Server(offering, "--tokenizer_id", tmp_path / "tok",
+               "--chat-template-kwargs", '{"enable_thinking": false, "unused": 1}')
+    try:
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0, timeout=120)
+        for extra, think in ((None, False), ({"enable_thinking": True}, True),
+                             ({"other": [1, {"a": None}]}, False)):
+            kw = {"extra_body": {"chat_template_kwargs": extra}} if extra else {}
+            r = c.chat.completions.create(model="smollm2", messages=msgs, max_tokens=1,
+                                          temperature=0, **kw)
+            text = hf_render(template, msgs, True, "", "<|im_end|>",
+                             {"enable_thinking": think, "unused": 1, **(extra or {})})
+            assert text.endswith("</think>\n\n") != think
+            assert r.usage.prompt_tokens == len(tok.encode(text, add_special_tokens=False).ids)
+        bad = httpx.post(s.url + "/v1/chat/completions", timeout=60,
+                         json={"messages": msgs, "chat_template_kwargs": {"messages": []}})
+        assert bad.status_code == 400, bad.text
+        assert "messages" in error_body(bad)["message"]
+    finally:
+        s.kill()

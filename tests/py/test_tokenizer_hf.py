@@ -15,6 +15,8 @@ import subprocess
 
 import pytest
 
+from conftest import smollm2_hf_tokenizer
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BUILD = pathlib.Path(os.environ.get("KILN_BUILD", ROOT / "build"))
 KILN = BUILD / "kiln"
@@ -31,41 +33,10 @@ pytestmark = [
 ]
 
 
-def _field_strs(reader, key):
-    f = reader.fields[key]
-    return [bytes(f.parts[i]).decode("utf-8") for i in f.data]
-
-
-def _field_ints(reader, key):
-    f = reader.fields[key]
-    return [int(f.parts[i][0]) for i in f.data]
-
-
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    r = gguf.GGUFReader(str(GGUF))
-    tokens = _field_strs(r, "tokenizer.ggml.tokens")
-    types = _field_ints(r, "tokenizer.ggml.token_type")
-    merges = _field_strs(r, "tokenizer.ggml.merges")
-    template = bytes(r.fields["tokenizer.chat_template"].parts[-1]).decode("utf-8")
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    vocab = {t: i for i, t in enumerate(tokens)}
-    bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges])
-    tok = Tokenizer(bpe)
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                            for t, ty in zip(tokens, types) if ty == 3])
     d = tmp_path_factory.mktemp("smollm2_hf")
-    tok.save(str(d / "tokenizer.json"))
-    (d / "tokenizer_config.json").write_text(json.dumps({
-        "bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "unk_token": "<|endoftext|>",
-        "pad_token": "<|im_end|>", "add_bos_token": False, "chat_template": template,
-    }), encoding="utf-8")
-    return d, tok
+    return d, smollm2_hf_tokenizer(GGUF, d)
 
 
 def _kiln_tokenize(source, text, tmp_path):
@@ -126,3 +97,33 @@ def test_cli_errors(tmp_path):
     for cmd in ("tokenize", "detokenize"):
         r = subprocess.run([str(KILN), cmd, "--help"], capture_output=True)
         assert r.returncode == 0 and b"usage: kiln " + cmd.encode() in r.stdout
+
+
+QWEN3_TEMPLATE = (ROOT / "tests/data/chat_templates/qwen3.jinja").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("kwargs", [None, '{"enable_thinking": false}', '{"enable_thinking": true}'])
+def test_run_chat_template_kwargs(tmp_path, kwargs):
+    """`kiln run --chat-template-kwargs` reaches the model's template: the prompt ids of a run with
+    Qwen3's template (in a tokenizer folder beside SmolLM2's weights) equal HF `tokenizers` on
+    what jinja2 renders with the same keyword arguments."""
+    from test_chat_templates import hf_render
+    tok = smollm2_hf_tokenizer(GGUF, tmp_path / "tok", QWEN3_TEMPLATE)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    text = hf_render(QWEN3_TEMPLATE, msgs, True, "", "<|im_end|>",
+                     json.loads(kwargs) if kwargs else None)
+    assert text.endswith("<think>\n\n</think>\n\n") == (kwargs == '{"enable_thinking": false}')
+    args = [str(KILN), "run", str(GGUF), "--tokenizer_id", str(tmp_path / "tok"), "--system",
+            "Be brief.", "--prompt", "Hi there", "-n", "1", "--json"]
+    r = subprocess.run(args + (["--chat-template-kwargs", kwargs] if kwargs else []),
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
+    assert json.loads(r.stdout)["prompt_tokens"] == tok.encode(text, add_special_tokens=False).ids
+
+
+@pytest.mark.parametrize("bad", ["[]", "{", "enable_thinking=false", '"x"'])
+def test_run_chat_template_kwargs_refused(bad):
+    r = subprocess.run([str(KILN), "run", str(GGUF), "--prompt", "x", "--chat-template-kwargs", bad],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count(b"\n") == 1 and b"--chat-template-kwargs" in r.stderr, r.stderr

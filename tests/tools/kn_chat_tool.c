@@ -4,7 +4,8 @@
  *   kn_chat_tool model SOURCE CONV.json [NAME]      the model's template (or built-in NAME)
  *
  * CONV.json: {"messages": [{"role": ..., "content": ...}], "add_generation_prompt": bool,
- * "bos_token": str, "eos_token": str} (the tokens are used by "template" only). Prints the
+ * "bos_token": str, "eos_token": str, "kwargs": str} (the tokens are used by "template" only;
+ * kwargs, optional, is the JSON text of the extra template variables, passed on as it is). Prints the
  * rendering exactly, with no newline added. Failure: "kn_chat_tool: <status> <message>" on
  * stderr, exit 1 (status is kiln's numeric code, so tests can tell raise_exception apart);
  * bad usage exits 2. */
@@ -52,20 +53,22 @@ int main(int argc, char **argv) {
         msgs[i].content = jstr(m, "content");
     }
     bool gen = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(conv, "add_generation_prompt"));
+    const char *kwargs = jstr(conv, "kwargs");
     char *out = NULL;
     kiln_status st;
     if (model) {
         kn_tokenizer *t = NULL;
         st = kn_tokenizer_open(argv[2], &t, &err);
         if (st == KILN_OK) {
-            st = kn_chat_render(t, argc > 4 ? argv[4] : NULL, msgs, (size_t)n, gen, &out, &err);
+            st = kn_chat_render(t, argc > 4 ? argv[4] : NULL, kwargs, msgs, (size_t)n, gen, &out,
+                                &err);
             kn_tokenizer_free(t);
         }
     } else {
         st = kn_read_text(argv[2], 16u << 20, &tmpl, &len, &err);
         if (st == KILN_OK)
-            st = kn_chat_render_template(tmpl, jstr(conv, "bos_token"), jstr(conv, "eos_token"), msgs,
-                                         (size_t)n, gen, &out, &err);
+            st = kn_chat_render_template(tmpl, jstr(conv, "bos_token"), jstr(conv, "eos_token"),
+                                         kwargs, msgs, (size_t)n, gen, &out, &err);
     }
     int rc = 0;
     if (st != KILN_OK) {
