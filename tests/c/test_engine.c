@@ -555,15 +555,17 @@ TEST(engine_smollm2_modes_agree) {
                                          false, g_table == kn_kernels_generic() ? 6 : 32));
 }
 
-/* Batched decode (a server's busy slots in one pass over the weights): three sessions with
+/* Batched steps (a server's busy slots in one pass over the weights): three sessions with
  * prompts of different lengths step together through kn_session_run_batch, and each one's
  * logits equal, bit for bit, those of a twin session stepping alone through kn_session_run —
  * rows from different caches, at different positions, do not disturb each other. One step
- * has one session step alone and the next lead a batch of the other two. */
+ * has one session step alone and the next lead a batch of the other two; in two steps session
+ * 0 prefills a 3-token chunk (its rows attending to each other) in the same pass as the others'
+ * decode rows, once leading it and once riding in another's. */
 static void check_batched_decode(const char *path) {
     kn_model *m = open_model(path, 64, 8);
     CHECKF(m != NULL, "%s is missing: run scripts/fetch_models.sh", path);
-    const int NS = 3, STEPS = KT_SANITIZED ? 3 : 6, V = m->hp.n_vocab;
+    const int NS = 3, STEPS = KT_SANITIZED ? 5 : 7, V = m->hp.n_vocab;
     kn_session_params sp = sess_params();
     sp.stateless = false;
     sp.max_batch = KN_MAX_BATCH;
@@ -591,10 +593,20 @@ static void check_batched_decode(const char *path) {
         kn_graph_call calls[3];
         const kn_graph_call *cp[3];
         kn_session *ss[3];
+        /* steps 3 and 4: session 0 prefills a chunk of 3 */
+        int n0 = step == 3 || step == 4 ? 3 : 1;
+        int32_t cids[3], cpos[3];
+        for (int r = 0; r < n0; r++) {
+            cids[r] = (tok[0] + r) % V;
+            cpos[r] = pos[0] + r;
+        }
         for (int i = 0; i < NS; i++) {
-            slot_pos[i][pos[i]] = pos[i];
-            calls[i] = (kn_graph_call){KN_GRAPH_DECODE, 1, &tok[i], &pos[i], &pos[i],
-                                       slot_pos[i], pos[i] + 1};
+            int n = i == 0 ? n0 : 1;
+            for (int r = 0; r < n; r++) slot_pos[i][pos[i] + r] = pos[i] + r;
+            calls[i] = i == 0 ? (kn_graph_call){n0 > 1 ? KN_GRAPH_PREFILL : KN_GRAPH_DECODE, n0,
+                                                cids, cpos, cpos, slot_pos[0], pos[0] + n0}
+                              : (kn_graph_call){KN_GRAPH_DECODE, 1, &tok[i], &pos[i], &pos[i],
+                                                slot_pos[i], pos[i] + 1};
             cp[i] = &calls[i];
             ss[i] = a[i]->s;
         }
@@ -602,6 +614,10 @@ static void check_batched_decode(const char *path) {
         if (step == 1) {      /* one steps alone, the next leads a batch of two */
             ok = !kn_session_run(a[0]->s, &calls[0], &lg, &err) &&
                  !kn_session_run_batch(a[1]->s, ss + 1, cp + 1, NS - 1, &err);
+        } else if (step == 4) { /* session 1 leads; session 0's chunk rides second */
+            kn_session *ss2[3] = {ss[1], ss[0], ss[2]};
+            const kn_graph_call *cp2[3] = {cp[1], cp[0], cp[2]};
+            ok = !kn_session_run_batch(a[1]->s, ss2, cp2, NS, &err);
         } else {
             ok = !kn_session_run_batch(a[0]->s, ss, cp, NS, &err);
         }
@@ -618,7 +634,7 @@ static void check_batched_decode(const char *path) {
                 ok = false;
             }
             if (ok) tok[i] = kn_argmax(lb, V);
-            pos[i]++;
+            pos[i] += calls[i].n;
         }
     }
     for (int i = 0; i < NS; i++) {

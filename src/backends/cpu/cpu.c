@@ -1,14 +1,16 @@
 /* cpu.c — the native CPU device: the engine's model and one thread pool, shared by every
  * session of the model on the CPU; a session is an engine session (KV cache, scratch).
  *
- * Decode steps of sessions that run at once (a server's slots, each on its own thread) are
- * batched: a step joins a queue, and whichever thread finds no pass running leads one over
- * its own step and every like step queued so far (kn_session_run_batch), while the others wait
- * for their logits. One pass over the weights then serves every busy session, where
- * separate steps would each stream the whole model. No timer and no minimum: a lone session
+ * The steps of sessions that run at once (a server's slots, each on its own thread) are
+ * batched: a decode step or a prefill chunk joins a queue, and whichever thread finds no pass
+ * running leads one over its own step and every like step queued so far that fits its rows
+ * (kn_session_run_batch), while the others wait for their logits. One pass over the weights
+ * then serves every busy session, where separate steps would each stream the whole model; and
+ * a chunk being prefilled for a new request carries the other sessions' decode rows instead of
+ * stalling them (the pool runs one pass at a time). No timer and no minimum: a lone session
  * leads a batch of one at once, and steps that arrive during a pass ride in the next. Every
  * session gets the bits its lone step would give (the kernels are batch-invariant), so
- * batching changes speed, never output. Prefill chunks and stateless windows run directly. */
+ * batching changes speed, never output. Stateless windows run directly. */
 #include <pthread.h>
 #include <stdio.h>
 
@@ -42,16 +44,21 @@ typedef struct cpu_backend {
     kn_session *s;
 } cpu_backend;
 
-/* Takes own (row 0) and then, in arrival order, every queued step that can ride in own's
- * pass, up to the lead's cap; the rest stay queued. Called with d->mu held. */
+/* Takes own (step 0) and then, in arrival order, every queued step that can ride in own's
+ * pass, up to the lead's cap of steps and rows; the rest stay queued. Called with d->mu held. */
 static int take_batch(cpu_device *d, step *own, step **out) {
     int cap = kn_session_batch_cap(own->s), n = 1;
+    int room = kn_session_batch_rows(own->s) - own->call->n;
     out[0] = own;
     for (step **pp = &d->queue; *pp;) {
         step *q = *pp;
-        if (q == own || (n < cap && kn_session_batches_with(own->s, q->s))) {
+        bool fits = q != own && n < cap && q->call->n <= room;
+        if (q == own || (fits && kn_session_batches_with(own->s, q->s))) {
             *pp = q->next;
-            if (q != own) out[n++] = q;
+            if (q != own) {
+                out[n++] = q;
+                room -= q->call->n;
+            }
         } else {
             pp = &q->next;
         }
@@ -59,7 +66,7 @@ static int take_batch(cpu_device *d, step *own, step **out) {
     return n;
 }
 
-static kiln_status decode_batched(cpu_device *d, kn_session *s, const kn_graph_call *call,
+static kiln_status run_batched(cpu_device *d, kn_session *s, const kn_graph_call *call,
                                   kiln_error *err) {
     step own = {s, call, KILN_OK, false, err, NULL};
     pthread_mutex_lock(&d->mu);
@@ -91,7 +98,9 @@ static kiln_status decode_batched(cpu_device *d, kn_session *s, const kn_graph_c
             if (st && batch[i]->err) *batch[i]->err = berr;
             batch[i]->done = true;
         }
-        if (n > 1) __atomic_add_fetch(&d->base.n_batched, n, __ATOMIC_RELAXED);
+        long n_dec = 0;
+        for (int i = 0; i < n && n > 1; i++) n_dec += batch[i]->call->graph == KN_GRAPH_DECODE;
+        if (n_dec) __atomic_add_fetch(&d->base.n_batched, n_dec, __ATOMIC_RELAXED);
         d->leading = false;
         pthread_cond_broadcast(&d->cv);
     }
@@ -103,9 +112,9 @@ static kiln_status cpu_run(kn_backend *b, const kn_graph_call *call, const float
                            kiln_error *err) {
     kn_session *s = ((cpu_backend *)b)->s;
     cpu_device *d = (cpu_device *)b->device;
-    if (call->graph != KN_GRAPH_DECODE || kn_session_batch_cap(s) < 2)
+    if (call->graph == KN_GRAPH_STATELESS || kn_session_batch_cap(s) < 2)
         return kn_session_run(s, call, logits, err);
-    kiln_status st = decode_batched(d, s, call, err);
+    kiln_status st = run_batched(d, s, call, err);
     if (!st) *logits = kn_session_logits(s);
     return st;
 }

@@ -132,11 +132,12 @@ typedef struct kn_session_params {
     kn_pool *pool;            /* a shared pool (the device's), or NULL: the session starts its
                                  own of `threads` */
     bool kv_f16;              /* KV cache of IEEE halves (default) rather than F32 */
-    int max_batch;            /* decode rows of other sessions it may lead in one pass
-                                 (kn_session_run_batch), 1..KN_MAX_BATCH; default 1 */
+    int max_batch;            /* steps (its own and other sessions') it may lead in one pass
+                                 (kn_session_run_batch), 1..KN_MAX_BATCH; default 1. Its
+                                 scratch then holds a prefill chunk plus max_batch - 1 rows */
 } kn_session_params;
 
-/* The most decode rows one batched pass takes (each session's logits row is [V] floats). */
+/* The most steps one batched pass takes (each step's logits row is [V] floats). */
 #define KN_MAX_BATCH 8
 
 kn_session_params kn_session_default_params(void);
@@ -156,16 +157,20 @@ const kn_kernels *kn_session_kernels(const kn_session *s);
 kiln_status kn_session_run(kn_session *s, const kn_graph_call *call, const float **logits,
                            kiln_error *err);
 
-/* Batched decode: one pass over the weights for the next token of n sessions of one model
- * (calls[i] is a [1,1] decode of ss[i]; ss[0] is lead itself).
+/* Batched steps: one pass over the weights for n steps of n sessions of one model (calls[i] is
+ * a decode step or a prefill chunk of ss[i]; ss[0] is lead itself), their rows one after
+ * another, at most kn_session_batch_rows(lead) in all.
  * It runs on lead's scratch and pool, writes each row's key and value into its own session's
- * cache and its logits into that session's buffer (what kn_session_run would have returned).
- * The kernels are batch-invariant, so every session gets the bits a lone decode step gives.
- * The sessions must not run anything else meanwhile; n <= kn_session_batch_cap(lead), and each
- * one kn_session_batches_with(lead). */
+ * cache (a chunk's rows attend to each other causally, by position, as in a lone chunk) and
+ * each step's last-row logits into its session's buffer (what kn_session_run would have
+ * returned). The kernels are batch-invariant, so every session gets the bits its lone step
+ * gives. The sessions must not run anything else meanwhile; n <= kn_session_batch_cap(lead),
+ * and each one kn_session_batches_with(lead). */
 kiln_status kn_session_run_batch(kn_session *lead, kn_session *const *ss,
                                  const kn_graph_call *const *calls, int n, kiln_error *err);
 int kn_session_batch_cap(const kn_session *s);
+/* The most rows a pass s leads takes (its chunk plus batch_cap - 1). */
+int kn_session_batch_rows(const kn_session *s);
 /* The session's logits [V] (what its last run or batched step computed). */
 const float *kn_session_logits(const kn_session *s);
 /* Same model, kernel table and KV element type: o's rows can ride in lead's pass. */

@@ -25,7 +25,8 @@ struct kn_session {
     const kn_kernels *k;
     kn_pool *pool;            /* the device's (shared by its sessions), or its own */
     bool own_pool;
-    int max_rows;             /* R: C, or W when stateless is enabled */
+    int max_rows;             /* R: C + batch_cap - 1 (a chunk and decode rows of other
+                                 sessions), or W when stateless is enabled */
     int act_stride;           /* row stride of the quantized activations (multiple of 256) */
     const kn_layer *layers;   /* [L] the matrices as k multiplies them (kn_model_weights) */
     const kn_wmat *output;
@@ -50,6 +51,7 @@ struct kn_session {
     float *cs_swa;            /* [R][rope_dim] the same for the sliding layers' base, or NULL */
     float *scores;            /* [threads][KN_ATTN_SCRATCH(H/Hkv)][W] attention weights */
     float *logits;            /* [B][V]: row 0 is the session's; a batch it leads uses all */
+    int32_t *row_ids;         /* [R] token of each row of a batched pass */
     int32_t *rows_pos;        /* [R] position of each row */
     int32_t *rows_slot;       /* [R] KV slot of each row */
     struct row_kv *rows_kv;   /* [R] whose cache each row writes and attends over */
@@ -84,7 +86,7 @@ void kn_session_free(kn_session *s) {
     if (s->own_pool) kn_pool_free(s->pool);
     void *bufs[] = {s->kv,     s->sl_kv,    s->sl_pos, s->x,      s->xb,     s->xb2,
                     s->q,      s->kn,       s->vn,     s->hb,     s->hb2,    s->cs,     s->cs_swa,
-                    s->scores, s->logits,   s->rows_pos, s->rows_slot, s->rows_kv, s->act.q,
+                    s->scores, s->logits,   s->row_ids, s->rows_pos, s->rows_slot, s->rows_kv, s->act.q,
                     s->act.d,
                     s->act.s,  s->act.q4off, s->act.qk, s->act.dk, s->act.bsk, s->act.bsk32};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kn_free(bufs[i]);
@@ -121,12 +123,12 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     size_t W = (size_t)m->window, E = (size_t)hp->n_embd, D = (size_t)hp->head_dim;
     size_t HD = (size_t)hp->n_head * D, KD = (size_t)hp->n_head_kv * D, F = (size_t)hp->n_ff;
     size_t L = (size_t)hp->n_layer, V = (size_t)hp->n_vocab;
-    size_t R = (size_t)(p->stateless ? m->window : m->chunk);
+    /* a stateless session never batches (its rows are one window, not one row per cache) */
+    s->batch_cap = p->stateless ? 1 : p->max_batch;
+    size_t R = (size_t)(p->stateless ? m->window : m->chunk + s->batch_cap - 1);
     size_t wide = E > HD ? E : HD;
     size_t amax = wide > F ? wide : F;
     s->max_rows = (int)R;
-    /* a stateless session never batches (its rows are one window, not one row per cache) */
-    s->batch_cap = p->stateless ? 1 : p->max_batch < (int)R ? p->max_batch : (int)R;
     s->act_stride = (int)((amax + KN_KBLOCK - 1) / KN_KBLOCK * KN_KBLOCK);
     size_t fs = sizeof(float);
     bool ok = true;
@@ -150,6 +152,7 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     s->scores = alloc_f(fs * (size_t)(p->pool ? kn_pool_size(p->pool) : p->threads) * group * W,
                         &ok);
     s->logits = alloc_f(fs * (size_t)s->batch_cap * V, &ok);
+    s->row_ids = alloc_f(sizeof(int32_t) * R, &ok);
     s->rows_pos = alloc_f(sizeof(int32_t) * R, &ok);
     s->rows_slot = alloc_f(sizeof(int32_t) * R, &ok);
     s->rows_kv = alloc_f(sizeof(row_kv) * R, &ok);
@@ -301,8 +304,9 @@ static void add_residual(float *x, float *y, const float *w, int n, int E, float
 
 /* Runs n rows (ids; rows_pos, rows_slot and rows_kv already set) through the model, into
  * each row's cache or, when stateless, the private one-layer view. The logits of rows
- * out_row..n-1 go to s->logits, one [V] row each (one row but in a batched decode). */
-static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, int out_row) {
+ * out[0..n_out) go to s->logits, one [V] row each (one row but in a batched pass). */
+static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, const int *out,
+                    int n_out) {
     const kn_model *m = s->m;
     const kn_hparams *hp = &m->hp;
     int E = hp->n_embd, H = hp->n_head, Hkv = hp->n_head_kv, D = hp->head_dim, F = hp->n_ff;
@@ -386,9 +390,8 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, in
         add_residual(s->x, s->xb2, L->post_ffn_norm, n, E, hp->rms_eps);
     }
     /* Only the rows whose logits are asked for go through the classifier. */
-    int n_out = n - out_row;
     for (int r = 0; r < n_out; r++)
-        kn_rmsnorm(s->xb + (size_t)r * E, s->x + (size_t)(out_row + r) * E, m->output_norm, E,
+        kn_rmsnorm(s->xb + (size_t)r * E, s->x + (size_t)out[r] * E, m->output_norm, E,
                    hp->rms_eps);
     mm(s, s->output, s->xb, n_out, s->logits);
     if (hp->final_softcap > 0)
@@ -412,20 +415,23 @@ kiln_status kn_session_run(kn_session *s, const kn_graph_call *c, const float **
             s->sl_pos[r] = r;
             s->rows_kv[r] = (row_kv){s, NULL, c->n};
         }
-        forward(s, c->ids, c->n, true, c->n - 1);
+        int last = c->n - 1;
+        forward(s, c->ids, c->n, true, &last, 1);
     } else {
         /* Padded rows are skipped: nothing reads them, and the output equals a full [1,C]
          * evaluation with the padding masked. */
         memcpy(s->rows_pos, c->pos, sizeof(int32_t) * (size_t)c->n);
         memcpy(s->rows_slot, c->slot, sizeof(int32_t) * (size_t)c->n);
         for (int r = 0; r < c->n; r++) s->rows_kv[r] = (row_kv){s, c->slot_pos, c->n_slots};
-        forward(s, c->ids, c->n, false, c->n - 1);
+        int last = c->n - 1;
+        forward(s, c->ids, c->n, false, &last, 1);
     }
     *logits = s->logits;
     return KILN_OK;
 }
 
 int kn_session_batch_cap(const kn_session *s) { return s->batch_cap; }
+int kn_session_batch_rows(const kn_session *s) { return s->batch_cap > 1 ? s->max_rows : 1; }
 const float *kn_session_logits(const kn_session *s) { return s->logits; }
 
 bool kn_session_batches_with(const kn_session *lead, const kn_session *o) {
@@ -435,21 +441,28 @@ bool kn_session_batches_with(const kn_session *lead, const kn_session *o) {
 kiln_status kn_session_run_batch(kn_session *lead, kn_session *const *ss,
                                  const kn_graph_call *const *calls, int n, kiln_error *err) {
     if (n < 1 || n > lead->batch_cap)
-        return kn_fail(err, KILN_ERR_INTERNAL, "cpu: a batch of %d rows (at most %d)", n,
+        return kn_fail(err, KILN_ERR_INTERNAL, "cpu: a batch of %d steps (at most %d)", n,
                        lead->batch_cap);
-    int32_t ids[KN_MAX_BATCH];
+    int rows = 0, out[KN_MAX_BATCH];
     for (int i = 0; i < n; i++) {
         const kn_graph_call *c = calls[i];
-        if (c->graph != KN_GRAPH_DECODE || c->n != 1 || !kn_session_batches_with(lead, ss[i]) ||
-            (ss[i] == lead) != (i == 0))
-            return kn_fail(err, KILN_ERR_INTERNAL, "cpu: row %d of a batch is not a decode step "
-                           "of a like session (row 0 is the lead's own)", i);
-        ids[i] = c->ids[0];
-        lead->rows_pos[i] = c->pos[0];
-        lead->rows_slot[i] = c->slot[0];
-        lead->rows_kv[i] = (row_kv){ss[i], c->slot_pos, c->n_slots};
+        int T = c->graph == KN_GRAPH_PREFILL ? lead->m->chunk : 1;
+        if ((c->graph != KN_GRAPH_DECODE && c->graph != KN_GRAPH_PREFILL) || c->n < 1 ||
+            c->n > T || !kn_session_batches_with(lead, ss[i]) || (ss[i] == lead) != (i == 0))
+            return kn_fail(err, KILN_ERR_INTERNAL, "cpu: step %d of a batch is not a decode step "
+                           "or prefill chunk of a like session (step 0 is the lead's own)", i);
+        if (rows + c->n > lead->max_rows)
+            return kn_fail(err, KILN_ERR_INTERNAL, "cpu: a batch of more than %d rows",
+                           lead->max_rows);
+        memcpy(lead->row_ids + rows, c->ids, sizeof(int32_t) * (size_t)c->n);
+        memcpy(lead->rows_pos + rows, c->pos, sizeof(int32_t) * (size_t)c->n);
+        memcpy(lead->rows_slot + rows, c->slot, sizeof(int32_t) * (size_t)c->n);
+        for (int r = 0; r < c->n; r++)
+            lead->rows_kv[rows + r] = (row_kv){ss[i], c->slot_pos, c->n_slots};
+        rows += c->n;
+        out[i] = rows - 1;
     }
-    forward(lead, ids, n, false, 0);
+    forward(lead, lead->row_ids, rows, false, out, n);
     size_t V = (size_t)lead->m->hp.n_vocab;
     /* row 0 is the lead's own: its logits are already in place */
     for (int i = 1; i < n; i++)
