@@ -85,6 +85,11 @@ kiln_status kn_rope_factors(const kn_gguf *g, const kn_hparams *hp, int window, 
 
 /* The sliding window of layer l (0: global, it sees every slot the contract keeps). */
 int kn_hparams_layer_window(const kn_hparams *hp, int l);
+/* Whether layers differ in window (Gemma: sliding layers between global ones), so that a static
+ * graph needs a second attention mask (the contract's sliding_mask). */
+static inline bool kn_hparams_two_masks(const kn_hparams *hp) {
+    return hp->swa_pattern > 0 && hp->sliding_window > 0;
+}
 
 /* Gemma's query_pre_attn_scalar as llama.cpp derives it (a GGUF does not carry it): E / H for
  * the architecture's 27B layer count, head_dim otherwise. */

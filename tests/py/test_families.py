@@ -145,17 +145,39 @@ def test_hf_folder_equals_gguf_py_layout(work, fam, tmp_path):
 
 @pytest.mark.skipif(SANITIZED, reason="OpenVINO's plugin under ASan is covered by "
                     "test_openvino_ir; this is numbers")
-@pytest.mark.parametrize("fam", [f for f in FAMS if not F.FAMILIES[f].get("gemma")])
+@pytest.mark.parametrize("fam", FAMS)
 def test_openvino_cpu_plugin_teacher_forced(work, fam):
+    """The IR on OpenVINO's CPU plugin, its masks built here in numpy (test_openvino_ir's
+    Runner): the graph itself against llama.cpp."""
     from test_openvino_ir import Runner
     off = offering(work, fam, "gguf", "--target", "openvino")
     f = FIX["families"][fam]
-    rn = Runner(off)
+    gemma = F.FAMILIES[fam].get("gemma")
+    rn = Runner(off, swa=F.config(fam)["sliding_window"] if gemma else 0)
     rows, p = [rn.prompt(f["prompt"])], len(f["prompt"])
     for tok in f["greedy"][:N_POS - 1]:
         rows.append(rn.decode(tok, p))
         p += 1
-    check(fam, np.stack(rows), MAX_ABS, "openvino CPU")
+    check(fam, np.stack(rows), bound(fam), "openvino CPU")
+
+
+@pytest.mark.skipif(SANITIZED, reason="OpenVINO's plugin under ASan is covered by "
+                    "test_openvino_ir; this is numbers")
+@pytest.mark.parametrize("fam", [f for f in FAMS if F.FAMILIES[f].get("gemma")])
+def test_openvino_backend_teacher_forced(work, fam, tmp_path):
+    """The same IR through kiln's own OpenVINO backend (--device openvino:CPU), which fills
+    attention_mask and sliding_mask from its slot table: against llama.cpp."""
+    off = offering(work, fam, "gguf", "--target", "openvino")
+    f = FIX["families"][fam]
+    ids = f["prompt"] + f["greedy"][:N_POS]
+    out = tmp_path / "ov.f32"
+    from test_openvino_backend import env as ov_env  # OpenVINO found as users find it
+    env = ov_env(KN_OV_TOOL_DEVICE="openvino:CPU", KN_OV_TOOL_KV="f32")
+    r = subprocess.run([str(BUILD / "kn_ov_tool"), "teacher", str(off), str(out),
+                        str(len(f["prompt"])), *map(str, ids)], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    check(fam, np.fromfile(out, np.float32).reshape(N_POS, -1), bound(fam), "kiln openvino:CPU")
 
 
 @pytest.mark.parametrize("fam", FAMS)
@@ -285,3 +307,37 @@ def test_gemma2_gguf_bad_keys_are_refused(tmp_path, key, value, what):
     assert r.returncode == 2, r.stderr
     assert what in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "off").exists()
+
+
+@pytest.mark.skipif(SANITIZED, reason="OpenVINO's plugin under ASan is covered by "
+                    "test_openvino_ir; this is numbers")
+@pytest.mark.parametrize("fam", [f for f in FAMS if F.FAMILIES[f].get("gemma")])
+def test_gemma_openvino_slide_and_stateless_match_native(work, fam, tmp_path):
+    """Gemma's two masks where llama.cpp cannot follow: a 32-slot window in 8-token chunks,
+    generation far past W under --overflow slide (the ring: global layers see every kept slot,
+    sliding ones only the last 8 positions), a prompt longer than W, and the stateless graph
+    (its masks built in-graph), plain and sliding. kiln's OpenVINO backend on the CPU plugin
+    gives the tokens of the native engine (f32 cache: both exact to float noise)."""
+    from test_openvino_backend import env as ov_env
+    off = tmp_path / "w32"
+    r = run_kiln("bake", source(work, fam, "gguf"), "-o", off, "--quant", "keep", "--target",
+                 "openvino", "--window", 32, "--chunk", 8, "--quiet")
+    assert r.returncode == 0, r.stderr
+    long = ("Once upon a time there was a little girl named Lily who loved to play in the park "
+            "with her friends. One day she saw a big red ball")
+    cases = [("Once upon a time", 80, ("--overflow", "slide")),
+             (long, 24, ("--overflow", "slide")),
+             ("Once upon a time", 20, ("--mode", "stateless")),
+             (long, 12, ("--mode", "stateless", "--overflow", "slide"))]
+    for prompt, n, extra in cases:
+        docs = []
+        for dev in ("cpu", "openvino:CPU"):
+            r = run_kiln("run", off, "-t", 1, "--json", "--raw", "--prompt", prompt,
+                         "--max-tokens", n, "--kv", "f32", "--device", dev, *extra,
+                         env=ov_env())
+            assert r.returncode == 0, r.stderr
+            docs.append(json.loads(r.stdout))
+        a, b = docs
+        assert b["device"] == "openvino:CPU" and len(a["tokens"]) == n, extra
+        assert b["tokens"] == a["tokens"], (fam, prompt[:20], extra)
+    assert len(a["prompt_tokens"]) > 32
