@@ -334,14 +334,6 @@ kiln_status kiln_bake(const char *source, const char *out_dir, const kiln_bake_p
 
     kn_source *src = NULL;
     if ((s = kn_source_open(source, &src, err))) return s;
-    /* refused before any weight is read (the IR writer says the same, later) */
-    if (p->target != KILN_TARGET_CPU && src->hp.gemma) {
-        s = kn_fail(err, KILN_ERR_UNSUPPORTED, "--target: the OpenVINO IR of architecture %s is "
-                    "not written yet (native CPU only: bake with --target cpu)",
-                    src->hp.arch_name);
-        kn_source_close(src);
-        return s;
-    }
     /* A GGUF's tokenizer must serve the model before anything is written (an HF folder's is
      * checked, and padded, when it is converted: kn_bake_hf_tokenizer). */
     if (src->gguf && (s = kn_tokenizer_check_gguf(src->gguf, src->hp.n_vocab, err))) {

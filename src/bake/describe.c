@@ -148,14 +148,16 @@ static void render_json(const desc *d, kn_buf *b) {
                   "\"rope_neox\": %s, \"rope_scaling\": \"%s\", \"rope_factor\": %.9g, "
                   "\"rms_eps\": %.9g, \"sliding_window\": %d, \"tied_embeddings\": %s, "
                   "\"qkv_bias\": %s, \"qk_norm\": %s, \"rope_freq_factors\": \"%s\", "
-                  "\"rope_attn_factor\": %.9g, \"no_rope_layers\": [",
+                  "\"rope_attn_factor\": %.9g, \"attn_scale\": %.9g, "
+                  "\"attn_logit_softcap\": %.9g, \"final_logit_softcap\": %.9g, "
+                  "\"no_rope_layers\": [",
                   hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_ff,
                   hp->n_vocab, hp->n_ctx_train, hp->rope_theta, hp->rope_dim,
                   hp->rope_neox ? "true" : "false", rope_scaling_name(hp->rope_scaling),
                   hp->rope_scaling ? hp->rope_factor : 1.0, hp->rms_eps, hp->sliding_window,
                   hp->tied_embeddings ? "true" : "false", hp->qkv_bias ? "true" : "false",
                   hp->qk_norm ? "true" : "false", rope_factors_name(hp, c->window),
-                  hp->rope_attn_factor);
+                  hp->rope_attn_factor, hp->attn_scale, hp->attn_softcap, hp->final_softcap);
     for (int l = 0, n = 0; l < hp->n_layer; l++)
         if (!kn_layer_has_rope(hp, l)) kn_buf_printf(b, "%s%d", n++ ? ", " : "", l);
     kn_buf_printf(b, "]},\n");
@@ -289,12 +291,17 @@ static void render_text(const desc *d, kn_buf *b) {
     if (hp->sliding_window) kn_buf_printf(b, ", sliding window %d", hp->sliding_window);
     block_flags(d, b);
     if (hp->gemma)
-        kn_buf_printf(b, "\n  gemma block: embedding x sqrt(%d), q/k norms, post-attention and "
+        kn_buf_printf(b, "\n  gemma block: embedding x sqrt(%d),%s post-attention and "
                          "post-FFN norms, GeGLU (tanh); attention scale %g; rope theta %g on "
-                         "sliding layers%s",
-                      hp->n_embd, hp->attn_scale, hp->rope_theta_swa,
-                      hp->final_softcap > 0 ? ", final logit soft-cap" : "");
-    if (hp->final_softcap > 0) kn_buf_printf(b, " %g", hp->final_softcap);
+                         "sliding layers",
+                      hp->n_embd, hp->qk_norm ? " q/k norms," : "", hp->attn_scale,
+                      hp->rope_theta_swa);
+    if (hp->attn_softcap > 0)
+        kn_buf_printf(b, "%sattention logit soft-cap %g", hp->gemma ? ", " : "\n  ",
+                      hp->attn_softcap);
+    if (hp->final_softcap > 0)
+        kn_buf_printf(b, "%sfinal logit soft-cap %g", hp->gemma || hp->attn_softcap > 0 ? ", "
+                      : "\n  ", hp->final_softcap);
     layer_windows_text(hp, b);
     kn_buf_printf(b, "\n\nstatic contract: window W=%d, prefill chunk C=%d, batch %d, sink %d, "
                      "KV cache %s [%d, 2, %d, %d, %d]\n",

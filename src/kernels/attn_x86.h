@@ -102,8 +102,8 @@ KA_AI __m256 ka_sum8x8(const __m256 *a) {
  * sc[t][8], lane j for head h0 + j, so the softmax is one vector operation per slot for all
  * the heads. */
 KA_AI void ka_heads(const float *q, const void *k, const void *v, const bool f16,
-                    const int32_t *slot_pos, int end, int32_t pos, int swa, int d, int h0,
-                    const int nh, float *sc, float *out) {
+                    const int32_t *slot_pos, int end, int32_t pos, int swa, float softcap,
+                    int d, int h0, const int nh, float *sc, float *out) {
     const __m256 scale = _mm256_set1_ps(1.0f / sqrtf((float)d));
     const float *qh = q + (size_t)h0 * d;
     /* scores: each key row widened once, dotted with every query of the group */
@@ -124,6 +124,12 @@ KA_AI void ka_heads(const float *q, const void *k, const void *v, const bool f16
         }
         __m256 s8 = _mm256_mul_ps(ka_sum8x8(acc), scale);
         _mm256_storeu_ps(sc + 8 * (size_t)t, s8);
+        if (softcap > 0) {
+            /* Gemma 2: the reference's scalar tanhf on each lane, so both tables cap alike */
+            float *st = sc + 8 * (size_t)t;
+            for (int j = 0; j < 8; j++) st[j] = softcap * tanhf(st[j] / softcap);
+            s8 = _mm256_loadu_ps(st);
+        }
         mx = _mm256_max_ps(mx, s8);
     }
     /* softmax per head (lane): exponentials summed slot by slot, then scaled in place */
@@ -164,33 +170,34 @@ KA_AI void ka_heads(const float *q, const void *k, const void *v, const bool f16
 }
 
 KA_AI void ka_attn(const float *q, const void *k, const void *v, const bool f16,
-                   const int32_t *slot_pos, int n_slots, int32_t pos, int swa, int d, int n_q,
-                   float *sc, float *out) {
+                   const int32_t *slot_pos, int n_slots, int32_t pos, int swa, float softcap,
+                   int d, int n_q, float *sc, float *out) {
     int end = 0;
     for (int t = 0; t < n_slots; t++)
         if (ka_allowed(slot_pos[t], pos, swa)) end = t + 1;
     for (int h0 = 0; h0 < n_q; h0 += 8) {
         /* one specialized copy per width, so the loops over the heads unroll */
         switch (n_q - h0 < 8 ? n_q - h0 : 8) {
-        case 1: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, d, h0, 1, sc, out); break;
-        case 2: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, d, h0, 2, sc, out); break;
-        case 3: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, d, h0, 3, sc, out); break;
-        case 4: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, d, h0, 4, sc, out); break;
-        case 5: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, d, h0, 5, sc, out); break;
-        case 6: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, d, h0, 6, sc, out); break;
-        case 7: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, d, h0, 7, sc, out); break;
-        default: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, d, h0, 8, sc, out); break;
+        case 1: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 1, sc, out); break;
+        case 2: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 2, sc, out); break;
+        case 3: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 3, sc, out); break;
+        case 4: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 4, sc, out); break;
+        case 5: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 5, sc, out); break;
+        case 6: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 6, sc, out); break;
+        case 7: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 7, sc, out); break;
+        default: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 8, sc, out); break;
         }
     }
 }
 
 void KN_ATTN_NAME()(const float *q, const float *k, const float *v, const int32_t *slot_pos,
-                    int n_slots, int32_t pos, int swa, int d, int n_q, float *sc, float *out) {
-    ka_attn(q, k, v, false, slot_pos, n_slots, pos, swa, d, n_q, sc, out);
+                    int n_slots, int32_t pos, int swa, float softcap, int d, int n_q, float *sc,
+                    float *out) {
+    ka_attn(q, k, v, false, slot_pos, n_slots, pos, swa, softcap, d, n_q, sc, out);
 }
 
 void KN_ATTN_NAME(_f16)(const float *q, const uint16_t *k, const uint16_t *v,
-                        const int32_t *slot_pos, int n_slots, int32_t pos, int swa, int d,
-                        int n_q, float *sc, float *out) {
-    ka_attn(q, k, v, true, slot_pos, n_slots, pos, swa, d, n_q, sc, out);
+                        const int32_t *slot_pos, int n_slots, int32_t pos, int swa,
+                        float softcap, int d, int n_q, float *sc, float *out) {
+    ka_attn(q, k, v, true, slot_pos, n_slots, pos, swa, softcap, d, n_q, sc, out);
 }

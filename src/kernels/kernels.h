@@ -116,18 +116,21 @@ typedef void (*kn_quant_fn)(kn_act *a, const float *x, int n_tok, int n);
 /* Attention of the n_q query heads q[n_q][d] that share one KV head (grouped-query attention;
  * n_q = 1 without it) over its n_slots cached keys k[n_slots][d] and values v[n_slots][d]:
  * slot t takes part when 0 <= slot_pos[t] <= pos and, with a sliding window swa > 0,
- * pos - slot_pos[t] < swa. out[h][d] = softmax(q[h].k / sqrt(d)) . v; scores is
+ * pos - slot_pos[t] < swa. out[h][d] = softmax(cap(q[h].k / sqrt(d))) . v, where cap(s) is
+ * softcap * tanhf(s / softcap) when softcap > 0 (Gemma 2's attention logit soft-capping, one
+ * scalar tanhf per score in every table, so the tables agree as without it) and s otherwise;
+ * scores is
  * [KN_ATTN_SCRATCH(n_q)][n_slots] scratch. Cached rows must be finite. A slot outside the mask adds nothing and changes no rounding, so the
  * result does not depend on how many masked slots follow (decode vs a whole window); nor does
  * a head's result depend on n_q. Only slots up to the last allowed one are read. */
 typedef void (*kn_attn_fn)(const float *q, const float *k, const float *v, const int32_t *slot_pos,
-                           int n_slots, int32_t pos, int swa, int d, int n_q, float *scores,
-                           float *out);
+                           int n_slots, int32_t pos, int swa, float softcap, int d, int n_q,
+                           float *scores, float *out);
 /* The same over a cache of IEEE halves (the engine's default KV cache): each key and value
  * element is widened exactly, then the arithmetic is the F32 variant's. */
 typedef void (*kn_attn_f16_fn)(const float *q, const uint16_t *k, const uint16_t *v,
-                               const int32_t *slot_pos, int n_slots, int32_t pos, int swa, int d,
-                               int n_q, float *scores, float *out);
+                               const int32_t *slot_pos, int n_slots, int32_t pos, int swa,
+                               float softcap, int d, int n_q, float *scores, float *out);
 
 typedef struct kn_kernels {
     const char *name;               /* "generic", "avx2", "avxvnni", "avx512vnni" */
@@ -263,8 +266,10 @@ float kn_dot_f32(const float *a, const float *b, int n);
 void kn_axpy_f32(float *y, float a, const float *x, int n);
 /* The reference kn_attn_fn and kn_attn_f16_fn. */
 void kn_attn_ref(const float *q, const float *k, const float *v, const int32_t *slot_pos,
-                 int n_slots, int32_t pos, int swa, int d, int n_q, float *scores, float *out);
+                 int n_slots, int32_t pos, int swa, float softcap, int d, int n_q, float *scores,
+                 float *out);
 void kn_attn_ref_f16(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *slot_pos,
-                     int n_slots, int32_t pos, int swa, int d, int n_q, float *scores, float *out);
+                     int n_slots, int32_t pos, int swa, float softcap, int d, int n_q,
+                     float *scores, float *out);
 
 #endif

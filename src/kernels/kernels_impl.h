@@ -30,17 +30,19 @@ void kn_quantize_avx2(kn_act *a, const float *x, int n_tok, int n);
 void kn_quantize_k_avx2(kn_act *a, const float *x, int n_tok, int n);
 void kn_swiglu_avx2(float *g, const float *u, int n);
 void kn_attn_avx2(const float *q, const float *k, const float *v, const int32_t *slot_pos,
-                  int n_slots, int32_t pos, int swa, int d, int n_q, float *scores, float *out);
+                  int n_slots, int32_t pos, int swa, float softcap, int d, int n_q, float *scores,
+                  float *out);
 void kn_attn_avx2_f16(const float *q, const uint16_t *k, const uint16_t *v,
-                      const int32_t *slot_pos, int n_slots, int32_t pos, int swa, int d, int n_q,
-                      float *scores, float *out);
+                      const int32_t *slot_pos, int n_slots, int32_t pos, int swa, float softcap,
+                      int d, int n_q, float *scores, float *out);
 
 /* ops_avx512.c */
 void kn_quantize_avx512(kn_act *a, const float *x, int n_tok, int n);
 void kn_attn_avx512(const float *q, const float *k, const float *v, const int32_t *slot_pos,
-                    int n_slots, int32_t pos, int swa, int d, int n_q, float *scores, float *out);
+                    int n_slots, int32_t pos, int swa, float softcap, int d, int n_q, float *scores,
+                  float *out);
 void kn_attn_avx512_f16(const float *q, const uint16_t *k, const uint16_t *v,
-                        const int32_t *slot_pos, int n_slots, int32_t pos, int swa, int d,
-                        int n_q, float *scores, float *out);
+                        const int32_t *slot_pos, int n_slots, int32_t pos, int swa,
+                        float softcap, int d, int n_q, float *scores, float *out);
 
 #endif

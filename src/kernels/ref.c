@@ -368,8 +368,8 @@ void kn_ref_rows_q6_k(const kn_wmat *w, int r0, int r1, const float *x, const kn
  * allowed slot, which changes nothing (later slots would add exact zeros) but the time. The F32
  * and F16 caches share the body; an F16 row is widened into wide[] first (exact). */
 static inline void attn_ref(const float *q, const void *k, const void *v, bool f16,
-                            const int32_t *slot_pos, int n_slots, int32_t pos, int swa, int d,
-                            float *sc, float *out, float *wide) {
+                            const int32_t *slot_pos, int n_slots, int32_t pos, int swa,
+                            float softcap, int d, float *sc, float *out, float *wide) {
     float scale = 1.0f / sqrtf((float)d);
     float mx = -INFINITY;
     int end = 0;
@@ -385,6 +385,7 @@ static inline void attn_ref(const float *q, const void *k, const void *v, bool f
             kt = wide;
         }
         sc[t] = kn_dot_f32(q, kt, d) * scale;
+        if (softcap > 0) sc[t] = softcap * tanhf(sc[t] / softcap);
         if (sc[t] > mx) mx = sc[t];
         end = t + 1;
     }
@@ -409,17 +410,19 @@ static inline void attn_ref(const float *q, const void *k, const void *v, bool f
 
 /* One head at a time. */
 void kn_attn_ref(const float *q, const float *k, const float *v, const int32_t *slot_pos,
-                 int n_slots, int32_t pos, int swa, int d, int n_q, float *sc, float *out) {
+                 int n_slots, int32_t pos, int swa, float softcap, int d, int n_q, float *sc,
+                 float *out) {
     for (int h = 0; h < n_q; h++)
-        attn_ref(q + (size_t)h * d, k, v, false, slot_pos, n_slots, pos, swa, d,
+        attn_ref(q + (size_t)h * d, k, v, false, slot_pos, n_slots, pos, swa, softcap, d,
                  sc + (size_t)h * n_slots, out + (size_t)h * d, NULL);
 }
 
 void kn_attn_ref_f16(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *slot_pos,
-                     int n_slots, int32_t pos, int swa, int d, int n_q, float *sc, float *out) {
+                     int n_slots, int32_t pos, int swa, float softcap, int d, int n_q, float *sc,
+                     float *out) {
     float wide[KN_ATTN_MAX_D];
     for (int h = 0; h < n_q; h++)
-        attn_ref(q + (size_t)h * d, k, v, true, slot_pos, n_slots, pos, swa, d,
+        attn_ref(q + (size_t)h * d, k, v, true, slot_pos, n_slots, pos, swa, softcap, d,
                  sc + (size_t)h * n_slots, out + (size_t)h * d, wide);
 }
 

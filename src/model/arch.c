@@ -68,6 +68,20 @@ static const kn_arch_info k_archs[KN_ARCH_COUNT] = {
         .qk_norm = true,
         .gemma = true,
         .gemma_swa_pattern = 6,
+        .gemma_wide_qscale_layers = 62,
+    },
+    [KN_ARCH_GEMMA2] = {
+        .id = KN_ARCH_GEMMA2,
+        .name = "gemma2",
+        .gguf_names = {"gemma2"},
+        .hf_model_types = {"gemma2"},
+        .hf_classes = {"Gemma2ForCausalLM"},
+        .rope_neox = true,
+        .hf_sliding_window_always = true,
+        .gemma = true,
+        .gemma_swa_pattern = 2,
+        .gemma_wide_qscale_layers = 46,
+        .gemma_softcap = true,
     },
 };
 

@@ -28,6 +28,7 @@ typedef enum kn_arch {
     KN_ARCH_SMOLLM3 = 3,  /* llama block without RoPE in every 4th layer */
     KN_ARCH_PHI3 = 4,     /* Phi-3 / 3.5-mini, Phi-4-mini: fused qkv and gate_up, LongRoPE */
     KN_ARCH_GEMMA3 = 5,   /* Gemma 3 text models (Gemma3ForCausalLM) */
+    KN_ARCH_GEMMA2 = 6,   /* Gemma 2 (Gemma2ForCausalLM): soft-capped attention and logits */
     KN_ARCH_COUNT
 } kn_arch;
 
@@ -65,7 +66,15 @@ typedef struct kn_arch_info {
      * GeGLU with tanh GELU; norms after attention and after the FFN; q/k RMSNorm per head;
      * sliding-window layers between global ones (gemma_swa_pattern, see kn_hparams). */
     bool gemma;
-    int gemma_swa_pattern;                     /* every N-th layer is global (Gemma 3: 6) */
+    int gemma_swa_pattern;                     /* every N-th layer is global (Gemma 3: 6, 2: 2) */
+    /* llama.cpp's query scale is 1/sqrt(E/H) instead of 1/sqrt(head_dim) for the model of this
+     * many layers (the 27B: Gemma 3 62, Gemma 2 46), as gemma_pytorch's config says. */
+    int gemma_wide_qscale_layers;
+    /* Gemma 2: attention logits soft-capped before the mask and softmax, final logits too
+     * (cap * tanh(x / cap); llama.cpp's defaults 50 and 30 when a GGUF lacks the keys), no q/k
+     * norms, a 4096-token window when none is stated, and the sliding layers keep the global
+     * RoPE base. */
+    bool gemma_softcap;
 } kn_arch_info;
 
 const kn_arch_info *kn_arch_get(kn_arch id);

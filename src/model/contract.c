@@ -22,12 +22,17 @@ kiln_status kn_contract_build(const kn_hparams *hp, int window, int chunk, int s
 
     /* prefill: C tokens at once against a W-slot cache. The additive mask row of token i covers
      * the W cache slots followed by the C tokens of the chunk, so padding and causality are data,
-     * never shape. logit_index picks the last real token of the chunk. */
+     * never shape. logit_index picks the last real token of the chunk. A model whose layers
+     * differ in window (Gemma) has two masks of that shape: attention_mask for the global
+     * layers, sliding_mask (also masking keys a window or more behind) for the sliding ones;
+     * both are filled from the slot table by position, so --overflow slide stays exact. */
     kn_graph *g = &c->graphs[c->n_graphs++];
     g->name = "prefill";
     g->in[g->n_in++] = io("input_ids", "i32", 2, 1, C, 0, 0, 0);
     g->in[g->n_in++] = io("position_ids", "i32", 2, 1, C, 0, 0, 0);
     g->in[g->n_in++] = io("attention_mask", "f32", 4, 1, 1, C, W + C, 0);
+    if (kn_hparams_two_masks(hp))
+        g->in[g->n_in++] = io("sliding_mask", "f32", 4, 1, 1, C, W + C, 0);
     g->in[g->n_in++] = io("logit_index", "i32", 1, 1, 0, 0, 0, 0);
     g->in[g->n_in++] = io("past_kv", c->kv_dtype, 5, L, 2, H, W, D);
     g->out[g->n_out++] = io("logits", "f32", 2, 1, V, 0, 0, 0);
@@ -38,6 +43,8 @@ kiln_status kn_contract_build(const kn_hparams *hp, int window, int chunk, int s
     g->in[g->n_in++] = io("input_ids", "i32", 2, 1, 1, 0, 0, 0);
     g->in[g->n_in++] = io("position_ids", "i32", 2, 1, 1, 0, 0, 0);
     g->in[g->n_in++] = io("attention_mask", "f32", 4, 1, 1, 1, W + 1, 0);
+    if (kn_hparams_two_masks(hp))
+        g->in[g->n_in++] = io("sliding_mask", "f32", 4, 1, 1, 1, W + 1, 0);
     g->in[g->n_in++] = io("past_kv", c->kv_dtype, 5, L, 2, H, W, D);
     g->out[g->n_out++] = io("logits", "f32", 2, 1, V, 0, 0, 0);
     g->out[g->n_out++] = io("new_kv", c->kv_dtype, 5, L, 2, H, 1, D);

@@ -81,9 +81,19 @@ kiln_status kn_hparams_validate(const kn_hparams *hp, const char *label, kiln_er
         return kn_fail(err, KILN_ERR_FORMAT, "%s: rope freq_base_swa %g is not positive", label,
                        hp->rope_theta_swa);
     if (!(hp->attn_scale >= 0) || !isfinite(hp->attn_scale) || !(hp->final_softcap >= 0) ||
-        !isfinite(hp->final_softcap))
-        return kn_fail(err, KILN_ERR_FORMAT, "%s: attention scale %g or logit soft-cap %g is out "
-                       "of range", label, hp->attn_scale, hp->final_softcap);
+        !isfinite(hp->final_softcap) || !(hp->attn_softcap >= 0) || !isfinite(hp->attn_softcap))
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: attention scale %g or logit soft-caps %g, %g "
+                       "are out of range", label, hp->attn_scale, hp->attn_softcap,
+                       hp->final_softcap);
+    /* llama.cpp divides by both caps of a Gemma 2 unconditionally: 0 is not "none" there */
+    const kn_arch_info *ai = kn_arch_get(hp->arch);
+    if (ai && ai->gemma_softcap && !(hp->attn_softcap > 0 && hp->final_softcap > 0))
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: %s needs positive attention and final logit "
+                       "soft-caps (got %g and %g)", label, ai->name, hp->attn_softcap,
+                       hp->final_softcap);
+    if (ai && ai->gemma_softcap && hp->sliding_window <= 0)
+        return kn_fail(err, KILN_ERR_FORMAT, "%s: %s needs a positive sliding window", label,
+                       ai->name);
     return KILN_OK;
 }
 
@@ -93,24 +103,45 @@ int kn_hparams_layer_window(const kn_hparams *hp, int l) {
     return hp->sliding_window;
 }
 
-/* Gemma 3's keys (llama.cpp's names and defaults: src/models/gemma3.cpp). The sliding pattern
- * and the local RoPE base are not written by llama.cpp's converter: it assumes 6 and 10000. */
+int kn_gemma_qpas(const kn_hparams *hp) {
+    const kn_arch_info *ai = kn_arch_get(hp->arch);
+    return ai && hp->n_layer == ai->gemma_wide_qscale_layers ? hp->n_embd / hp->n_head
+                                                              : hp->head_dim;
+}
+
+/* Gemma's keys (llama.cpp's names and defaults: src/models/gemma3.cpp, gemma2.cpp). Gemma 3:
+ * the sliding pattern and the local RoPE base are not written by llama.cpp's converter: it
+ * assumes 6 and 10000. Gemma 2: pattern 2, a 4096 window, soft-caps 50 and 30 when absent, and
+ * the sliding layers on the global base. */
 static kiln_status gemma_from_gguf(const kn_gguf *g, const char *a, const kn_arch_info *ai,
                                    kn_hparams *hp, kiln_error *err) {
     hp->gemma = true;
     uint32_t u;
+    char key[128];
+    snprintf(key, sizeof key, "%s.attention.sliding_window_pattern", a);
+    /* llama.cpp also takes a per-layer array here; kiln states only "every N-th is global" */
+    if (kn_gguf_find(g, key) && !kn_gguf_get_u32(g, key, &u))
+        return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: %s is not one number (a per-layer "
+                       "pattern is not supported)", g->path, key);
     hp->swa_pattern = ai->gemma_swa_pattern;
     if (get_u32k(g, a, "attention.sliding_window_pattern", &u))
         hp->swa_pattern = (int)(u > HP_MAX_LAYERS ? HP_MAX_LAYERS + 1 : u);
+    if (ai->gemma_softcap) {
+        if (!get_u32k(g, a, "attention.sliding_window", &u)) hp->sliding_window = 4096;
+        hp->attn_softcap = 50.0f;
+        hp->final_softcap = 30.0f;
+    }
     if (hp->sliding_window == 0) hp->swa_pattern = 0;
-    hp->rope_theta_swa = 10000.0f;
+    hp->rope_theta_swa = ai->gemma_softcap ? hp->rope_theta : 10000.0f;
     kiln_status s;
     if ((s = get_f32k(g, a, "rope.freq_base_swa", &hp->rope_theta_swa, err)) ||
-        (s = get_f32k(g, a, "final_logit_softcapping", &hp->final_softcap, err)))
+        (s = get_f32k(g, a, "final_logit_softcapping", &hp->final_softcap, err)) ||
+        (ai->gemma_softcap &&
+         (s = get_f32k(g, a, "attn_logit_softcapping", &hp->attn_softcap, err))))
         return s;
-    /* query_pre_attn_scalar is not in the GGUF: llama.cpp takes head_dim, except for the 62
-     * layers of Gemma 3 27B (E / H) — the same rule, so that both read one file alike. */
-    int qpas = hp->n_layer == 62 ? hp->n_embd / hp->n_head : hp->head_dim;
+    /* query_pre_attn_scalar is not in the GGUF: llama.cpp's rule, so that both read one file
+     * alike */
+    int qpas = kn_gemma_qpas(hp);
     if (qpas > 0) hp->attn_scale = 1.0f / sqrtf((float)qpas);
     return KILN_OK;
 }
@@ -262,6 +293,9 @@ void kn_hparams_to_gguf(const kn_hparams *hp, kn_gguf_writer *w) {
         F32("rope.freq_base_swa", hp->rope_theta_swa);
         if (hp->final_softcap > 0) {
             F32("final_logit_softcapping", hp->final_softcap);
+        }
+        if (hp->attn_softcap > 0) {
+            F32("attn_logit_softcapping", hp->attn_softcap);
         }
     }
 #undef U32

@@ -57,15 +57,18 @@ typedef struct kn_hparams {
      * against rope_orig_ctx; cos and sin scaled by rope_attn_factor. */
     bool longrope;
     float rope_attn_factor;   /* 1 unless LongRoPE says otherwise */
-    /* Gemma (kn_arch_info.gemma): embedding * sqrt(E), q/k norms, post-attention and post-FFN
-     * norms, GeGLU with tanh GELU. */
+    /* Gemma (kn_arch_info.gemma): embedding * sqrt(E), post-attention and post-FFN norms,
+     * GeGLU with tanh GELU; Gemma 3 adds q/k norms (qk_norm), Gemma 2 soft-caps. */
     bool gemma;
-    /* Gemma 3: with a sliding window, layer l is global when l % N == N - 1 and sliding
+    /* Gemma 3 / 2: with a sliding window, layer l is global when l % N == N - 1 and sliding
      * otherwise (llama.cpp's set_swa_pattern); 0: every layer slides (Mistral). */
     int swa_pattern;
-    float rope_theta_swa;     /* RoPE base of the sliding layers (Gemma 3: 10000, unscaled) */
+    float rope_theta_swa;     /* RoPE base of the sliding layers (Gemma 3: 10000, unscaled;
+                                 Gemma 2: rope_theta) */
     float attn_scale;         /* q.k factor; 0 = 1 / sqrt(head_dim) */
     float final_softcap;      /* logits = c * tanh(logits / c); 0 = none */
+    float attn_softcap;       /* Gemma 2: each q.k score (after attn_scale) = c * tanh(s / c),
+                                 before the mask and the softmax; 0 = none */
 } kn_hparams;
 
 /* Whether RoPE rotates Q and K in layer l. */
@@ -82,6 +85,15 @@ kiln_status kn_rope_factors(const kn_gguf *g, const kn_hparams *hp, int window, 
 
 /* The sliding window of layer l (0: global, it sees every slot the contract keeps). */
 int kn_hparams_layer_window(const kn_hparams *hp, int l);
+/* Whether layers differ in window (Gemma: sliding layers between global ones), so that a static
+ * graph needs a second attention mask (the contract's sliding_mask). */
+static inline bool kn_hparams_two_masks(const kn_hparams *hp) {
+    return hp->swa_pattern > 0 && hp->sliding_window > 0;
+}
+
+/* Gemma's query_pre_attn_scalar as llama.cpp derives it (a GGUF does not carry it): E / H for
+ * the architecture's 27B layer count, head_dim otherwise. */
+int kn_gemma_qpas(const kn_hparams *hp);
 
 /* Range and consistency checks shared by the GGUF and config.json paths. */
 kiln_status kn_hparams_validate(const kn_hparams *hp, const char *label, kiln_error *err);

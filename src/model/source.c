@@ -222,25 +222,56 @@ static kiln_status eos_id_of(const cJSON *o, const char *label, int *id, kiln_er
     return kn_json_get_i32(o, "eos_token_id", -1, INT32_MAX, *id, id, label, err);
 }
 
-/* Gemma3TextConfig's fields (transformers), read the way llama.cpp's converter and loader do:
- * what a GGUF cannot say (a query_pre_attn_scalar other than llama.cpp's rule, a sliding pattern
- * other than every N-th layer global, attention soft-capping, another activation) is refused
- * rather than baked into a file that llama.cpp and kiln would read differently. */
+/* A soft-cap of Gemma 2's config: a positive number (absent: transformers' default). null
+ * turns it off in transformers, which llama.cpp cannot express (it always caps), so it is
+ * refused rather than baked into a file the two would read differently. */
+static kiln_status softcap_of(const cJSON *c, const char *key, float def, float *out,
+                              const char *label, kiln_error *err) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, key);
+    if (v && cJSON_IsNull(v))
+        return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: %s null (no soft-cap) is not supported "
+                       "for gemma2", label, key);
+    return kn_json_get_f32(c, key, def, out, label, err);
+}
+
+/* Gemma3TextConfig's and Gemma2Config's fields (transformers), read the way llama.cpp's
+ * converter and loader do: what a GGUF cannot say (a query_pre_attn_scalar other than
+ * llama.cpp's rule, a sliding pattern other than every N-th layer global, attention
+ * soft-capping in Gemma 3, no soft-caps in Gemma 2, another activation) is refused rather than
+ * baked into a file that llama.cpp and kiln would read differently. */
 static kiln_status gemma_from_hf_config(const cJSON *c, const kn_arch_info *ai, kn_hparams *hp,
                                         const char *label, kiln_error *err) {
     kiln_status st;
     hp->gemma = true;
     hp->swa_pattern = ai->gemma_swa_pattern;
     int qpas = 0;
-    if ((st = kn_json_get_f32(c, "rope_local_base_freq", 10000.0f, &hp->rope_theta_swa, label,
-                              err)) ||
-        (st = kn_json_get_f32(c, "final_logit_softcapping", 0.0f, &hp->final_softcap, label,
-                              err)) ||
-        (st = kn_json_get_i32(c, "sliding_window_pattern", 1, 1 << 20, hp->swa_pattern,
+    if (ai->gemma_softcap) {
+        /* Gemma 2: one RoPE base; older configs name the window sliding_window_size */
+        hp->rope_theta_swa = hp->rope_theta;
+        if ((st = softcap_of(c, "attn_logit_softcapping", 50.0f, &hp->attn_softcap, label,
+                             err)) ||
+            (st = softcap_of(c, "final_logit_softcapping", 30.0f, &hp->final_softcap, label,
+                             err)))
+            return st;
+        if (!cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(c, "sliding_window")) &&
+            (st = kn_json_get_i32(c, "sliding_window_size", 0, INT32_MAX, 4096,
+                                  &hp->sliding_window, label, err)))
+            return st;
+    } else if ((st = kn_json_get_f32(c, "rope_local_base_freq", 10000.0f, &hp->rope_theta_swa,
+                                     label, err)) ||
+               (st = kn_json_get_f32(c, "final_logit_softcapping", 0.0f, &hp->final_softcap,
+                                     label, err))) {
+        return st;
+    }
+    if ((st = kn_json_get_i32(c, "sliding_window_pattern", 1, 1 << 20, hp->swa_pattern,
                               &hp->swa_pattern, label, err)) ||
         (st = kn_json_get_i32(c, "query_pre_attn_scalar", 1, 1 << 20, hp->head_dim, &qpas,
                               label, err)))
         return st;
+    if (hp->swa_pattern != ai->gemma_swa_pattern && ai->gemma_softcap)
+        return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: sliding_window_pattern %d is not the %d "
+                       "llama.cpp assumes for %s", label, hp->swa_pattern,
+                       ai->gemma_swa_pattern, ai->name);
     const cJSON *lt = cJSON_GetObjectItemCaseSensitive(c, "layer_types");
     if (cJSON_IsArray(lt)) {
         int n = cJSON_GetArraySize(lt);
@@ -256,15 +287,15 @@ static kiln_status gemma_from_hf_config(const cJSON *c, const kn_arch_info *ai, 
         }
     }
     if (hp->sliding_window == 0) hp->swa_pattern = 0;
-    int rule = hp->n_layer == 62 ? hp->n_embd / hp->n_head : hp->head_dim;
+    int rule = kn_gemma_qpas(hp);
     if (qpas != rule)
         return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: query_pre_attn_scalar %d is not the %d "
                        "llama.cpp assumes for this shape", label, qpas, rule);
     hp->attn_scale = 1.0f / sqrtf((float)qpas);
     const cJSON *cap = cJSON_GetObjectItemCaseSensitive(c, "attn_logit_softcapping");
-    if (cap && !cJSON_IsNull(cap))
-        return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: attn_logit_softcapping is not supported",
-                       label);
+    if (!ai->gemma_softcap && cap && !cJSON_IsNull(cap))
+        return kn_fail(err, KILN_ERR_UNSUPPORTED, "%s: attn_logit_softcapping is not supported "
+                       "for %s (llama.cpp does not apply it)", label, ai->name);
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(c, "hidden_activation");
     if (!cJSON_IsString(act)) act = cJSON_GetObjectItemCaseSensitive(c, "hidden_act");
     if (cJSON_IsString(act) && strcmp(act->valuestring, "gelu_pytorch_tanh") != 0)

@@ -692,10 +692,13 @@ TEST(kernels_attention_variants) {
         for (int gi = 0; gi < 4; gi++) {
             int g = groups[gi];
             for (int32_t p = 0; p < S; p += (g == 8 ? 1 : 3))
-                for (int swa = 0; swa <= 5; swa += 5) {
-                    kn_attn_ref(q, k, val, spos, S, p, swa, d, g, sc, ref);
-                    kn_attn_ref(q, kw, vw, spos, S, p, swa, d, g, sc, ref16);
-                    kn_attn_ref_f16(q, k16, v16, spos, S, p, swa, d, g, sc, o1);
+                for (int sw = 0; sw < 4; sw++) {
+                    /* Gemma 2's soft-cap at a value that bends these scores (|s| up to ~6) */
+                    int swa = sw & 1 ? 5 : 0;
+                    float cap = sw & 2 ? 1.5f : 0.0f;
+                    kn_attn_ref(q, k, val, spos, S, p, swa, cap, d, g, sc, ref);
+                    kn_attn_ref(q, kw, vw, spos, S, p, swa, cap, d, g, sc, ref16);
+                    kn_attn_ref_f16(q, k16, v16, spos, S, p, swa, cap, d, g, sc, o1);
                     CHECKF(memcmp(o1, ref16, sizeof(float) * g * d) == 0,
                            "ref f16 d %d pos %d: differs from the F32 reference on the widened "
                            "cache", d, p);
@@ -704,31 +707,57 @@ TEST(kernels_attention_variants) {
                         if (!v[vi]) continue;
                         for (int h = 0; h < 2; h++) {
                             if (h) {
-                                v[vi]->attn_f16(q, k16, v16, spos, S, p, swa, d, g, sc, o1);
-                                v[vi]->attn_f16(q, k16, v16, spos, p + 1, p, swa, d, g, sc, o2);
+                                v[vi]->attn_f16(q, k16, v16, spos, S, p, swa, cap, d, g, sc, o1);
+                                v[vi]->attn_f16(q, k16, v16, spos, p + 1, p, swa, cap, d, g, sc, o2);
                             } else {
-                                v[vi]->attn(q, k, val, spos, S, p, swa, d, g, sc, o1);
-                                v[vi]->attn(q, k, val, spos, p + 1, p, swa, d, g, sc, o2);
+                                v[vi]->attn(q, k, val, spos, S, p, swa, cap, d, g, sc, o1);
+                                v[vi]->attn(q, k, val, spos, p + 1, p, swa, cap, d, g, sc, o2);
                             }
                             CHECKF(memcmp(o1, o2, sizeof(float) * g * d) == 0,
                                    "%s%s d %d pos %d: masked slots after pos changed the result",
                                    v[vi]->name, h ? " f16" : "", d, p);
                             /* the last head alone gives the same bits as inside the group */
                             const float *ql = q + (size_t)(g - 1) * d;
-                            if (h) v[vi]->attn_f16(ql, k16, v16, spos, S, p, swa, d, 1, sc, o3);
-                            else v[vi]->attn(ql, k, val, spos, S, p, swa, d, 1, sc, o3);
+                            if (h) v[vi]->attn_f16(ql, k16, v16, spos, S, p, swa, cap, d, 1, sc,
+                                                         o3);
+                            else v[vi]->attn(ql, k, val, spos, S, p, swa, cap, d, 1, sc, o3);
                             CHECKF(memcmp(o3, o1 + (size_t)(g - 1) * d, sizeof(float) * d) == 0,
                                    "%s%s d %d: head %d differs alone and in a group of %d",
                                    v[vi]->name, h ? " f16" : "", d, g - 1, g);
                             const float *r = h ? ref16 : ref;
                             for (int i = 0; i < g * d; i++)
                                 CHECKF(fabs((double)o1[i] - r[i]) <= TOL_ATTN * vmax,
-                                       "%s%s d %d group %d pos %d swa %d [%d]: %.9g vs ref %.9g",
-                                       v[vi]->name, h ? " f16" : "", d, g, p, swa, i, o1[i],
-                                       r[i]);
+                                       "%s%s d %d group %d pos %d swa %d cap %g [%d]: %.9g vs "
+                                       "ref %.9g", v[vi]->name, h ? " f16" : "", d, g, p, swa,
+                                       (double)cap, i, o1[i], r[i]);
                         }
                     }
                 }
+        }
+        /* The soft-cap against its definition, in double (one head, every slot allowed up to
+         * the last): softmax(cap * tanh(q.k / sqrt(d) / cap)) . v; and it does bend them. */
+        {
+            const float cap = 1.5f;
+            int32_t p = S - 1;
+            double w[S], mx = -INFINITY, sum = 0, dmax = 0;
+            for (int t = 0; t < S; t++) {
+                double dot = 0;
+                for (int i = 0; i < d; i++) dot += (double)q[i] * k[(size_t)t * d + i];
+                w[t] = spos[t] < 0 ? -INFINITY : cap * tanh(dot / sqrt((double)d) / cap);
+                if (w[t] > mx) mx = w[t];
+            }
+            for (int t = 0; t < S; t++) sum += w[t] = spos[t] < 0 ? 0 : exp(w[t] - mx);
+            kn_attn_ref(q, k, val, spos, S, p, 0, cap, d, 1, sc, o1);
+            kn_attn_ref(q, k, val, spos, S, p, 0, 0.0f, d, 1, sc, o2);
+            for (int i = 0; i < d; i++) {
+                double want = 0;
+                for (int t = 0; t < S; t++) want += w[t] / sum * val[(size_t)t * d + i];
+                CHECKF(fabs(o1[i] - want) <= 1e-5, "softcap d %d [%d]: %.9g vs %.9g", d, i,
+                       o1[i], want);
+                if (fabs((double)o2[i] - o1[i]) > dmax) dmax = fabs((double)o2[i] - o1[i]);
+            }
+            CHECKF(dmax > 1e-2, "softcap d %d: capping at %g changed nothing (%g)", d,
+                   (double)cap, dmax);
         }
         /* Nothing allowed: zeros, not NaN. */
         int32_t none[S];
@@ -736,10 +765,10 @@ TEST(kernels_attention_variants) {
         for (int vi = 0; vi < nv; vi++)
             if (v[vi]) {
                 for (int i = 0; i < 3 * d; i++) o1[i] = NAN;
-                v[vi]->attn(q, k, val, none, S, 5, 0, d, 3, sc, o1);
+                v[vi]->attn(q, k, val, none, S, 5, 0, 0.0f, d, 3, sc, o1);
                 for (int i = 0; i < 3 * d; i++) CHECK(o1[i] == 0.0f);
                 for (int i = 0; i < 3 * d; i++) o1[i] = NAN;
-                v[vi]->attn_f16(q, k16, v16, none, S, 5, 0, d, 3, sc, o1);
+                v[vi]->attn_f16(q, k16, v16, none, S, 5, 0, 0.0f, d, 3, sc, o1);
                 for (int i = 0; i < 3 * d; i++) CHECK(o1[i] == 0.0f);
             }
         free(k16);

@@ -25,7 +25,8 @@ VOCAB_GGUF = "models/stories260K/stories260K.gguf"  # under shared/: a loadable 
 N_PROMPT = 9
 N_GEN = 32
 
-# Shared shape: 4 layers (SmolLM3 skips RoPE on the 4th), GQA 4:2, widths a Q4/Q8 block divides.
+# Shared shape: 4 layers (SmolLM3 skips RoPE on the 4th; Gemma 3 has 6), GQA 4:2, widths a Q4/Q8
+# block divides.
 BASE = {
     "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
     "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512,
@@ -81,6 +82,37 @@ FAMILIES = {
                 "max_position_embeddings": 131072, "original_max_position_embeddings": 64,
                 "attention_bias": False, "sliding_window": 262144,
                 "tie_word_embeddings": True, "rope_scaling": {"type": "longrope"}}),
+    # Gemma 2: the Gemma block (embedding x sqrt(E), RMSNorm 1 + w, GeGLU, post norms) without
+    # q/k norms, with soft-capped attention scores and logits, and a sliding window on layers
+    # 0 and 2 (llama.cpp's pattern 2: layer il slides when il % 2 == 0). The caps are small
+    # enough to bend these scores and logits (uncapped about +-4: capped at 3 they span +-2.6;
+    # llama.cpp's greedy path changes with the attention cap), and the window (8) is shorter
+    # than the 41 positions.
+    "gemma2": dict(
+        arch="gemma2", permute=False, gemma=True, embed_gain=0.1,
+        config={"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2",
+                "head_dim": 16, "query_pre_attn_scalar": 16, "rope_theta": 10000.0,
+                "max_position_embeddings": 8192, "rms_norm_eps": 1e-6,
+                "attn_logit_softcapping": 2.0, "final_logit_softcapping": 3.0,
+                "sliding_window": 8, "cache_implementation": "hybrid",
+                "layer_types": ["sliding_attention", "full_attention"] * 2,
+                "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh",
+                "attention_bias": False, "attention_dropout": 0.0,
+                "tie_word_embeddings": True}),
+    # Gemma 3: as Gemma 2 with per-head q/k norms instead of the soft-caps, five sliding layers
+    # to one global (6 layers here), and the sliding layers on their own RoPE base.
+    "gemma3": dict(
+        arch="gemma3", permute=False, gemma=True, embed_gain=0.1,
+        config={"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+                "num_hidden_layers": 6, "head_dim": 32, "query_pre_attn_scalar": 32,
+                "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
+                "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+                "sliding_window": 8, "sliding_window_pattern": 6,
+                "layer_types": ["sliding_attention"] * 5 + ["full_attention"],
+                "final_logit_softcapping": None, "attn_logit_softcapping": None,
+                "hidden_activation": "gelu_pytorch_tanh", "rope_scaling": None,
+                "attention_bias": False, "attention_dropout": 0.0,
+                "tie_word_embeddings": True}),
 }
 
 
@@ -117,9 +149,13 @@ def hf_weights(fam, seed=0):
         return bf16_round(rng.standard_normal((rows, cols)) * gain / math.sqrt(cols))
 
     def norm(n):
-        return bf16_round(1.0 + 0.2 * rng.standard_normal(n))
+        # Gemma's folders hold w of RMSNorm (1 + w): the same scales, stored offset by 1
+        return bf16_round((0.0 if row.get("gemma") else 1.0) + 0.2 * rng.standard_normal(n))
 
-    w = {"model.embed_tokens.weight": bf16_round(0.5 * rng.standard_normal((c["vocab_size"], E))),
+    # Gemma multiplies the embedding by sqrt(E): a smaller one keeps the blocks' share of the
+    # residual (and the tied classifier's logits) in the range of the other families
+    eg = row.get("embed_gain", 0.5)
+    w = {"model.embed_tokens.weight": bf16_round(eg * rng.standard_normal((c["vocab_size"], E))),
          "model.norm.weight": norm(E)}
     if not c["tie_word_embeddings"]:
         w["lm_head.weight"] = mat(c["vocab_size"], E, 2.0)
@@ -140,9 +176,14 @@ def hf_weights(fam, seed=0):
             w[p + "mlp.up_proj.weight"] = up
         w[p + "self_attn.o_proj.weight"] = mat(E, H * D)
         w[p + "mlp.down_proj.weight"] = mat(E, F)
-        if fam == "qwen3":
+        if fam in ("qwen3", "gemma3"):
             w[p + "self_attn.q_norm.weight"] = norm(D)
             w[p + "self_attn.k_norm.weight"] = norm(D)
+        if row.get("gemma"):
+            # Gemma's post_attention_layernorm is the post-attention norm; the FFN's is
+            # pre_feedforward_layernorm
+            w[p + "pre_feedforward_layernorm.weight"] = norm(E)
+            w[p + "post_feedforward_layernorm.weight"] = norm(E)
     if row.get("longrope"):
         n = rope_dims(c) // 2
         rs = dict(c["rope_scaling"])
@@ -245,7 +286,8 @@ def write_gguf(fam, path, shared, seed=0):
     wr.add_head_count(H)
     wr.add_head_count_kv(Hkv)
     wr.add_layer_norm_rms_eps(c["rms_norm_eps"])
-    wr.add_rope_freq_base(c["rope_theta"])
+    if arch != "gemma2":  # conversion/gemma.py's Gemma2Model writes no RoPE base (10000)
+        wr.add_rope_freq_base(c["rope_theta"])
     wr.add_file_type(gguf.LlamaFileType.ALL_F32)
     if "head_dim" in c and arch != "phi3":
         wr.add_key_length(D)
@@ -264,7 +306,19 @@ def write_gguf(fam, path, shared, seed=0):
         orig = c["original_max_position_embeddings"]
         wr.add_rope_scaling_attn_factors(
             math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0)
+    if arch == "gemma2":  # Gemma2Model.set_gguf_parameters
+        wr.add_attn_logit_softcapping(c["attn_logit_softcapping"])
+        wr.add_final_logit_softcapping(c["final_logit_softcapping"])
+        wr.add_sliding_window(c["sliding_window"])
+    if arch == "gemma3":  # Gemma3Model.set_gguf_parameters and TextModel's local RoPE base
+        wr.add_rope_freq_base_swa(c["rope_local_base_freq"])
+        if c.get("final_logit_softcapping"):
+            wr.add_final_logit_softcapping(c["final_logit_softcapping"])
+        if c.get("sliding_window_pattern") != 1:
+            wr.add_sliding_window(c["sliding_window"])
     toks, scores, types = vocab_fields(shared)
+    if row.get("gemma"):
+        wr.add_add_space_prefix(False)
     wr.add_tokenizer_model("llama")
     wr.add_tokenizer_pre("default")
     wr.add_token_list(toks)
@@ -285,6 +339,8 @@ def write_gguf(fam, path, shared, seed=0):
             t = permute(t, Hkv)
         new = tmap.get_name(name, try_suffixes=(".weight", ".bias"))
         assert new, f"gguf-py has no name for {name} in {arch}"
+        if row.get("gemma") and name.endswith("norm.weight"):
+            t = t + np.float32(1.0)  # the converter's norm shift: GGUF stores 1 + w
         out[new] = t
     if row.get("longrope"):
         out["rope_factors_long.weight"] = np.array(c["rope_scaling"]["long_factor"], np.float32)

@@ -54,9 +54,12 @@ def test_writer_refuses_bad_group_and_leaves_nothing(stories, tmp_path):
 
 class Runner:
     """Drives the prefill and decode IRs of an offering with a numpy KV cache, the way a backend
-    does: slot p holds position p, the mask is additive over [W cache slots | T new tokens]."""
+    does: slot p holds position p, the mask is additive over [W cache slots | T new tokens].
+    A model whose layers differ in window (Gemma) also takes sliding_mask: the same, with keys
+    swa or more positions behind the query masked too."""
 
-    def __init__(self, off, compile_decode=True):
+    def __init__(self, off, compile_decode=True, swa=0):
+        self.swa = swa
         core = ov.Core()
         self.pre = core.compile_model(core.read_model(off / "openvino_model.xml"), "CPU", EXACT)
         self.dec = (core.compile_model(core.read_model(off / "openvino_decode.xml"), "CPU", EXACT)
@@ -64,6 +67,17 @@ class Runner:
         self.L, _, self.Hkv, self.W, self.D = self.pre.input("past_kv").get_shape()
         self.C = self.pre.input("input_ids").get_shape()[1]
         self.past = np.zeros((self.L, 2, self.Hkv, self.W, self.D), np.float32)
+        names = {n for i in self.pre.inputs for n in i.get_names()}
+        assert ("sliding_mask" in names) == (swa > 0), names
+
+    def masks(self, mask, qpos, kpos, feed):
+        """feed["attention_mask"] = mask; with a sliding window, feed["sliding_mask"] = mask
+        with the keys at kpos (per column) swa or more behind qpos (per row) masked."""
+        feed["attention_mask"] = mask
+        if self.swa:
+            far = (np.asarray(qpos)[:, None] - np.asarray(kpos)[None, :]) >= self.swa
+            feed["sliding_mask"] = np.where(far[None, None], -np.inf, mask).astype(np.float32)
+        return feed
 
     def prefill(self, ids, p0, logit_row=None):
         """One chunk: ids (<= C) at positions p0..; rows past len(ids) are padding."""
@@ -74,9 +88,17 @@ class Runner:
         mask[0, 0, :, :p0] = 0
         for i in range(C):  # causal among the new rows; padding rows too, so no row is all -inf
             mask[0, 0, i, W:W + i + 1] = 0
+        # slot s holds position s; new column j position p0 + j. A row always sees itself, so
+        # the window never empties a row.
+        kpos = np.concatenate([np.arange(W), p0 + np.arange(C)])
+        qpos = p0 + np.arange(C)
+        feed = self.masks(mask, qpos, kpos, {})
+        if self.swa:
+            for i in range(C):
+                feed["sliding_mask"][0, 0, i, W + i] = 0
         r = self.pre({"input_ids": x,
                       "position_ids": np.arange(p0, p0 + C, dtype=np.int32)[None],
-                      "attention_mask": mask,
+                      **feed,
                       "logit_index": np.array([n - 1 if logit_row is None else logit_row],
                                               np.int32),
                       "past_kv": self.past})
@@ -93,9 +115,10 @@ class Runner:
         mask = np.full((1, 1, 1, self.W + 1), -np.inf, np.float32)
         mask[0, 0, 0, :p] = 0
         mask[0, 0, 0, self.W] = 0
+        feed = self.masks(mask, [p], np.concatenate([np.arange(self.W), [p]]), {})
         r = self.dec({"input_ids": np.array([[tok]], np.int32),
                       "position_ids": np.array([[p]], np.int32),
-                      "attention_mask": mask, "past_kv": self.past})
+                      **feed, "past_kv": self.past})
         self.past[:, :, :, p] = r["new_kv"][:, :, :, 0]
         return r["logits"][0]
 

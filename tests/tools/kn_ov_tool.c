@@ -12,7 +12,9 @@
  *       continuation fed one decode step at a time whatever the engine would have chosen; writes
  *       to OUT the float32 logits [n_cont][V] that predict each continuation id. The kernel
  *       table is the engine's choice, so KILN_KERNELS selects it.
- * The native sessions keep an f16 KV cache unless KN_OV_TOOL_KV=f32.
+ * The native sessions keep an f16 KV cache unless KN_OV_TOOL_KV=f32. KN_OV_TOOL_DEVICE names
+ * another device for teacher and native (openvino:CPU: the offering's IR through kiln's
+ * OpenVINO backend, which fills the graphs' masks from its slot table).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,7 +58,8 @@ static int cmd_write(const char *dir, int group) {
 static kiln_status open_native(const char *dir, kiln_model **m, kiln_session **ss,
                                kiln_error *err) {
     kiln_session_params sp = kiln_session_default_params();
-    sp.device = "cpu";
+    const char *dev = getenv("KN_OV_TOOL_DEVICE");
+    sp.device = dev && *dev ? dev : "cpu";
     /* KN_OV_TOOL_KV=f32: an f32 KV cache (the f16 default rounds K and V) */
     const char *kv = getenv("KN_OV_TOOL_KV");
     if (kv && strcmp(kv, "f32") == 0) sp.kv = KILN_KV_F32;

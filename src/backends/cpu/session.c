@@ -242,9 +242,11 @@ static void attn_item(void *ctx, int u, int n_items, int worker) {
     float *sc = s->scores + (size_t)worker * KN_ATTN_SCRATCH(group) * W;
     float *out = s->xb + (size_t)r * H * D + (size_t)kh * group * D;
     if (s->kv_elem == sizeof(uint16_t))
-        s->k->attn_f16(q, k, v, kv.pos, kv.n_slots, s->rows_pos[r], j->swa, D, group, sc, out);
+        s->k->attn_f16(q, k, v, kv.pos, kv.n_slots, s->rows_pos[r], j->swa, hp->attn_softcap, D,
+                          group, sc, out);
     else
-        s->k->attn(q, k, v, kv.pos, kv.n_slots, s->rows_pos[r], j->swa, D, group, sc, out);
+        s->k->attn(q, k, v, kv.pos, kv.n_slots, s->rows_pos[r], j->swa, hp->attn_softcap, D,
+                          group, sc, out);
 }
 
 /* One cache row of n elements from F32: rounded to halves, or copied. */

@@ -8,8 +8,10 @@
  * new rows new_kv [L,2,Hkv,T,D], which this file copies into the slots the driver assigned
  * (kn_contract_slot: slot p while p < W, then the sink + ring of --overflow slide), and the
  * additive attention_mask [1,1,T,W+T] is built from the driver's position-per-slot table so
- * that every query sees exactly the keys the native engine's attention sees. Both devices
- * therefore compute the same function of the same cache.
+ * that every query sees exactly the keys the native engine's attention sees. A model whose
+ * layers differ in window (Gemma: kn_hparams_two_masks) has a second one, sliding_mask, built
+ * the same way with the window, for its sliding layers; attention_mask is then the global
+ * layers'. Both devices therefore compute the same function of the same cache.
  *
  * Every buffer of a session (cache, inputs, outputs) is allocated once when it opens and
  * wrapped once in an ov_tensor set on its infer requests; a step only writes host memory and
@@ -31,16 +33,21 @@
 #include "backends/openvino/ir_check.h"
 #include "backends/openvino/ov_api.h"
 
-enum { IN_IDS, IN_POS, IN_MASK, IN_LOGIT_INDEX, IN_PAST, OUT_LOGITS, OUT_NEW_KV, N_PORTS };
+enum {
+    IN_IDS, IN_POS, IN_MASK, IN_LOGIT_INDEX, IN_PAST, IN_SWA_MASK, OUT_LOGITS, OUT_NEW_KV, N_PORTS
+};
 static const char *const k_port_name[N_PORTS] = {
-    "input_ids", "position_ids", "attention_mask", "logit_index", "past_kv", "logits", "new_kv"};
+    "input_ids", "position_ids", "attention_mask", "logit_index", "past_kv", "sliding_mask",
+    "logits",    "new_kv"};
 
 /* A model on one OpenVINO device: the compiled graphs, shared by its sessions. */
 typedef struct ov_device {
     kn_device base;
     kn_ov_api api;
     ov_core *core;
-    int L, Hkv, D, V, swa;
+    int L, Hkv, D, V;
+    int swa;                         /* attention_mask's window (0: none) */
+    int swa2;                        /* sliding_mask's window; 0: the graphs have none */
     int W;                           /* the IR's cache slots (>= the contract's window) */
     int C;                           /* the IR's prefill width */
     int SW;                          /* the stateless IR's window */
@@ -66,6 +73,7 @@ typedef struct ov_backend {
     float *past_kv;                  /* [L,2,Hkv,W,D] */
     float *new_kv;                   /* [L,2,Hkv,C,D]; decode uses the first [L,2,Hkv,1,D] */
     float *mask;                     /* [C, W+C]; decode uses the first [1, W+1] */
+    float *swa_mask;                 /* the same for the sliding layers, when swa2 > 0 */
     float *logits;                   /* [V] */
     int32_t *ids;                    /* [C], or [SW] stateless */
     int32_t *pos;                    /* [C] */
@@ -315,10 +323,13 @@ static kiln_status check_graph(ov_device *d, ov_compiled_model *cm, const char *
     kiln_status s;
     for (int k = 0; k < N_PORTS; k++) {
         if ((s = read_port(d, cm, k, k < OUT_LOGITS, &pi[k], err))) return s;
-        bool needed = k != IN_LOGIT_INDEX || prefill;
+        bool needed = (k != IN_LOGIT_INDEX || prefill) && (k != IN_SWA_MASK || d->swa2 > 0);
         if (needed && !pi[k].present)
             return kn_fail(err, KILN_ERR_FORMAT, "%s: no %s %s", file,
                            k < OUT_LOGITS ? "input" : "output", k_port_name[k]);
+        if (k == IN_SWA_MASK && pi[k].present && d->swa2 == 0)
+            return kn_fail(err, KILN_ERR_FORMAT, "%s: has a sliding_mask input this model's "
+                           "layers do not use", file);
     }
     if (pi[IN_IDS].rank != 2 || pi[IN_IDS].dims[1] < 1 || pi[IN_IDS].dims[1] > 65536)
         return kn_fail(err, KILN_ERR_FORMAT, "%s: input_ids is not [1,T]", file);
@@ -340,8 +351,9 @@ static kiln_status check_graph(ov_device *d, ov_compiled_model *cm, const char *
     const int64_t sh_ids[2] = {1, T}, sh_mask[4] = {1, 1, T, W + T}, sh_li[1] = {1};
     const int64_t sh_past[5] = {d->L, 2, d->Hkv, W, d->D}, sh_logits[2] = {1, d->V};
     const int64_t sh_new[5] = {d->L, 2, d->Hkv, T, d->D};
-    const int64_t *want[N_PORTS] = {sh_ids, sh_ids, sh_mask, sh_li, sh_past, sh_logits, sh_new};
-    const int rank[N_PORTS] = {2, 2, 4, 1, 5, 2, 5};
+    const int64_t *want[N_PORTS] = {sh_ids,  sh_ids,  sh_mask,   sh_li,
+                                    sh_past, sh_mask, sh_logits, sh_new};
+    const int rank[N_PORTS] = {2, 2, 4, 1, 5, 4, 2, 5};
     for (int k = 0; k < N_PORTS; k++)
         if (pi[k].present && (s = expect_shape(&pi[k], file, k_port_name[k], want[k], rank[k],
                                                err)))
@@ -418,12 +430,13 @@ static kiln_status wrap_tensors(ov_backend *b, ov_graph *g, kiln_error *err) {
     int64_t sh_ids[2] = {1, T}, sh_mask[4] = {1, 1, T, W + T}, sh_li[1] = {1};
     int64_t sh_past[5] = {d->L, 2, d->Hkv, W, d->D}, sh_logits[2] = {1, d->V};
     int64_t sh_new[5] = {d->L, 2, d->Hkv, T, d->D};
-    int64_t *dims[N_PORTS] = {sh_ids, sh_ids, sh_mask, sh_li, sh_past, sh_logits, sh_new};
-    const int rank[N_PORTS] = {2, 2, 4, 1, 5, 2, 5};
-    void *host[N_PORTS] = {b->ids,     b->pos,    b->mask,  b->logit_index,
-                           b->past_kv, b->logits, b->new_kv};
+    int64_t *dims[N_PORTS] = {sh_ids, sh_ids, sh_mask, sh_li, sh_past, sh_mask, sh_logits, sh_new};
+    const int rank[N_PORTS] = {2, 2, 4, 1, 5, 4, 2, 5};
+    void *host[N_PORTS] = {b->ids,     b->pos,      b->mask,   b->logit_index,
+                           b->past_kv, b->swa_mask, b->logits, b->new_kv};
     for (int k = 0; k < N_PORTS; k++) {
         if (k == IN_LOGIT_INDEX && g->T == 1) continue; /* decode has none */
+        if (k == IN_SWA_MASK && d->swa2 == 0) continue;
         bool is_i32 = k == IN_IDS || k == IN_POS || k == IN_LOGIT_INDEX;
         ov_shape sh = {rank[k], dims[k]};
         ov_status st = d->api.tensor_create_from_host_ptr(is_i32 ? d->i32 : d->f32, sh, host[k],
@@ -453,10 +466,38 @@ static kiln_status wrap_stateless(ov_backend *b, kiln_error *err) {
 
 /* ---- the steps ---------------------------------------------------------------------------- */
 
+/* The additive mask [T, W+T] of a call for keys within swa of the query (0: any distance),
+ * from the slot table (row_slot / slot_row already set). */
+static void fill_mask(ov_backend *b, const kn_graph_call *c, int T, int swa, float *mask) {
+    const int W = b->d->W, cols = W + T, n = c->n;
+    for (int r = 0; r < n; r++) {
+        const int32_t p = b->pos[r];
+        float *row = mask + (size_t)r * cols;
+        for (int s = 0; s < W; s++) {
+            /* a slot this call writes is seen through its new column, not the cache */
+            int32_t sp = s < c->n_slots ? c->slot_pos[s] : -1;
+            bool see = sp >= 0 && sp <= p && b->slot_row[s] < 0 && !(swa > 0 && p - sp >= swa);
+            row[s] = see ? 0.0f : -INFINITY;
+        }
+        for (int j = 0; j < T; j++) {
+            int32_t q = j < n ? b->pos[j] : 0;
+            bool see = j < n && b->slot_row[b->row_slot[j]] == j && q <= p &&
+                       !(swa > 0 && p - q >= swa);
+            /* a row always sees itself, so no row is all -inf (NaN) even when it lost its
+             * slot to a later row; such a row's output is never read */
+            row[W + j] = see || j == r ? 0.0f : -INFINITY;
+        }
+    }
+    /* padding rows: the last real row's pattern (docs/OPENVINO.md: no all -inf row) */
+    for (int r = n; r < T; r++)
+        memcpy(mask + (size_t)r * cols, mask + (size_t)(n - 1) * cols,
+               sizeof(float) * (size_t)cols);
+}
+
 /* Runs a kv graph on the call's n real rows and files their K/V rows into the cache. */
 static kiln_status run_kv(ov_backend *b, ov_graph *g, const kn_graph_call *c, kiln_error *err) {
     ov_device *d = b->d;
-    const int T = g->T, W = d->W, cols = W + T, n = c->n;
+    const int T = g->T, W = d->W, n = c->n;
     memcpy(b->ids, c->ids, sizeof(int32_t) * (size_t)T);
     memcpy(b->pos, c->pos, sizeof(int32_t) * (size_t)T);
     /* Which row takes which slot. Two rows of one call may map to one ring slot (a chunk
@@ -466,28 +507,8 @@ static kiln_status run_kv(ov_backend *b, ov_graph *g, const kn_graph_call *c, ki
         b->row_slot[r] = c->slot[r];
         b->slot_row[c->slot[r]] = r;
     }
-    for (int r = 0; r < n; r++) {
-        const int32_t p = b->pos[r];
-        float *row = b->mask + (size_t)r * cols;
-        for (int s = 0; s < W; s++) {
-            /* a slot this call writes is seen through its new column, not the cache */
-            int32_t sp = s < c->n_slots ? c->slot_pos[s] : -1;
-            bool see = sp >= 0 && sp <= p && b->slot_row[s] < 0 && !(d->swa > 0 && p - sp >= d->swa);
-            row[s] = see ? 0.0f : -INFINITY;
-        }
-        for (int j = 0; j < T; j++) {
-            int32_t q = j < n ? b->pos[j] : 0;
-            bool see = j < n && b->slot_row[b->row_slot[j]] == j && q <= p &&
-                       !(d->swa > 0 && p - q >= d->swa);
-            /* a row always sees itself, so no row is all -inf (NaN) even when it lost its
-             * slot to a later row; such a row's output is never read */
-            row[W + j] = see || j == r ? 0.0f : -INFINITY;
-        }
-    }
-    /* padding rows: the last real row's pattern (docs/OPENVINO.md: no all -inf row) */
-    for (int r = n; r < T; r++)
-        memcpy(b->mask + (size_t)r * cols, b->mask + (size_t)(n - 1) * cols,
-               sizeof(float) * (size_t)cols);
+    fill_mask(b, c, T, d->swa, b->mask);
+    if (d->swa2 > 0) fill_mask(b, c, T, d->swa2, b->swa_mask);
     if (T > 1) b->logit_index[0] = n - 1;
 
     ov_status st = d->api.infer_request_infer(g->req);
@@ -557,6 +578,7 @@ static void ov_backend_free(kn_backend *base) {
     kn_free(b->past_kv);
     kn_free(b->new_kv);
     kn_free(b->mask);
+    kn_free(b->swa_mask);
     kn_free(b->logits);
     kn_free(b->ids);
     kn_free(b->pos);
@@ -574,13 +596,14 @@ static kiln_status alloc_kv(ov_backend *b, kiln_error *err) {
     b->past_kv = kn_malloc(sizeof(float) * planes * W * (size_t)d->D);
     b->new_kv = kn_malloc(sizeof(float) * planes * C * (size_t)d->D);
     b->mask = kn_malloc(sizeof(float) * C * (W + C));
+    if (d->swa2 > 0) b->swa_mask = kn_calloc(C * (W + C), sizeof(float));
     b->logits = kn_calloc((size_t)d->V, sizeof(float));
     b->ids = kn_calloc(C, sizeof(int32_t));
     b->pos = kn_calloc(C, sizeof(int32_t));
     b->slot_row = kn_malloc(sizeof(int32_t) * W);
     b->row_slot = kn_calloc(C, sizeof(int32_t));
     if (!b->past_kv || !b->new_kv || !b->mask || !b->logits || !b->ids || !b->pos ||
-        !b->slot_row || !b->row_slot)
+        !b->slot_row || !b->row_slot || (d->swa2 > 0 && !b->swa_mask))
         return kn_fail(err, KILN_ERR_NOMEM, "openvino: out of memory for a %zu-slot cache", W);
     for (size_t s = 0; s < W; s++) b->slot_row[s] = -1;
     memset(b->new_kv, 0, sizeof(float) * planes * C * (size_t)d->D);
@@ -726,7 +749,10 @@ static kiln_status open_device(ov_device *d, const kn_device_params *p, kiln_err
     d->Hkv = p->hp->n_head_kv;
     d->D = p->hp->head_dim;
     d->V = p->hp->n_vocab;
-    d->swa = p->hp->sliding_window;
+    /* layers that differ in window: attention_mask global, sliding_mask the window's */
+    bool two = kn_hparams_two_masks(p->hp);
+    d->swa = two ? 0 : p->hp->sliding_window;
+    d->swa2 = two ? p->hp->sliding_window : 0;
     d->stateless = p->stateless;
     const int window = p->contract->window;
     char *cache = NULL;

@@ -293,6 +293,10 @@ int kn_ovb_unary(kn_ovb *b, const char *type, int x) {
         return kn_ovb_fail(b, KILN_ERR_INTERNAL, "openvino IR: %s of %s", type, ET[a->et].name);
     int64_t s[KN_OV_MAX_RANK];
     memcpy(s, a->shape, sizeof s);
+    /* "GeluTanh": Gelu-7 with the tanh approximation (Gemma's gelu_pytorch_tanh) */
+    if (strcmp(type, "GeluTanh") == 0)
+        return add1(b, "Gelu", "opset7", "approximation_mode=\"tanh\"", &x, 1, a->et, a->rank,
+                    s);
     return add1(b, type, strcmp(type, "Swish") == 0 ? "opset4" : "opset1", NULL, &x, 1, a->et,
                 a->rank, s);
 }

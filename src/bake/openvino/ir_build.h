@@ -58,7 +58,8 @@ int kn_ovb_binary(kn_ovb *b, const char *type, int x, int y);
 int kn_ovb_compare(kn_ovb *b, const char *type, int x, int y);
 /* Select-1: cond (boolean) ? x : y, all three broadcast numpy-style; x and y of one type. */
 int kn_ovb_select(kn_ovb *b, int cond, int x, int y);
-/* Shape-preserving: "Sqrt", "Sin", "Cos", "Swish" (opset4, beta 1). */
+/* Shape-preserving: "Sqrt", "Sin", "Cos", "Tanh", "Swish" (opset4, beta 1), "GeluTanh" (Gelu-7,
+ * approximation_mode tanh). */
 int kn_ovb_unary(kn_ovb *b, const char *type, int x);
 int kn_ovb_convert(kn_ovb *b, int x, kn_ov_et to);
 int kn_ovb_matmul(kn_ovb *b, int x, int y, bool transpose_a, bool transpose_b);

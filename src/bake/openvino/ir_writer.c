@@ -112,15 +112,32 @@ static int heads_first(kn_ovb *b, int v) {
 
 typedef struct ov_inputs {
     int ids, pos, mask, logit_index, past;
+    int swa_mask;             /* the sliding layers' mask when layers differ in window, or -1 */
 } ov_inputs;
+
+/* cos and sin [T, rope_dim/2] of the positions: the model's, and the sliding layers' own (Gemma 3:
+ * another base), which may be the same values. */
+typedef struct ov_rope {
+    int cos, sin, cos_swa, sin_swa;
+} ov_rope;
+
+/* cap * tanh(v / cap): Gemma 2's soft-capping of attention scores and of the logits. */
+static int softcap(kn_ovb *b, int v, float cap) {
+    int t = kn_ovb_unary(b, "Tanh", kn_ovb_binary(b, "Divide", v, kn_ovb_const_f32(b, cap)));
+    return kn_ovb_binary(b, "Multiply", t, kn_ovb_const_f32(b, cap));
+}
 
 /* One decoder block. kv_out (may be NULL) receives the layer's new K and V ([1, Hkv, T, D]
  * each). Without past_kv (in->past < 0, the stateless graph) the T rows attend only to each
- * other and in->mask is [1, 1, T, T]. */
-static int block(ov_ctx *x, const ov_inputs *in, int h, int l, int cs_cos, int cs_sin,
+ * other and in->mask is [1, 1, T, T]. The Gemma block adds norms after attention and after the
+ * FFN, GeGLU for SwiGLU, and (Gemma 2) soft-capped scores. */
+static int block(ov_ctx *x, const ov_inputs *in, int h, int l, const ov_rope *rp,
                  int kv_out[2]) {
     kn_ovb *b = x->b;
     const kn_hparams *hp = x->hp;
+    bool sliding = kn_hparams_layer_window(hp, l) > 0;
+    int cs_cos = sliding ? rp->cos_swa : rp->cos, cs_sin = sliding ? rp->sin_swa : rp->sin;
+    int mask = sliding && in->swa_mask >= 0 ? in->swa_mask : in->mask;
     int64_t T = x->T, H = hp->n_head, Hkv = hp->n_head_kv, D = hp->head_dim;
     int64_t g = H / Hkv, keys = in->past >= 0 ? x->W + T : T;
     int xn = rmsnorm(x, h, vec(x, KN_T_ATTN_NORM, l));
@@ -134,7 +151,7 @@ static int block(ov_ctx *x, const ov_inputs *in, int h, int l, int cs_cos, int c
     }
     q = kn_ovb_reshape(b, q, 3, (int64_t[]){T, H, D});
     k = kn_ovb_reshape(b, k, 3, (int64_t[]){T, Hkv, D});
-    if (hp->qk_norm) { /* Qwen3: RMSNorm of each head, before RoPE */
+    if (hp->qk_norm) { /* Qwen3, Gemma 3: RMSNorm of each head, before RoPE */
         q = rmsnorm(x, q, vec(x, KN_T_ATTN_Q_NORM, l));
         k = rmsnorm(x, k, vec(x, KN_T_ATTN_K_NORM, l));
     }
@@ -161,20 +178,25 @@ static int block(ov_ctx *x, const ov_inputs *in, int h, int l, int cs_cos, int c
     /* Query head j uses KV head j / g (llama.cpp), so [H, T, D] is already [Hkv, g*T, D]. */
     int qg = kn_ovb_reshape(b, q, 3, (int64_t[]){Hkv, g * T, D});
     int sc = kn_ovb_matmul(b, qg, kf, false, true); /* [Hkv, g*T, keys] */
-    sc = kn_ovb_binary(b, "Multiply", sc, kn_ovb_const_f32(b, (float)(1.0 / sqrt((double)D))));
+    float scale = hp->attn_scale > 0 ? hp->attn_scale : (float)(1.0 / sqrt((double)D));
+    sc = kn_ovb_binary(b, "Multiply", sc, kn_ovb_const_f32(b, scale));
+    if (hp->attn_softcap > 0) sc = softcap(b, sc, hp->attn_softcap); /* before the mask */
     sc = kn_ovb_reshape(b, sc, 4, (int64_t[]){Hkv, g, T, keys});
-    sc = kn_ovb_binary(b, "Add", sc, in->mask); /* mask [1, 1, T, keys] broadcasts */
+    sc = kn_ovb_binary(b, "Add", sc, mask); /* mask [1, 1, T, keys] broadcasts */
     int p = kn_ovb_softmax(b, sc, 3);
     p = kn_ovb_reshape(b, p, 3, (int64_t[]){Hkv, g * T, keys});
     int o = kn_ovb_matmul(b, p, vf, false, false); /* [Hkv, g*T, D] */
     o = kn_ovb_reshape(b, o, 3, (int64_t[]){H, T, D});
     o = kn_ovb_reshape(b, heads_first(b, o), 2, (int64_t[]){T, H * D});
-    h = kn_ovb_binary(b, "Add", h, linear(x, o, KN_T_ATTN_OUT, l));
+    o = linear(x, o, KN_T_ATTN_OUT, l);
+    if (hp->gemma) o = rmsnorm(x, o, vec(x, KN_T_ATTN_POST_NORM, l));
+    h = kn_ovb_binary(b, "Add", h, o);
 
     xn = rmsnorm(x, h, vec(x, KN_T_FFN_NORM, l));
-    int gate = kn_ovb_unary(b, "Swish", linear(x, xn, KN_T_FFN_GATE, l));
+    int gate = kn_ovb_unary(b, hp->gemma ? "GeluTanh" : "Swish", linear(x, xn, KN_T_FFN_GATE, l));
     int up = linear(x, xn, KN_T_FFN_UP, l);
     int down = linear(x, kn_ovb_binary(b, "Multiply", gate, up), KN_T_FFN_DOWN, l);
+    if (hp->gemma) down = rmsnorm(x, down, vec(x, KN_T_FFN_POST_NORM, l));
     return kn_ovb_binary(b, "Add", h, down);
 }
 
@@ -203,7 +225,8 @@ static bool io_shape(const ov_ctx *x, const char *name, bool output, int *rank, 
         *rank = 2, s[0] = 1, s[1] = T, *et = KN_OV_I32;
     } else if (!output && strcmp(name, "attention_mask") == 0 && x->stateless) {
         *rank = 2, s[0] = 1, s[1] = T, *et = KN_OV_I32; /* 1 = real token, 0 = padding */
-    } else if (!output && strcmp(name, "attention_mask") == 0) {
+    } else if (!output && (strcmp(name, "attention_mask") == 0 ||
+                           (strcmp(name, "sliding_mask") == 0 && kn_hparams_two_masks(hp)))) {
         *rank = 4, s[0] = 1, s[1] = 1, s[2] = T, s[3] = W + T;
     } else if (!output && strcmp(name, "logit_index") == 0 && !x->stateless) {
         *rank = 1, s[0] = 1, *et = KN_OV_I32;
@@ -227,7 +250,8 @@ static const char *et_name(kn_ov_et et) { return et == KN_OV_I32 ? "i32" : "f32"
  * additive mask [1, 1, T, T] (0 where row i may see column j: j <= i, within the model's sliding
  * window if any, and attention_mask[j] != 0, or j == i; else -inf), and the logit row
  * sum(mask) - 1 (the last real token when the real tokens come first, as the contract pads).
- * Every row sees at least itself, so no row is all -inf. */
+ * Every row sees at least itself, so no row is all -inf. When layers differ in window (Gemma)
+ * attention_mask is the global layers' (no window) and swa_mask the sliding layers'. */
 static void stateless_inputs(ov_ctx *x, ov_inputs *in) {
     kn_ovb *b = x->b;
     const int64_t T = x->T;
@@ -242,29 +266,36 @@ static void stateless_inputs(ov_ctx *x, ov_inputs *in) {
     kn_free(idx);
     /* rows - cols = i - j over [T, T]: from constants only, so OpenVINO folds it at compile */
     int diff = kn_ovb_binary(b, "Subtract", rows, in->pos);
-    int see = kn_ovb_compare(b, "GreaterEqual", diff, kn_ovb_const_i32(b, 0));
-    if (x->hp->sliding_window > 0)
-        see = kn_ovb_binary(b, "LogicalAnd", see,
-                            kn_ovb_compare(b, "Less", diff,
-                                           kn_ovb_const_i32(b, x->hp->sliding_window)));
     int real = kn_ovb_compare(b, "NotEqual", in->mask, kn_ovb_const_i32(b, 0)); /* [1, T] */
-    see = kn_ovb_binary(b, "LogicalAnd", see, real);
-    /* ... or j == i: a padding row more than the sliding window past every real token would
-     * otherwise see nothing, turn NaN and poison the next layer (0 x NaN). A real row sees
-     * itself anyway. */
-    see = kn_ovb_binary(b, "LogicalOr", see,
-                        kn_ovb_compare(b, "Equal", diff, kn_ovb_const_i32(b, 0)));
-    int add = kn_ovb_select(b, see, kn_ovb_const_f32(b, 0.0f), kn_ovb_const_f32(b, -INFINITY));
+    bool two = kn_hparams_two_masks(x->hp);
+    int masks[2];
+    for (int m = 0; m < (two ? 2 : 1); m++) {
+        int win = two && m == 0 ? 0 : x->hp->sliding_window;
+        int see = kn_ovb_compare(b, "GreaterEqual", diff, kn_ovb_const_i32(b, 0));
+        if (win > 0)
+            see = kn_ovb_binary(b, "LogicalAnd", see,
+                                kn_ovb_compare(b, "Less", diff, kn_ovb_const_i32(b, win)));
+        see = kn_ovb_binary(b, "LogicalAnd", see, real);
+        /* ... or j == i: a padding row more than the sliding window past every real token
+         * would otherwise see nothing, turn NaN and poison the next layer (0 x NaN). A real
+         * row sees itself anyway. */
+        see = kn_ovb_binary(b, "LogicalOr", see,
+                            kn_ovb_compare(b, "Equal", diff, kn_ovb_const_i32(b, 0)));
+        int add = kn_ovb_select(b, see, kn_ovb_const_f32(b, 0.0f),
+                                kn_ovb_const_f32(b, -INFINITY));
+        masks[m] = kn_ovb_reshape(b, add, 4, (int64_t[]){1, 1, T, T});
+    }
     int n_real = kn_ovb_reduce(b, "ReduceSum", in->mask, 1, false); /* [1] */
     in->logit_index = kn_ovb_binary(b, "Subtract", n_real, kn_ovb_const_i32(b, 1));
-    in->mask = kn_ovb_reshape(b, add, 4, (int64_t[]){1, 1, T, T});
+    in->mask = masks[0];
+    in->swa_mask = two ? masks[1] : -1;
 }
 
 static void build(ov_ctx *x, const kn_graph *gr) {
     kn_ovb *b = x->b;
     const kn_hparams *hp = x->hp;
     int64_t T = x->T;
-    ov_inputs in = {-1, -1, -1, -1, -1};
+    ov_inputs in = {-1, -1, -1, -1, -1, -1};
     for (int i = 0; i < gr->n_in && i < KN_MAX_IO; i++) {
         const kn_io *io = &gr->in[i];
         int rank;
@@ -281,12 +312,13 @@ static void build(ov_ctx *x, const kn_graph *gr) {
         if (!strcmp(io->name, "input_ids")) in.ids = v;
         else if (!strcmp(io->name, "position_ids")) in.pos = v;
         else if (!strcmp(io->name, "attention_mask")) in.mask = v;
+        else if (!strcmp(io->name, "sliding_mask")) in.swa_mask = v;
         else if (!strcmp(io->name, "logit_index")) in.logit_index = v;
         else in.past = v;
     }
     if (x->stateless && in.ids >= 0 && in.mask >= 0) stateless_inputs(x, &in);
     if (in.ids < 0 || in.pos < 0 || in.mask < 0 || (in.past < 0 && !x->stateless) ||
-        (T > 1 && in.logit_index < 0)) {
+        (T > 1 && in.logit_index < 0) || (kn_hparams_two_masks(hp) && in.swa_mask < 0)) {
         kn_ovb_fail(b, KILN_ERR_UNSUPPORTED, "openvino IR: graph %s lacks an input it needs",
                     gr->name);
         return;
@@ -330,21 +362,33 @@ static void build(ov_ctx *x, const kn_graph *gr) {
     int pos = kn_ovb_reshape(b, kn_ovb_convert(b, in.pos, KN_OV_F32), 2, (int64_t[]){T, 1});
     int ang = kn_ovb_binary(b, "Multiply", pos,
                             kn_ovb_const(b, KN_OV_F32, 2, (int64_t[]){1, half}, inv));
-    int cs_cos = kn_ovb_unary(b, "Cos", ang), cs_sin = kn_ovb_unary(b, "Sin", ang);
+    ov_rope rp = {kn_ovb_unary(b, "Cos", ang), kn_ovb_unary(b, "Sin", ang), -1, -1};
     if (hp->rope_attn_factor != 1.0f) { /* LongRoPE: as the native forward, cos and sin scaled */
         int af = kn_ovb_const_f32(b, hp->rope_attn_factor);
-        cs_cos = kn_ovb_binary(b, "Multiply", cs_cos, af);
-        cs_sin = kn_ovb_binary(b, "Multiply", cs_sin, af);
+        rp.cos = kn_ovb_binary(b, "Multiply", rp.cos, af);
+        rp.sin = kn_ovb_binary(b, "Multiply", rp.sin, af);
+    }
+    rp.cos_swa = rp.cos, rp.sin_swa = rp.sin;
+    if (hp->gemma && hp->swa_pattern > 0) {
+        /* the sliding layers' own base, unscaled (backends/cpu/model.c's rope_inv_freq_swa) */
+        kn_rope_cfg rs = {hp->rope_theta_swa, hp->rope_dim, KN_ROPE_SCALING_NONE, 1.0f, 0, 0, 0};
+        kn_rope_inv_freq(&rs, invd);
+        for (int i = 0; i < half; i++) inv[i] = (float)invd[i];
+        int a2 = kn_ovb_binary(b, "Multiply", pos,
+                               kn_ovb_const(b, KN_OV_F32, 2, (int64_t[]){1, half}, inv));
+        rp.cos_swa = kn_ovb_unary(b, "Cos", a2), rp.sin_swa = kn_ovb_unary(b, "Sin", a2);
     }
 
     const kn_gguf_tensor *te = tensor(x, KN_T_TOKEN_EMBD, 0);
     x->tok_embd = te ? kn_ov_weight_matrix(b, te, x->group) : -1;
     int ids = kn_ovb_reshape(b, in.ids, 1, (int64_t[]){T});
     int h = kn_ovb_gather(b, x->tok_embd, ids, 0); /* [T, E] */
+    if (hp->gemma) /* Gemma: the embedding times sqrt(E) */
+        h = kn_ovb_binary(b, "Multiply", h, kn_ovb_const_f32(b, sqrtf((float)hp->n_embd)));
 
     int kv[2 * 512];
     for (int l = 0; l < L && kn_ovb_ok(b); l++)
-        h = block(x, &in, h, l, cs_cos, cs_sin, want_kv ? kv + 2 * l : NULL);
+        h = block(x, &in, h, l, &rp, want_kv ? kv + 2 * l : NULL);
     if (!kn_ovb_ok(b)) return;
     int new_kv = want_kv ? kn_ovb_reshape(b, kn_ovb_concat(b, (int)(2 * L), kv, 0), 5,
                                           (int64_t[]){L, 2, Hkv, T, D})
@@ -359,6 +403,7 @@ static void build(ov_ctx *x, const kn_graph *gr) {
     } else {
         logits = linear(x, h, KN_T_OUTPUT, 0);
     }
+    if (hp->final_softcap > 0) logits = softcap(b, logits, hp->final_softcap);
     for (int i = 0; i < gr->n_out && i < KN_MAX_IO; i++)
         kn_ovb_result(b, strcmp(gr->out[i].name, "logits") == 0 ? logits : new_kv,
                       gr->out[i].name);
@@ -395,11 +440,6 @@ kiln_status kn_ov_write_ir_graph(const kn_gguf *model_gguf, const kn_hparams *hp
                        "openvino IR: rope_dim %d / head_dim %d / %d layers / %d:%d heads not "
                        "supported",
                        hp->rope_dim, hp->head_dim, hp->n_layer, hp->n_head, hp->n_head_kv);
-    /* The Gemma block needs a second attention mask (its sliding layers mask by their own
-     * window, the global ones not), which the contract's graphs do not carry yet. */
-    if (hp->gemma)
-        return kn_fail(err, KILN_ERR_UNSUPPORTED, "openvino IR: architecture %s is not written "
-                       "yet (native CPU only: bake with --target cpu)", hp->arch_name);
     int group = resolve_group(model_gguf, group_size, err);
     if (group == 0) return KILN_ERR_INVALID_ARG;
 
