@@ -72,7 +72,8 @@ def decode_bytes(path):
                if (t.name.startswith("blk.") and len(t.shape) >= 2) or t.name == out)
 
 
-@pytest.mark.parametrize("which", ["tiny", "smollm2"])
+# under ASan the tiny shape only (the same code; SmolLM2's steps cost seconds there)
+@pytest.mark.parametrize("which", ["tiny"] if SANITIZED_ONE_TABLE else ["tiny", "smollm2"])
 def test_bench_floor_json_fields(which, tiny_gguf, smollm_gguf):
     path = tiny_gguf if which == "tiny" else smollm_gguf
     r = run_kiln("bench", path, "-p", "8", "-n", "4", "-d", "0,5", "-t", "1,2", "-r", "2",

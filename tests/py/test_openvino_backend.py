@@ -24,7 +24,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import SHARED, run_kiln
+from conftest import SANITIZED, SHARED, run_kiln
 
 GOLD = SHARED / "models" / "stories260K"
 PROMPT = "Once upon a time"
@@ -238,6 +238,7 @@ def smol_ir(smollm_gguf, tmp_path_factory):
     return out
 
 
+@pytest.mark.skipif(SANITIZED, reason="a timing of OpenVINO's own blob cache; make test runs it")
 def test_smollm2_second_start_uses_the_cache(smol_ir):
     times = []
     for _ in range(2):
@@ -255,7 +256,8 @@ def test_smollm2_against_float64_oracle_and_native(smol_ir):
     within that noise (2 x 0.91) — a near-tie, not a wrong model."""
     from test_openvino_ir import numpy_forward
 
-    for prompt in ("What is the capital of France?", "Tell me a short story about a dragon."):
+    prompts = ("What is the capital of France?", "Tell me a short story about a dragon.")
+    for prompt in prompts[:1] if SANITIZED else prompts:
         ov = run_json(smol_ir, "--prompt", prompt, "--max-tokens", 24, "--device", "openvino:CPU")
         nat = run_json(smol_ir, "--prompt", prompt, "--max-tokens", 24, "--device", "cpu")
         assert ov["prompt_tokens"] == nat["prompt_tokens"]

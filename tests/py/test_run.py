@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import SHARED, run_kiln
+from conftest import SANITIZED, SHARED, run_kiln
 
 GOLD = SHARED / "models" / "stories260K"
 
@@ -196,9 +196,11 @@ def test_smollm2_chat_answers_planets(smollm_gguf, tmp_path):
     text = doc["text"]
     planets = ("Mercury", "Venus", "Earth", "Mars", "Jupiter", "Saturn", "Uranus", "Neptune")
     assert sum(p in text for p in planets) >= 5, text
-    # kv and stateless give the same greedy tokens
-    st = run_json(off, *ask, "--max-tokens", 24, "--mode", "stateless", "-t", 2)
-    assert st["tokens"] == doc["tokens"][:24]
+    # kv and stateless give the same greedy tokens (each stateless step recomputes the window:
+    # a few under ASan)
+    n = 6 if SANITIZED else 24
+    st = run_json(off, *ask, "--max-tokens", n, "--mode", "stateless", "-t", 2)
+    assert st["tokens"] == doc["tokens"][:n]
 
 
 def test_bench_json_has_llama_bench_fields(stories_offering):
