@@ -63,6 +63,9 @@ typedef struct kn_backend_ops {
                        kiln_error *err);
     void (*reset)(kn_backend *b);   /* empty the KV cache (slot_pos is the driver's) */
     void (*free)(kn_backend *b);
+    /* Optional (NULL: nothing to do): the session's generation ended, it will not run again
+     * before its next prompt (the CPU device stops waiting for its steps). */
+    void (*idle)(kn_backend *b);
 } kn_backend_ops;
 
 struct kn_backend {

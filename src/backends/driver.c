@@ -43,6 +43,10 @@ void kn_driver_reset(kn_driver *d) {
     d->b->ops->reset(d->b);
 }
 
+void kn_driver_idle(kn_driver *d) {
+    if (d->b->ops->idle) d->b->ops->idle(d->b);
+}
+
 bool kn_driver_fits(const kn_driver *d, int32_t pos) {
     if (d->slide) return true;
     return d->stateless ? d->n_win < d->W : pos < d->W;

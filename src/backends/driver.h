@@ -38,6 +38,9 @@ void kn_driver_free(kn_driver *d);
 /* Forgets every token: empty slot table, empty window, and the device's cache. */
 void kn_driver_reset(kn_driver *d);
 
+/* The generation ended (its device may stop expecting steps from this session). */
+void kn_driver_idle(kn_driver *d);
+
 /* Whether a token at position pos fits: always with slide; with stop, while pos < W (kv) or
  * the window has room (stateless). */
 bool kn_driver_fits(const kn_driver *d, int32_t pos);

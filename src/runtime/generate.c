@@ -248,6 +248,7 @@ static kiln_status run_loop(kiln_session *ks, int past, const kiln_generate_para
     } else if (!s && !done && text_len > emitted && p->on_text) {
         p->on_text(r->text + emitted, text_len - emitted, p->user);
     }
+    kn_driver_idle(&ks->drv);
     double t_end = kn_now_seconds();
     r->text_len = text_len;
     r->n_ids = n_gen;

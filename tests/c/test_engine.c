@@ -125,7 +125,7 @@ static kiln_status eng_run(kn_backend *b, const kn_graph_call *c, const float **
 }
 static void eng_reset(kn_backend *b) { kn_session_reset(((eng *)b)->s); }
 static void eng_nofree(kn_backend *b) { (void)b; }
-static const kn_backend_ops k_eng_ops = {eng_run, eng_reset, eng_nofree};
+static const kn_backend_ops k_eng_ops = {eng_run, eng_reset, eng_nofree, NULL};
 
 static void eng_free(eng *e) {
     if (!e) return;

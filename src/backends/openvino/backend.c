@@ -588,7 +588,7 @@ static void ov_backend_free(kn_backend *base) {
     kn_free(b);
 }
 
-static const kn_backend_ops k_ov_ops = {ov_run, ov_reset, ov_backend_free};
+static const kn_backend_ops k_ov_ops = {ov_run, ov_reset, ov_backend_free, NULL};
 
 static kiln_status alloc_kv(ov_backend *b, kiln_error *err) {
     const ov_device *d = b->d;
