@@ -119,34 +119,16 @@ def stories() -> Path:
 
 
 def smollm2_hf_tokenizer(gguf_path: Path, folder: Path, chat_template=None):
-    """SmolLM2's vocabulary and merges as a Hugging Face tokenizer folder built with the
-    `tokenizers` library (byte-level BPE, SmolLM2's pre-tokenizer: single digits, then the GPT-2
-    regex), with the GGUF's chat template or the one given. Returns the `tokenizers` object."""
+    """SmolLM2's tokenizer as a Hugging Face folder (tokenizer.json, tokenizer_config.json) with
+    the GGUF's chat template or the one given; returns the `tokenizers` object."""
     import json
     from gguf import GGUFReader
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from smollm2_hf import hf_tokenizer
 
-    r = GGUFReader(str(gguf_path))
-
-    def strs(key):
-        f = r.fields[key]
-        return [bytes(f.parts[i]).decode("utf-8") for i in f.data]
-
-    tokens, merges = strs("tokenizer.ggml.tokens"), strs("tokenizer.ggml.merges")
-    f = r.fields["tokenizer.ggml.token_type"]
-    types = [int(f.parts[i][0]) for i in f.data]
+    tok = hf_tokenizer(gguf_path)
     if chat_template is None:
+        r = GGUFReader(str(gguf_path))
         chat_template = bytes(r.fields["tokenizer.chat_template"].parts[-1]).decode("utf-8")
-    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)},
-                     merges=[tuple(m.split(" ", 1)) for m in merges])
-    tok = Tokenizer(bpe)
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                            for t, ty in zip(tokens, types) if ty == 3])
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps({
