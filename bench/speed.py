@@ -101,15 +101,22 @@ def llamacpp_source():
     return tree
 
 
-def build_llamacpp(amx):
+# An AVX2-only CPU (AMD Zen 3 class: AVX2, FMA, F16C, BMI2; no AVX-512, no VNNI), as both
+# engines see it: llama.cpp built for exactly that, kiln on its avx2 kernel table.
+AVX2_ONLY = ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON",
+             "-DGGML_F16C=ON", "-DGGML_BMI2=ON", "-DGGML_AVX_VNNI=OFF", "-DGGML_AVX512=OFF"]
+
+
+def build_llamacpp(amx, avx2_only=False):
     """Builds the targets once per variant; returns (bin dir, variant description)."""
     src = llamacpp_source()
-    variant = "native" if amx else "native-noamx"
+    variant = "avx2-only" if avx2_only else "native" if amx else "native-noamx"
     build = BUILD_ROOT / variant
-    args = ["-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF",
+    args = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF",
             "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
             "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DGGML_CCACHE=OFF"]
-    if not amx:
+    args += AVX2_ONLY if avx2_only else ["-DGGML_NATIVE=ON"]
+    if not avx2_only and not amx:
         # -march=native turns AMX on where the CPU has it; leave just that out
         args += [f"-DCMAKE_C_FLAGS={AMX_OFF}", f"-DCMAKE_CXX_FLAGS={AMX_OFF}"]
     stamp = build / "kiln-build-args.json"
@@ -135,6 +142,8 @@ def build_llamacpp(amx):
         subprocess.check_call(["cmake", "--build", str(build), "-j2", "--target", *TARGETS],
                               stdout=subprocess.DEVNULL)
         stamp.write_text(want)
+    if avx2_only:
+        return bins, "AVX2-only (" + " ".join(a[2:] for a in AVX2_ONLY) + ")"
     desc = "GGML_NATIVE=ON" + ("" if amx else f" minus AMX ({AMX_OFF})")
     return bins, desc
 
@@ -330,8 +339,10 @@ def machine_line(bw):
                              ("AMX-INT8", "amx_int8")) if flag in f]
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     bws = ", ".join(f"{bw[t]:.1f} GB/s ({t} thread{'s' if t > 1 else ''})" for t in sorted(bw))
+    forced = os.environ.get("KILN_KERNELS")
     return (f"{cpu_model()}, {os.cpu_count()} CPUs, {mem:.0f} GiB; {' '.join(isa) or 'no AVX2'}; "
-            f"read bandwidth {bws or 'not measured'}")
+            f"read bandwidth {bws or 'not measured'}" +
+            (f"; kiln's kernel table forced to {forced} (KILN_KERNELS)" if forced else ""))
 
 
 def git_rev():
@@ -466,6 +477,9 @@ def main():
                     help="also bake a bf16 HF folder of --bake-shape: wall time and peak RSS")
     ap.add_argument("--bake-only", action="store_true")
     ap.add_argument("--bake-shape", default="mistral")
+    ap.add_argument("--avx2-only", action="store_true",
+                    help="both engines as on an AVX2-only CPU (Zen 3 class): llama.cpp built "
+                    "with AVX2/FMA/F16C/BMI2 only, kiln with KILN_KERNELS=avx2")
     ap.add_argument("--amx", action="store_true",
                     help="try llama.cpp with AMX (falls back when its smoke run crashes)")
     ap.add_argument("--build-only", action="store_true", help="build llama.cpp and stop")
@@ -496,7 +510,11 @@ def main():
         sys.exit(f"speed: {KILN} not built (run make)")
 
     smol = subprocess.check_output([str(ROOT / "scripts" / "fetch_models.sh")], text=True).strip()
-    bins, desc = llamacpp(a.amx, smol)
+    if a.avx2_only:
+        os.environ["KILN_KERNELS"] = "avx2"   # every kiln the script starts
+        bins, desc = build_llamacpp(False, avx2_only=True)
+    else:
+        bins, desc = llamacpp(a.amx, smol)
     log(f"speed: llama.cpp {desc}: {bins}")
     if a.build_only:
         return
