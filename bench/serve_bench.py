@@ -10,8 +10,8 @@ history against a cold one.
      it with its weights kept (--quant keep) and a 2,048-token window; llama-server serves the
      GGUF itself with 2,048 tokens of context per slot (-c 2048 x parallel).
   2. llama-server from the llama.cpp vendored in the pinned llama-cpp-python sdist, built with
-     CMake into .cache/llamacpp-build/ (bench/speed.py's build when it is there, else the same
-     build made here; AMX left out where the CPU has it, as speed.py does).
+     CMake into .cache/llamacpp-build/ by bench/speed.py's builder (one build for both
+     benchmarks; AMX left out where the CPU has it).
   3. For each engine and --parallel, a server on a loopback port; for each client count C, C
      threads each send --requests streamed chat requests (greedy, --max-tokens, varied
      prompts) one after another, after one unmeasured warm-up. Requests/s and generated
@@ -30,7 +30,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from pathlib import Path
@@ -41,8 +40,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache"
 KILN = ROOT / "build" / "kiln"
 PIN = "llama-cpp-python==0.3.36"
-TARGETS = ("llama-bench", "llama-quantize", "llama-server")
-AMX_OFF = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 
 PROMPTS = ["Write a story about a lighthouse keeper.", "Explain how a bicycle works.",
            "Describe the water cycle in detail.", "Write a letter to a friend about a trip.",
@@ -56,62 +53,12 @@ def log(msg):
 
 # ---- llama-server ----
 
-def cpu_flags():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def llamacpp_bins():
-    """bench/speed.py's build of llama.cpp when that file is there (one build for both
-    benchmarks); otherwise the same CMake build made here, into the same place."""
+    """bench/speed.py's build of llama.cpp (one build for both benchmarks: the pinned sdist's
+    vendored tree, GGML_NATIVE=ON, AMX left out where the CPU has it)."""
     sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import speed  # noqa: F401
-        bins, desc = speed.build_llamacpp("amx_int8" not in cpu_flags())
-        return bins, desc
-    except ImportError:
-        pass
-    name, ver = PIN.split("==")
-    src_dir = CACHE / "llamacpp-src"
-    tree = src_dir / f"{name.replace('-', '_')}-{ver}" / "vendor" / "llama.cpp"
-    amx = "amx_int8" not in cpu_flags()       # AMX left out where the CPU has it
-    variant = "native" if amx else "native-noamx"
-    build = CACHE / "llamacpp-build" / variant
-    args = ["-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF",
-            "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-            "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DGGML_CCACHE=OFF"]
-    if not amx:
-        args += [f"-DCMAKE_C_FLAGS={AMX_OFF}", f"-DCMAKE_CXX_FLAGS={AMX_OFF}"]
-    desc = "GGML_NATIVE=ON" + ("" if amx else f" minus AMX ({AMX_OFF})")
-    stamp = build / "kiln-build-args.json"
-    bins = build / "bin"
-    # a build of the same pinned source with the same options serves, wherever it was unpacked
-    if stamp.exists() and json.loads(stamp.read_text())["args"] == args and \
-            f"{name.replace('-', '_')}-{ver}" in json.loads(stamp.read_text())["src"] and \
-            all((bins / t).exists() for t in TARGETS):
-        return bins, desc
-    if not (tree / "CMakeLists.txt").exists():
-        src_dir.mkdir(parents=True, exist_ok=True)
-        sdist = src_dir / f"{name.replace('-', '_')}-{ver}.tar.gz"
-        if not sdist.exists():
-            subprocess.check_call([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                                   "--no-binary", ":all:", "--disable-pip-version-check",
-                                   "-d", str(src_dir), PIN])
-        with tarfile.open(sdist) as t:
-            t.extractall(src_dir, filter="data")
-    log(f"serve_bench: building llama.cpp ({variant}) -> {build} (once; -j2)")
-    build.mkdir(parents=True, exist_ok=True)
-    subprocess.check_call(["cmake", "-S", str(tree), "-B", str(build), *args],
-                          stdout=subprocess.DEVNULL)
-    subprocess.check_call(["cmake", "--build", str(build), "-j2", "--target", *TARGETS],
-                          stdout=subprocess.DEVNULL)
-    stamp.write_text(json.dumps({"src": str(tree), "args": args}))
-    return bins, desc
+    import speed
+    return speed.build_llamacpp("amx_int8" not in speed.cpu_flags())
 
 
 # ---- servers ----
