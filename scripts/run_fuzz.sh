@@ -20,22 +20,37 @@ for f in "$shared"/tokenizer-vectors/ggml-vocab-{llama-spm,gpt-2}.gguf; do
 done
 for f in "$shared"/tokenizer-vectors/*.inp; do head -c 4096 "$f" > "$corpus/tokenizer/$(basename "$f")"; done
 cp tests/data/chat_templates/*.jinja "$corpus/jinja/"
-status=0
-for target in "$build"/fuzz_*; do
-  [ -x "$target" ] || continue
+# One target: its report after it ends (two run at once, one per core: the same fuzzing time
+# per target in half the wall time).
+run_one() {
+  local target=$1 name kind seeds
   name=$(basename "$target")
   kind=${name#fuzz_}
   seeds="$corpus/$kind"
   [ -d "$seeds" ] || seeds="$corpus/gguf"
-  echo "fuzz: $name for ${secs}s"
   if ! "$target" -max_total_time="$secs" -max_len=1048576 -rss_limit_mb=2048 -timeout=30 \
-        -print_final_stats=1 -artifact_prefix="$corpus/" "$seeds" > "$corpus/$name.log" 2>&1; then
-    tail -n 40 "$corpus/$name.log"
-    echo "fuzz: $name FAILED"
-    mkdir -p fuzz-artifacts && cp "$corpus"/crash-* "$corpus"/leak-* "$corpus"/timeout-* "$corpus"/oom-* fuzz-artifacts/ 2>/dev/null || true
-    status=1
-  else
-    grep -E "stat::number_of_executed_units|Done" "$corpus/$name.log" | tail -n 2
+        -print_final_stats=1 -artifact_prefix="$corpus/$name-" "$seeds" > "$corpus/$name.log" 2>&1; then
+    { tail -n 40 "$corpus/$name.log"; echo "fuzz: $name FAILED"; } >&2
+    mkdir -p fuzz-artifacts
+    cp "$corpus/$name"-crash-* "$corpus/$name"-leak-* "$corpus/$name"-timeout-* \
+       "$corpus/$name"-oom-* fuzz-artifacts/ 2>/dev/null || true
+    return 1
   fi
+  echo "fuzz: $name for ${secs}s: $(grep -E "^Done" "$corpus/$name.log" | tail -n 1)"
+}
+jobs=${KILN_FUZZ_JOBS:-2}
+status=0 running=0
+for target in "$build"/fuzz_*; do
+  [ -x "$target" ] || continue
+  if [ "$running" -ge "$jobs" ]; then
+    wait -n || status=1
+    running=$((running - 1))
+  fi
+  run_one "$target" &
+  running=$((running + 1))
+done
+while [ "$running" -gt 0 ]; do
+  wait -n || status=1
+  running=$((running - 1))
 done
 exit $status
