@@ -145,8 +145,10 @@ static kiln_status run_batched(cpu_device *d, cpu_backend *b, const kn_graph_cal
             if (st && batch[i]->err) *batch[i]->err = berr;
             batch[i]->done = true;
         }
+        /* kiln_batched_decode_steps_total: the decode steps that shared a pass */
         long n_dec = 0;
-        for (int i = 0; i < n && n > 1; i++) n_dec += batch[i]->call->graph == KN_GRAPH_DECODE;
+        if (n > 1)
+            for (int i = 0; i < n; i++) n_dec += batch[i]->call->graph == KN_GRAPH_DECODE;
         if (n_dec) __atomic_add_fetch(&d->base.n_batched, n_dec, __ATOMIC_RELAXED);
         d->leading = false;
         pthread_cond_broadcast(&d->cv);

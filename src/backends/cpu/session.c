@@ -84,11 +84,12 @@ static void *alloc_f(size_t n, bool *ok) {
 void kn_session_free(kn_session *s) {
     if (!s) return;
     if (s->own_pool) kn_pool_free(s->pool);
-    void *bufs[] = {s->kv,     s->sl_kv,    s->sl_pos, s->x,      s->xb,     s->xb2,
-                    s->q,      s->kn,       s->vn,     s->hb,     s->hb2,    s->cs,     s->cs_swa,
-                    s->scores, s->logits,   s->row_ids, s->rows_pos, s->rows_slot, s->rows_kv, s->act.q,
-                    s->act.d,
-                    s->act.s,  s->act.q4off, s->act.qk, s->act.dk, s->act.bsk, s->act.bsk32};
+    void *bufs[] = {s->kv,        s->sl_kv,    s->sl_pos,  s->x,       s->xb,
+                    s->xb2,       s->q,        s->kn,      s->vn,      s->hb,
+                    s->hb2,       s->cs,       s->cs_swa,  s->scores,  s->logits,
+                    s->row_ids,   s->rows_pos, s->rows_slot, s->rows_kv, s->act.q,
+                    s->act.d,     s->act.s,    s->act.q4off, s->act.qk, s->act.dk,
+                    s->act.bsk,   s->act.bsk32};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kn_free(bufs[i]);
     kn_free(s);
 }
@@ -407,6 +408,7 @@ kiln_status kn_session_run(kn_session *s, const kn_graph_call *c, const float **
     int T = c->graph == KN_GRAPH_PREFILL ? m->chunk : c->graph == KN_GRAPH_DECODE ? 1 : m->window;
     if (c->n < 1 || c->n > T)
         return kn_fail(err, KILN_ERR_INTERNAL, "cpu: %d rows in a graph of %d", c->n, T);
+    int last = c->n - 1;
     if (c->graph == KN_GRAPH_STATELESS) {
         if (!s->p.stateless)
             return kn_fail(err, KILN_ERR_INVALID_ARG,
@@ -417,7 +419,6 @@ kiln_status kn_session_run(kn_session *s, const kn_graph_call *c, const float **
             s->sl_pos[r] = r;
             s->rows_kv[r] = (row_kv){s, NULL, c->n};
         }
-        int last = c->n - 1;
         forward(s, c->ids, c->n, true, &last, 1);
     } else {
         /* Padded rows are skipped: nothing reads them, and the output equals a full [1,C]
@@ -425,7 +426,6 @@ kiln_status kn_session_run(kn_session *s, const kn_graph_call *c, const float **
         memcpy(s->rows_pos, c->pos, sizeof(int32_t) * (size_t)c->n);
         memcpy(s->rows_slot, c->slot, sizeof(int32_t) * (size_t)c->n);
         for (int r = 0; r < c->n; r++) s->rows_kv[r] = (row_kv){s, c->slot_pos, c->n_slots};
-        int last = c->n - 1;
         forward(s, c->ids, c->n, false, &last, 1);
     }
     *logits = s->logits;
