@@ -1,6 +1,7 @@
 /* cmd_bench.c — `kiln bench`: prompt processing and text generation in tokens/s, timed around
  * fixed-shape calls of the public API (kiln_session_feed), as llama-bench times llama_decode. */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +11,8 @@
 #include "args.h"
 #include "cli.h"
 #include "kiln.h"
+
+#define KILN_BENCH_MAX_PARALLEL 64
 
 static double now_seconds(void) {
     struct timespec ts;
@@ -45,6 +48,84 @@ static kiln_status time_test(kiln_session *s, int kind, const int32_t *ids, int 
     return st;
 }
 
+/* The start line of --parallel's sessions: each fills its context, says it is ready, then waits
+ * for go (1: run, -1: a thread could not start, give up). */
+typedef struct par_start {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int ready;                /* sessions whose context is in */
+    int go;
+} par_start;
+
+/* One of --parallel's sessions: its context, then its n decode steps, started together with the
+ * others (the CPU device batches their steps into shared passes, as a server's slots are). */
+typedef struct par_job {
+    kiln_session *s;
+    const int32_t *ids;
+    int depth, n;
+    par_start *start;
+    double end;
+    kiln_status st;
+    kiln_error err;
+} par_job;
+
+static void *par_main(void *arg) {
+    par_job *j = arg;
+    const float *logits;
+    kiln_session_reset(j->s);
+    j->st = j->depth ? kiln_session_feed(j->s, j->ids, j->depth, 0, &logits, &j->err) : KILN_OK;
+    pthread_mutex_lock(&j->start->mu);
+    j->start->ready++;
+    pthread_cond_broadcast(&j->start->cv);
+    while (!j->start->go) pthread_cond_wait(&j->start->cv, &j->start->mu);
+    bool run = j->start->go > 0;
+    pthread_mutex_unlock(&j->start->mu);
+    for (int i = j->depth; run && !j->st && i < j->depth + j->n; i++)
+        j->st = kiln_session_feed(j->s, j->ids + i, 1, i, &logits, &j->err);
+    j->end = now_seconds();
+    kiln_session_reset(j->s); /* not generating: the others' passes need not wait for it */
+    return NULL;
+}
+
+/* tg with np sessions decoding at once, as llama-batched-bench's S_TG: np * n tokens over the
+ * time from the common start to the last session's last step (*secs is that time / np). The
+ * contexts (-d) are filled before the clock starts. */
+static kiln_status time_parallel(kiln_session **ss, int np, const int32_t *ids, int depth,
+                                 int n, double *secs, kiln_error *err) {
+    par_job jobs[KILN_BENCH_MAX_PARALLEL];
+    pthread_t th[KILN_BENCH_MAX_PARALLEL];
+    par_start start = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+    int started = 0;
+    for (int i = 0; i < np; i++) {
+        jobs[i] = (par_job){ss[i], ids, depth, n, &start, 0, KILN_OK, {0}};
+        if (pthread_create(&th[i], NULL, par_main, &jobs[i])) break;
+        started++;
+    }
+    pthread_mutex_lock(&start.mu);
+    while (start.ready < started) pthread_cond_wait(&start.cv, &start.mu);
+    start.go = started < np ? -1 : 1;
+    pthread_cond_broadcast(&start.cv);
+    pthread_mutex_unlock(&start.mu);
+    double t0 = now_seconds(), end = t0;
+    kiln_status st = KILN_OK;
+    for (int i = 0; i < started; i++) {
+        pthread_join(th[i], NULL);
+        if (jobs[i].end > end) end = jobs[i].end;
+        if (jobs[i].st && !st) {
+            st = jobs[i].st;
+            *err = jobs[i].err;
+        }
+    }
+    pthread_cond_destroy(&start.cv);
+    pthread_mutex_destroy(&start.mu);
+    if (!st && started < np) {
+        err->code = st = KILN_ERR_NOMEM;
+        snprintf(err->message, sizeof err->message, "bench: cannot start %d threads", np);
+    }
+    *secs = (end - t0) / np;
+    return st;
+}
+
 /* Parses "128,512" into up to 16 positive ints. */
 static int parse_list(const char *opt, const char *v, int *out, int max, long hi) {
     int n = 0;
@@ -66,6 +147,7 @@ static int parse_list(const char *opt, const char *v, int *out, int max, long hi
 typedef struct bench_row {
     const char *name, *device, *kernels, *mode, *kv;
     int window, chunk, threads, reps, kind, n, depth; /* kind 0: pp, 1: tg */
+    int np;                     /* sessions decoding at once (tg; 1 for pp) */
     double avg, sd;
     const double *samples;      /* [reps] tokens/s */
     bool floor;                 /* --floor: the weight bytes and bandwidth below are set */
@@ -82,10 +164,11 @@ static void print_row(const bench_row *r, bool json, bool first) {
         kiln_cli_json_str(stdout, r->name);
         printf(", \"backend\": \"%s\", \"kernels\": \"%s\", \"mode\": \"%s\", \"window\": %d, "
                "\"chunk\": %d, \"n_prompt\": %d, \"n_gen\": %d, \"n_depth\": %d, "
-               "\"n_threads\": %d, \"type_k\": \"%s\", \"type_v\": \"%s\", \"repetitions\": %d, "
+               "\"n_parallel\": %d, \"n_threads\": %d, \"type_k\": \"%s\", \"type_v\": \"%s\", "
+               "\"repetitions\": %d, "
                "\"avg_ts\": %.3f, \"stddev_ts\": %.3f, \"samples_ts\": [",
                r->device, r->kernels, r->mode, r->window, r->chunk, r->kind == 0 ? r->n : 0,
-               r->kind == 1 ? r->n : 0, r->depth, r->threads, r->kv, r->kv, r->reps, r->avg,
+               r->kind == 1 ? r->n : 0, r->depth, r->np, r->threads, r->kv, r->kv, r->reps, r->avg,
                r->sd);
         for (int i = 0; i < r->reps; i++) printf("%s%.3f", i ? ", " : "", r->samples[i]);
         printf("]");
@@ -99,6 +182,7 @@ static void print_row(const bench_row *r, bool json, bool first) {
     }
     char test[64];
     int k = snprintf(test, sizeof test, "%s%d", r->kind == 0 ? "pp" : "tg", r->n);
+    if (r->np > 1) k += snprintf(test + k, sizeof test - (size_t)k, " x%d", r->np);
     if (r->depth) snprintf(test + k, sizeof test - (size_t)k, " @ d%d", r->depth);
     printf("| %s | %s | %s | %d | %s | %.2f ± %.2f |", r->name, r->device, r->mode, r->threads,
            test, r->avg, r->sd);
@@ -112,7 +196,7 @@ static void print_row(const bench_row *r, bool json, bool first) {
 int kiln_cli_bench(int argc, char **argv) {
     const char *model = NULL, *v = NULL;
     int pp[16] = {128, 512}, n_pp = 2, tg[16] = {128}, n_tg = 1, th[16] = {1, 2}, n_th = 2;
-    int dp[16] = {0}, n_dp = 1;
+    int dp[16] = {0}, n_dp = 1, np[16] = {1}, n_np = 1;
     int modes[2] = {KILN_MODE_KV}, n_modes = 1, reps = 3;
     kiln_kv_type kv = KILN_KV_F16;
     const char *kv_name = "f16";
@@ -123,7 +207,7 @@ int kiln_cli_bench(int argc, char **argv) {
         const char *a = argv[i];
         bool bad = false;
         if (kiln_arg_is_help(a)) {
-            printf("usage: kiln bench OFFERING [-p 128,512] [-n 128] [-d 0] [-t 1,2]\n"
+            printf("usage: kiln bench OFFERING [-p 128,512] [-n 128] [-d 0] [-t 1,2] [-np 1]\n"
                    "                  [--mode kv,stateless] [--kv f16|f32] [-r REPS] [--floor]\n"
                    "                  [--json] [--window W] [--chunk C] [--device DEV]\n\n"
                    "Prompt processing (pp: one prefill of N tokens in [1,C] chunks) and text\n"
@@ -133,13 +217,19 @@ int kiln_cli_bench(int argc, char **argv) {
                    "of context (not timed), like llama-bench's -d; a list runs each depth.\n"
                    "OFFERING may also be a GGUF file, opened with the contract --window W\n"
                    "(default 1024) and --chunk C (default 128); an offering keeps its own.\n\n"
+                   "-np N (--parallel) runs each tg test on N sessions of the model at once, as a\n"
+                   "server's slots (kiln serve --parallel N): the CPU device batches their decode\n"
+                   "steps into shared passes over the weights. t/s is then all N sessions' tokens\n"
+                   "over the time from their common start to the last one's end (llama-batched-\n"
+                   "bench's S_TG); -d fills every session's context first. A list runs each N.\n\n"
                    "--floor measures this machine's read bandwidth at each thread count in the\n"
                    "same run and adds, per tg row, the bytes of weights a decode step reads (every\n"
                    "layer matrix and the output matrix, as the file stores them) and the floor\n"
                    "tokens/s = bandwidth / bytes, with the share of it reached (KV-cache reads\n"
                    "are not counted: at a depth the floor is optimistic).\n\n"
                    "--json prints llama-bench's fields (n_prompt, n_gen, n_depth, n_threads,\n"
-                   "type_k, type_v, avg_ts, stddev_ts, samples_ts) plus mode, window and chunk;\n"
+                   "type_k, type_v, avg_ts, stddev_ts, samples_ts) plus mode, window, chunk and\n"
+                   "n_parallel;\n"
                    "with --floor, tg rows add weight_bytes, resident_bytes (as kiln holds them:\n"
                    "more where a type is widened to F32 at load), bw_gbs, floor_ts, pct_floor.\n"
                    "--kv: the native cpu engine's KV cache (default f16).\n");
@@ -156,6 +246,14 @@ int kiln_cli_bench(int argc, char **argv) {
             for (int k = 0; k < n_th; k++)
                 if (th[k] < 1) {
                     kiln_cli_error("-t: threads must be >= 1");
+                    return 2;
+                }
+        } else if (kiln_arg_value(argc, argv, &i, "-np", "--parallel", &v, &bad)) {
+            if (bad || (n_np = parse_list("-np", v, np, 16, KILN_BENCH_MAX_PARALLEL)) < 0)
+                return 2;
+            for (int k = 0; k < n_np; k++)
+                if (np[k] < 1) {
+                    kiln_cli_error("-np: sessions must be >= 1");
                     return 2;
                 }
         } else if (kiln_arg_value(argc, argv, &i, "-r", "--repetitions", &v, &bad)) {
@@ -215,7 +313,9 @@ int kiln_cli_bench(int argc, char **argv) {
     }
     /* Every test must fit the window before anything runs, so a bad -d/-p/-n is one line and
      * exit 2, not a half-printed table. */
-    int W = kiln_model_window(m), max_n = 1, max_d = 0;
+    int W = kiln_model_window(m), max_n = 1, max_d = 0, max_np = 1;
+    for (int k = 0; k < n_np; k++)
+        if (np[k] > max_np) max_np = np[k];
     for (int di = 0; di < n_dp; di++)
         if (dp[di] > max_d) max_d = dp[di];
     for (int kind = 0; kind < 2; kind++)
@@ -275,48 +375,55 @@ int kiln_cli_bench(int argc, char **argv) {
             sp.threads = th[ti];
             sp.mode = (kiln_mode)modes[mi];
             sp.kv = kv;
-            kiln_session *s = NULL;
-            if ((st = kiln_session_new(m, &sp, &s, &err))) {
-                kiln_cli_error("%s", err.message);
-                rc = kiln_exit_code(st);
-                break;
+            /* ss[0] runs every test; the rest only join tg tests with -np above 1 */
+            kiln_session *ss[KILN_BENCH_MAX_PARALLEL] = {0};
+            for (int k = 0; k < max_np && !rc; k++)
+                if ((st = kiln_session_new(m, &sp, &ss[k], &err))) {
+                    kiln_cli_error("%s", err.message);
+                    rc = kiln_exit_code(st);
+                }
+            if (!rc) {
+                r.device = kiln_session_device(ss[0]);
+                r.kernels = kiln_session_kernels(ss[0]);
+                r.mode = modes[mi] == KILN_MODE_KV ? "kv" : "stateless";
             }
-            r.device = kiln_session_device(s);
-            r.kernels = kiln_session_kernels(s);
-            r.mode = modes[mi] == KILN_MODE_KV ? "kv" : "stateless";
             for (int kind = 0; kind < 2 && !rc; kind++) {
                 int *ns = kind == 0 ? pp : tg, cnt = kind == 0 ? n_pp : n_tg;
                 for (int di = 0; di < n_dp && !rc; di++)
-                    for (int k = 0; k < cnt && !rc; k++) {
-                        int n = ns[k], d = dp[di];
-                        if (n == 0) continue;
-                        double sum = 0, sum2 = 0, secs;
-                        /* one warm-up run: page in the weights, settle the thread pool */
-                        st = time_test(s, kind, ids, d, n, &secs, &err);
-                        for (int rep = 0; rep < reps && !st; rep++) {
-                            st = time_test(s, kind, ids, d, n, &secs, &err);
-                            double ts = secs > 0 ? n / secs : 0;
-                            samples[rep] = ts;
-                            sum += ts;
-                            sum2 += ts * ts;
+                    for (int k = 0; k < cnt && !rc; k++)
+                        for (int pi = 0; pi < (kind == 0 ? 1 : n_np) && !rc; pi++) {
+                            int n = ns[k], d = dp[di], p = kind == 0 ? 1 : np[pi];
+                            if (n == 0) continue;
+                            double sum = 0, sum2 = 0, secs;
+                            /* one warm-up run: page in the weights, settle the thread pool */
+                            for (int rep = -1; rep < reps && !st; rep++) {
+                                st = p > 1 ? time_parallel(ss, p, ids, d, n, &secs, &err)
+                                           : time_test(ss[0], kind, ids, d, n, &secs, &err);
+                                if (rep < 0 || st) continue;
+                                double ts = secs > 0 ? n / secs : 0;
+                                samples[rep] = ts;
+                                sum += ts;
+                                sum2 += ts * ts;
+                            }
+                            if (st) {
+                                kiln_cli_error("%s", err.message);
+                                rc = kiln_exit_code(st);
+                                break;
+                            }
+                            r.kind = kind;
+                            r.n = n;
+                            r.depth = d;
+                            r.np = p;
+                            r.avg = sum / reps;
+                            double var =
+                                reps > 1 ? (sum2 - reps * r.avg * r.avg) / (reps - 1) : 0;
+                            r.sd = var > 0 ? sqrt(var) : 0;
+                            print_row(&r, json, first);
+                            first = 0;
+                            fflush(stdout);
                         }
-                        if (st) {
-                            kiln_cli_error("%s", err.message);
-                            rc = kiln_exit_code(st);
-                            break;
-                        }
-                        r.kind = kind;
-                        r.n = n;
-                        r.depth = d;
-                        r.avg = sum / reps;
-                        double var = reps > 1 ? (sum2 - reps * r.avg * r.avg) / (reps - 1) : 0;
-                        r.sd = var > 0 ? sqrt(var) : 0;
-                        print_row(&r, json, first);
-                        first = 0;
-                        fflush(stdout);
-                    }
             }
-            kiln_session_free(s);
+            for (int k = 0; k < max_np; k++) kiln_session_free(ss[k]);
         }
     }
     if (json) printf("\n]\n");

@@ -143,6 +143,8 @@ typedef struct kn_kernels {
     void (*swiglu)(float *g, const float *u, int n); /* as kn_swiglu; one row per call, so
                                                       * that a row's bits do not depend on the
                                                       * rows before it */
+    void (*to_f16)(uint16_t *h, const float *x, int n); /* as kn_to_f16: the F16 KV cache's
+                                                         * stores */
 } kn_kernels;
 
 /* The tables kiln has, by name, reference first: "generic" (plain C, every CPU), "avx2"
@@ -241,6 +243,9 @@ void kn_matmul_multi(kn_pool *pool, const kn_kernels *k, int n_mats, const kn_wm
 void kn_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
 /* Softmax in place. */
 void kn_softmax(float *x, int n);
+/* h[i] = x[i] rounded to the nearest IEEE half (ties to even; kn_fp32_to_fp16), the reference
+ * of kn_kernels.to_f16. Every variant gives the same bits for every non-NaN input. */
+void kn_to_f16(uint16_t *h, const float *x, int n);
 /* g[i] = silu(g[i]) * u[i]; the reference of kn_kernels.swiglu. */
 void kn_swiglu(float *g, const float *u, int n);
 float kn_silu(float x);

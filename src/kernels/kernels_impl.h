@@ -29,6 +29,7 @@ const kn_kernels *kn_kernels_avx512_table(void);
 void kn_quantize_avx2(kn_act *a, const float *x, int n_tok, int n);
 void kn_quantize_k_avx2(kn_act *a, const float *x, int n_tok, int n);
 void kn_swiglu_avx2(float *g, const float *u, int n);
+void kn_to_f16_avx2(uint16_t *h, const float *x, int n);
 void kn_attn_avx2(const float *q, const float *k, const float *v, const int32_t *slot_pos,
                   int n_slots, int32_t pos, int swa, float softcap, int d, int n_q, float *scores,
                   float *out);

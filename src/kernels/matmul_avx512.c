@@ -237,6 +237,7 @@ static const kn_kernels k_avx512 = {
     .attn = kn_attn_avx512,
     .attn_f16 = kn_attn_avx512_f16,
     .swiglu = kn_swiglu_avx2,
+    .to_f16 = kn_to_f16_avx2,
 };
 
 const kn_kernels *kn_kernels_avx512_table(void) { return &k_avx512; }

@@ -192,6 +192,16 @@ void kn_swiglu_avx2(float *g, const float *u, int n) {
     if (i < n) kn_swiglu(g + i, u + i, n - i);
 }
 
+/* vcvtps2ph with round-to-nearest-even is IEEE's conversion, which kn_fp32_to_fp16 spells out
+ * (overflow to Inf, subnormals, ties to even): the same bits for every non-NaN input. */
+void kn_to_f16_avx2(uint16_t *h, const float *x, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(void *)(h + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    if (i < n) kn_to_f16(h + i, x + i, n - i);
+}
+
 /* ---- attention ---- */
 
 #define KN_ATTN_NAME(sfx) kn_attn_avx2##sfx

@@ -443,6 +443,7 @@ static const kn_kernels k_generic = {
     .attn = kn_attn_ref,
     .attn_f16 = kn_attn_ref_f16,
     .swiglu = kn_swiglu,
+    .to_f16 = kn_to_f16,
 };
 
 const kn_kernels *kn_kernels_generic(void) { return &k_generic; }
@@ -485,6 +486,10 @@ void kn_softmax(float *x, int n) {
 }
 
 float kn_silu(float x) { return x / (1.0f + expf(-x)); }
+
+void kn_to_f16(uint16_t *h, const float *x, int n) {
+    for (int i = 0; i < n; i++) h[i] = kn_fp32_to_fp16(x[i]);
+}
 
 void kn_swiglu(float *g, const float *u, int n) {
     for (int i = 0; i < n; i++) g[i] = kn_silu(g[i]) * u[i];

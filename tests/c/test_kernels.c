@@ -553,6 +553,54 @@ TEST(kernels_f16_weights_widen_exactly) {
     free(y);
 }
 
+/* The F16 KV cache's stores, every table against the reference: every non-NaN float a stride
+ * of the bit patterns apart, and for each finite half the points between it and the next one
+ * up (the tie itself and one float either side, where rounding to even decides), in runs
+ * whose length is not a multiple of 8 (the scalar tail). A planted off-by-one in the rounding
+ * fails at the ties. */
+TEST(kernels_to_f16_variants_bitwise) {
+    enum { N = 1 << 20 };
+    float *x = malloc(sizeof(float) * N);
+    uint16_t *want = malloc(sizeof(uint16_t) * N), *got = malloc(sizeof(uint16_t) * N);
+    CHECK(x && want && got);
+    int n = 0;
+    for (uint64_t b = 0; b < (1ull << 32) && n < N / 2; b += 8209) {
+        uint32_t u = (uint32_t)b;
+        float f;
+        memcpy(&f, &u, sizeof f);
+        if (f == f) x[n++] = f;
+    }
+    for (uint32_t h = 0; h < 0x7c00 && n + 6 <= N; h++) {
+        float lo = kn_fp16_to_fp32((uint16_t)h), hi = kn_fp16_to_fp32((uint16_t)(h + 1));
+        float mid = h + 1 == 0x7c00 ? 65520.0f : (float)(((double)lo + (double)hi) / 2);
+        for (int sgn = 0; sgn < 2; sgn++) {
+            float m = sgn ? -mid : mid;
+            x[n++] = m;
+            x[n++] = nextafterf(m, 0.0f);
+            x[n++] = nextafterf(m, sgn ? -INFINITY : INFINITY);
+        }
+    }
+    kn_to_f16(want, x, n);
+    int nv, bad = 0;
+    const kn_kernels *const *v = all_variants(&nv);
+    for (int vi = 0; vi < nv && !bad; vi++) {
+        if (!v[vi]) continue;
+        for (int at = 0; at < n && !bad; at += 1021) {
+            int len = n - at < 1021 ? n - at : 1021;
+            v[vi]->to_f16(got + at, x + at, len);
+        }
+        for (int i = 0; i < n && !bad; i++)
+            if (got[i] != want[i]) {
+                bad = 1;
+                kt_fail(__FILE__, __LINE__, "%s: %a -> 0x%04x, reference 0x%04x", v[vi]->name,
+                        (double)x[i], (unsigned)got[i], (unsigned)want[i]);
+            }
+    }
+    free(x);
+    free(want);
+    free(got);
+}
+
 TEST(kernels_quantize_k_non_finite_blocks) {
     /* The Q8_K form follows the Q8_0 form's rule for activations that overflowed: a block with
      * a NaN or an infinity becomes q = 0 with a NaN scale (its products turn NaN, which the

@@ -120,12 +120,29 @@ def test_bench_text_table_has_floor_columns(smollm_gguf):
     (["--chunk"], "--chunk"),
     (["--window", "64", "--chunk", "128"], "chunk"),
     (["--floor=yes"], "--floor"),
+    (["-np", "0"], "-np"),
+    (["-np", "65"], "-np"),
+    (["--parallel", "two"], "-np"),
 ])
 def test_bench_bad_depth_or_contract_exits_2(smollm_gguf, args, msg):
     r = run_kiln("bench", smollm_gguf, "-t", "1", "-r", "1", *args, "--device", "cpu")
     assert r.returncode == 2, r.stderr
     assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert r.stdout == ""                                # no half-printed table
+
+
+def test_bench_parallel_rows(tiny_gguf):
+    """-np: tg rows for each session count (pp rows once, at 1), every session filled to -d
+    first; llama-batched-bench's S_TG is all sessions' tokens over the common wall time."""
+    r = run_kiln("bench", tiny_gguf, "-p", "4", "-n", "3", "-d", "2", "-t", "2", "-r", "2",
+                 "-np", "1,3", "--json", "--device", "cpu", check=True)
+    rows = json.loads(r.stdout)
+    assert [(x["n_prompt"], x["n_gen"], x["n_depth"], x["n_parallel"]) for x in rows] == \
+        [(4, 0, 2, 1), (0, 3, 2, 1), (0, 3, 2, 3)]
+    assert all(len(x["samples_ts"]) == 2 and min(x["samples_ts"]) > 0 for x in rows)
+    r = run_kiln("bench", tiny_gguf, "-p", "0", "-n", "2", "-t", "1", "-r", "1", "-np", "2",
+                 "--device", "cpu", check=True)
+    assert "tg2 x2" in r.stdout
 
 
 def test_bench_depth_fills_to_the_last_slot(smollm_gguf):

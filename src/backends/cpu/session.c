@@ -251,42 +251,49 @@ static void attn_item(void *ctx, int u, int n_items, int worker) {
 }
 
 /* One cache row of n elements from F32: rounded to halves, or copied. */
-static void store_kv(uint8_t *dst, const float *src, int n, size_t elem) {
-    if (elem == sizeof(float)) {
-        memcpy(dst, src, sizeof(float) * (size_t)n);
-        return;
-    }
-    for (int i = 0; i < n; i++) kn_f16_store(dst + sizeof(kn_f16) * (size_t)i, src[i]);
+static void store_kv(const kn_kernels *k, uint8_t *dst, const float *src, int n, size_t elem) {
+    if (elem == sizeof(float)) memcpy(dst, src, sizeof(float) * (size_t)n);
+    else k->to_f16((uint16_t *)(void *)dst, src, n);
 }
 
-/* Quantizes n rows of x (n_in floats each) into the activation forms that the matrices w[0..nw)
- * want (none for F32 / F16 weights). */
-static void quantize_for(kn_session *s, const kn_wmat *const *w, int nw, const float *x, int n) {
-    bool q8_0 = false, q8_k = false;
+/* The activation forms (bit 0: Q8_0, bit 1: Q8_K) that the matrices w[0..nw) want (none for
+ * F32 / F16 weights). */
+static unsigned act_forms(const kn_wmat *const *w, int nw) {
+    unsigned f = 0;
     for (int i = 0; i < nw; i++) {
-        q8_k |= kn_type_wants_q8k(w[i]->type);
-        q8_0 |= kn_type_wants_q8(w[i]->type) && !kn_type_wants_q8k(w[i]->type);
+        if (kn_type_wants_q8k(w[i]->type)) f |= 2;
+        else if (kn_type_wants_q8(w[i]->type)) f |= 1;
     }
-    if (q8_0) s->k->quantize(&s->act, x, n, w[0]->n_in);
-    if (q8_k) s->k->quantize_k(&s->act, x, n, w[0]->n_in);
+    return f;
 }
 
-/* y = W x for n rows of x (n_in floats each), quantizing x first. */
-static void mm(kn_session *s, const kn_wmat *w, const float *x, int n, float *y) {
-    quantize_for(s, &w, 1, x, n);
-    kn_matmul(s->pool, s->k, w, x, &s->act, n, y, w->n_out);
-}
-
-static void add_bias(float *y, const float *b, int n_rows, int n) {
-    if (!b) return;
-    for (int r = 0; r < n_rows; r++)
-        for (int i = 0; i < n; i++) y[(size_t)r * n + i] += b[i];
+/* Quantizes row r of the activations (x, n_in floats) into the forms f, in place in s->act:
+ * the quantizers work row by row, so a row's bits do not depend on the rows quantized with it. */
+static void quantize_row(kn_session *s, unsigned f, const float *x, int r, int n_in) {
+    if (!f) return;
+    kn_act a = s->act;
+    size_t at = (size_t)r * (size_t)a.stride;
+    a.q += at;
+    a.d += at / KN_QBLOCK;
+    a.s += at / KN_QBLOCK;
+    if (a.q4off) a.q4off += at / KN_QBLOCK;
+    a.qk += at;
+    a.dk += at / KN_KBLOCK;
+    a.bsk += at / 16;
+    a.bsk32 += at / KN_QBLOCK;
+    if (f & 1) s->k->quantize(&a, x, 1, n_in);
+    if (f & 2) s->k->quantize_k(&a, x, 1, n_in);
 }
 
 /* RMSNorm in place over n_vec vectors of n (Gemma 3's q/k norms: one per head). */
 static void norm_rows(float *x, const float *w, int n_vec, int n, float eps) {
     if (!w) return;
     for (int i = 0; i < n_vec; i++) kn_rmsnorm(x + (size_t)i * n, x + (size_t)i * n, w, n, eps);
+}
+
+static void add_bias(float *y, const float *b, int n) {
+    if (b)
+        for (int i = 0; i < n; i++) y[i] += b[i];
 }
 
 /* Gemma's GeGLU: g = gelu(g) * u with the tanh GELU (gelu_pytorch_tanh; llama.cpp's
@@ -299,10 +306,137 @@ static void geglu(float *g, const float *u, int n) {
     }
 }
 
-/* x += f(y) for n rows of E, f the post-norm w when the block has one (Gemma), else identity. */
-static void add_residual(float *x, float *y, const float *w, int n, int E, float eps) {
-    norm_rows(y, w, n, E, eps);
-    for (size_t i = 0; i < (size_t)n * E; i++) x[i] += y[i];
+/* The work of a pass between its products, one row at a time: nothing in it mixes rows, so a
+ * row gives the same bits whichever thread runs it and whatever rows share its pass. With
+ * several rows the pool runs them (the rows of a batched decode step or a prefill chunk would
+ * otherwise leave every thread but the caller's waiting); a lone decode row runs in place. */
+enum {
+    ROW_EMBED,   /* embedding, RoPE's cos/sin; then layer 0's attention input */
+    ROW_QKV,     /* biases, q/k norms, the query scale, RoPE, the row's key and value cached */
+    ROW_WO,      /* the attention output quantized for wo */
+    ROW_FFN,     /* x += attention (post-norm); the feed-forward input */
+    ROW_DOWN,    /* SwiGLU / GeGLU, quantized for down */
+    ROW_NEXT,    /* x += feed-forward (post-norm); the next layer's attention input */
+    ROW_HEAD,    /* an output row's final norm, quantized for the classifier */
+    ROW_CAP,     /* an output row's final logit soft-capping (Gemma 2) */
+};
+
+typedef struct rows_job {
+    kn_session *s;
+    const int32_t *ids;
+    const int *out;           /* ROW_HEAD, ROW_CAP: item r is output row r (source row out[r]) */
+    int layer, phase;
+    bool stateless;
+    unsigned forms;           /* what quantize_row writes in this phase */
+    float qscale;
+} rows_job;
+
+/* Layer l's attention input for row r: RMSNorm into xb, quantized for Q, K and V. */
+static void attn_input(kn_session *s, int l, int r, unsigned forms) {
+    const kn_hparams *hp = &s->m->hp;
+    int E = hp->n_embd;
+    float *xb = s->xb + (size_t)r * E;
+    kn_rmsnorm(xb, s->x + (size_t)r * E, s->layers[l].attn_norm, E, hp->rms_eps);
+    quantize_row(s, forms, xb, r, E);
+}
+
+static void row_item(void *ctx, int r, int n_items, int worker) {
+    (void)n_items;
+    (void)worker;
+    const rows_job *j = ctx;
+    kn_session *s = j->s;
+    const kn_model *m = s->m;
+    const kn_hparams *hp = &m->hp;
+    int E = hp->n_embd, H = hp->n_head, Hkv = hp->n_head_kv, D = hp->head_dim, F = hp->n_ff;
+    int HD = H * D, KD = Hkv * D, RD = hp->rope_dim, l = j->layer;
+    const kn_layer *L = l < hp->n_layer ? &s->layers[l] : NULL;
+    float *x = s->x + (size_t)r * E;
+    switch (j->phase) {
+    case ROW_EMBED: {
+        kn_dequantize(m->tok_embd.type, m->tok_embd.data + (size_t)j->ids[r] * m->tok_embd.row_bytes,
+                      x, E);
+        if (hp->gemma)
+            for (int i = 0; i < E; i++) x[i] *= sqrtf((float)E);
+        float *cs = s->cs + (size_t)r * RD;
+        kn_rope_cossin(m->rope_inv_freq, RD, s->rows_pos[r], cs);
+        /* LongRoPE's attention factor scales cos and sin (so Q.K by its square), as ggml's
+         * mscale does */
+        if (hp->rope_attn_factor != 1.0f)
+            for (int i = 0; i < RD; i++) cs[i] *= hp->rope_attn_factor;
+        if (s->cs_swa)
+            kn_rope_cossin(m->rope_inv_freq_swa, RD, s->rows_pos[r], s->cs_swa + (size_t)r * RD);
+        attn_input(s, 0, r, j->forms);
+        break;
+    }
+    case ROW_QKV: {
+        float *q = s->q + (size_t)r * HD, *kn = s->kn + (size_t)r * KD, *vn = s->vn + (size_t)r * KD;
+        add_bias(q, L->bq, HD);
+        add_bias(kn, L->bk, KD);
+        add_bias(vn, L->bv, KD);
+        /* Qwen3, Gemma 3: each head of Q and K normed before RoPE */
+        norm_rows(q, L->q_norm, H, D, hp->rms_eps);
+        norm_rows(kn, L->k_norm, Hkv, D, hp->rms_eps);
+        if (j->qscale != 1.0f)
+            for (int i = 0; i < HD; i++) q[i] *= j->qscale;
+        if (kn_layer_has_rope(hp, l)) {
+            int swa = kn_hparams_layer_window(hp, l);
+            const float *cs = (swa > 0 && s->cs_swa ? s->cs_swa : s->cs) + (size_t)r * RD;
+            kn_rope_apply(q, H, D, RD, hp->rope_neox, cs);
+            kn_rope_apply(kn, Hkv, D, RD, hp->rope_neox, cs);
+        }
+        kv_view kv = view_of(s, r, l, j->stateless);
+        size_t W = (size_t)m->window;
+        for (int h = 0; h < Hkv; h++) {
+            size_t at = ((size_t)h * W + (size_t)s->rows_slot[r]) * D * s->kv_elem;
+            store_kv(s->k, kv.k + at, kn + (size_t)h * D, D, s->kv_elem);
+            store_kv(s->k, kv.v + at, vn + (size_t)h * D, D, s->kv_elem);
+        }
+        break;
+    }
+    case ROW_WO:
+        quantize_row(s, j->forms, s->xb + (size_t)r * HD, r, HD);
+        break;
+    case ROW_FFN: {
+        float *y = s->xb2 + (size_t)r * E, *xb = s->xb + (size_t)r * E;
+        norm_rows(y, L->post_attn_norm, 1, E, hp->rms_eps);
+        for (int i = 0; i < E; i++) x[i] += y[i];
+        kn_rmsnorm(xb, x, L->ffn_norm, E, hp->rms_eps);
+        quantize_row(s, j->forms, xb, r, E);
+        break;
+    }
+    case ROW_DOWN: {
+        float *g = s->hb + (size_t)r * F;
+        if (hp->gemma) geglu(g, s->hb2 + (size_t)r * F, F);
+        else s->k->swiglu(g, s->hb2 + (size_t)r * F, F);
+        quantize_row(s, j->forms, g, r, F);
+        break;
+    }
+    case ROW_NEXT: {
+        float *y = s->xb2 + (size_t)r * E;
+        norm_rows(y, L->post_ffn_norm, 1, E, hp->rms_eps);
+        for (int i = 0; i < E; i++) x[i] += y[i];
+        if (l + 1 < hp->n_layer) attn_input(s, l + 1, r, j->forms);
+        break;
+    }
+    case ROW_HEAD: {
+        float *xb = s->xb + (size_t)r * E;
+        kn_rmsnorm(xb, s->x + (size_t)j->out[r] * E, m->output_norm, E, hp->rms_eps);
+        quantize_row(s, j->forms, xb, r, E);
+        break;
+    }
+    case ROW_CAP: {
+        float *lg = s->logits + (size_t)r * hp->n_vocab, cap = hp->final_softcap;
+        for (int i = 0; i < hp->n_vocab; i++) lg[i] = cap * tanhf(lg[i] / cap);
+        break;
+    }
+    }
+}
+
+static void run_rows(kn_session *s, rows_job *j, int phase, int layer, unsigned forms, int n) {
+    j->phase = phase;
+    j->layer = layer;
+    j->forms = forms;
+    kn_pool_run(n > 1 ? s->pool : NULL, row_item, j, n);
 }
 
 /* Runs n rows (ids; rows_pos, rows_slot and rows_kv already set) through the model, into
@@ -312,94 +446,54 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, co
                     int n_out) {
     const kn_model *m = s->m;
     const kn_hparams *hp = &m->hp;
-    int E = hp->n_embd, H = hp->n_head, Hkv = hp->n_head_kv, D = hp->head_dim, F = hp->n_ff;
-    int W = m->window, HD = H * D, KD = Hkv * D, RD = hp->rope_dim;
-    uint64_t erb = m->tok_embd.row_bytes;
-
-    for (int r = 0; r < n; r++) {
-        const uint8_t *row = m->tok_embd.data + (size_t)ids[r] * erb;
-        kn_dequantize(m->tok_embd.type, row, s->x + (size_t)r * E, E);
-        if (hp->gemma)
-            for (int i = 0; i < E; i++) s->x[(size_t)r * E + i] *= sqrtf((float)E);
-        kn_rope_cossin(m->rope_inv_freq, RD, s->rows_pos[r], s->cs + (size_t)r * RD);
-        /* LongRoPE's attention factor scales cos and sin (so Q.K by its square), as ggml's
-         * mscale does */
-        if (hp->rope_attn_factor != 1.0f)
-            for (int i = 0; i < RD; i++) s->cs[(size_t)r * RD + i] *= hp->rope_attn_factor;
-        if (s->cs_swa)
-            kn_rope_cossin(m->rope_inv_freq_swa, RD, s->rows_pos[r], s->cs_swa + (size_t)r * RD);
-    }
+    int H = hp->n_head, Hkv = hp->n_head_kv, D = hp->head_dim;
     /* the kernels divide q.k by sqrt(D); a model with another factor has q scaled to it */
     float qscale = hp->attn_scale > 0 ? hp->attn_scale * sqrtf((float)D) : 1.0f;
+    rows_job rj = {s, ids, out, 0, 0, stateless, 0, qscale};
+    const kn_layer *L0 = &s->layers[0];
+    const kn_wmat *qkv0[3] = {&L0->wq, &L0->wk, &L0->wv};
+    run_rows(s, &rj, ROW_EMBED, 0, act_forms(qkv0, 3), n);
     for (int l = 0; l < hp->n_layer; l++) {
         const kn_layer *L = &s->layers[l];
-        int max_slots = 0;
-        int swa = kn_hparams_layer_window(hp, l);
-        const float *lcs = swa > 0 && s->cs_swa ? s->cs_swa : s->cs;
-        /* attention */
-        for (int r = 0; r < n; r++)
-            kn_rmsnorm(s->xb + (size_t)r * E, s->x + (size_t)r * E, L->attn_norm, E, hp->rms_eps);
-        /* One quantization of the normed input serves Q, K and V. */
+        /* attention: one quantization of the normed input (done by the phase before) serves
+         * Q, K and V */
         {
             const kn_wmat *w3[3] = {&L->wq, &L->wk, &L->wv};
             float *y3[3] = {s->q, s->kn, s->vn};
-            quantize_for(s, w3, 3, s->xb, n);
             kn_matmul_multi(s->pool, s->k, 3, w3, s->xb, &s->act, n, y3);
         }
-        add_bias(s->q, L->bq, n, HD);
-        add_bias(s->kn, L->bk, n, KD);
-        add_bias(s->vn, L->bv, n, KD);
-        /* Qwen3, Gemma 3: each head of Q and K normed before RoPE */
-        norm_rows(s->q, L->q_norm, n * H, D, hp->rms_eps);
-        norm_rows(s->kn, L->k_norm, n * Hkv, D, hp->rms_eps);
-        if (qscale != 1.0f)
-            for (size_t i = 0; i < (size_t)n * HD; i++) s->q[i] *= qscale;
-        bool rope = kn_layer_has_rope(hp, l);
-        for (int r = 0; r < n; r++) {
-            const float *cs = lcs + (size_t)r * RD;
-            if (rope) {
-                kn_rope_apply(s->q + (size_t)r * HD, H, D, RD, hp->rope_neox, cs);
-                kn_rope_apply(s->kn + (size_t)r * KD, Hkv, D, RD, hp->rope_neox, cs);
-            }
-            int slot = s->rows_slot[r];
-            kv_view kv = view_of(s, r, l, stateless);
-            if (kv.n_slots > max_slots) max_slots = kv.n_slots;
-            for (int h = 0; h < Hkv; h++) {
-                size_t at = ((size_t)h * W + slot) * D * s->kv_elem;
-                store_kv(kv.k + at, s->kn + (size_t)r * KD + (size_t)h * D, D, s->kv_elem);
-                store_kv(kv.v + at, s->vn + (size_t)r * KD + (size_t)h * D, D, s->kv_elem);
-            }
-        }
-        attn_job aj = {s, l, stateless, swa};
+        run_rows(s, &rj, ROW_QKV, l, 0, n);
+        int max_slots = 0;
+        for (int r = 0; r < n; r++)
+            if (s->rows_kv[r].n_slots > max_slots) max_slots = s->rows_kv[r].n_slots;
+        attn_job aj = {s, l, stateless, kn_hparams_layer_window(hp, l)};
         kn_pool_run(n * H * max_slots * D < 16384 ? NULL : s->pool, attn_item, &aj, n * Hkv);
-        mm(s, &L->wo, s->xb, n, s->xb2);
-        add_residual(s->x, s->xb2, L->post_attn_norm, n, E, hp->rms_eps);
+        const kn_wmat *wo = &L->wo;
+        run_rows(s, &rj, ROW_WO, l, act_forms(&wo, 1), n);
+        kn_matmul(s->pool, s->k, wo, s->xb, &s->act, n, s->xb2, wo->n_out);
 
         /* feed-forward */
-        for (int r = 0; r < n; r++)
-            kn_rmsnorm(s->xb + (size_t)r * E, s->x + (size_t)r * E, L->ffn_norm, E, hp->rms_eps);
+        const kn_wmat *w2[2] = {&L->gate, &L->up};
+        run_rows(s, &rj, ROW_FFN, l, act_forms(w2, 2), n);
         {
-            const kn_wmat *w2[2] = {&L->gate, &L->up};
             float *y2[2] = {s->hb, s->hb2};
-            quantize_for(s, w2, 2, s->xb, n);
             kn_matmul_multi(s->pool, s->k, 2, w2, s->xb, &s->act, n, y2);
         }
-        /* per row: where a row's tail starts must not depend on the rows before it */
-        for (int r = 0; r < n; r++) {
-            if (hp->gemma) geglu(s->hb + (size_t)r * F, s->hb2 + (size_t)r * F, F);
-            else s->k->swiglu(s->hb + (size_t)r * F, s->hb2 + (size_t)r * F, F);
+        const kn_wmat *down = &L->down;
+        run_rows(s, &rj, ROW_DOWN, l, act_forms(&down, 1), n);
+        kn_matmul(s->pool, s->k, down, s->hb, &s->act, n, s->xb2, down->n_out);
+        unsigned next = 0;
+        if (l + 1 < hp->n_layer) {
+            const kn_layer *N = &s->layers[l + 1];
+            const kn_wmat *qkv[3] = {&N->wq, &N->wk, &N->wv};
+            next = act_forms(qkv, 3);
         }
-        mm(s, &L->down, s->hb, n, s->xb2);
-        add_residual(s->x, s->xb2, L->post_ffn_norm, n, E, hp->rms_eps);
+        run_rows(s, &rj, ROW_NEXT, l, next, n);
     }
     /* Only the rows whose logits are asked for go through the classifier. */
-    for (int r = 0; r < n_out; r++)
-        kn_rmsnorm(s->xb + (size_t)r * E, s->x + (size_t)out[r] * E, m->output_norm, E,
-                   hp->rms_eps);
-    mm(s, s->output, s->xb, n_out, s->logits);
-    if (hp->final_softcap > 0)
-        for (size_t i = 0; i < (size_t)n_out * hp->n_vocab; i++)
-            s->logits[i] = hp->final_softcap * tanhf(s->logits[i] / hp->final_softcap);
+    run_rows(s, &rj, ROW_HEAD, hp->n_layer, act_forms(&s->output, 1), n_out);
+    kn_matmul(s->pool, s->k, s->output, s->xb, &s->act, n_out, s->logits, s->output->n_out);
+    if (hp->final_softcap > 0) run_rows(s, &rj, ROW_CAP, hp->n_layer, 0, n_out);
 }
 
 kiln_status kn_session_run(kn_session *s, const kn_graph_call *c, const float **logits,
