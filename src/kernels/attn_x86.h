@@ -98,39 +98,164 @@ KA_AI __m256 ka_sum8x8(const __m256 *a) {
                          _mm256_permute2f128_ps(h0123, h4567, 0x31));
 }
 
+/* The score of slot t for the heads h0 .. h0 + nh - 1 into acc[base .. base + nh) (the 8-lane
+ * partial sums over dims, in dim order). */
+KA_AI void ka_dot_heads(const float *qh, const void *kt, const bool f16, int d, const int nh,
+                        __m256 *acc, const int base) {
+    for (int i = 0; i < d; i += 8) {
+        __m256 kv = ka_load8(kt, i, d, f16);
+        for (int j = 0; j < nh; j++)
+            acc[base + j] =
+                _mm256_fmadd_ps(ka_load8(qh + (size_t)j * d, i, d, false), kv, acc[base + j]);
+    }
+}
+
+/* Lanes of s8 as scores of slot t: scaled, soft-capped (Gemma 2: the reference's scalar tanhf
+ * on each lane, so both tables cap alike), stored at sc[t][0..8), folded into the max. */
+KA_AI __m256 ka_store_scores(float *st, __m256 s8, float softcap, __m256 mx) {
+    _mm256_storeu_ps(st, s8);
+    if (softcap > 0) {
+        for (int j = 0; j < 8; j++) st[j] = softcap * tanhf(st[j] / softcap);
+        s8 = _mm256_loadu_ps(st);
+    }
+    return _mm256_max_ps(mx, s8);
+}
+
+/* Up to how many heads two slots (scores) or two 8-dim chunks (values) go through one loop
+ * iteration together: each pair needs twice the accumulators, which 16 registers hold for 4
+ * heads and 32 (an AVX-512 build's ymm0-31: KA_REGS32) for 8. */
+#ifdef KA_REGS32
+#define KA_PAIR_MAX 8
+#else
+#define KA_PAIR_MAX 4
+#endif
+
+/* Dims [c, c + 8 * cw) of the weighted sums of values for heads h0 .. h0 + nh - 1 (cw 2 needs
+ * nh <= KA_PAIR_MAX and c + 16 <= d), from the normalized weights sc[t][j]. */
+KA_AI void ka_values(const void *v, const bool f16, const float *sc, int end, int d, int c,
+                     int h0, const int nh, const int cw, float *out) {
+    __m256 acc[8], acc2[KA_PAIR_MAX];
+    for (int j = 0; j < nh; j++) acc[j] = _mm256_setzero_ps();
+    for (int j = 0; j < (cw == 2 ? nh : 0); j++) acc2[j % KA_PAIR_MAX] = _mm256_setzero_ps();
+    for (int t = 0; t < end; t++) {
+        if (c == 0) ka_prefetch_row(v, t + KA_AHEAD, end, d, f16);
+        const void *vt = ka_row(v, (size_t)t, d, f16);
+        __m256 vv = ka_load8(vt, c, d, f16);
+        if (cw == 2) {
+            __m256 vv2 = ka_load8(vt, c + 8, d, f16);
+            for (int j = 0; j < nh; j++) {
+                __m256 p = _mm256_broadcast_ss(sc + 8 * (size_t)t + j);
+                acc[j] = _mm256_fmadd_ps(p, vv, acc[j]);
+                acc2[j % KA_PAIR_MAX] = _mm256_fmadd_ps(p, vv2, acc2[j % KA_PAIR_MAX]);
+            }
+        } else {
+            for (int j = 0; j < nh; j++)
+                acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + 8 * (size_t)t + j), vv, acc[j]);
+        }
+    }
+    for (int half = 0; half < cw; half++) {
+        int cc = c + 8 * half, m = d - cc < 8 ? d - cc : 8;
+        for (int j = 0; j < nh; j++) {
+            __m256 a = half ? acc2[j % KA_PAIR_MAX] : acc[j];
+            float *o = out + (size_t)(h0 + j) * d + cc;
+            if (m == 8) {
+                _mm256_storeu_ps(o, a);
+            } else {
+                float tmp[8];
+                _mm256_storeu_ps(tmp, a);
+                memcpy(o, tmp, sizeof(float) * (size_t)m);
+            }
+        }
+    }
+}
+
 /* Heads h0 .. h0 + nh - 1 (nh <= 8, a constant) of the group. Scores are kept slot-major,
  * sc[t][8], lane j for head h0 + j, so the softmax is one vector operation per slot for all
- * the heads. */
+ * the heads. With at most 4 heads, two slots share one reduction tree (heads in lanes 0-3 and
+ * 4-7) and each query load; with up to KA_PAIR_MAX, two slots share the query loads. Every
+ * score still comes from its own accumulator through the same tree, so the bits do not depend
+ * on the pairing. Unused lanes of a slot hold 0 (or their cap), as the zero accumulators give. */
 KA_AI void ka_heads(const float *q, const void *k, const void *v, const bool f16,
                     const int32_t *slot_pos, int end, int32_t pos, int swa, float softcap,
                     int d, int h0, const int nh, float *sc, float *out) {
     const __m256 scale = _mm256_set1_ps(1.0f / sqrtf((float)d));
     const float *qh = q + (size_t)h0 * d;
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
     /* scores: each key row widened once, dotted with every query of the group */
-    __m256 mx = _mm256_set1_ps(-INFINITY);
-    for (int t = 0; t < end; t++) {
-        if (!ka_allowed(slot_pos[t], pos, swa)) {
-            _mm256_storeu_ps(sc + 8 * (size_t)t, _mm256_set1_ps(-INFINITY));
+    __m256 mx = ninf;
+    for (int t = 0; t < end;) {
+        bool a0 = ka_allowed(slot_pos[t], pos, swa);
+        if (nh <= 4 && t + 1 < end) {
+            bool a1 = ka_allowed(slot_pos[t + 1], pos, swa);
+            if (!a0 && !a1) {
+                _mm256_storeu_ps(sc + 8 * (size_t)t, ninf);
+                _mm256_storeu_ps(sc + 8 * (size_t)t + 8, ninf);
+                t += 2;
+                continue;
+            }
+            ka_prefetch_row(k, t + KA_AHEAD, end, d, f16);
+            ka_prefetch_row(k, t + 1 + KA_AHEAD, end, d, f16);
+            __m256 acc[8];
+            for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
+            const void *k0 = ka_row(k, (size_t)t, d, f16), *k1 = ka_row(k, (size_t)t + 1, d, f16);
+            for (int i = 0; i < d; i += 8) {
+                __m256 kv0 = ka_load8(k0, i, d, f16), kv1 = ka_load8(k1, i, d, f16);
+                for (int j = 0; j < nh; j++) {
+                    __m256 qv = ka_load8(qh + (size_t)j * d, i, d, false);
+                    acc[j] = _mm256_fmadd_ps(qv, kv0, acc[j]);
+                    acc[4 + j] = _mm256_fmadd_ps(qv, kv1, acc[4 + j]);
+                }
+            }
+            __m256 s8 = _mm256_mul_ps(ka_sum8x8(acc), scale);
+            /* slot t: lanes 0-3 (4-7 zero); slot t + 1: lanes 4-7 moved down */
+            __m256 zero = _mm256_setzero_ps();
+            __m256 lo = _mm256_permute2f128_ps(s8, zero, 0x20);
+            __m256 hi = _mm256_permute2f128_ps(s8, zero, 0x21);
+            if (a0) mx = ka_store_scores(sc + 8 * (size_t)t, lo, softcap, mx);
+            else _mm256_storeu_ps(sc + 8 * (size_t)t, ninf);
+            if (a1) mx = ka_store_scores(sc + 8 * (size_t)t + 8, hi, softcap, mx);
+            else _mm256_storeu_ps(sc + 8 * (size_t)t + 8, ninf);
+            t += 2;
             continue;
         }
-        const void *kt = ka_row(k, (size_t)t, d, f16);
+        if (nh > 4 && nh <= KA_PAIR_MAX && t + 1 < end) {
+            /* two slots, a tree each, sharing the query loads */
+            bool a1 = ka_allowed(slot_pos[t + 1], pos, swa);
+            ka_prefetch_row(k, t + KA_AHEAD, end, d, f16);
+            ka_prefetch_row(k, t + 1 + KA_AHEAD, end, d, f16);
+            __m256 acc[16];
+            for (int j = 0; j < 16; j++) acc[j] = _mm256_setzero_ps();
+            const void *k0 = ka_row(k, (size_t)t, d, f16), *k1 = ka_row(k, (size_t)t + 1, d, f16);
+            for (int i = 0; i < d; i += 8) {
+                __m256 kv0 = ka_load8(k0, i, d, f16), kv1 = ka_load8(k1, i, d, f16);
+                for (int j = 0; j < nh; j++) {
+                    __m256 qv = ka_load8(qh + (size_t)j * d, i, d, false);
+                    acc[j] = _mm256_fmadd_ps(qv, kv0, acc[j]);
+                    acc[8 + j] = _mm256_fmadd_ps(qv, kv1, acc[8 + j]);
+                }
+            }
+            if (a0) mx = ka_store_scores(sc + 8 * (size_t)t, _mm256_mul_ps(ka_sum8x8(acc), scale),
+                                         softcap, mx);
+            else _mm256_storeu_ps(sc + 8 * (size_t)t, ninf);
+            if (a1)
+                mx = ka_store_scores(sc + 8 * (size_t)t + 8,
+                                     _mm256_mul_ps(ka_sum8x8(acc + 8), scale), softcap, mx);
+            else _mm256_storeu_ps(sc + 8 * (size_t)t + 8, ninf);
+            t += 2;
+            continue;
+        }
+        if (!a0) {
+            _mm256_storeu_ps(sc + 8 * (size_t)t, ninf);
+            t++;
+            continue;
+        }
         ka_prefetch_row(k, t + KA_AHEAD, end, d, f16);
         __m256 acc[8];
         for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
-        for (int i = 0; i < d; i += 8) {
-            __m256 kv = ka_load8(kt, i, d, f16);
-            for (int j = 0; j < nh; j++)
-                acc[j] = _mm256_fmadd_ps(ka_load8(qh + (size_t)j * d, i, d, false), kv, acc[j]);
-        }
-        __m256 s8 = _mm256_mul_ps(ka_sum8x8(acc), scale);
-        _mm256_storeu_ps(sc + 8 * (size_t)t, s8);
-        if (softcap > 0) {
-            /* Gemma 2: the reference's scalar tanhf on each lane, so both tables cap alike */
-            float *st = sc + 8 * (size_t)t;
-            for (int j = 0; j < 8; j++) st[j] = softcap * tanhf(st[j] / softcap);
-            s8 = _mm256_loadu_ps(st);
-        }
-        mx = _mm256_max_ps(mx, s8);
+        ka_dot_heads(qh, ka_row(k, (size_t)t, d, f16), f16, d, nh, acc, 0);
+        mx = ka_store_scores(sc + 8 * (size_t)t, _mm256_mul_ps(ka_sum8x8(acc), scale), softcap,
+                             mx);
+        t++;
     }
     /* softmax per head (lane): exponentials summed slot by slot, then scaled in place */
     __m256 sum = _mm256_setzero_ps();
@@ -143,38 +268,20 @@ KA_AI void ka_heads(const float *q, const void *k, const void *v, const bool f16
                                _mm256_div_ps(_mm256_set1_ps(1.0f), sum));
     for (int t = 0; t < end; t++)
         _mm256_storeu_ps(sc + 8 * (size_t)t, _mm256_mul_ps(_mm256_loadu_ps(sc + 8 * (size_t)t), inv));
-    /* weighted sums: 8 dims of every head of the group at a time, each value row widened once
-     * per 8 dims for all of them. A masked slot's weight is exactly 0 and cached rows are
-     * finite, so it adds exact zeros: no test needed. */
-    for (int c = 0; c < d; c += 8) {
-        __m256 acc[8];
-        for (int j = 0; j < nh; j++) acc[j] = _mm256_setzero_ps();
-        for (int t = 0; t < end; t++) {
-            if (c == 0) ka_prefetch_row(v, t + KA_AHEAD, end, d, f16);
-            __m256 vv = ka_load8(ka_row(v, (size_t)t, d, f16), c, d, f16);
-            for (int j = 0; j < nh; j++)
-                acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + 8 * (size_t)t + j), vv, acc[j]);
-        }
-        int m = d - c < 8 ? d - c : 8;
-        for (int j = 0; j < nh; j++) {
-            float *o = out + (size_t)(h0 + j) * d + c;
-            if (m == 8) {
-                _mm256_storeu_ps(o, acc[j]);
-            } else {
-                float tmp[8];
-                _mm256_storeu_ps(tmp, acc[j]);
-                memcpy(o, tmp, sizeof(float) * (size_t)m);
-            }
-        }
-    }
+    /* weighted sums: 8 dims (16 with at most KA_PAIR_MAX heads) of every head of the group at a time,
+     * each value row widened once per 8 dims for all of them and each weight broadcast once
+     * per pass. Every (head, dim) still sums slot by slot in slot order. A masked slot's weight
+     * is exactly 0 and cached rows are finite, so it adds exact zeros: no test needed. */
+    int c = 0;
+    if (nh <= KA_PAIR_MAX)
+        for (; c + 16 <= d; c += 16) ka_values(v, f16, sc, end, d, c, h0, nh, 2, out);
+    for (; c < d; c += 8) ka_values(v, f16, sc, end, d, c, h0, nh, 1, out);
 }
 
-KA_AI void ka_attn(const float *q, const void *k, const void *v, const bool f16,
-                   const int32_t *slot_pos, int n_slots, int32_t pos, int swa, float softcap,
-                   int d, int n_q, float *sc, float *out) {
-    int end = 0;
-    for (int t = 0; t < n_slots; t++)
-        if (ka_allowed(slot_pos[t], pos, swa)) end = t + 1;
+/* The group in blocks of up to 8 heads; d is a constant in the copies ka_attn makes. */
+KA_AI void ka_attn_d(const float *q, const void *k, const void *v, const bool f16,
+                     const int32_t *slot_pos, int end, int32_t pos, int swa, float softcap,
+                     const int d, int n_q, float *sc, float *out) {
     for (int h0 = 0; h0 < n_q; h0 += 8) {
         /* one specialized copy per width, so the loops over the heads unroll */
         switch (n_q - h0 < 8 ? n_q - h0 : 8) {
@@ -188,6 +295,21 @@ KA_AI void ka_attn(const float *q, const void *k, const void *v, const bool f16,
         default: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 8, sc, out); break;
         }
     }
+}
+
+/* Head sizes 64 and 128 (most models) get copies with d a constant: the dim loops unroll and
+ * the loads lose their tail tests (a fifth off the F16 kernel's time at d 64). The arithmetic
+ * is the same code, so the bits are too. */
+KA_AI void ka_attn(const float *q, const void *k, const void *v, const bool f16,
+                   const int32_t *slot_pos, int n_slots, int32_t pos, int swa, float softcap,
+                   int d, int n_q, float *sc, float *out) {
+    int end = 0;
+    for (int t = 0; t < n_slots; t++)
+        if (ka_allowed(slot_pos[t], pos, swa)) end = t + 1;
+    if (f16 && d == 64) ka_attn_d(q, k, v, f16, slot_pos, end, pos, swa, softcap, 64, n_q, sc, out);
+    else if (f16 && d == 128)
+        ka_attn_d(q, k, v, f16, slot_pos, end, pos, swa, softcap, 128, n_q, sc, out);
+    else ka_attn_d(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, n_q, sc, out);
 }
 
 void KN_ATTN_NAME()(const float *q, const float *k, const float *v, const int32_t *slot_pos,

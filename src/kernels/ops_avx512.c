@@ -51,4 +51,5 @@ void kn_quantize_avx512(kn_act *a, const float *x, int n_tok, int n) {
 /* Attention: the group kernel of attn_x86.h on 256-bit registers (32 of them here). At long
  * contexts the F16 cache's reads, not the width of the FMAs, set its pace. */
 #define KN_ATTN_NAME(sfx) kn_attn_avx512##sfx
+#define KA_REGS32 1
 #include "kernels/attn_x86.h"

@@ -713,7 +713,7 @@ TEST(kernels_attention_variants) {
      * them all with the future masked), nor on the size of the group a head is computed in.
      * The F16 reference is the F32 one on the widened cache, bit for bit. */
     const int dims[] = {8, 17, 64, 80, 128};
-    const int groups[] = {1, 3, 8, 9};
+    const int groups[] = {1, 3, 6, 8, 9}; /* 3, 6, 8: the paired-slot paths of the x86 tables */
     enum { S = 41, GMAX = 9 };
     int nv;
     const kn_kernels *const *v = all_variants(&nv);
@@ -737,7 +737,7 @@ TEST(kernels_attention_variants) {
         }
         int32_t spos[S];
         for (int t = 0; t < S; t++) spos[t] = t % 7 == 3 ? -1 : t; /* a few empty slots */
-        for (int gi = 0; gi < 4; gi++) {
+        for (int gi = 0; gi < 5; gi++) {
             int g = groups[gi];
             for (int32_t p = 0; p < S; p += (g == 8 ? 1 : 3))
                 for (int sw = 0; sw < 4; sw++) {

@@ -168,8 +168,6 @@ static kiln_status cpu_run(kn_backend *b, const kn_graph_call *call, const float
     return st;
 }
 
-static void cpu_reset(kn_backend *b) { kn_session_reset(((cpu_backend *)b)->s); }
-
 static void cpu_idle(kn_backend *kb) {
     cpu_backend *b = (cpu_backend *)kb;
     cpu_device *d = (cpu_device *)kb->device;
@@ -180,6 +178,13 @@ static void cpu_idle(kn_backend *kb) {
         pthread_cond_signal(&d->arrived); /* a gathering leader need not wait for it */
     }
     pthread_mutex_unlock(&d->mu);
+}
+
+/* A reset session is not generating either: a gathering leader must not wait for it (its
+ * next step counts it again). */
+static void cpu_reset(kn_backend *b) {
+    cpu_idle(b);
+    kn_session_reset(((cpu_backend *)b)->s);
 }
 
 static void cpu_free(kn_backend *b) {
