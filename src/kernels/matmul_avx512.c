@@ -20,6 +20,7 @@
 #include "kernels/x86_body.h"
 
 #define KN_VNNI 1
+#define KN_X8_ZMM 1
 #define KN_DPBUSD(acc, u, s) _mm256_dpbusd_epi32((acc), (u), (s))
 #include "kernels/x86_x8.h"
 

@@ -266,6 +266,105 @@ KN_X8_AI void x8_pair_q4(const uint32_t type, const uint8_t *gp0, const uint8_t 
     x8_store(y1, acc[1], lo1, hi1);
 }
 
+#ifdef KN_X8_ZMM
+/* Prefill and batched decode over two adjacent groups of Q4_0 / Q4_1 at once, in the halves of
+ * 512-bit registers (the AVX-512 table): each vpdpbusd does the work of two, and each
+ * broadcast of 4 activation bytes feeds 16 rows. Lane for lane the operations of x8_tile_q4
+ * (exact integer sums, then the same float multiply and fused multiply-adds per lane), so a
+ * row's bits do not depend on whether its group was paired. */
+KN_X8_AI __m512i x16_load2(const uint8_t *p0, const uint8_t *p1) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(x8_load(p0)), x8_load(p1), 1);
+}
+
+KN_X8_AI __m512 x16_f16(const void *p0, const void *p1) {
+    __m256i h = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p0)),
+        _mm_loadu_si128((const __m128i *)p1), 1);
+    return _mm512_cvtph_ps(h);
+}
+
+KN_X8_AI __m512i x16_bcast4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* Groups at gp0 and gp1 (rows row0 .. row0 + 15), lanes [lo0, 8) of the first and [0, hi1) of
+ * the second stored. */
+KN_X8_AI void x16_tile_q4(const uint32_t type, const uint8_t *gp0, const uint8_t *gp1, int nb,
+                          const kn_act *a, int t0, const int nt, float *y, int ldy, int row0,
+                          int lo0, int hi1) {
+    const size_t bb = type == KN_TYPE_Q4_0 ? sizeof(kn_x8_q4_0) : sizeof(kn_x8_q4_1);
+    const size_t qoff = type == KN_TYPE_Q4_0 ? offsetof(kn_x8_q4_0, qs) : offsetof(kn_x8_q4_1, qs);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    x8_tok tk;
+    x8_tok_q8_0(&tk, a, t0, nt);
+    __m512 acc[KN_X8_NT];
+    for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *bp0 = gp0 + (size_t)b * bb, *bp1 = gp1 + (size_t)b * bb;
+        _mm_prefetch((const char *)bp0 + KN_X8_PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char *)bp0 + KN_X8_PREFETCH + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)bp1 + KN_X8_PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char *)bp1 + KN_X8_PREFETCH + 64, _MM_HINT_T0);
+        __m512i w[8];
+        for (int v = 0; v < 4; v++) {
+            __m512i raw = x16_load2(bp0 + qoff + 32 * v, bp1 + qoff + 32 * v);
+            w[v] = _mm512_and_si512(raw, m4);
+            w[4 + v] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+        }
+        __m512 dw = x16_f16(KN_AT(bp0, kn_x8_q4_0, d), KN_AT(bp1, kn_x8_q4_0, d));
+        __m512 mw = type == KN_TYPE_Q4_1
+                        ? x16_f16(KN_AT(bp0, kn_x8_q4_1, m), KN_AT(bp1, kn_x8_q4_1, m))
+                        : _mm512_setzero_ps();
+        for (int t = 0; t < nt; t++) {
+            const int8_t *aq = tk.q[t] + b * KN_QBLOCK;
+            __m512i s[2];
+            s[0] = type == KN_TYPE_Q4_0 ? _mm512_set1_epi32(tk.q4off[t][b]) : _mm512_setzero_si512();
+            s[1] = _mm512_setzero_si512();
+            for (int v = 0; v < 4; v++) {
+                s[v & 1] = _mm512_dpbusd_epi32(s[v & 1], w[v], x16_bcast4(aq + 4 * v));
+                s[v & 1] = _mm512_dpbusd_epi32(s[v & 1], w[4 + v], x16_bcast4(aq + 16 + 4 * v));
+            }
+            __m512i s32 = _mm512_add_epi32(s[0], s[1]);
+            __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(tk.d[t][b]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s32), dd, acc[t]);
+            if (type == KN_TYPE_Q4_1)
+                acc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(tk.s[t][b]), acc[t]);
+        }
+    }
+    __mmask16 keep = (__mmask16)((0xFFu & ~((1u << lo0) - 1)) | (((1u << hi1) - 1) << 8));
+    for (int t = 0; t < nt; t++)
+        _mm512_mask_storeu_ps(y + (size_t)(t0 + t) * ldy + row0, keep, acc[t]);
+}
+
+/* Tiles of KN_X8_NT tokens (then the remainder) over the groups g and g + 1. */
+KN_X8_AI void x16_rows_q4(const uint32_t type, const uint8_t *gp0, const uint8_t *gp1, int nb,
+                          const kn_act *a, int n_tok, float *y, int ldy, int row0, int lo0,
+                          int hi1) {
+    int t = 0;
+    for (; t + KN_X8_NT <= n_tok; t += KN_X8_NT)
+        x16_tile_q4(type, gp0, gp1, nb, a, t, KN_X8_NT, y, ldy, row0, lo0, hi1);
+    switch (n_tok - t) {
+    case 3: x16_tile_q4(type, gp0, gp1, nb, a, t, 3, y, ldy, row0, lo0, hi1); break;
+    case 2: x16_tile_q4(type, gp0, gp1, nb, a, t, 2, y, ldy, row0, lo0, hi1); break;
+    case 1: x16_tile_q4(type, gp0, gp1, nb, a, t, 1, y, ldy, row0, lo0, hi1); break;
+    default: break;
+    }
+}
+#define KN_X8_PAIR_TILES(TYPE)                                                                  \
+    if (n_tok > 1 && ((TYPE) == KN_TYPE_Q4_0 || (TYPE) == KN_TYPE_Q4_1))                       \
+        for (; (g + 1) * KN_GROUP < r1; g += 2) {                                                \
+            int row0 = g * KN_GROUP;                                                             \
+            int hi1 = r1 < row0 + 2 * KN_GROUP ? r1 - row0 - KN_GROUP : KN_GROUP;                \
+            x16_rows_q4(TYPE, w->data + (size_t)g * w->row_bytes,                                \
+                        w->data + (size_t)(g + 1) * w->row_bytes, nb, a, n_tok, y, ldy, row0,     \
+                        r0 > row0 ? r0 - row0 : 0, hi1);                                        \
+        }
+#else
+#define KN_X8_PAIR_TILES(TYPE)
+#endif
+
 /* ---- Q8_0: signed bytes; |w| times the activation carrying w's sign ---- */
 
 KN_X8_AI void x8_tile_q8_0(const uint32_t type, const uint8_t *gp, int nb, const kn_act *a,
@@ -500,6 +599,7 @@ KN_X8_AI void x8_tile_q6_k(const uint32_t type, const uint8_t *gp, int nb, const
                      w->data + (size_t)(g + 1) * w->row_bytes, nb, a, y + row0, y + row1, lo0,   \
                      KN_GROUP, 0, hi1);                                                          \
             }                                                                                    \
+        KN_X8_PAIR_TILES(TYPE)                                                                   \
         for (; g * KN_GROUP < r1; g++) {                                                         \
             const uint8_t *gp = w->data + (size_t)g * w->row_bytes;                              \
             int row0 = g * KN_GROUP;                                                             \

@@ -485,6 +485,61 @@ TEST(kernels_batch_invariant) {
     kn_pool_free(pool);
 }
 
+TEST(kernels_row_ranges_invariant) {
+    /* A table's row function on any range of rows [r0, r1), starting or ending inside a group
+     * of 8 (an item of kn_matmul_multi that spans two matrices does), for tiles of 1..9
+     * tokens: every row in the range has the bits of that row computed whole and alone, and
+     * nothing outside it is written. The x86 tables take groups in pairs here (decode: two
+     * groups per broadcast; AVX-512 tiles: two groups per 512-bit register) and singly at the
+     * ends, so this holds each pairing to the unpaired lanes. */
+    enum { NO = 53, NT = 9 };
+    const int ranges[][2] = {{0, NO}, {3, NO}, {0, 45}, {5, 44}, {11, 29}, {8, 24}, {17, 18}};
+    int nv;
+    const kn_kernels *const *v = all_variants(&nv);
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        uint32_t type = k_types[ti];
+        prob p;
+        CHECK(prob_make(&p, type, n_in_for(type, 1), NO, NT));
+        int sb = p.a.stride / 32, sb16 = p.a.stride / 16, sbk = p.a.stride / 256;
+        for (int vi = 0; vi < nv; vi++) {
+            if (!v[vi]) continue;
+            uint8_t *buf;
+            kn_wmat w = weights_for(v[vi], &p.w, &buf);
+            kn_rows_fn f = w.layout == KN_LAYOUT_X8 ? v[vi]->rows_x8[type] : v[vi]->rows[type];
+            if (!f) {
+                free(buf);
+                continue;
+            }
+            float alone[NT][NO], y[NT][NO];
+            for (int t = 0; t < NT; t++) {
+                size_t tt = (size_t)t;
+                kn_act a1 = {p.a.q + tt * p.a.stride, p.a.d + tt * sb, p.a.s + tt * sb,
+                             p.a.stride,          p.a.q4off + tt * sb, p.a.qk + tt * p.a.stride,
+                             p.a.dk + tt * sbk,   p.a.bsk + tt * sb16, p.a.bsk32 + tt * sb};
+                f(&w, 0, NO, p.x + tt * p.n_in, &a1, 1, alone[t], NO);
+            }
+            for (int ri = 0; ri < (int)(sizeof ranges / sizeof ranges[0]); ri++)
+                for (int n = 1; n <= NT; n++) {
+                    int r0 = ranges[ri][0], r1 = ranges[ri][1];
+                    for (int t = 0; t < NT; t++)
+                        for (int r = 0; r < NO; r++) y[t][r] = NAN;
+                    f(&w, r0, r1, p.x, &p.a, n, y[0], NO);
+                    for (int t = 0; t < NT; t++)
+                        for (int r = 0; r < NO; r++) {
+                            bool in = t < n && r >= r0 && r < r1;
+                            CHECKF(in ? memcmp(&y[t][r], &alone[t][r], sizeof(float)) == 0
+                                      : y[t][r] != y[t][r],
+                                   "%s %s rows [%d, %d) x %d tokens: row %d token %d %s",
+                                   v[vi]->name, kn_type_name(type), r0, r1, n, r, t,
+                                   in ? "differs from it alone" : "written outside the range");
+                        }
+                }
+            free(buf);
+        }
+        prob_free(&p);
+    }
+}
+
 TEST(kernels_swiglu_variants) {
     /* Each variant against the reference: the exponential is a 2-ulp polynomial instead of
      * expf, so silu moves by a few ulps (TOL_SWIGLU relative); the extremes (overflowing
