@@ -338,26 +338,80 @@ KN_X8_AI void x16_tile_q4(const uint32_t type, const uint8_t *gp0, const uint8_t
         _mm512_mask_storeu_ps(y + (size_t)(t0 + t) * ldy + row0, keep, acc[t]);
 }
 
+/* Q8_0's weights are signed, and 512-bit registers have no vpsignb: the weights go in offset
+ * by 128 (unsigned), and 128 times the activations' block sum comes off again (16 * q4off,
+ * q4off being -8 * that sum). Exact integers either way, so the bits are x8_tile_q8_0's. */
+KN_X8_AI void x16_tile_q8_0(const uint8_t *gp0, const uint8_t *gp1, int nb, const kn_act *a,
+                            int t0, const int nt, float *y, int ldy, int row0, int lo0,
+                            int hi1) {
+    x8_tok tk;
+    x8_tok_q8_0(&tk, a, t0, nt);
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __m512 acc[KN_X8_NT];
+    for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *bp0 = gp0 + (size_t)b * sizeof(kn_x8_q8_0);
+        const uint8_t *bp1 = gp1 + (size_t)b * sizeof(kn_x8_q8_0);
+        for (int c = 0; c < 256; c += 64) {
+            _mm_prefetch((const char *)bp0 + KN_X8_PREFETCH + c, _MM_HINT_T0);
+            _mm_prefetch((const char *)bp1 + KN_X8_PREFETCH + c, _MM_HINT_T0);
+        }
+        __m512i s[KN_X8_NT][2];
+        for (int t = 0; t < nt; t++) {
+            s[t][0] = _mm512_set1_epi32(16 * tk.q4off[t][b]);
+            s[t][1] = _mm512_setzero_si512();
+        }
+        for (int v = 0; v < 8; v++) {
+            size_t at = offsetof(kn_x8_q8_0, qs) + KN_STRIDE(kn_x8_q8_0, qs) * (size_t)v;
+            __m512i uw = _mm512_xor_si512(x16_load2(bp0 + at, bp1 + at), flip);
+            for (int t = 0; t < nt; t++)
+                s[t][v & 1] = _mm512_dpbusd_epi32(s[t][v & 1], uw,
+                                                  x16_bcast4(tk.q[t] + b * KN_QBLOCK + 4 * v));
+        }
+        __m512 dw = x16_f16(KN_AT(bp0, kn_x8_q8_0, d), KN_AT(bp1, kn_x8_q8_0, d));
+        for (int t = 0; t < nt; t++) {
+            __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(tk.d[t][b]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s[t][0], s[t][1])), dd,
+                                     acc[t]);
+        }
+    }
+    __mmask16 keep = (__mmask16)((0xFFu & ~((1u << lo0) - 1)) | (((1u << hi1) - 1) << 8));
+    for (int t = 0; t < nt; t++)
+        _mm512_mask_storeu_ps(y + (size_t)(t0 + t) * ldy + row0, keep, acc[t]);
+}
+
+KN_X8_AI void x16_tile(const uint32_t type, const uint8_t *gp0, const uint8_t *gp1, int nb,
+                       const kn_act *a, int t0, const int nt, float *y, int ldy, int row0,
+                       int lo0, int hi1) {
+    if (type == KN_TYPE_Q8_0) x16_tile_q8_0(gp0, gp1, nb, a, t0, nt, y, ldy, row0, lo0, hi1);
+    else x16_tile_q4(type, gp0, gp1, nb, a, t0, nt, y, ldy, row0, lo0, hi1);
+}
+
 /* Tiles of KN_X8_NT tokens (then the remainder) over the groups g and g + 1. */
-KN_X8_AI void x16_rows_q4(const uint32_t type, const uint8_t *gp0, const uint8_t *gp1, int nb,
-                          const kn_act *a, int n_tok, float *y, int ldy, int row0, int lo0,
-                          int hi1) {
+KN_X8_AI void x16_rows(const uint32_t type, const uint8_t *gp0, const uint8_t *gp1, int nb,
+                       const kn_act *a, int n_tok, float *y, int ldy, int row0, int lo0,
+                       int hi1) {
     int t = 0;
     for (; t + KN_X8_NT <= n_tok; t += KN_X8_NT)
-        x16_tile_q4(type, gp0, gp1, nb, a, t, KN_X8_NT, y, ldy, row0, lo0, hi1);
+        x16_tile(type, gp0, gp1, nb, a, t, KN_X8_NT, y, ldy, row0, lo0, hi1);
     switch (n_tok - t) {
-    case 3: x16_tile_q4(type, gp0, gp1, nb, a, t, 3, y, ldy, row0, lo0, hi1); break;
-    case 2: x16_tile_q4(type, gp0, gp1, nb, a, t, 2, y, ldy, row0, lo0, hi1); break;
-    case 1: x16_tile_q4(type, gp0, gp1, nb, a, t, 1, y, ldy, row0, lo0, hi1); break;
+    case 3: x16_tile(type, gp0, gp1, nb, a, t, 3, y, ldy, row0, lo0, hi1); break;
+    case 2: x16_tile(type, gp0, gp1, nb, a, t, 2, y, ldy, row0, lo0, hi1); break;
+    case 1: x16_tile(type, gp0, gp1, nb, a, t, 1, y, ldy, row0, lo0, hi1); break;
     default: break;
     }
 }
+/* Q8_0 needs the activations' block sums (q4off, which the engine always asks for). Only for
+ * 8 tokens or more (prefill chunks): a batched decode pass of 4 rows measured slower with the
+ * 512-bit tiles (SmolLM2, 2 threads: 540-580 against 620-690 t/s) — likely the lower clock of
+ * 512-bit work, which a pass that mostly waits on memory does not repay. */
 #define KN_X8_PAIR_TILES(TYPE)                                                                  \
-    if (n_tok > 1 && ((TYPE) == KN_TYPE_Q4_0 || (TYPE) == KN_TYPE_Q4_1))                       \
+    if (n_tok >= 8 && ((TYPE) == KN_TYPE_Q4_0 || (TYPE) == KN_TYPE_Q4_1 ||                      \
+                      ((TYPE) == KN_TYPE_Q8_0 && a->q4off)))                                     \
         for (; (g + 1) * KN_GROUP < r1; g += 2) {                                                \
             int row0 = g * KN_GROUP;                                                             \
             int hi1 = r1 < row0 + 2 * KN_GROUP ? r1 - row0 - KN_GROUP : KN_GROUP;                \
-            x16_rows_q4(TYPE, w->data + (size_t)g * w->row_bytes,                                \
+            x16_rows(TYPE, w->data + (size_t)g * w->row_bytes,                                \
                         w->data + (size_t)(g + 1) * w->row_bytes, nb, a, n_tok, y, ldy, row0,     \
                         r0 > row0 ? r0 - row0 : 0, hi1);                                        \
         }
