@@ -6,7 +6,9 @@ history against a cold one.
     .venv/bin/python bench/serve_bench.py --clients 1,4 --requests 2 --engines kiln
 
 (make first: it runs build/kiln.) What it does:
-  1. SmolLM2-135M-Instruct Q4_1 (scripts/fetch_models.sh). kiln serves an offering baked from
+  1. SmolLM2-135M-Instruct Q4_1 (scripts/fetch_models.sh), or --model GGUF (e.g. bench/speed.py's
+     random-weight TinyLlama-1.1B shape, whose weights stream from memory as a 1B-7B model's
+     do where SmolLM2's mostly sit in cache). kiln serves an offering baked from
      it with its weights kept (--quant keep) and a 2,048-token window; llama-server serves the
      GGUF itself with 2,048 tokens of context per slot (-c 2048 x parallel).
   2. llama-server from the llama.cpp vendored in the pinned llama-cpp-python sdist, built with
@@ -247,6 +249,9 @@ def main():
     ap.add_argument("--window", type=int, default=2048)
     ap.add_argument("--history-reps", type=int, default=5)
     ap.add_argument("--engines", default="kiln,llama-server")
+    ap.add_argument("--model", help="GGUF to serve (default: SmolLM2-135M-Instruct Q4_1 from "
+                    "scripts/fetch_models.sh), e.g. .cache/bench-models/tinyllama-q4_0.gguf "
+                    "written by bench/speed.py")
     ap.add_argument("--out", default=str(CACHE / "serve-bench" / "serve_bench.md"))
     a = ap.parse_args()
     parallels = [int(x) for x in a.parallel.split(",")]
@@ -254,9 +259,14 @@ def main():
     engines = a.engines.split(",")
     work = CACHE / "serve-bench"
     work.mkdir(parents=True, exist_ok=True)
-    gguf = Path(subprocess.run([str(ROOT / "scripts" / "fetch_models.sh")], capture_output=True,
-                               text=True, check=True).stdout.strip())
-    off = work / f"smollm2-w{a.window}"
+    if a.model:
+        gguf = Path(a.model).resolve()
+        if not gguf.is_file():
+            raise SystemExit(f"serve_bench: --model {a.model}: no such file")
+    else:
+        gguf = Path(subprocess.run([str(ROOT / "scripts" / "fetch_models.sh")],
+                                   capture_output=True, text=True, check=True).stdout.strip())
+    off = work / f"{gguf.stem}-w{a.window}"
     if not (off / "model.gguf").exists():
         subprocess.check_call([str(KILN), "bake", str(gguf), "-o", str(off), "--quant", "keep",
                                "--window", str(a.window), "--quiet"])
@@ -302,8 +312,9 @@ def main():
 
     out = [f"Machine: {machine_line(a.threads, llama_desc)}.", "",
            f"`python3 bench/serve_bench.py --threads {a.threads} --parallel {a.parallel} "
-           f"--clients {a.clients} --requests {a.requests} --max-tokens {a.max_tokens}` — "
-           "streamed greedy chat, SmolLM2-135M-Instruct Q4_1, same GGUF:", "",
+           f"--clients {a.clients} --requests {a.requests} --max-tokens {a.max_tokens}"
+           f"{' --model ' + a.model if a.model else ''}` — streamed greedy chat, "
+           f"{'SmolLM2-135M-Instruct Q4_1' if not a.model else gguf.name}, same GGUF:", "",
            "| engine | --parallel | clients | requests | req/s | gen tok/s | TTFT p50 ms | TTFT p95 ms |",
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
