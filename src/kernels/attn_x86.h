@@ -178,6 +178,25 @@ KA_AI void ka_values(const void *v, const bool f16, const float *sc, int end, in
     }
 }
 
+/* The dot products of slots t and t + 1 with the heads' queries, each query load serving both
+ * (slot t into acc[j], slot t + 1 into acc[at1 + j]), after asking for the rows further on. */
+KA_AI void ka_dot_pair(const float *qh, const void *k, const void *v, int t, int end,
+                       const bool f16, int d, const int nh, __m256 *acc, const int at1) {
+    for (int u = t; u < t + 2; u++) {
+        ka_prefetch_row(k, u + KA_AHEAD, end, d, f16);
+        ka_prefetch_l2(v, u + KA_AHEAD, end, d, f16);
+    }
+    const void *k0 = ka_row(k, (size_t)t, d, f16), *k1 = ka_row(k, (size_t)t + 1, d, f16);
+    for (int i = 0; i < d; i += 8) {
+        __m256 kv0 = ka_load8(k0, i, d, f16), kv1 = ka_load8(k1, i, d, f16);
+        for (int j = 0; j < nh; j++) {
+            __m256 qv = ka_load8(qh + (size_t)j * d, i, d, false);
+            acc[j] = _mm256_fmadd_ps(qv, kv0, acc[j]);
+            acc[at1 + j] = _mm256_fmadd_ps(qv, kv1, acc[at1 + j]);
+        }
+    }
+}
+
 /* Heads h0 .. h0 + nh - 1 (nh <= 8, a constant) of the group. Scores are kept slot-major,
  * sc[t][8], lane j for head h0 + j, so the softmax is one vector operation per slot for all
  * the heads. With at most 4 heads, two slots share one reduction tree (heads in lanes 0-3 and
@@ -194,7 +213,7 @@ KA_AI void ka_heads(const float *q, const void *k, const void *v, const bool f16
     __m256 mx = ninf;
     for (int t = 0; t < end;) {
         bool a0 = ka_allowed(slot_pos[t], pos, swa);
-        if (nh <= 4 && t + 1 < end) {
+        if (nh <= KA_PAIR_MAX && t + 1 < end) {
             bool a1 = ka_allowed(slot_pos[t + 1], pos, swa);
             if (!a0 && !a1) {
                 _mm256_storeu_ps(sc + 8 * (size_t)t, ninf);
@@ -202,57 +221,25 @@ KA_AI void ka_heads(const float *q, const void *k, const void *v, const bool f16
                 t += 2;
                 continue;
             }
-            ka_prefetch_row(k, t + KA_AHEAD, end, d, f16);
-            ka_prefetch_l2(v, t + KA_AHEAD, end, d, f16);
-            ka_prefetch_row(k, t + 1 + KA_AHEAD, end, d, f16);
-            ka_prefetch_l2(v, t + 1 + KA_AHEAD, end, d, f16);
-            __m256 acc[8];
-            for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
-            const void *k0 = ka_row(k, (size_t)t, d, f16), *k1 = ka_row(k, (size_t)t + 1, d, f16);
-            for (int i = 0; i < d; i += 8) {
-                __m256 kv0 = ka_load8(k0, i, d, f16), kv1 = ka_load8(k1, i, d, f16);
-                for (int j = 0; j < nh; j++) {
-                    __m256 qv = ka_load8(qh + (size_t)j * d, i, d, false);
-                    acc[j] = _mm256_fmadd_ps(qv, kv0, acc[j]);
-                    acc[4 + j] = _mm256_fmadd_ps(qv, kv1, acc[4 + j]);
-                }
-            }
-            __m256 s8 = _mm256_mul_ps(ka_sum8x8(acc), scale);
-            /* slot t: lanes 0-3 (4-7 zero); slot t + 1: lanes 4-7 moved down */
-            __m256 zero = _mm256_setzero_ps();
-            __m256 lo = _mm256_permute2f128_ps(s8, zero, 0x20);
-            __m256 hi = _mm256_permute2f128_ps(s8, zero, 0x21);
-            if (a0) mx = ka_store_scores(sc + 8 * (size_t)t, lo, softcap, mx);
-            else _mm256_storeu_ps(sc + 8 * (size_t)t, ninf);
-            if (a1) mx = ka_store_scores(sc + 8 * (size_t)t + 8, hi, softcap, mx);
-            else _mm256_storeu_ps(sc + 8 * (size_t)t + 8, ninf);
-            t += 2;
-            continue;
-        }
-        if (nh > 4 && nh <= KA_PAIR_MAX && t + 1 < end) {
-            /* two slots, a tree each, sharing the query loads */
-            bool a1 = ka_allowed(slot_pos[t + 1], pos, swa);
-            ka_prefetch_row(k, t + KA_AHEAD, end, d, f16);
-            ka_prefetch_l2(v, t + KA_AHEAD, end, d, f16);
-            ka_prefetch_row(k, t + 1 + KA_AHEAD, end, d, f16);
-            ka_prefetch_l2(v, t + 1 + KA_AHEAD, end, d, f16);
+            /* slot t's sums in acc[0 .. nh), slot t + 1's from acc[at1]: 4 (one tree for
+             * both) or 8 (a tree each) */
+            const int at1 = nh <= 4 ? 4 : 8;
             __m256 acc[16];
             for (int j = 0; j < 16; j++) acc[j] = _mm256_setzero_ps();
-            const void *k0 = ka_row(k, (size_t)t, d, f16), *k1 = ka_row(k, (size_t)t + 1, d, f16);
-            for (int i = 0; i < d; i += 8) {
-                __m256 kv0 = ka_load8(k0, i, d, f16), kv1 = ka_load8(k1, i, d, f16);
-                for (int j = 0; j < nh; j++) {
-                    __m256 qv = ka_load8(qh + (size_t)j * d, i, d, false);
-                    acc[j] = _mm256_fmadd_ps(qv, kv0, acc[j]);
-                    acc[8 + j] = _mm256_fmadd_ps(qv, kv1, acc[8 + j]);
-                }
+            ka_dot_pair(qh, k, v, t, end, f16, d, nh, acc, at1);
+            __m256 s0, s1;
+            if (at1 == 4) {
+                /* slot t: lanes 0-3 (4-7 zero); slot t + 1: lanes 4-7 moved down */
+                __m256 s8 = _mm256_mul_ps(ka_sum8x8(acc), scale), zero = _mm256_setzero_ps();
+                s0 = _mm256_permute2f128_ps(s8, zero, 0x20);
+                s1 = _mm256_permute2f128_ps(s8, zero, 0x21);
+            } else {
+                s0 = _mm256_mul_ps(ka_sum8x8(acc), scale);
+                s1 = _mm256_mul_ps(ka_sum8x8(acc + 8), scale);
             }
-            if (a0) mx = ka_store_scores(sc + 8 * (size_t)t, _mm256_mul_ps(ka_sum8x8(acc), scale),
-                                         softcap, mx);
+            if (a0) mx = ka_store_scores(sc + 8 * (size_t)t, s0, softcap, mx);
             else _mm256_storeu_ps(sc + 8 * (size_t)t, ninf);
-            if (a1)
-                mx = ka_store_scores(sc + 8 * (size_t)t + 8,
-                                     _mm256_mul_ps(ka_sum8x8(acc + 8), scale), softcap, mx);
+            if (a1) mx = ka_store_scores(sc + 8 * (size_t)t + 8, s1, softcap, mx);
             else _mm256_storeu_ps(sc + 8 * (size_t)t + 8, ninf);
             t += 2;
             continue;
