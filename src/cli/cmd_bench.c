@@ -103,10 +103,10 @@ static kiln_status time_parallel(kiln_session **ss, int np, const int32_t *ids, 
     }
     pthread_mutex_lock(&start.mu);
     while (start.ready < started) pthread_cond_wait(&start.cv, &start.mu);
+    double t0 = now_seconds(), end = t0; /* before go: no step can precede it */
     start.go = started < np ? -1 : 1;
     pthread_cond_broadcast(&start.cv);
     pthread_mutex_unlock(&start.mu);
-    double t0 = now_seconds(), end = t0;
     kiln_status st = KILN_OK;
     for (int i = 0; i < started; i++) {
         pthread_join(th[i], NULL);
