@@ -190,6 +190,8 @@ void kn_quantize_act(kn_act *a, const float *x, int n_tok, int n);
 void kn_quantize_act_k(kn_act *a, const float *x, int n_tok, int n);
 /* a->q4off from a->q, for n_tok rows of n elements. */
 void kn_act_q4_offsets(kn_act *a, int n_tok, int n);
+/* The view of a that starts at its row t (the pointers moved, NULL ones kept NULL). */
+kn_act kn_act_row(const kn_act *a, int t);
 
 /* ---- repacking (pack.c) ----
  * Bytes of w repacked for table k (0 when k multiplies w's type in the GGUF layout, or w is not

@@ -125,6 +125,20 @@ void kn_act_q4_offsets(kn_act *a, int n_tok, int n) {
         }
 }
 
+kn_act kn_act_row(const kn_act *a, int t) {
+    kn_act v = *a;
+    size_t at = (size_t)t * (size_t)a->stride;
+    if (v.q) v.q += at;
+    if (v.d) v.d += at / KN_QBLOCK;
+    if (v.s) v.s += at / KN_QBLOCK;
+    if (v.q4off) v.q4off += at / KN_QBLOCK;
+    if (v.qk) v.qk += at;
+    if (v.dk) v.dk += at / KN_KBLOCK;
+    if (v.bsk) v.bsk += at / 16;
+    if (v.bsk32) v.bsk32 += at / KN_QBLOCK;
+    return v;
+}
+
 /* The generic table's quantize: the reference, and the Q4_0 offsets when asked for. */
 void kn_quantize_act_bs(kn_act *a, const float *x, int n_tok, int n) {
     kn_quantize_act(a, x, n_tok, n);

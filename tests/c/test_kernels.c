@@ -454,18 +454,14 @@ TEST(kernels_batch_invariant) {
             int n_in = n_in_for(type, ii);
             prob p;
             CHECK(prob_make(&p, type, n_in, 37, 9));
-            int sb = p.a.stride / 32, sb16 = p.a.stride / 16, sbk = p.a.stride / 256;
             for (int vi = 0; vi < nv; vi++) {
                 if (!v[vi]) continue;
                 uint8_t *buf;
                 kn_wmat w = weights_for(v[vi], &p.w, &buf);
                 float alone[9][37];
                 for (int t = 0; t < 9; t++) {
-                    size_t tt = (size_t)t;
-                    kn_act a1 = {p.a.q + tt * p.a.stride, p.a.d + tt * sb, p.a.s + tt * sb,
-                                 p.a.stride,          p.a.q4off + tt * sb, p.a.qk + tt * p.a.stride,
-                                 p.a.dk + tt * sbk,   p.a.bsk + tt * sb16, p.a.bsk32 + tt * sb};
-                    kn_matmul(NULL, v[vi], &w, p.x + tt * n_in, &a1, 1, alone[t], 37);
+                    kn_act a1 = kn_act_row(&p.a, t);
+                    kn_matmul(NULL, v[vi], &w, p.x + (size_t)t * n_in, &a1, 1, alone[t], 37);
                 }
                 float *y = malloc(sizeof(float) * 9 * 37);
                 for (int n = 1; n <= 9; n++)
@@ -500,7 +496,6 @@ TEST(kernels_row_ranges_invariant) {
         uint32_t type = k_types[ti];
         prob p;
         CHECK(prob_make(&p, type, n_in_for(type, 1), NO, NT));
-        int sb = p.a.stride / 32, sb16 = p.a.stride / 16, sbk = p.a.stride / 256;
         for (int vi = 0; vi < nv; vi++) {
             if (!v[vi]) continue;
             uint8_t *buf;
@@ -512,11 +507,8 @@ TEST(kernels_row_ranges_invariant) {
             }
             float alone[NT][NO], y[NT][NO];
             for (int t = 0; t < NT; t++) {
-                size_t tt = (size_t)t;
-                kn_act a1 = {p.a.q + tt * p.a.stride, p.a.d + tt * sb, p.a.s + tt * sb,
-                             p.a.stride,          p.a.q4off + tt * sb, p.a.qk + tt * p.a.stride,
-                             p.a.dk + tt * sbk,   p.a.bsk + tt * sb16, p.a.bsk32 + tt * sb};
-                f(&w, 0, NO, p.x + tt * p.n_in, &a1, 1, alone[t], NO);
+                kn_act a1 = kn_act_row(&p.a, t);
+                f(&w, 0, NO, p.x + (size_t)t * p.n_in, &a1, 1, alone[t], NO);
             }
             for (int ri = 0; ri < (int)(sizeof ranges / sizeof ranges[0]); ri++)
                 for (int n = 1; n <= NT; n++) {

@@ -271,16 +271,7 @@ static unsigned act_forms(const kn_wmat *const *w, int nw) {
  * the quantizers work row by row, so a row's bits do not depend on the rows quantized with it. */
 static void quantize_row(kn_session *s, unsigned f, const float *x, int r, int n_in) {
     if (!f) return;
-    kn_act a = s->act;
-    size_t at = (size_t)r * (size_t)a.stride;
-    a.q += at;
-    a.d += at / KN_QBLOCK;
-    a.s += at / KN_QBLOCK;
-    if (a.q4off) a.q4off += at / KN_QBLOCK;
-    a.qk += at;
-    a.dk += at / KN_KBLOCK;
-    a.bsk += at / 16;
-    a.bsk32 += at / KN_QBLOCK;
+    kn_act a = kn_act_row(&s->act, r);
     if (f & 1) s->k->quantize(&a, x, 1, n_in);
     if (f & 2) s->k->quantize_k(&a, x, 1, n_in);
 }
