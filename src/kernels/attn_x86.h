@@ -205,7 +205,7 @@ KA_AI void ka_dot_pair(const float *qh, const void *k, const void *v, int t, int
  * on the pairing. Unused lanes of a slot hold 0 (or their cap), as the zero accumulators give. */
 KA_AI void ka_heads(const float *q, const void *k, const void *v, const bool f16,
                     const int32_t *slot_pos, int end, int32_t pos, int swa, float softcap,
-                    int d, int h0, const int nh, float *sc, float *out) {
+                    int d, int h0, const int nh, float *sc, float *out, float *ml) {
     const __m256 scale = _mm256_set1_ps(1.0f / sqrtf((float)d));
     const float *qh = q + (size_t)h0 * d;
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
@@ -265,6 +265,15 @@ KA_AI void ka_heads(const float *q, const void *k, const void *v, const bool f16
         _mm256_storeu_ps(sc + 8 * (size_t)t, e);
         sum = _mm256_add_ps(sum, e);
     }
+    if (ml) {
+        float m8[8], l8[8];
+        _mm256_storeu_ps(m8, mx);
+        _mm256_storeu_ps(l8, sum);
+        for (int j = 0; j < nh; j++) {
+            ml[2 * (h0 + j)] = m8[j];
+            ml[2 * (h0 + j) + 1] = l8[j];
+        }
+    }
     __m256 inv = _mm256_and_ps(_mm256_cmp_ps(sum, _mm256_setzero_ps(), _CMP_GT_OQ),
                                _mm256_div_ps(_mm256_set1_ps(1.0f), sum));
     for (int t = 0; t < end; t++)
@@ -282,18 +291,18 @@ KA_AI void ka_heads(const float *q, const void *k, const void *v, const bool f16
 /* The group in blocks of up to 8 heads; d is a constant in the copies ka_attn makes. */
 KA_AI void ka_attn_d(const float *q, const void *k, const void *v, const bool f16,
                      const int32_t *slot_pos, int end, int32_t pos, int swa, float softcap,
-                     const int d, int n_q, float *sc, float *out) {
+                     const int d, int n_q, float *sc, float *out, float *ml) {
     for (int h0 = 0; h0 < n_q; h0 += 8) {
         /* one specialized copy per width, so the loops over the heads unroll */
         switch (n_q - h0 < 8 ? n_q - h0 : 8) {
-        case 1: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 1, sc, out); break;
-        case 2: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 2, sc, out); break;
-        case 3: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 3, sc, out); break;
-        case 4: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 4, sc, out); break;
-        case 5: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 5, sc, out); break;
-        case 6: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 6, sc, out); break;
-        case 7: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 7, sc, out); break;
-        default: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 8, sc, out); break;
+        case 1: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 1, sc, out, ml); break;
+        case 2: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 2, sc, out, ml); break;
+        case 3: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 3, sc, out, ml); break;
+        case 4: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 4, sc, out, ml); break;
+        case 5: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 5, sc, out, ml); break;
+        case 6: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 6, sc, out, ml); break;
+        case 7: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 7, sc, out, ml); break;
+        default: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 8, sc, out, ml); break;
         }
     }
 }
@@ -303,24 +312,24 @@ KA_AI void ka_attn_d(const float *q, const void *k, const void *v, const bool f1
  * is the same code, so the bits are too. */
 KA_AI void ka_attn(const float *q, const void *k, const void *v, const bool f16,
                    const int32_t *slot_pos, int n_slots, int32_t pos, int swa, float softcap,
-                   int d, int n_q, float *sc, float *out) {
+                   int d, int n_q, float *sc, float *out, float *ml) {
     int end = 0;
     for (int t = 0; t < n_slots; t++)
         if (ka_allowed(slot_pos[t], pos, swa)) end = t + 1;
-    if (f16 && d == 64) ka_attn_d(q, k, v, f16, slot_pos, end, pos, swa, softcap, 64, n_q, sc, out);
+    if (f16 && d == 64) ka_attn_d(q, k, v, f16, slot_pos, end, pos, swa, softcap, 64, n_q, sc, out, ml);
     else if (f16 && d == 128)
-        ka_attn_d(q, k, v, f16, slot_pos, end, pos, swa, softcap, 128, n_q, sc, out);
-    else ka_attn_d(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, n_q, sc, out);
+        ka_attn_d(q, k, v, f16, slot_pos, end, pos, swa, softcap, 128, n_q, sc, out, ml);
+    else ka_attn_d(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, n_q, sc, out, ml);
 }
 
 void KN_ATTN_NAME()(const float *q, const float *k, const float *v, const int32_t *slot_pos,
                     int n_slots, int32_t pos, int swa, float softcap, int d, int n_q, float *sc,
-                    float *out) {
-    ka_attn(q, k, v, false, slot_pos, n_slots, pos, swa, softcap, d, n_q, sc, out);
+                    float *out, float *ml) {
+    ka_attn(q, k, v, false, slot_pos, n_slots, pos, swa, softcap, d, n_q, sc, out, ml);
 }
 
 void KN_ATTN_NAME(_f16)(const float *q, const uint16_t *k, const uint16_t *v,
                         const int32_t *slot_pos, int n_slots, int32_t pos, int swa,
-                        float softcap, int d, int n_q, float *sc, float *out) {
-    ka_attn(q, k, v, true, slot_pos, n_slots, pos, swa, softcap, d, n_q, sc, out);
+                        float softcap, int d, int n_q, float *sc, float *out, float *ml) {
+    ka_attn(q, k, v, true, slot_pos, n_slots, pos, swa, softcap, d, n_q, sc, out, ml);
 }

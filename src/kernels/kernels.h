@@ -119,18 +119,21 @@ typedef void (*kn_quant_fn)(kn_act *a, const float *x, int n_tok, int n);
  * pos - slot_pos[t] < swa. out[h][d] = softmax(cap(q[h].k / sqrt(d))) . v, where cap(s) is
  * softcap * tanhf(s / softcap) when softcap > 0 (Gemma 2's attention logit soft-capping, one
  * scalar tanhf per score in every table, so the tables agree as without it) and s otherwise;
- * scores is
- * [KN_ATTN_SCRATCH(n_q)][n_slots] scratch. Cached rows must be finite. A slot outside the mask adds nothing and changes no rounding, so the
- * result does not depend on how many masked slots follow (decode vs a whole window); nor does
- * a head's result depend on n_q. Only slots up to the last allowed one are read. */
+ * scores is [KN_ATTN_SCRATCH(n_q)][n_slots] scratch. Cached rows must be finite. A slot
+ * outside the mask adds nothing and changes no rounding, so the result does not depend on how
+ * many masked slots follow (decode vs a whole window); nor does a head's result depend on
+ * n_q. Only slots up to the last allowed one are read. Unless ml is NULL, ml[h][2] gets head
+ * h's largest score and its sum of exponentials (-inf and 0 when no slot is allowed): what
+ * kn_attn_fold needs to merge this result with the same heads' over other slots. */
 typedef void (*kn_attn_fn)(const float *q, const float *k, const float *v, const int32_t *slot_pos,
                            int n_slots, int32_t pos, int swa, float softcap, int d, int n_q,
-                           float *scores, float *out);
+                           float *scores, float *out, float *ml);
 /* The same over a cache of IEEE halves (the engine's default KV cache): each key and value
  * element is widened exactly, then the arithmetic is the F32 variant's. */
 typedef void (*kn_attn_f16_fn)(const float *q, const uint16_t *k, const uint16_t *v,
                                const int32_t *slot_pos, int n_slots, int32_t pos, int swa,
-                               float softcap, int d, int n_q, float *scores, float *out);
+                               float softcap, int d, int n_q, float *scores, float *out,
+                               float *ml);
 
 typedef struct kn_kernels {
     const char *name;               /* "generic", "avx2", "avxvnni", "avx512vnni" */
@@ -274,9 +277,16 @@ void kn_axpy_f32(float *y, float a, const float *x, int n);
 /* The reference kn_attn_fn and kn_attn_f16_fn. */
 void kn_attn_ref(const float *q, const float *k, const float *v, const int32_t *slot_pos,
                  int n_slots, int32_t pos, int swa, float softcap, int d, int n_q, float *scores,
-                 float *out);
+                 float *out, float *ml);
 void kn_attn_ref_f16(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *slot_pos,
                      int n_slots, int32_t pos, int swa, float softcap, int d, int n_q,
-                     float *scores, float *out);
+                     float *scores, float *out, float *ml);
+/* Merges the attention of heads out_c[n_q][d] over one range of slots (normalized over it,
+ * with its ml_c[n_q][2] as a kn_attn_fn gives them) into acc[n_q][d], the same heads' result
+ * over the ranges folded so far, whose state st[n_q][2] (max score, sum of exponentials)
+ * starts at {-inf, 0} with acc zeroed. The first range with an allowed slot is copied, so one
+ * such range gives the kernel's own bits; later ones are weighted in. A range with none adds
+ * nothing. Ranges folded in the same order give the same bits wherever they were computed. */
+void kn_attn_fold(float *acc, float *st, const float *out_c, const float *ml_c, int d, int n_q);
 
 #endif

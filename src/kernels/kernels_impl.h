@@ -32,18 +32,18 @@ void kn_swiglu_avx2(float *g, const float *u, int n);
 void kn_to_f16_avx2(uint16_t *h, const float *x, int n);
 void kn_attn_avx2(const float *q, const float *k, const float *v, const int32_t *slot_pos,
                   int n_slots, int32_t pos, int swa, float softcap, int d, int n_q, float *scores,
-                  float *out);
+                  float *out, float *ml);
 void kn_attn_avx2_f16(const float *q, const uint16_t *k, const uint16_t *v,
                       const int32_t *slot_pos, int n_slots, int32_t pos, int swa, float softcap,
-                      int d, int n_q, float *scores, float *out);
+                      int d, int n_q, float *scores, float *out, float *ml);
 
 /* ops_avx512.c */
 void kn_quantize_avx512(kn_act *a, const float *x, int n_tok, int n);
 void kn_attn_avx512(const float *q, const float *k, const float *v, const int32_t *slot_pos,
                     int n_slots, int32_t pos, int swa, float softcap, int d, int n_q, float *scores,
-                  float *out);
+                    float *out, float *ml);
 void kn_attn_avx512_f16(const float *q, const uint16_t *k, const uint16_t *v,
                         const int32_t *slot_pos, int n_slots, int32_t pos, int swa,
-                        float softcap, int d, int n_q, float *scores, float *out);
+                        float softcap, int d, int n_q, float *scores, float *out, float *ml);
 
 #endif

@@ -383,7 +383,8 @@ void kn_ref_rows_q6_k(const kn_wmat *w, int r0, int r1, const float *x, const kn
  * and F16 caches share the body; an F16 row is widened into wide[] first (exact). */
 static inline void attn_ref(const float *q, const void *k, const void *v, bool f16,
                             const int32_t *slot_pos, int n_slots, int32_t pos, int swa,
-                            float softcap, int d, float *sc, float *out, float *wide) {
+                            float softcap, int d, float *sc, float *out, float *wide,
+                            float *ml) {
     float scale = 1.0f / sqrtf((float)d);
     float mx = -INFINITY;
     int end = 0;
@@ -409,6 +410,10 @@ static inline void attn_ref(const float *q, const void *k, const void *v, bool f
         sc[t] = e;
         sum += e;
     }
+    if (ml) {
+        ml[0] = mx;
+        ml[1] = sum;
+    }
     float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
     memset(out, 0, sizeof(float) * (size_t)d);
     for (int t = 0; t < end; t++) {
@@ -425,19 +430,42 @@ static inline void attn_ref(const float *q, const void *k, const void *v, bool f
 /* One head at a time. */
 void kn_attn_ref(const float *q, const float *k, const float *v, const int32_t *slot_pos,
                  int n_slots, int32_t pos, int swa, float softcap, int d, int n_q, float *sc,
-                 float *out) {
+                 float *out, float *ml) {
     for (int h = 0; h < n_q; h++)
         attn_ref(q + (size_t)h * d, k, v, false, slot_pos, n_slots, pos, swa, softcap, d,
-                 sc + (size_t)h * n_slots, out + (size_t)h * d, NULL);
+                 sc + (size_t)h * n_slots, out + (size_t)h * d, NULL, ml ? ml + 2 * h : NULL);
 }
 
 void kn_attn_ref_f16(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *slot_pos,
                      int n_slots, int32_t pos, int swa, float softcap, int d, int n_q, float *sc,
-                     float *out) {
+                     float *out, float *ml) {
     float wide[KN_ATTN_MAX_D];
     for (int h = 0; h < n_q; h++)
         attn_ref(q + (size_t)h * d, k, v, true, slot_pos, n_slots, pos, swa, softcap, d,
-                 sc + (size_t)h * n_slots, out + (size_t)h * d, wide);
+                 sc + (size_t)h * n_slots, out + (size_t)h * d, wide, ml ? ml + 2 * h : NULL);
+}
+
+/* One function for every table and both of the engine's schedules (kn_attn_fold's promise). */
+void kn_attn_fold(float *acc, float *st, const float *out_c, const float *ml_c, int d, int n_q) {
+    for (int h = 0; h < n_q; h++) {
+        float mc = ml_c[2 * h], lc = ml_c[2 * h + 1], m = st[2 * h], l = st[2 * h + 1];
+        float *a = acc + (size_t)h * d;
+        const float *o = out_c + (size_t)h * d;
+        if (!(lc > 0.0f)) continue;
+        if (!(l > 0.0f)) {
+            memcpy(a, o, sizeof(float) * (size_t)d);
+            st[2 * h] = mc;
+            st[2 * h + 1] = lc;
+            continue;
+        }
+        /* both sums rescaled to the larger max, so neither exponential can overflow */
+        float mx = m > mc ? m : mc;
+        float wa = l * expf(m - mx), wc = lc * expf(mc - mx), inv = 1.0f / (wa + wc);
+        float fa = wa * inv, fc = wc * inv;
+        for (int i = 0; i < d; i++) a[i] = a[i] * fa + o[i] * fc;
+        st[2 * h] = mx;
+        st[2 * h + 1] = wa + wc;
+    }
 }
 
 static const kn_kernels k_generic = {

@@ -791,9 +791,10 @@ TEST(kernels_attention_variants) {
                     /* Gemma 2's soft-cap at a value that bends these scores (|s| up to ~6) */
                     int swa = sw & 1 ? 5 : 0;
                     float cap = sw & 2 ? 1.5f : 0.0f;
-                    kn_attn_ref(q, k, val, spos, S, p, swa, cap, d, g, sc, ref);
-                    kn_attn_ref(q, kw, vw, spos, S, p, swa, cap, d, g, sc, ref16);
-                    kn_attn_ref_f16(q, k16, v16, spos, S, p, swa, cap, d, g, sc, o1);
+                    float mlr[2][2 * GMAX], ml1[2 * GMAX];
+                    kn_attn_ref(q, k, val, spos, S, p, swa, cap, d, g, sc, ref, mlr[0]);
+                    kn_attn_ref(q, kw, vw, spos, S, p, swa, cap, d, g, sc, ref16, mlr[1]);
+                    kn_attn_ref_f16(q, k16, v16, spos, S, p, swa, cap, d, g, sc, o1, NULL);
                     CHECKF(memcmp(o1, ref16, sizeof(float) * g * d) == 0,
                            "ref f16 d %d pos %d: differs from the F32 reference on the widened "
                            "cache", d, p);
@@ -802,11 +803,20 @@ TEST(kernels_attention_variants) {
                         if (!v[vi]) continue;
                         for (int h = 0; h < 2; h++) {
                             if (h) {
-                                v[vi]->attn_f16(q, k16, v16, spos, S, p, swa, cap, d, g, sc, o1);
-                                v[vi]->attn_f16(q, k16, v16, spos, p + 1, p, swa, cap, d, g, sc, o2);
+                                v[vi]->attn_f16(q, k16, v16, spos, S, p, swa, cap, d, g, sc, o1, ml1);
+                                v[vi]->attn_f16(q, k16, v16, spos, p + 1, p, swa, cap, d, g, sc, o2, NULL);
                             } else {
-                                v[vi]->attn(q, k, val, spos, S, p, swa, cap, d, g, sc, o1);
-                                v[vi]->attn(q, k, val, spos, p + 1, p, swa, cap, d, g, sc, o2);
+                                v[vi]->attn(q, k, val, spos, S, p, swa, cap, d, g, sc, o1, ml1);
+                                v[vi]->attn(q, k, val, spos, p + 1, p, swa, cap, d, g, sc, o2, NULL);
+                            }
+                            /* the max score and the sum of exponentials a fold needs */
+                            for (int hh = 0; hh < g; hh++) {
+                                double m = mlr[h][2 * hh], l = mlr[h][2 * hh + 1];
+                                CHECKF(fabs(ml1[2 * hh] - m) <= 1e-5 * (1 + fabs(m)) &&
+                                           fabs(ml1[2 * hh + 1] - l) <= 1e-5 * l,
+                                       "%s%s d %d group %d pos %d head %d: max %.9g sum %.9g, "
+                                       "ref %.9g %.9g", v[vi]->name, h ? " f16" : "", d, g, p,
+                                       hh, ml1[2 * hh], ml1[2 * hh + 1], m, l);
                             }
                             CHECKF(memcmp(o1, o2, sizeof(float) * g * d) == 0,
                                    "%s%s d %d pos %d: masked slots after pos changed the result",
@@ -814,8 +824,8 @@ TEST(kernels_attention_variants) {
                             /* the last head alone gives the same bits as inside the group */
                             const float *ql = q + (size_t)(g - 1) * d;
                             if (h) v[vi]->attn_f16(ql, k16, v16, spos, S, p, swa, cap, d, 1, sc,
-                                                         o3);
-                            else v[vi]->attn(ql, k, val, spos, S, p, swa, cap, d, 1, sc, o3);
+                                                         o3, NULL);
+                            else v[vi]->attn(ql, k, val, spos, S, p, swa, cap, d, 1, sc, o3, NULL);
                             CHECKF(memcmp(o3, o1 + (size_t)(g - 1) * d, sizeof(float) * d) == 0,
                                    "%s%s d %d: head %d differs alone and in a group of %d",
                                    v[vi]->name, h ? " f16" : "", d, g - 1, g);
@@ -842,8 +852,8 @@ TEST(kernels_attention_variants) {
                 if (w[t] > mx) mx = w[t];
             }
             for (int t = 0; t < S; t++) sum += w[t] = spos[t] < 0 ? 0 : exp(w[t] - mx);
-            kn_attn_ref(q, k, val, spos, S, p, 0, cap, d, 1, sc, o1);
-            kn_attn_ref(q, k, val, spos, S, p, 0, 0.0f, d, 1, sc, o2);
+            kn_attn_ref(q, k, val, spos, S, p, 0, cap, d, 1, sc, o1, NULL);
+            kn_attn_ref(q, k, val, spos, S, p, 0, 0.0f, d, 1, sc, o2, NULL);
             for (int i = 0; i < d; i++) {
                 double want = 0;
                 for (int t = 0; t < S; t++) want += w[t] / sum * val[(size_t)t * d + i];
@@ -859,12 +869,15 @@ TEST(kernels_attention_variants) {
         for (int t = 0; t < S; t++) none[t] = -1;
         for (int vi = 0; vi < nv; vi++)
             if (v[vi]) {
+                float ml[6];
                 for (int i = 0; i < 3 * d; i++) o1[i] = NAN;
-                v[vi]->attn(q, k, val, none, S, 5, 0, 0.0f, d, 3, sc, o1);
+                v[vi]->attn(q, k, val, none, S, 5, 0, 0.0f, d, 3, sc, o1, ml);
                 for (int i = 0; i < 3 * d; i++) CHECK(o1[i] == 0.0f);
+                for (int h = 0; h < 3; h++) CHECK(ml[2 * h] == -INFINITY && ml[2 * h + 1] == 0.0f);
                 for (int i = 0; i < 3 * d; i++) o1[i] = NAN;
-                v[vi]->attn_f16(q, k16, v16, none, S, 5, 0, 0.0f, d, 3, sc, o1);
+                v[vi]->attn_f16(q, k16, v16, none, S, 5, 0, 0.0f, d, 3, sc, o1, ml);
                 for (int i = 0; i < 3 * d; i++) CHECK(o1[i] == 0.0f);
+                for (int h = 0; h < 3; h++) CHECK(ml[2 * h] == -INFINITY && ml[2 * h + 1] == 0.0f);
             }
         free(k16);
         free(v16);
@@ -879,6 +892,97 @@ TEST(kernels_attention_variants) {
         free(o1);
         free(o2);
         free(o3);
+    }
+}
+
+TEST(kernels_attention_fold) {
+    /* Attention over slot ranges folded in order (kn_attn_fold, as the engine runs a long
+     * cache) matches the same variant over all slots at once (the scores are the same bits
+     * either way, so what differs is the fold's arithmetic), for every variant, F32 and F16
+     * caches, ranges of 7, 64 and 128 slots and ragged ones, with masked slots, a sliding
+     * window, and scores far apart between ranges (one range's exponentials all underflow
+     * against another's max); one range holding every allowed slot gives the kernel's own
+     * bits. */
+    enum { S = 300, GMAX = 8 };
+    const int dims[] = {17, 64}, groups[] = {1, 3, 8}, cuts[] = {7, 64, 128, 0};
+    int nv;
+    const kn_kernels *const *v = all_variants(&nv);
+    for (int di = 0; di < 2; di++) {
+        int d = dims[di];
+        float *q = malloc(sizeof(float) * GMAX * d), *k = malloc(sizeof(float) * S * d),
+              *val = malloc(sizeof(float) * S * d),
+              *sc = malloc(sizeof(float) * KN_ATTN_SCRATCH(GMAX) * S),
+              *ref = malloc(sizeof(float) * GMAX * d), *acc = malloc(sizeof(float) * GMAX * d),
+              *part = malloc(sizeof(float) * GMAX * d);
+        uint16_t *k16 = malloc(sizeof(uint16_t) * S * d), *v16 = malloc(sizeof(uint16_t) * S * d);
+        for (int i = 0; i < GMAX * d; i++) q[i] = rndf() * 2.0f;
+        for (int i = 0; i < S * d; i++) {
+            /* slots 100..139 score far above the rest along query 0's direction */
+            int t = i / d;
+            k[i] = rndf() + (t >= 100 && t < 140 ? 40.0f * q[i % d] : 0.0f);
+            val[i] = rndf();
+            k16[i] = kn_fp32_to_fp16(k[i]);
+            v16[i] = kn_fp32_to_fp16(val[i]);
+            k[i] = kn_fp16_to_fp32(k16[i]);
+            val[i] = kn_fp16_to_fp32(v16[i]);
+        }
+        int32_t spos[S];
+        for (int t = 0; t < S; t++) spos[t] = t % 11 == 5 ? -1 : t;
+        for (int gi = 0; gi < 3; gi++)
+            for (int ci = 0; ci < 4; ci++)
+                for (int sw = 0; sw < 2; sw++)
+                    for (int32_t p = 3; p < S; p += 37) {
+                        int g = groups[gi], swa = sw ? 90 : 0;
+                        for (int vi = 0; vi < nv; vi++) {
+                            if (!v[vi]) continue;
+                            for (int h = 0; h < 2; h++) {
+                                if (h) v[vi]->attn_f16(q, k16, v16, spos, S, p, swa, 0.0f, d, g,
+                                                       sc, ref, NULL);
+                                else v[vi]->attn(q, k, val, spos, S, p, swa, 0.0f, d, g, sc, ref,
+                                                 NULL);
+                                float st[2 * GMAX];
+                                memset(acc, 0, sizeof(float) * g * d);
+                                for (int j = 0; j < g; j++) {
+                                    st[2 * j] = -INFINITY;
+                                    st[2 * j + 1] = 0.0f;
+                                }
+                                int n_ranges = 0, holder = -1;
+                                for (int t0 = 0, n; t0 < S; t0 += n, n_ranges++) {
+                                    n = cuts[ci] ? cuts[ci] : 1 + (int)(rnd() % 90);
+                                    if (n > S - t0) n = S - t0;
+                                    float ml[2 * GMAX];
+                                    if (h) v[vi]->attn_f16(q, k16 + (size_t)t0 * d,
+                                                           v16 + (size_t)t0 * d, spos + t0, n, p,
+                                                           swa, 0.0f, d, g, sc, part, ml);
+                                    else v[vi]->attn(q, k + (size_t)t0 * d, val + (size_t)t0 * d,
+                                                     spos + t0, n, p, swa, 0.0f, d, g, sc, part, ml);
+                                    if (ml[1] > 0) holder = holder == -1 ? t0 : -2;
+                                    kn_attn_fold(acc, st, part, ml, d, g);
+                                }
+                                for (int i = 0; i < g * d; i++)
+                                    CHECKF(fabs((double)acc[i] - ref[i]) <= 4 * TOL_ATTN,
+                                           "%s%s d %d group %d cut %d swa %d pos %d [%d]: folded "
+                                           "%.9g vs whole %.9g", v[vi]->name, h ? " f16" : "", d,
+                                           g, cuts[ci], swa, p, i, acc[i], ref[i]);
+                                if (holder >= 0) {
+                                    /* one range held every allowed slot: the kernel's bits */
+                                    CHECKF(memcmp(acc, ref, sizeof(float) * g * d) == 0,
+                                           "%s%s d %d pos %d: one range's fold is not the "
+                                           "kernel's result", v[vi]->name, h ? " f16" : "", d, p);
+                                }
+                                CHECK(n_ranges > 1);
+                            }
+                        }
+                    }
+        free(q);
+        free(k);
+        free(val);
+        free(sc);
+        free(ref);
+        free(acc);
+        free(part);
+        free(k16);
+        free(v16);
     }
 }
 

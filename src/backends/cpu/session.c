@@ -19,6 +19,10 @@
 #include "quant/quant.h"
 #include "backends/cpu/engine.h"
 
+/* Attention's chunks of slots, and the most rows a pass spreads over them (see attention). */
+#define ATTN_CHUNK 128
+#define ATTN_SPREAD_ROWS 8
+
 struct kn_session {
     const kn_model *m;
     kn_session_params p;
@@ -49,7 +53,14 @@ struct kn_session {
     float *hb2;               /* [R][F] up */
     float *cs;                /* [R][rope_dim] cos/sin per row */
     float *cs_swa;            /* [R][rope_dim] the same for the sliding layers' base, or NULL */
-    float *scores;            /* [threads][KN_ATTN_SCRATCH(H/Hkv)][W] attention weights */
+    float *scores;            /* [threads][KN_ATTN_SCRATCH(H/Hkv)][ATTN_CHUNK] attention
+                                 weights (a kernel call sees one chunk of slots) */
+    float *attn_tmp;          /* [threads][G*D + 4*G] (G = H/Hkv) a worker's chunk of a KV
+                                 head's attention, its ml, and the fold's state */
+    float *attn_part;         /* [spread_rows][Hkv][W/ATTN_CHUNK][G*D] chunks of a spread pass */
+    float *attn_ml;           /* [spread_rows][Hkv][W/ATTN_CHUNK][2*G] their ml */
+    int spread_rows;          /* most rows a pass spreads over chunks (0: none) */
+    int n_threads;
     float *logits;            /* [B][V]: row 0 is the session's; a batch it leads uses all */
     int32_t *row_ids;         /* [R] token of each row of a batched pass */
     int32_t *rows_pos;        /* [R] position of each row */
@@ -86,7 +97,8 @@ void kn_session_free(kn_session *s) {
     if (s->own_pool) kn_pool_free(s->pool);
     void *bufs[] = {s->kv,        s->sl_kv,    s->sl_pos,  s->x,       s->xb,
                     s->xb2,       s->q,        s->kn,      s->vn,      s->hb,
-                    s->hb2,       s->cs,       s->cs_swa,  s->scores,  s->logits,
+                    s->hb2,       s->cs,       s->cs_swa,  s->scores,  s->attn_tmp,
+                    s->attn_part, s->attn_ml,  s->logits,
                     s->row_ids,   s->rows_pos, s->rows_slot, s->rows_kv, s->act.q,
                     s->act.d,     s->act.s,    s->act.q4off, s->act.qk, s->act.dk,
                     s->act.bsk,   s->act.bsk32};
@@ -149,9 +161,19 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     s->hb2 = alloc_f(fs * R * F, &ok);
     s->cs = alloc_f(fs * R * (size_t)hp->rope_dim, &ok);
     if (m->rope_inv_freq_swa) s->cs_swa = alloc_f(fs * R * (size_t)hp->rope_dim, &ok);
-    size_t group = (size_t)KN_ATTN_SCRATCH(hp->n_head / hp->n_head_kv);
-    s->scores = alloc_f(fs * (size_t)(p->pool ? kn_pool_size(p->pool) : p->threads) * group * W,
-                        &ok);
+    size_t G = (size_t)(hp->n_head / hp->n_head_kv), Hkv = (size_t)hp->n_head_kv;
+    s->n_threads = p->pool ? kn_pool_size(p->pool) : p->threads;
+    size_t nt = (size_t)s->n_threads;
+    s->scores = alloc_f(fs * nt * (size_t)KN_ATTN_SCRATCH(G) * ATTN_CHUNK, &ok);
+    s->attn_tmp = alloc_f(fs * nt * (G * D + 4 * G), &ok);
+    /* a pass is spread when its (row, KV head) items are fewer than twice the threads */
+    int sr = (2 * s->n_threads - 1) / hp->n_head_kv;
+    if (sr > ATTN_SPREAD_ROWS) sr = ATTN_SPREAD_ROWS;
+    if (sr > (int)R) sr = (int)R;
+    s->spread_rows = sr;
+    size_t n_ch = (W + ATTN_CHUNK - 1) / ATTN_CHUNK, items = (size_t)sr * Hkv * n_ch;
+    s->attn_part = alloc_f(fs * items * G * D, &ok);
+    s->attn_ml = alloc_f(fs * items * 2 * G, &ok);
     s->logits = alloc_f(fs * (size_t)s->batch_cap * V, &ok);
     s->row_ids = alloc_f(sizeof(int32_t) * R, &ok);
     s->rows_pos = alloc_f(sizeof(int32_t) * R, &ok);
@@ -199,11 +221,22 @@ typedef struct kv_view {
     int n_slots;
 } kv_view;
 
+/* Attention over a long cache is cut at fixed slot indices into chunks of ATTN_CHUNK slots:
+ * each chunk gives its heads normalized over its own slots, with their max score and sum of
+ * exponentials, and kn_attn_fold merges the chunks in slot order. A pass with enough
+ * (row, KV head) items to keep every thread busy runs a row's chunks one after the other in
+ * one item; a decode pass with few (SmolLM2's 3 KV heads on 2 threads, Gemma 3 270M's 1)
+ * spreads them over the pool, an item a chunk, and folds after. The cut depends on slot
+ * indices only and the fold's order is fixed, so a row gets the same bits either way, and in a
+ * decode step, a prefill chunk or a stateless window. */
 typedef struct attn_job {
     kn_session *s;
     int layer;
     bool stateless;
     int swa;                  /* this layer's sliding window, 0 = global */
+    /* a spread pass: row r's items are first[r] .. first[r + 1], KV head-major, n_ch[r] a head */
+    int first[ATTN_SPREAD_ROWS + 1];
+    int n_ch[ATTN_SPREAD_ROWS];
 } attn_job;
 
 /* Layer l of the cache row r uses. */
@@ -224,30 +257,119 @@ static kv_view view_of(const kn_session *s, int r, int l, bool stateless) {
     return kv;
 }
 
-/* Item u is the pair (row u / Hkv, KV head u % Hkv): for each query head of that KV head's
- * group, scores over the allowed slots, softmax, and the weighted sum of values into xb (one
- * pass over the cached rows serves the whole group). Nothing in it depends on the other rows,
- * so a row gives the same bits in a decode step as inside a prefill chunk or a stateless
- * window. */
+static int attn_chunks(int n_slots) {
+    return n_slots > ATTN_CHUNK ? (n_slots + ATTN_CHUNK - 1) / ATTN_CHUNK : 1;
+}
+
+/* Row r's query heads of KV head kh over chunk c of its slots (all of them when it has one
+ * chunk), into out[G][D] and, unless NULL, ml[G][2]. */
+static void attn_chunk(const attn_job *j, int r, int kh, int c, float *sc, float *out,
+                       float *ml) {
+    kn_session *s = j->s;
+    const kn_hparams *hp = &s->m->hp;
+    int H = hp->n_head, Hkv = hp->n_head_kv, D = hp->head_dim, W = s->m->window;
+    int group = H / Hkv, t0 = c * ATTN_CHUNK;
+    kv_view kv = view_of(s, r, j->layer, j->stateless);
+    int n = kv.n_slots - t0 < ATTN_CHUNK ? kv.n_slots - t0 : ATTN_CHUNK;
+    const float *q = s->q + (size_t)r * H * D + (size_t)kh * group * D;
+    size_t at = ((size_t)kh * W + (size_t)t0) * D * s->kv_elem;
+    if (s->kv_elem == sizeof(uint16_t))
+        s->k->attn_f16(q, (const uint16_t *)(const void *)(kv.k + at),
+                       (const uint16_t *)(const void *)(kv.v + at), kv.pos + t0, n,
+                       s->rows_pos[r], j->swa, hp->attn_softcap, D, group, sc, out, ml);
+    else
+        s->k->attn(q, (const float *)(const void *)(kv.k + at),
+                   (const float *)(const void *)(kv.v + at), kv.pos + t0, n, s->rows_pos[r],
+                   j->swa, hp->attn_softcap, D, group, sc, out, ml);
+}
+
+static float *attn_out(const kn_session *s, int r, int kh) {
+    const kn_hparams *hp = &s->m->hp;
+    return s->xb + (size_t)r * hp->n_head * hp->head_dim +
+           (size_t)kh * (hp->n_head / hp->n_head_kv) * hp->head_dim;
+}
+
+static void fold_start(float *out, float *st, int group, int D) {
+    memset(out, 0, sizeof(float) * (size_t)group * D);
+    for (int h = 0; h < group; h++) {
+        st[2 * h] = -INFINITY;
+        st[2 * h + 1] = 0.0f;
+    }
+}
+
+/* Item u is the pair (row u / Hkv, KV head u % Hkv): every chunk of its slots in turn. One
+ * pass over the cached rows serves the whole group of query heads. */
 static void attn_item(void *ctx, int u, int n_items, int worker) {
     (void)n_items;
     const attn_job *j = ctx;
     kn_session *s = j->s;
     const kn_hparams *hp = &s->m->hp;
-    int H = hp->n_head, Hkv = hp->n_head_kv, D = hp->head_dim, W = s->m->window;
-    int group = H / Hkv, r = u / Hkv, kh = u % Hkv;
-    const float *q = s->q + (size_t)r * H * D + (size_t)kh * group * D;
-    kv_view kv = view_of(s, r, j->layer, j->stateless);
-    const void *k = kv.k + (size_t)kh * W * D * s->kv_elem;
-    const void *v = kv.v + (size_t)kh * W * D * s->kv_elem;
-    float *sc = s->scores + (size_t)worker * KN_ATTN_SCRATCH(group) * W;
-    float *out = s->xb + (size_t)r * H * D + (size_t)kh * group * D;
-    if (s->kv_elem == sizeof(uint16_t))
-        s->k->attn_f16(q, k, v, kv.pos, kv.n_slots, s->rows_pos[r], j->swa, hp->attn_softcap, D,
-                          group, sc, out);
+    int Hkv = hp->n_head_kv, D = hp->head_dim, group = hp->n_head / Hkv, r = u / Hkv,
+        kh = u % Hkv;
+    float *sc = s->scores + (size_t)worker * KN_ATTN_SCRATCH(group) * ATTN_CHUNK;
+    float *out = attn_out(s, r, kh);
+    int n_ch = attn_chunks(s->rows_kv[r].n_slots);
+    if (n_ch == 1) {
+        attn_chunk(j, r, kh, 0, sc, out, NULL);
+        return;
+    }
+    float *part = s->attn_tmp + (size_t)worker * ((size_t)group * D + 4 * (size_t)group);
+    float *ml = part + (size_t)group * D, *st = ml + 2 * group;
+    fold_start(out, st, group, D);
+    for (int c = 0; c < n_ch; c++) {
+        attn_chunk(j, r, kh, c, sc, part, ml);
+        kn_attn_fold(out, st, part, ml, D, group);
+    }
+}
+
+/* Item u of a spread pass: one chunk of one (row, KV head), into attn_part (or straight to
+ * the row's output when it has one chunk). */
+static void attn_spread_item(void *ctx, int u, int n_items, int worker) {
+    (void)n_items;
+    const attn_job *j = ctx;
+    kn_session *s = j->s;
+    const kn_hparams *hp = &s->m->hp;
+    int D = hp->head_dim, group = hp->n_head / hp->n_head_kv, r = 0;
+    while (u >= j->first[r + 1]) r++;
+    int rem = u - j->first[r], kh = rem / j->n_ch[r], c = rem % j->n_ch[r];
+    float *sc = s->scores + (size_t)worker * KN_ATTN_SCRATCH(group) * ATTN_CHUNK;
+    if (j->n_ch[r] == 1) attn_chunk(j, r, kh, 0, sc, attn_out(s, r, kh), NULL);
     else
-        s->k->attn(q, k, v, kv.pos, kv.n_slots, s->rows_pos[r], j->swa, hp->attn_softcap, D,
-                          group, sc, out);
+        attn_chunk(j, r, kh, c, sc, s->attn_part + (size_t)u * group * D,
+                   s->attn_ml + (size_t)u * 2 * group);
+}
+
+/* Attention of rows 0..n at layer `layer`, into xb. */
+static void attention(kn_session *s, attn_job *j, int n) {
+    const kn_hparams *hp = &s->m->hp;
+    int H = hp->n_head, Hkv = hp->n_head_kv, D = hp->head_dim, group = H / Hkv;
+    int max_slots = 0;
+    for (int r = 0; r < n; r++)
+        if (s->rows_kv[r].n_slots > max_slots) max_slots = s->rows_kv[r].n_slots;
+    kn_pool *pool = n * H * max_slots * D < 16384 ? NULL : s->pool;
+    if (!pool || n > s->spread_rows || n * Hkv >= 2 * s->n_threads || max_slots <= ATTN_CHUNK) {
+        kn_pool_run(pool, attn_item, j, n * Hkv);
+        return;
+    }
+    j->first[0] = 0;
+    for (int r = 0; r < n; r++) {
+        j->n_ch[r] = attn_chunks(s->rows_kv[r].n_slots);
+        j->first[r + 1] = j->first[r] + Hkv * j->n_ch[r];
+    }
+    kn_pool_run(pool, attn_spread_item, j, j->first[n]);
+    /* the fold, on this thread (worker 0's state; a few thousand multiplies a row) */
+    float *st = s->attn_tmp + (size_t)group * D + 2 * (size_t)group;
+    for (int r = 0; r < n; r++) {
+        if (j->n_ch[r] == 1) continue;
+        for (int kh = 0; kh < Hkv; kh++) {
+            float *out = attn_out(s, r, kh);
+            int u0 = j->first[r] + kh * j->n_ch[r];
+            fold_start(out, st, group, D);
+            for (int c = 0; c < j->n_ch[r]; c++)
+                kn_attn_fold(out, st, s->attn_part + (size_t)(u0 + c) * group * D,
+                             s->attn_ml + (size_t)(u0 + c) * 2 * group, D, group);
+        }
+    }
 }
 
 /* One cache row of n elements from F32: rounded to halves, or copied. */
@@ -437,7 +559,7 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, co
                     int n_out) {
     const kn_model *m = s->m;
     const kn_hparams *hp = &m->hp;
-    int H = hp->n_head, Hkv = hp->n_head_kv, D = hp->head_dim;
+    int D = hp->head_dim;
     /* the kernels divide q.k by sqrt(D); a model with another factor has q scaled to it */
     float qscale = hp->attn_scale > 0 ? hp->attn_scale * sqrtf((float)D) : 1.0f;
     rows_job rj = {s, ids, out, 0, 0, stateless, 0, qscale};
@@ -454,11 +576,8 @@ static void forward(kn_session *s, const int32_t *ids, int n, bool stateless, co
             kn_matmul_multi(s->pool, s->k, 3, w3, s->xb, &s->act, n, y3);
         }
         run_rows(s, &rj, ROW_QKV, l, 0, n);
-        int max_slots = 0;
-        for (int r = 0; r < n; r++)
-            if (s->rows_kv[r].n_slots > max_slots) max_slots = s->rows_kv[r].n_slots;
-        attn_job aj = {s, l, stateless, kn_hparams_layer_window(hp, l)};
-        kn_pool_run(n * H * max_slots * D < 16384 ? NULL : s->pool, attn_item, &aj, n * Hkv);
+        attn_job aj = {s, l, stateless, kn_hparams_layer_window(hp, l), {0}, {0}};
+        attention(s, &aj, n);
         const kn_wmat *wo = &L->wo;
         run_rows(s, &rj, ROW_WO, l, act_forms(&wo, 1), n);
         kn_matmul(s->pool, s->k, wo, s->xb, &s->act, n, s->xb2, wo->n_out);
