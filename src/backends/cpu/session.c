@@ -20,7 +20,7 @@
 #include "backends/cpu/engine.h"
 
 /* Attention's chunks of slots, and the most rows a pass spreads over them (see attention). */
-#define ATTN_CHUNK 128
+#define ATTN_CHUNK 256
 #define ATTN_SPREAD_ROWS 8
 
 struct kn_session {
