@@ -4,14 +4,15 @@
     python3 bench/speed.py --quick          # SmolLM2 + TinyLlama Q4_0, 1 round
     python3 bench/speed.py --models tinyllama-q4_0 --tests tg64,pp512 --rounds 3
     python3 bench/speed.py --bake           # + bake of a 7B-shape HF folder: time, peak RSS
+    python3 bench/speed.py --models smollm2 --tests tg64@d128x1,tg64@d128x4   # batched decode
 (make, make pyenv first: it runs under .venv, for gguf-py; `--help` lists every option.)
 
 What it does, every step cached under .cache/ (git-ignored) and redone only when missing:
   1. llama.cpp: the source vendored in the pinned llama-cpp-python sdist (the pin of
      scripts/make_llamacpp_fixtures.py), built with CMake, GGML_NATIVE=ON, into
-     .cache/llamacpp-build/: llama-bench, llama-quantize, llama-server. On a CPU with AMX the
-     build leaves AMX out (its prefill faulted in this VM) unless --amx; with --amx a smoke run
-     checks the AMX build and falls back, saying so.
+     .cache/llamacpp-build/: llama-bench, llama-batched-bench, llama-quantize, llama-server. On
+     a CPU with AMX the build leaves AMX out (its prefill faulted in this VM) unless --amx;
+     with --amx a smoke run checks the AMX build and falls back, saying so.
   2. Models (scripts/make_bench_models.py): random-weight GGUFs of the TinyLlama-1.1B and
      Mistral-7B shapes, written as F16 by gguf-py and quantized by the freshly built
      llama-quantize (Q4_0 pure; Q4_K_M, llama.cpp's own mix), into .cache/bench-models/; plus the
@@ -19,7 +20,8 @@ What it does, every step cached under .cache/ (git-ignored) and redone only when
   3. For every row, ROUNDS times: llama-bench -o json, then `kiln bench --json --floor`, on the
      same file with the same test and threads (A B A B ...: drift hits both). kiln opens the
      GGUF directly with the contract W=--window, C=--chunk (llama-bench's n_ubatch is 512).
-     The ratio is kiln / llama.cpp over all samples of the run.
+     The ratio is kiln / llama.cpp over all samples of the run. A test tgN@dDxP is batched
+     decode instead: llama-batched-bench -npp D -ntg N -npl P against kiln bench -np P -d D.
   4. `kiln bench --floor` measures read bandwidth in the same process and reports the bytes of
      weights a decode step reads (the file's layer and output matrices); the floor is
      bandwidth / bytes, for both engines.
@@ -51,7 +53,7 @@ KILN = ROOT / "build" / "kiln"
 sys.path.insert(0, str(ROOT / "scripts"))
 
 PIN = "llama-cpp-python==0.3.36"   # the same pin as scripts/make_llamacpp_fixtures.py
-TARGETS = ("llama-bench", "llama-quantize", "llama-server")
+TARGETS = ("llama-bench", "llama-batched-bench", "llama-quantize", "llama-server")
 AMX_OFF = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 
 
@@ -194,10 +196,14 @@ QUICK = ["smollm2", "tinyllama-q4_0"]
 
 
 def parse_test(t):
-    m = re.fullmatch(r"(pp|tg)(\d+)(?:@d(\d+))?", t)
-    if not m or int(m.group(2)) < 1:
-        raise ValueError(f"test {t!r}: use ppN, tgN or tgN@dD")
-    return m.group(1), int(m.group(2)), int(m.group(3) or 0)
+    """ppN, tgN, tgN@dD; tgN@dDxP: P sequences decoding together after D tokens of context
+    each (kiln bench -np P against llama-batched-bench -npl P, S_TG)."""
+    m = re.fullmatch(r"(pp|tg)(\d+)(?:@d(\d+))?(?:x(\d+))?", t)
+    if not m or int(m.group(2)) < 1 or (m.group(4) and (m.group(1) != "tg" or
+                                                         not m.group(3) or
+                                                         not 1 <= int(m.group(4)) <= 8)):
+        raise ValueError(f"test {t!r}: use ppN, tgN, tgN@dD or tgN@dDxP (P 1-8, D >= 1)")
+    return m.group(1), int(m.group(2)), int(m.group(3) or 0), int(m.group(4) or 0)
 
 
 def model_file(name, smollm2, quantize_bin):
@@ -244,17 +250,46 @@ def run_json(cmd, limit_as=None, timeout=3600):
         return None, "unparsable output: " + r.stdout[:200]
 
 
+def batched_cmd(bins, model, n, depth, par, threads):
+    """One llama-batched-bench run: par sequences, each its own depth-token prompt, then n
+    decode steps of all of them (its S_TG is kiln bench -np's t/s)."""
+    return [str(bins / "llama-batched-bench"), "-m", str(model), "-c",
+            str(par * (depth + n) + 16), "-b", "2048", "-ub", "512", "-npp", str(depth),
+            "-ntg", str(n), "-npl", str(par), "-t", str(threads), "-tb", str(threads),
+            "--output-format", "jsonl"]
+
+
+def run_jsonl(cmd, timeout=3600):
+    """Runs cmd, returns (the JSON lines of its stdout as a list or None, error line)."""
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout} s"
+    if r.returncode != 0:
+        why = f"signal {-r.returncode}" if r.returncode < 0 else f"exit {r.returncode}"
+        lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
+        return None, f"{why}: {lines[-1] if lines else ''}".strip()
+    try:
+        out = [json.loads(x) for x in r.stdout.splitlines() if x.strip().startswith("{")]
+    except json.JSONDecodeError:
+        out = []
+    return (out, "") if out else (None, "unparsable output: " + r.stdout[:200])
+
+
 def llama_cmd(bins, model, kind, n, depth, threads, reps):
     return [str(bins / "llama-bench"), "-m", str(model), "-p", str(n if kind == "pp" else 0),
             "-n", str(n if kind == "tg" else 0), "-d", str(depth), "-t", str(threads),
             "-r", str(reps), "-o", "json"]
 
 
-def kiln_cmd(model, kind, n, depth, threads, reps, window, chunk):
+def kiln_cmd(model, kind, n, depth, threads, reps, window, chunk, par=0):
     cmd = [str(KILN), "bench", str(model), "-p", str(n if kind == "pp" else 0),
            "-n", str(n if kind == "tg" else 0), "-d", str(depth), "-t", str(threads),
            "-r", str(reps), "--window", str(window), "--chunk", str(chunk), "--device", "cpu",
            "--json"]
+    if par:
+        # a batched step reads the weights once for all P tokens: no floor for it
+        return cmd + ["-np", str(par)]
     return cmd + (["--floor"] if kind == "tg" else [])
 
 
@@ -274,12 +309,12 @@ def median_span(xs):
 
 def run_row(name, model, test, threads, a, bins):
     """One table row: ROUNDS interleaved runs of each engine; all samples kept."""
-    kind, n, depth = parse_test(test)
+    kind, n, depth, par = parse_test(test)
     # kiln's address space is capped so a model it would widen to F32 beyond this machine's
     # memory fails to load cleanly instead of dragging the machine into swap or the OOM killer
     cap = Path(model).stat().st_size + int(mem_available() * 0.75) + (2 << 30)
     res = dict(model=name, title=ROWS[name]["title"], file=Path(model).name, test=test,
-               kind=kind, n=n, depth=depth, threads=threads, llama=[], kiln=[], bw=[],
+               kind=kind, n=n, depth=depth, par=par, threads=threads, llama=[], kiln=[], bw=[],
                weight_bytes=None, resident_bytes=None, llama_err="", kiln_err="", rounds=[],
                load=[])
     for r in range(a.rounds):
@@ -287,7 +322,20 @@ def run_row(name, model, test, threads, a, bins):
         rnd = {}
         for eng in order:
             res["load"].append(os.getloadavg()[0])  # how busy the shared machine was
-            if eng == "llama" and not res["llama_err"]:
+            if eng == "llama" and not res["llama_err"] and par:
+                # llama-batched-bench runs each case once (after its own warm-up): REPS runs
+                got = []
+                for _ in range(a.reps):
+                    out, e = run_jsonl(batched_cmd(bins, model, n, depth, par, threads),
+                                       timeout=a.timeout)
+                    if not out:
+                        res["llama_err"] = e
+                        break
+                    got.append(out[0]["speed_tg"])
+                if got:
+                    rnd["llama"] = statistics.fmean(got)
+                    res["llama"] += got
+            elif eng == "llama" and not res["llama_err"]:
                 out, e = run_json(llama_cmd(bins, model, kind, n, depth, threads, a.reps),
                                   timeout=a.timeout)
                 if out:
@@ -299,7 +347,7 @@ def run_row(name, model, test, threads, a, bins):
                     res["llama_err"] = e
             elif eng == "kiln" and not res["kiln_err"]:
                 out, e = run_json(kiln_cmd(model, kind, n, depth, threads, a.reps, a.window,
-                                           a.chunk), limit_as=cap, timeout=a.timeout)
+                                           a.chunk, par), limit_as=cap, timeout=a.timeout)
                 if out:
                     rnd["kiln"] = out[0]["avg_ts"]
                     res["kiln"] += out[0]["samples_ts"]
@@ -377,7 +425,7 @@ def table(results, bw_probe):
             floor = bw * 1e9 / r["weight_bytes"] if bw else None
             kp = 100 * k / floor if floor and k else None
             lp = 100 * l / floor if floor and l else None
-        test = r["test"].replace("@", " @ ")
+        test = re.sub(r"x(\d+)$", r" x\1", r["test"].replace("@", " @ "))
         lines.append(f"| {r['title']} | {test} | {r['threads']} | {kt} | {lt} | {ratio} | "
                      f"{fmt(wb)} | {fmt(floor)} | {fmt(kp, 0)} | {fmt(lp, 0)} | "
                      f"{fmt(statistics.median(r['load']) if r['load'] else None)} |")
@@ -386,7 +434,8 @@ def table(results, bw_probe):
 
 def long_context(results):
     out = []
-    by = {(r["model"], r["threads"], r["kind"], r["n"], r["depth"]): r for r in results}
+    by = {(r["model"], r["threads"], r["kind"], r["n"], r["depth"]): r for r in results
+          if not r.get("par")}
     for (m, th, kind, n, d), r in by.items():
         if kind != "tg" or d < 1000:
             continue
@@ -462,7 +511,8 @@ def main():
     ap.add_argument("--models", help=f"comma list of rows (default: all; --quick: "
                     f"{','.join(QUICK)})")
     ap.add_argument("--tests", help="comma list overriding every row's tests (pp512,tg64,"
-                    "tg64@d1000)")
+                    "tg64@d1000; tg64@d128x4: 4 sequences decoding together after 128 tokens "
+                    "of context each, kiln bench -np against llama-batched-bench)")
     ap.add_argument("--threads", help="comma list overriding every row's threads")
     ap.add_argument("--reps", type=int, default=3, help="repetitions per run (default 3)")
     ap.add_argument("--rounds", type=int, default=2,
@@ -564,7 +614,12 @@ def main():
           "overstate their floor). Load: the 1-minute load average when the row's "
           f"runs started ({os.cpu_count()} CPUs; above that, the engines shared their cores). "
           "Models: random weights (scripts/make_bench_models.py, quantized by llama-quantize) "
-          "except SmolLM2.", ""]
+          "except SmolLM2." + (
+              f" Rows `x P`: P sequences, each after its own D-token prompt, decode together: "
+              f"`kiln bench -np P -d D` against `llama-batched-bench -npp D -ntg N -npl P` "
+              f"(its S_TG; {a.reps} runs a round, each after its own warm-up), tokens of all "
+              f"P sequences over the decode's time." if any(r.get("par") for r in results)
+              else ""), ""]
     if results:
         md += [table(results, bw_probe), ""]
     md += [x + "\n" for x in notes]
