@@ -230,8 +230,9 @@ def mem_available():
     return 8 << 30
 
 
-def run_json(cmd, limit_as=None, timeout=3600):
-    """Runs cmd, returns (parsed JSON stdout or None, error line)."""
+def run_json(cmd, limit_as=None, timeout=3600, lines=False):
+    """Runs cmd, returns (parsed JSON stdout or None, error line); lines: stdout is JSON lines
+    (llama-batched-bench), returned as a list."""
     def cap():
         if limit_as:
             resource.setrlimit(resource.RLIMIT_AS, (limit_as, limit_as))
@@ -242,12 +243,18 @@ def run_json(cmd, limit_as=None, timeout=3600):
         return None, f"timed out after {timeout} s"
     if r.returncode != 0:
         why = f"signal {-r.returncode}" if r.returncode < 0 else f"exit {r.returncode}"
-        lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
-        return None, f"{why}: {lines[-1] if lines else ''}".strip()
+        err = [x for x in r.stderr.strip().splitlines() if x.strip()]
+        return None, f"{why}: {err[-1] if err else ''}".strip()
     try:
-        return json.loads(r.stdout), ""
+        if lines:
+            out = [json.loads(x) for x in r.stdout.splitlines() if x.strip().startswith("{")]
+            if out:
+                return out, ""
+        else:
+            return json.loads(r.stdout), ""
     except json.JSONDecodeError:
-        return None, "unparsable output: " + r.stdout[:200]
+        pass
+    return None, "unparsable output: " + r.stdout[:200]
 
 
 def batched_cmd(bins, model, n, depth, par, threads):
@@ -257,23 +264,6 @@ def batched_cmd(bins, model, n, depth, par, threads):
             str(par * (depth + n) + 16), "-b", "2048", "-ub", "512", "-npp", str(depth),
             "-ntg", str(n), "-npl", str(par), "-t", str(threads), "-tb", str(threads),
             "--output-format", "jsonl"]
-
-
-def run_jsonl(cmd, timeout=3600):
-    """Runs cmd, returns (the JSON lines of its stdout as a list or None, error line)."""
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return None, f"timed out after {timeout} s"
-    if r.returncode != 0:
-        why = f"signal {-r.returncode}" if r.returncode < 0 else f"exit {r.returncode}"
-        lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
-        return None, f"{why}: {lines[-1] if lines else ''}".strip()
-    try:
-        out = [json.loads(x) for x in r.stdout.splitlines() if x.strip().startswith("{")]
-    except json.JSONDecodeError:
-        out = []
-    return (out, "") if out else (None, "unparsable output: " + r.stdout[:200])
 
 
 def llama_cmd(bins, model, kind, n, depth, threads, reps):
@@ -326,8 +316,8 @@ def run_row(name, model, test, threads, a, bins):
                 # llama-batched-bench runs each case once (after its own warm-up): REPS runs
                 got = []
                 for _ in range(a.reps):
-                    out, e = run_jsonl(batched_cmd(bins, model, n, depth, par, threads),
-                                       timeout=a.timeout)
+                    out, e = run_json(batched_cmd(bins, model, n, depth, par, threads),
+                                      timeout=a.timeout, lines=True)
                     if not out:
                         res["llama_err"] = e
                         break
