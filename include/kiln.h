@@ -319,7 +319,9 @@ typedef enum kiln_overflow {
 typedef enum kiln_kv_type {
     KILN_KV_F16 = 0,          /* IEEE halves (default; llama.cpp's default too): half the
                                  memory and the attention reads of F32 */
-    KILN_KV_F32 = 1
+    KILN_KV_F32 = 1,
+    KILN_KV_Q8_0 = 2          /* GGUF Q8_0 rows (llama.cpp's -ctk q8_0 -ctv q8_0): about half
+                                 the bytes of f16; the head size must be a multiple of 32 */
 } kiln_kv_type;
 
 typedef struct kiln_session_params {

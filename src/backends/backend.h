@@ -55,6 +55,7 @@ typedef struct kn_device kn_device;
 typedef struct kn_session_cfg {
     bool stateless;           /* the stateless graph will be used (else prefill + decode) */
     bool kv_f32;              /* cpu: an F32 KV cache instead of the default F16 */
+    bool kv_q8;               /* cpu: a Q8_0 KV cache instead */
 } kn_session_cfg;
 
 typedef struct kn_backend_ops {

@@ -208,8 +208,8 @@ int kiln_cli_bench(int argc, char **argv) {
         bool bad = false;
         if (kiln_arg_is_help(a)) {
             printf("usage: kiln bench OFFERING [-p 128,512] [-n 128] [-d 0] [-t 1,2] [-np 1]\n"
-                   "                  [--mode kv,stateless] [--kv f16|f32] [-r REPS] [--floor]\n"
-                   "                  [--json] [--window W] [--chunk C] [--device DEV]\n\n"
+                   "                  [--mode kv,stateless] [--kv f16|f32|q8_0] [-r REPS]\n"
+                   "                  [--floor] [--json] [--window W] [--chunk C] [--device DEV]\n\n"
                    "Prompt processing (pp: one prefill of N tokens in [1,C] chunks) and text\n"
                    "generation (tg: N decode steps) in tokens/s, like llama-bench: each test is\n"
                    "repeated REPS times (default 3) after one warm-up and reported as mean and\n"
@@ -232,7 +232,8 @@ int kiln_cli_bench(int argc, char **argv) {
                    "n_parallel;\n"
                    "with --floor, tg rows add weight_bytes, resident_bytes (as kiln holds them:\n"
                    "more where a type is widened to F32 at load), bw_gbs, floor_ts, pct_floor.\n"
-                   "--kv: the native cpu engine's KV cache (default f16).\n");
+                   "--kv: the native cpu engine's KV cache (default f16; q8_0: GGUF Q8_0 rows, about\n"
+                   "half the bytes, for head sizes that are multiples of 32).\n");
             return 0;
         }
         if (kiln_arg_value(argc, argv, &i, "-p", "--n-prompt", &v, &bad)) {
@@ -271,7 +272,7 @@ int kiln_cli_bench(int argc, char **argv) {
                 modes[n_modes++] = strcmp(t, "kv") == 0 ? KILN_MODE_KV : KILN_MODE_STATELESS;
             }
         } else if (kiln_arg_value(argc, argv, &i, "--kv", NULL, &v, &bad)) {
-            static const char *const kv_types[] = {"f16", "f32", NULL}; /* kiln_kv_type order */
+            static const char *const kv_types[] = {"f16", "f32", "q8_0", NULL}; /* kiln_kv_type order */
             int k;
             if (bad || !kiln_arg_choice("--kv", v, kv_types, &k)) return 2;
             kv = (kiln_kv_type)k;

@@ -100,7 +100,7 @@ static int parse_common(int argc, char **argv, int *i, run_opts *o) {
         if (bad || !kiln_arg_choice("--overflow", v, policies, &k)) return -1;
         o->sp.overflow = (kiln_overflow)k;
     } else if (kiln_arg_value(argc, argv, i, "--kv", NULL, &v, &bad)) {
-        static const char *const kv_types[] = {"f16", "f32", NULL}; /* kiln_kv_type order */
+        static const char *const kv_types[] = {"f16", "f32", "q8_0", NULL}; /* kiln_kv_type order */
         int k;
         if (bad || !kiln_arg_choice("--kv", v, kv_types, &k)) return -1;
         o->sp.kv = (kiln_kv_type)k;
@@ -201,7 +201,8 @@ static void run_usage(FILE *f) {
             "  --mode kv|stateless  static KV cache (default) or the old full-window scheme\n"
             "  --overflow stop|slide  at a full window: stop (finish 'length') or keep the sink\n"
             "                       tokens and roll the rest\n"
-            "  --kv f16|f32         the native cpu engine's KV cache (default f16)\n"
+            "  --kv f16|f32|q8_0    the native cpu engine's KV cache (default f16; q8_0:\n"
+            "                       Q8_0 rows, about half the bytes, head size a multiple of 32)\n"
             "  --device D           auto (NPU, then GPU through OpenVINO when the offering has\n"
             "                       its IR, else cpu) | cpu | npu | gpu | openvino:DEVICE;\n"
             "                       a named device that is missing exits 3\n"

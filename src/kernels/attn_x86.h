@@ -1,6 +1,6 @@
 /* attn_x86.h — attention of a group of query heads that share one KV head (GQA), on 256-bit
  * registers; included by ops_avx2.c and ops_avx512.c, which define KN_ATTN_NAME(suffix) to name
- * the two functions (F32 and F16 cache).
+ * the three functions (F32, F16 and Q8_0 cache).
  *
  * Why a group: with 8 query heads per KV head (TinyLlama, Llama 3), attending one head at a
  * time reads and widens every cached key and value 8 times. Here each key row is widened once
@@ -56,9 +56,23 @@ KA_AI __m256 ka_exp_neg8(__m256 x) {
     return _mm256_and_ps(live, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 
-/* 8 elements of a row from i (zeros past d), F32 or F16 widened exactly. */
-KA_AI __m256 ka_load8(const void *row, int i, int d, const bool f16) {
-    if (f16) {
+/* Bytes of a cached row of d elements (kt: a kn_kv_kind). */
+KA_AI size_t ka_row_bytes(int d, const int kt) {
+    return kt == KN_KV_Q8 ? (size_t)d / 32 * 34 : (size_t)d * (kt == KN_KV_F16 ? 2 : 4);
+}
+
+/* 8 elements of a row from i (zeros past d), F32, or F16 / Q8_0 widened exactly (a Q8_0 row
+ * has d a multiple of 32, so 8 elements never straddle a block). */
+KA_AI __m256 ka_load8(const void *row, int i, int d, const int kt) {
+    if (kt == KN_KV_Q8) {
+        const uint8_t *b = (const uint8_t *)row + (size_t)(i / 32) * 34;
+        uint16_t h;
+        memcpy(&h, b, sizeof h);
+        __m256 q = _mm256_cvtepi32_ps(
+            _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(b + 2 + i % 32))));
+        return _mm256_mul_ps(q, _mm256_set1_ps(_cvtsh_ss(h)));
+    }
+    if (kt == KN_KV_F16) {
         const uint16_t *p = (const uint16_t *)row + i;
         if (i + 8 <= d) return kn_f16c_x8(p);
         uint16_t tmp[8] = {0};
@@ -72,26 +86,26 @@ KA_AI __m256 ka_load8(const void *row, int i, int d, const bool f16) {
     return _mm256_loadu_ps(tmp);
 }
 
-KA_AI const void *ka_row(const void *base, size_t t, int d, const bool f16) {
-    return (const uint8_t *)base + t * (size_t)d * (f16 ? 2 : 4);
+KA_AI const void *ka_row(const void *base, size_t t, int d, const int kt) {
+    return (const uint8_t *)base + t * ka_row_bytes(d, kt);
 }
 
 /* Rows are read in slot order, once per token from memory (the cache is far bigger than the
  * caches at long contexts): fetch a few rows ahead so that several are in flight. */
 #define KA_AHEAD 16
-KA_AI void ka_prefetch_row(const void *base, int t, int end, int d, const bool f16) {
+KA_AI void ka_prefetch_row(const void *base, int t, int end, int d, const int kt) {
     if (t >= end) return;
-    const char *p = (const char *)ka_row(base, (size_t)t, d, f16);
-    size_t bytes = (size_t)d * (f16 ? 2 : 4);
+    const char *p = (const char *)ka_row(base, (size_t)t, d, kt);
+    size_t bytes = ka_row_bytes(d, kt);
     for (size_t off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
 }
 
 /* The value rows, toward L2 while the scores are computed: the value pass then finds them
  * there instead of waiting on memory (a cold 1,000-slot cache: a sixth off the kernel). */
-KA_AI void ka_prefetch_l2(const void *base, int t, int end, int d, const bool f16) {
+KA_AI void ka_prefetch_l2(const void *base, int t, int end, int d, const int kt) {
     if (t >= end) return;
-    const char *p = (const char *)ka_row(base, (size_t)t, d, f16);
-    size_t bytes = (size_t)d * (f16 ? 2 : 4);
+    const char *p = (const char *)ka_row(base, (size_t)t, d, kt);
+    size_t bytes = ka_row_bytes(d, kt);
     for (size_t off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T1);
 }
 
@@ -109,13 +123,13 @@ KA_AI __m256 ka_sum8x8(const __m256 *a) {
 
 /* The score of slot t for the heads h0 .. h0 + nh - 1 into acc[base .. base + nh) (the 8-lane
  * partial sums over dims, in dim order). */
-KA_AI void ka_dot_heads(const float *qh, const void *kt, const bool f16, int d, const int nh,
+KA_AI void ka_dot_heads(const float *qh, const void *krow, const int kt, int d, const int nh,
                         __m256 *acc, const int base) {
     for (int i = 0; i < d; i += 8) {
-        __m256 kv = ka_load8(kt, i, d, f16);
+        __m256 kv = ka_load8(krow, i, d, kt);
         for (int j = 0; j < nh; j++)
             acc[base + j] =
-                _mm256_fmadd_ps(ka_load8(qh + (size_t)j * d, i, d, false), kv, acc[base + j]);
+                _mm256_fmadd_ps(ka_load8(qh + (size_t)j * d, i, d, KN_KV_F32), kv, acc[base + j]);
     }
 }
 
@@ -141,17 +155,17 @@ KA_AI __m256 ka_store_scores(float *st, __m256 s8, float softcap, __m256 mx) {
 
 /* Dims [c, c + 8 * cw) of the weighted sums of values for heads h0 .. h0 + nh - 1 (cw 2 needs
  * nh <= KA_PAIR_MAX and c + 16 <= d), from the normalized weights sc[t][j]. */
-KA_AI void ka_values(const void *v, const bool f16, const float *sc, int end, int d, int c,
+KA_AI void ka_values(const void *v, const int kt, const float *sc, int end, int d, int c,
                      int h0, const int nh, const int cw, float *out) {
     __m256 acc[8], acc2[KA_PAIR_MAX];
     for (int j = 0; j < nh; j++) acc[j] = _mm256_setzero_ps();
     for (int j = 0; j < (cw == 2 ? nh : 0); j++) acc2[j % KA_PAIR_MAX] = _mm256_setzero_ps();
     for (int t = 0; t < end; t++) {
-        if (c == 0) ka_prefetch_row(v, t + KA_AHEAD, end, d, f16);
-        const void *vt = ka_row(v, (size_t)t, d, f16);
-        __m256 vv = ka_load8(vt, c, d, f16);
+        if (c == 0) ka_prefetch_row(v, t + KA_AHEAD, end, d, kt);
+        const void *vt = ka_row(v, (size_t)t, d, kt);
+        __m256 vv = ka_load8(vt, c, d, kt);
         if (cw == 2) {
-            __m256 vv2 = ka_load8(vt, c + 8, d, f16);
+            __m256 vv2 = ka_load8(vt, c + 8, d, kt);
             for (int j = 0; j < nh; j++) {
                 __m256 p = _mm256_broadcast_ss(sc + 8 * (size_t)t + j);
                 acc[j] = _mm256_fmadd_ps(p, vv, acc[j]);
@@ -181,16 +195,16 @@ KA_AI void ka_values(const void *v, const bool f16, const float *sc, int end, in
 /* The dot products of slots t and t + 1 with the heads' queries, each query load serving both
  * (slot t into acc[j], slot t + 1 into acc[at1 + j]), after asking for the rows further on. */
 KA_AI void ka_dot_pair(const float *qh, const void *k, const void *v, int t, int end,
-                       const bool f16, int d, const int nh, __m256 *acc, const int at1) {
+                       const int kt, int d, const int nh, __m256 *acc, const int at1) {
     for (int u = t; u < t + 2; u++) {
-        ka_prefetch_row(k, u + KA_AHEAD, end, d, f16);
-        ka_prefetch_l2(v, u + KA_AHEAD, end, d, f16);
+        ka_prefetch_row(k, u + KA_AHEAD, end, d, kt);
+        ka_prefetch_l2(v, u + KA_AHEAD, end, d, kt);
     }
-    const void *k0 = ka_row(k, (size_t)t, d, f16), *k1 = ka_row(k, (size_t)t + 1, d, f16);
+    const void *k0 = ka_row(k, (size_t)t, d, kt), *k1 = ka_row(k, (size_t)t + 1, d, kt);
     for (int i = 0; i < d; i += 8) {
-        __m256 kv0 = ka_load8(k0, i, d, f16), kv1 = ka_load8(k1, i, d, f16);
+        __m256 kv0 = ka_load8(k0, i, d, kt), kv1 = ka_load8(k1, i, d, kt);
         for (int j = 0; j < nh; j++) {
-            __m256 qv = ka_load8(qh + (size_t)j * d, i, d, false);
+            __m256 qv = ka_load8(qh + (size_t)j * d, i, d, KN_KV_F32);
             acc[j] = _mm256_fmadd_ps(qv, kv0, acc[j]);
             acc[at1 + j] = _mm256_fmadd_ps(qv, kv1, acc[at1 + j]);
         }
@@ -203,7 +217,7 @@ KA_AI void ka_dot_pair(const float *qh, const void *k, const void *v, int t, int
  * 4-7) and each query load; with up to KA_PAIR_MAX, two slots share the query loads. Every
  * score still comes from its own accumulator through the same tree, so the bits do not depend
  * on the pairing. Unused lanes of a slot hold 0 (or their cap), as the zero accumulators give. */
-KA_AI void ka_heads(const float *q, const void *k, const void *v, const bool f16,
+KA_AI void ka_heads(const float *q, const void *k, const void *v, const int kt,
                     const int32_t *slot_pos, int end, int32_t pos, int swa, float softcap,
                     int d, int h0, const int nh, float *sc, float *out, float *ml) {
     const __m256 scale = _mm256_set1_ps(1.0f / sqrtf((float)d));
@@ -226,7 +240,7 @@ KA_AI void ka_heads(const float *q, const void *k, const void *v, const bool f16
             const int at1 = nh <= 4 ? 4 : 8;
             __m256 acc[16];
             for (int j = 0; j < 16; j++) acc[j] = _mm256_setzero_ps();
-            ka_dot_pair(qh, k, v, t, end, f16, d, nh, acc, at1);
+            ka_dot_pair(qh, k, v, t, end, kt, d, nh, acc, at1);
             __m256 s0, s1;
             if (at1 == 4) {
                 /* slot t: lanes 0-3 (4-7 zero); slot t + 1: lanes 4-7 moved down */
@@ -249,11 +263,11 @@ KA_AI void ka_heads(const float *q, const void *k, const void *v, const bool f16
             t++;
             continue;
         }
-        ka_prefetch_row(k, t + KA_AHEAD, end, d, f16);
-        ka_prefetch_l2(v, t + KA_AHEAD, end, d, f16);
+        ka_prefetch_row(k, t + KA_AHEAD, end, d, kt);
+        ka_prefetch_l2(v, t + KA_AHEAD, end, d, kt);
         __m256 acc[8];
         for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
-        ka_dot_heads(qh, ka_row(k, (size_t)t, d, f16), f16, d, nh, acc, 0);
+        ka_dot_heads(qh, ka_row(k, (size_t)t, d, kt), kt, d, nh, acc, 0);
         mx = ka_store_scores(sc + 8 * (size_t)t, _mm256_mul_ps(ka_sum8x8(acc), scale), softcap,
                              mx);
         t++;
@@ -284,25 +298,25 @@ KA_AI void ka_heads(const float *q, const void *k, const void *v, const bool f16
      * is exactly 0 and cached rows are finite, so it adds exact zeros: no test needed. */
     int c = 0;
     if (nh <= KA_PAIR_MAX)
-        for (; c + 16 <= d; c += 16) ka_values(v, f16, sc, end, d, c, h0, nh, 2, out);
-    for (; c < d; c += 8) ka_values(v, f16, sc, end, d, c, h0, nh, 1, out);
+        for (; c + 16 <= d; c += 16) ka_values(v, kt, sc, end, d, c, h0, nh, 2, out);
+    for (; c < d; c += 8) ka_values(v, kt, sc, end, d, c, h0, nh, 1, out);
 }
 
 /* The group in blocks of up to 8 heads; d is a constant in the copies ka_attn makes. */
-KA_AI void ka_attn_d(const float *q, const void *k, const void *v, const bool f16,
+KA_AI void ka_attn_d(const float *q, const void *k, const void *v, const int kt,
                      const int32_t *slot_pos, int end, int32_t pos, int swa, float softcap,
                      const int d, int n_q, float *sc, float *out, float *ml) {
     for (int h0 = 0; h0 < n_q; h0 += 8) {
         /* one specialized copy per width, so the loops over the heads unroll */
         switch (n_q - h0 < 8 ? n_q - h0 : 8) {
-        case 1: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 1, sc, out, ml); break;
-        case 2: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 2, sc, out, ml); break;
-        case 3: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 3, sc, out, ml); break;
-        case 4: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 4, sc, out, ml); break;
-        case 5: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 5, sc, out, ml); break;
-        case 6: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 6, sc, out, ml); break;
-        case 7: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 7, sc, out, ml); break;
-        default: ka_heads(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, h0, 8, sc, out, ml); break;
+        case 1: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 1, sc, out, ml); break;
+        case 2: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 2, sc, out, ml); break;
+        case 3: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 3, sc, out, ml); break;
+        case 4: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 4, sc, out, ml); break;
+        case 5: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 5, sc, out, ml); break;
+        case 6: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 6, sc, out, ml); break;
+        case 7: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 7, sc, out, ml); break;
+        default: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 8, sc, out, ml); break;
         }
     }
 }
@@ -310,26 +324,41 @@ KA_AI void ka_attn_d(const float *q, const void *k, const void *v, const bool f1
 /* Head sizes 64 and 128 (most models) get copies with d a constant: the dim loops unroll and
  * the loads lose their tail tests (a fifth off the F16 kernel's time at d 64). The arithmetic
  * is the same code, so the bits are too. */
-KA_AI void ka_attn(const float *q, const void *k, const void *v, const bool f16,
+KA_AI void ka_attn(const float *q, const void *k, const void *v, const int kt,
                    const int32_t *slot_pos, int n_slots, int32_t pos, int swa, float softcap,
                    int d, int n_q, float *sc, float *out, float *ml) {
     int end = 0;
     for (int t = 0; t < n_slots; t++)
         if (ka_allowed(slot_pos[t], pos, swa)) end = t + 1;
-    if (f16 && d == 64) ka_attn_d(q, k, v, f16, slot_pos, end, pos, swa, softcap, 64, n_q, sc, out, ml);
-    else if (f16 && d == 128)
-        ka_attn_d(q, k, v, f16, slot_pos, end, pos, swa, softcap, 128, n_q, sc, out, ml);
-    else ka_attn_d(q, k, v, f16, slot_pos, end, pos, swa, softcap, d, n_q, sc, out, ml);
+    if (kt == KN_KV_F16 && d == 64)
+        ka_attn_d(q, k, v, KN_KV_F16, slot_pos, end, pos, swa, softcap, 64, n_q, sc, out, ml);
+    else if (kt == KN_KV_F16 && d == 128)
+        ka_attn_d(q, k, v, KN_KV_F16, slot_pos, end, pos, swa, softcap, 128, n_q, sc, out, ml);
+    else if (kt == KN_KV_F16)
+        ka_attn_d(q, k, v, KN_KV_F16, slot_pos, end, pos, swa, softcap, d, n_q, sc, out, ml);
+    else if (kt == KN_KV_Q8 && d == 64)
+        ka_attn_d(q, k, v, KN_KV_Q8, slot_pos, end, pos, swa, softcap, 64, n_q, sc, out, ml);
+    else if (kt == KN_KV_Q8 && d == 128)
+        ka_attn_d(q, k, v, KN_KV_Q8, slot_pos, end, pos, swa, softcap, 128, n_q, sc, out, ml);
+    else if (kt == KN_KV_Q8)
+        ka_attn_d(q, k, v, KN_KV_Q8, slot_pos, end, pos, swa, softcap, d, n_q, sc, out, ml);
+    else ka_attn_d(q, k, v, KN_KV_F32, slot_pos, end, pos, swa, softcap, d, n_q, sc, out, ml);
 }
 
 void KN_ATTN_NAME()(const float *q, const float *k, const float *v, const int32_t *slot_pos,
                     int n_slots, int32_t pos, int swa, float softcap, int d, int n_q, float *sc,
                     float *out, float *ml) {
-    ka_attn(q, k, v, false, slot_pos, n_slots, pos, swa, softcap, d, n_q, sc, out, ml);
+    ka_attn(q, k, v, KN_KV_F32, slot_pos, n_slots, pos, swa, softcap, d, n_q, sc, out, ml);
 }
 
 void KN_ATTN_NAME(_f16)(const float *q, const uint16_t *k, const uint16_t *v,
                         const int32_t *slot_pos, int n_slots, int32_t pos, int swa,
                         float softcap, int d, int n_q, float *sc, float *out, float *ml) {
-    ka_attn(q, k, v, true, slot_pos, n_slots, pos, swa, softcap, d, n_q, sc, out, ml);
+    ka_attn(q, k, v, KN_KV_F16, slot_pos, n_slots, pos, swa, softcap, d, n_q, sc, out, ml);
+}
+
+void KN_ATTN_NAME(_q8)(const float *q, const uint8_t *k, const uint8_t *v,
+                       const int32_t *slot_pos, int n_slots, int32_t pos, int swa,
+                       float softcap, int d, int n_q, float *sc, float *out, float *ml) {
+    ka_attn(q, k, v, KN_KV_Q8, slot_pos, n_slots, pos, swa, softcap, d, n_q, sc, out, ml);
 }

@@ -135,6 +135,14 @@ typedef void (*kn_attn_f16_fn)(const float *q, const uint16_t *k, const uint16_t
                                float softcap, int d, int n_q, float *scores, float *out,
                                float *ml);
 
+/* The same over a cache of Q8_0 rows (d / 32 GGUF blocks of 34 bytes a row; d a multiple of
+ * 32): each element widened to d * q, exactly (an f16 scale times an int8 fits a float), then
+ * the arithmetic is the F32 variant's. */
+typedef void (*kn_attn_q8_fn)(const float *q, const uint8_t *k, const uint8_t *v,
+                              const int32_t *slot_pos, int n_slots, int32_t pos, int swa,
+                              float softcap, int d, int n_q, float *scores, float *out,
+                              float *ml);
+
 typedef struct kn_kernels {
     const char *name;               /* "generic", "avx2", "avxvnni", "avx512vnni" */
     kn_rows_fn rows[KN_NTYPES];     /* GGUF layout, by kn_type; NULL where unsupported */
@@ -143,6 +151,7 @@ typedef struct kn_kernels {
     kn_quant_fn quantize_k;         /* the Q8_K form; n a multiple of 256 */
     kn_attn_fn attn;
     kn_attn_f16_fn attn_f16;
+    kn_attn_q8_fn attn_q8;
     void (*swiglu)(float *g, const float *u, int n); /* as kn_swiglu; one row per call, so
                                                       * that a row's bits do not depend on the
                                                       * rows before it */
@@ -274,13 +283,19 @@ void kn_rope_apply(float *x, int n_head, int head_dim, int rope_dim, bool neox, 
 /* Plain dot product and y += a * x (the reference attention's pieces). */
 float kn_dot_f32(const float *a, const float *b, int n);
 void kn_axpy_f32(float *y, float a, const float *x, int n);
-/* The reference kn_attn_fn and kn_attn_f16_fn. */
+/* The reference kn_attn_fn, kn_attn_f16_fn and kn_attn_q8_fn. */
 void kn_attn_ref(const float *q, const float *k, const float *v, const int32_t *slot_pos,
                  int n_slots, int32_t pos, int swa, float softcap, int d, int n_q, float *scores,
                  float *out, float *ml);
 void kn_attn_ref_f16(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *slot_pos,
                      int n_slots, int32_t pos, int swa, float softcap, int d, int n_q,
                      float *scores, float *out, float *ml);
+void kn_attn_ref_q8(const float *q, const uint8_t *k, const uint8_t *v, const int32_t *slot_pos,
+                    int n_slots, int32_t pos, int swa, float softcap, int d, int n_q,
+                    float *scores, float *out, float *ml);
+/* Bytes of one cached row of d elements: F32, F16 or Q8_0 (kn_kv_kind). */
+typedef enum kn_kv_kind { KN_KV_F32 = 0, KN_KV_F16 = 1, KN_KV_Q8 = 2 } kn_kv_kind;
+size_t kn_kv_row_bytes(kn_kv_kind kind, int d);
 /* Merges the attention of heads out_c[n_q][d] over one range of slots (normalized over it,
  * with its ml_c[n_q][2] as a kn_attn_fn gives them) into acc[n_q][d], the same heads' result
  * over the ranges folded so far, whose state st[n_q][2] (max score, sum of exponentials)

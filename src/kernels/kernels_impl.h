@@ -36,6 +36,9 @@ void kn_attn_avx2(const float *q, const float *k, const float *v, const int32_t 
 void kn_attn_avx2_f16(const float *q, const uint16_t *k, const uint16_t *v,
                       const int32_t *slot_pos, int n_slots, int32_t pos, int swa, float softcap,
                       int d, int n_q, float *scores, float *out, float *ml);
+void kn_attn_avx2_q8(const float *q, const uint8_t *k, const uint8_t *v, const int32_t *slot_pos,
+                     int n_slots, int32_t pos, int swa, float softcap, int d, int n_q,
+                     float *scores, float *out, float *ml);
 
 /* ops_avx512.c */
 void kn_quantize_avx512(kn_act *a, const float *x, int n_tok, int n);
@@ -45,5 +48,8 @@ void kn_attn_avx512(const float *q, const float *k, const float *v, const int32_
 void kn_attn_avx512_f16(const float *q, const uint16_t *k, const uint16_t *v,
                         const int32_t *slot_pos, int n_slots, int32_t pos, int swa,
                         float softcap, int d, int n_q, float *scores, float *out, float *ml);
+void kn_attn_avx512_q8(const float *q, const uint8_t *k, const uint8_t *v,
+                       const int32_t *slot_pos, int n_slots, int32_t pos, int swa,
+                       float softcap, int d, int n_q, float *scores, float *out, float *ml);
 
 #endif

@@ -237,6 +237,7 @@ static const kn_kernels k_avx512 = {
     .quantize_k = kn_quantize_k_avx2,
     .attn = kn_attn_avx512,
     .attn_f16 = kn_attn_avx512_f16,
+    .attn_q8 = kn_attn_avx512_q8,
     .swiglu = kn_swiglu_avx2,
     .to_f16 = kn_to_f16_avx2,
 };

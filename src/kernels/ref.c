@@ -378,10 +378,30 @@ void kn_ref_rows_q6_k(const kn_wmat *w, int r0, int r1, const float *x, const kn
     }
 }
 
+size_t kn_kv_row_bytes(kn_kv_kind kind, int d) {
+    return kind == KN_KV_Q8 ? (size_t)d / KN_QBLOCK * sizeof(kn_block_q8_0)
+                            : (size_t)d * (kind == KN_KV_F16 ? sizeof(uint16_t) : sizeof(float));
+}
+
+/* Row t of an F16 or Q8_0 cache as floats, exactly. */
+static const float *widen_row(const void *base, int t, int d, kn_kv_kind kind, float *wide) {
+    const uint8_t *row = (const uint8_t *)base + (size_t)t * kn_kv_row_bytes(kind, d);
+    if (kind == KN_KV_F16) {
+        for (int i = 0; i < d; i++) wide[i] = kn_fp16_to_fp32(((const uint16_t *)(const void *)row)[i]);
+    } else {
+        for (int i = 0; i < d; i++) {
+            const uint8_t *b = row + (size_t)(i / KN_QBLOCK) * sizeof(kn_block_q8_0);
+            wide[i] = kn_f16_load(KN_AT(b, kn_block_q8_0, d)) *
+                      (float)((const int8_t *)KN_AT(b, kn_block_q8_0, qs))[i % KN_QBLOCK];
+        }
+    }
+    return wide;
+}
+
 /* Scores of the allowed slots, softmax, weighted sum of values. Loops stop after the last
  * allowed slot, which changes nothing (later slots would add exact zeros) but the time. The F32
  * and F16 caches share the body; an F16 row is widened into wide[] first (exact). */
-static inline void attn_ref(const float *q, const void *k, const void *v, bool f16,
+static inline void attn_ref(const float *q, const void *k, const void *v, kn_kv_kind kind,
                             const int32_t *slot_pos, int n_slots, int32_t pos, int swa,
                             float softcap, int d, float *sc, float *out, float *wide,
                             float *ml) {
@@ -394,11 +414,8 @@ static inline void attn_ref(const float *q, const void *k, const void *v, bool f
             sc[t] = -INFINITY;
             continue;
         }
-        const float *kt = (const float *)k + (size_t)t * d;
-        if (f16) {
-            for (int i = 0; i < d; i++) wide[i] = kn_fp16_to_fp32(((const uint16_t *)k)[(size_t)t * d + i]);
-            kt = wide;
-        }
+        const float *kt = kind == KN_KV_F32 ? (const float *)k + (size_t)t * d
+                                            : widen_row(k, t, d, kind, wide);
         sc[t] = kn_dot_f32(q, kt, d) * scale;
         if (softcap > 0) sc[t] = softcap * tanhf(sc[t] / softcap);
         if (sc[t] > mx) mx = sc[t];
@@ -418,11 +435,8 @@ static inline void attn_ref(const float *q, const void *k, const void *v, bool f
     memset(out, 0, sizeof(float) * (size_t)d);
     for (int t = 0; t < end; t++) {
         if (sc[t] == 0.0f) continue;
-        const float *vt = (const float *)v + (size_t)t * d;
-        if (f16) {
-            for (int i = 0; i < d; i++) wide[i] = kn_fp16_to_fp32(((const uint16_t *)v)[(size_t)t * d + i]);
-            vt = wide;
-        }
+        const float *vt = kind == KN_KV_F32 ? (const float *)v + (size_t)t * d
+                                            : widen_row(v, t, d, kind, wide);
         kn_axpy_f32(out, sc[t] * inv, vt, d);
     }
 }
@@ -432,7 +446,7 @@ void kn_attn_ref(const float *q, const float *k, const float *v, const int32_t *
                  int n_slots, int32_t pos, int swa, float softcap, int d, int n_q, float *sc,
                  float *out, float *ml) {
     for (int h = 0; h < n_q; h++)
-        attn_ref(q + (size_t)h * d, k, v, false, slot_pos, n_slots, pos, swa, softcap, d,
+        attn_ref(q + (size_t)h * d, k, v, KN_KV_F32, slot_pos, n_slots, pos, swa, softcap, d,
                  sc + (size_t)h * n_slots, out + (size_t)h * d, NULL, ml ? ml + 2 * h : NULL);
 }
 
@@ -441,7 +455,16 @@ void kn_attn_ref_f16(const float *q, const uint16_t *k, const uint16_t *v, const
                      float *out, float *ml) {
     float wide[KN_ATTN_MAX_D];
     for (int h = 0; h < n_q; h++)
-        attn_ref(q + (size_t)h * d, k, v, true, slot_pos, n_slots, pos, swa, softcap, d,
+        attn_ref(q + (size_t)h * d, k, v, KN_KV_F16, slot_pos, n_slots, pos, swa, softcap, d,
+                 sc + (size_t)h * n_slots, out + (size_t)h * d, wide, ml ? ml + 2 * h : NULL);
+}
+
+void kn_attn_ref_q8(const float *q, const uint8_t *k, const uint8_t *v, const int32_t *slot_pos,
+                    int n_slots, int32_t pos, int swa, float softcap, int d, int n_q, float *sc,
+                    float *out, float *ml) {
+    float wide[KN_ATTN_MAX_D];
+    for (int h = 0; h < n_q; h++)
+        attn_ref(q + (size_t)h * d, k, v, KN_KV_Q8, slot_pos, n_slots, pos, swa, softcap, d,
                  sc + (size_t)h * n_slots, out + (size_t)h * d, wide, ml ? ml + 2 * h : NULL);
 }
 
@@ -484,6 +507,7 @@ static const kn_kernels k_generic = {
     .quantize_k = kn_quantize_act_k,
     .attn = kn_attn_ref,
     .attn_f16 = kn_attn_ref_f16,
+    .attn_q8 = kn_attn_ref_q8,
     .swiglu = kn_swiglu,
     .to_f16 = kn_to_f16,
 };

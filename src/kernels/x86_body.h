@@ -204,5 +204,6 @@ KN_ROWS_F(rows_f16, kn_f16c_x8, sizeof(kn_f16), kn_f16c_at)
     .quantize_k = kn_quantize_k_avx2,                                                           \
     .attn = kn_attn_avx2,                                                                       \
     .attn_f16 = kn_attn_avx2_f16,                                                               \
+    .attn_q8 = kn_attn_avx2_q8,                                                                 \
     .swiglu = kn_swiglu_avx2,                                                                   \
     .to_f16 = kn_to_f16_avx2

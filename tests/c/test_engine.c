@@ -40,11 +40,13 @@
 static const kn_kernels *g_table;
 /* The KV cache type the helpers' sessions use (the default, f16, unless a test says). */
 static bool g_kv_f16 = true;
+static bool g_kv_q8 = false;
 
 static kn_session_params sess_params(void) {
     kn_session_params p = kn_session_default_params();
     p.kernels = g_table;
     p.kv_f16 = g_kv_f16;
+    p.kv_q8 = g_kv_q8;
     return p;
 }
 
@@ -561,6 +563,31 @@ TEST(engine_long_context_chunks_agree) {
      * fold are kernels_attention_fold's to check */
     check_long_context_agree(smollm2_path());
     if (!KT_SANITIZED) check_long_context_agree(kt_shared(STORIES)); /* its chunks in turn only */
+}
+
+TEST(engine_q8_0_kv_cache) {
+    /* --kv q8_0: the same bit-for-bit agreement of chunk sizes, threads and modes as the f16
+     * cache (a row is rounded to Q8_0 once, when written), short and past the attention's
+     * chunks, on the default table (the kernels' q8 variants are kernels_attention_q8_cache's);
+     * and a model whose head size is no multiple of 32 (stories260K: 8) is refused with an
+     * error that says so, not run. */
+    g_kv_q8 = true;
+    check_modes_agree(smollm2_path(), k_smol_prompt,
+                      (int)(sizeof k_smol_prompt / sizeof k_smol_prompt[0]), false,
+                      KT_SANITIZED ? 6 : 32);
+    if (!KT_SANITIZED) check_long_context_agree(smollm2_path());
+    kn_model *m = open_model(kt_shared(STORIES), 64, 8);
+    CHECK(m != NULL);
+    kn_session_params sp = sess_params();
+    kn_session *s = NULL;
+    kiln_error err;
+    kiln_status st = kn_session_new(m, &sp, &s, &err);
+    g_kv_q8 = false;
+    kn_session_free(s);
+    kn_model_free(m);
+    CHECK(st == KILN_ERR_INVALID_ARG);
+    CHECKF(strstr(err.message, "multiple of 32") && strstr(err.message, "is 8"), "%s",
+           err.message);
 }
 
 TEST(engine_stories_modes_agree) {

@@ -895,6 +895,81 @@ TEST(kernels_attention_variants) {
     }
 }
 
+TEST(kernels_attention_q8_cache) {
+    /* A cache of Q8_0 rows (--kv q8_0): the reference is, bit for bit, the F32 reference on the
+     * rows dequantized; every variant within TOL_ATTN of it, with the same max scores and sums,
+     * the same bits whatever masked slots follow and whatever the group size. Head sizes 32 to
+     * 128 (the q8_0 cache's multiples of 32), groups 1 to 9, masked slots, a window, a cap. */
+    const int dims[] = {32, 64, 96, 128}, groups[] = {1, 3, 8, 9};
+    enum { S = 41, GMAX = 9 };
+    int nv;
+    const kn_kernels *const *v = all_variants(&nv);
+    for (int di = 0; di < 4; di++) {
+        int d = dims[di];
+        size_t rb = kn_kv_row_bytes(KN_KV_Q8, d);
+        CHECK_EQ_INT((int)rb, d / 32 * 34);
+        float *q = malloc(sizeof(float) * GMAX * d), *src = malloc(sizeof(float) * S * d),
+              *kq = malloc(sizeof(float) * S * d), *vq = malloc(sizeof(float) * S * d),
+              *sc = malloc(sizeof(float) * KN_ATTN_SCRATCH(GMAX) * S),
+              *ref = malloc(sizeof(float) * GMAX * d), *o1 = malloc(sizeof(float) * GMAX * d),
+              *o2 = malloc(sizeof(float) * GMAX * d);
+        uint8_t *k8 = malloc(rb * S), *v8 = malloc(rb * S);
+        for (int i = 0; i < GMAX * d; i++) q[i] = rndf() * 2.0f;
+        for (int kv = 0; kv < 2; kv++) {
+            for (int i = 0; i < S * d; i++) src[i] = rndf() * (kv ? 1.0f : 2.0f) * (i % 5 ? 1 : 3);
+            CHECK(kn_quantize(KN_TYPE_Q8_0, src, kv ? v8 : k8, (int64_t)S * d) == rb * S);
+            CHECK(kn_dequantize(KN_TYPE_Q8_0, kv ? v8 : k8, kv ? vq : kq, (int64_t)S * d));
+        }
+        int32_t spos[S];
+        for (int t = 0; t < S; t++) spos[t] = t % 7 == 3 ? -1 : t;
+        for (int gi = 0; gi < 4; gi++)
+            for (int32_t p = 0; p < S; p += 4)
+                for (int sw = 0; sw < 4; sw++) {
+                    int g = groups[gi], swa = sw & 1 ? 5 : 0;
+                    float cap = sw & 2 ? 1.5f : 0.0f, mlr[2 * GMAX], ml1[2 * GMAX];
+                    kn_attn_ref(q, kq, vq, spos, S, p, swa, cap, d, g, sc, ref, mlr);
+                    kn_attn_ref_q8(q, k8, v8, spos, S, p, swa, cap, d, g, sc, o1, NULL);
+                    CHECKF(memcmp(o1, ref, sizeof(float) * g * d) == 0,
+                           "ref q8 d %d pos %d: differs from the F32 reference on the "
+                           "dequantized cache", d, p);
+                    for (int vi = 0; vi < nv; vi++) {
+                        if (!v[vi]) continue;
+                        v[vi]->attn_q8(q, k8, v8, spos, S, p, swa, cap, d, g, sc, o1, ml1);
+                        v[vi]->attn_q8(q, k8, v8, spos, p + 1, p, swa, cap, d, g, sc, o2, NULL);
+                        CHECKF(memcmp(o1, o2, sizeof(float) * g * d) == 0,
+                               "%s q8 d %d pos %d: masked slots after pos changed the result",
+                               v[vi]->name, d, p);
+                        v[vi]->attn_q8(q + (size_t)(g - 1) * d, k8, v8, spos, S, p, swa, cap, d,
+                                       1, sc, o2, NULL);
+                        CHECKF(memcmp(o2, o1 + (size_t)(g - 1) * d, sizeof(float) * d) == 0,
+                               "%s q8 d %d: the last head differs alone and in a group of %d",
+                               v[vi]->name, d, g);
+                        for (int i = 0; i < g * d; i++)
+                            CHECKF(fabs((double)o1[i] - ref[i]) <= TOL_ATTN * 3,
+                                   "%s q8 d %d group %d pos %d swa %d cap %g [%d]: %.9g vs ref "
+                                   "%.9g", v[vi]->name, d, g, p, swa, (double)cap, i, o1[i],
+                                   ref[i]);
+                        for (int h = 0; h < g; h++)
+                            CHECKF(fabs(ml1[2 * h] - mlr[2 * h]) <= 1e-5 * (1 + fabs(mlr[2 * h])) &&
+                                       fabs(ml1[2 * h + 1] - mlr[2 * h + 1]) <=
+                                           1e-5 * mlr[2 * h + 1],
+                                   "%s q8 d %d head %d: max / sum differ from the reference",
+                                   v[vi]->name, d, h);
+                    }
+                }
+        free(q);
+        free(src);
+        free(kq);
+        free(vq);
+        free(sc);
+        free(ref);
+        free(o1);
+        free(o2);
+        free(k8);
+        free(v8);
+    }
+}
+
 TEST(kernels_attention_fold) {
     /* Attention over slot ranges folded in order (kn_attn_fold, as the engine runs a long
      * cache) matches the same variant over all slots at once (the scores are the same bits

@@ -66,6 +66,20 @@ def test_kv_cache_types_give_run_c_greedy_ids(stories_offering, kv):
     assert doc["tokens"] == [nxt for pos, _, nxt in steps if pos >= len(prompt) - 1]
 
 
+def test_q8_0_kv_cache(stories_offering, smollm_gguf):
+    """--kv q8_0 runs where the head size is a multiple of 32 (SmolLM2: 64), reports q8_0 as
+    llama-bench's type_k / type_v, and is refused, in one line naming the head size, where it
+    is not (stories260K: 8). Its logits against llama.cpp: test_llamacpp_reference.py."""
+    r = run_kiln("bench", smollm_gguf, "-p", "8", "-n", "4", "-t", "1", "-r", "1", "--kv",
+                 "q8_0", "--json")
+    assert r.returncode == 0, r.stderr
+    assert {(x["type_k"], x["type_v"]) for x in json.loads(r.stdout)} == {("q8_0", "q8_0")}
+    r = run_kiln("run", stories_offering, "--raw", "--prompt", "Once", "--kv", "q8_0",
+                 "--max-tokens", 2)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "multiple of 32" in r.stderr and "is 8" in r.stderr
+
+
 def test_every_metric_is_reported(stories_offering):
     doc = run_json(stories_offering, "--raw", "--prompt", "Once upon a time", "--max-tokens", 20)
     for k in ("ttft_ms", "prefill_tps", "decode_tps", "latency_p50_ms", "latency_p95_ms",

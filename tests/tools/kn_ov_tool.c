@@ -60,9 +60,10 @@ static kiln_status open_native(const char *dir, kiln_model **m, kiln_session **s
     kiln_session_params sp = kiln_session_default_params();
     const char *dev = getenv("KN_OV_TOOL_DEVICE");
     sp.device = dev && *dev ? dev : "cpu";
-    /* KN_OV_TOOL_KV=f32: an f32 KV cache (the f16 default rounds K and V) */
+    /* KN_OV_TOOL_KV=f32: an f32 KV cache (the f16 default rounds K and V); q8_0: Q8_0 rows */
     const char *kv = getenv("KN_OV_TOOL_KV");
     if (kv && strcmp(kv, "f32") == 0) sp.kv = KILN_KV_F32;
+    if (kv && strcmp(kv, "q8_0") == 0) sp.kv = KILN_KV_Q8_0;
     kiln_status s = kiln_model_open(dir, NULL, m, err);
     if (s == KILN_OK) s = kiln_session_new(*m, &sp, ss, err);
     return s;

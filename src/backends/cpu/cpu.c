@@ -206,6 +206,7 @@ static kiln_status cpu_open(kn_device *dev, const kn_session_cfg *cfg, kn_backen
     sp.threads = d->threads;
     sp.stateless = cfg->stateless;
     sp.kv_f16 = !cfg->kv_f32;
+    sp.kv_q8 = cfg->kv_q8;
     sp.kernels = d->k;
     sp.pool = d->pool;
     sp.max_batch = cfg->stateless ? 1 : KN_MAX_BATCH;

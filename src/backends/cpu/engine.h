@@ -135,6 +135,8 @@ typedef struct kn_session_params {
     int max_batch;            /* steps (its own and other sessions') it may lead in one pass
                                  (kn_session_run_batch), 1..KN_MAX_BATCH; default 1. Its
                                  scratch then holds a prefill chunk plus max_batch - 1 rows */
+    bool kv_q8;               /* KV cache of Q8_0 rows (overrides kv_f16); head size a
+                                 multiple of 32 */
 } kn_session_params;
 
 /* The most steps one batched pass takes (each step's logits row is [V] floats). */

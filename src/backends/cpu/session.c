@@ -6,10 +6,10 @@
  * use the session's cache as the view (the layer's slice of [L,2,Hkv,W,D]); stateless uses a
  * private one-layer view that starts empty each call, so it never touches the cache.
  *
- * The cache holds IEEE halves by default (kv_f16), F32 on request. A row is rounded to the
- * cache's type when it is written, before any row attends to it, so a token sees the same keys
- * and values in a decode step, a prefill chunk and a stateless window (whose private view has
- * the same type).
+ * The cache holds IEEE halves by default (kv_f16), F32 or Q8_0 on request. A row is rounded
+ * to the cache's type when it is written, before any row attends to it, so a token sees the
+ * same keys and values in a decode step, a prefill chunk and a stateless window (whose private
+ * view has the same type).
  *
  * This forward and the OpenVINO IR (bake/openvino/ir_writer.c) compute the same block: a change
  * to one must be made to the other (tests/py/test_openvino_ir.py compares them). */
@@ -38,7 +38,8 @@ struct kn_session {
     void *kv;                 /* [L][2][Hkv][W][D] the cache, F16 or F32 elements; which slot
                                  holds which position is the driver's table, handed in with
                                  every call */
-    size_t kv_elem;           /* 2 or 4 bytes */
+    kn_kv_kind kv_kind;       /* F16 (default), F32 or Q8_0 */
+    size_t kv_row;            /* bytes of one cached row of D elements */
 
     void *sl_kv;              /* [2][Hkv][W][D] stateless: one layer, rebuilt every layer */
     int32_t *sl_pos;          /* [W] */
@@ -79,7 +80,7 @@ typedef struct row_kv {
 } row_kv;
 
 kn_session_params kn_session_default_params(void) {
-    kn_session_params p = {1, true, NULL, NULL, true, 1};
+    kn_session_params p = {1, true, NULL, NULL, true, 1, false};
     return p;
 }
 
@@ -122,6 +123,10 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     if (p->max_batch < 1 || p->max_batch > KN_MAX_BATCH)
         return kn_fail(err, KILN_ERR_INVALID_ARG, "a batch must be 1 to %d rows, not %d",
                        KN_MAX_BATCH, p->max_batch);
+    if (p->kv_q8 && m->hp.head_dim % KN_QBLOCK != 0)
+        return kn_fail(err, KILN_ERR_INVALID_ARG,
+                       "a q8_0 KV cache needs a head size that is a multiple of %d; this "
+                       "model's is %d (use --kv f16 or f32)", KN_QBLOCK, m->hp.head_dim);
     const kn_kernels *k = p->kernels;
     if (!k) {
         kiln_status st = kn_kernels_choose(&k, err);
@@ -145,10 +150,12 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     s->act_stride = (int)((amax + KN_KBLOCK - 1) / KN_KBLOCK * KN_KBLOCK);
     size_t fs = sizeof(float);
     bool ok = true;
-    s->kv_elem = p->kv_f16 ? sizeof(uint16_t) : sizeof(float);
-    s->kv = alloc_f(s->kv_elem * L * 2 * KD * W, &ok);
+    s->kv_kind = p->kv_q8 ? KN_KV_Q8 : p->kv_f16 ? KN_KV_F16 : KN_KV_F32;
+    s->kv_row = kn_kv_row_bytes(s->kv_kind, (int)D);
+    size_t KR = (size_t)hp->n_head_kv * s->kv_row; /* one position's keys (or values) */
+    s->kv = alloc_f(KR * L * 2 * W, &ok);
     if (p->stateless) {
-        s->sl_kv = alloc_f(s->kv_elem * 2 * KD * W, &ok);
+        s->sl_kv = alloc_f(KR * 2 * W, &ok);
         s->sl_pos = alloc_f(sizeof(int32_t) * W, &ok);
     }
     s->x = alloc_f(fs * R * E, &ok);
@@ -207,7 +214,7 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
         return st;
     }
     /* finite rows everywhere (attention reads the masked ones before the last allowed slot) */
-    memset(s->kv, 0, s->kv_elem * L * 2 * KD * W);
+    memset(s->kv, 0, KR * L * 2 * W);
     *out = s;
     return KILN_OK;
 }
@@ -215,7 +222,7 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
 /* ---- the forward pass ---- */
 
 typedef struct kv_view {
-    uint8_t *k;               /* [Hkv][W][D] elements of kv_elem bytes */
+    uint8_t *k;               /* [Hkv][W] rows of kv_row bytes */
     uint8_t *v;               /* [Hkv][W][D] */
     const int32_t *pos;       /* [W] */
     int n_slots;
@@ -243,16 +250,16 @@ typedef struct attn_job {
 static kv_view view_of(const kn_session *s, int r, int l, bool stateless) {
     const row_kv *rk = &s->rows_kv[r];
     const kn_session *o = rk->owner;
-    size_t KD = (size_t)o->m->hp.n_head_kv * o->m->hp.head_dim, W = (size_t)o->m->window;
+    size_t KR = (size_t)o->m->hp.n_head_kv * o->kv_row, W = (size_t)o->m->window;
     kv_view kv;
     if (stateless) {
         kv.k = o->sl_kv;
         kv.pos = o->sl_pos;
     } else {
-        kv.k = (uint8_t *)o->kv + (size_t)l * 2 * KD * W * o->kv_elem;
+        kv.k = (uint8_t *)o->kv + (size_t)l * 2 * KR * W;
         kv.pos = rk->slot_pos;
     }
-    kv.v = kv.k + KD * W * o->kv_elem;
+    kv.v = kv.k + KR * W;
     kv.n_slots = rk->n_slots;
     return kv;
 }
@@ -272,8 +279,11 @@ static void attn_chunk(const attn_job *j, int r, int kh, int c, float *sc, float
     kv_view kv = view_of(s, r, j->layer, j->stateless);
     int n = kv.n_slots - t0 < ATTN_CHUNK ? kv.n_slots - t0 : ATTN_CHUNK;
     const float *q = s->q + (size_t)r * H * D + (size_t)kh * group * D;
-    size_t at = ((size_t)kh * W + (size_t)t0) * D * s->kv_elem;
-    if (s->kv_elem == sizeof(uint16_t))
+    size_t at = ((size_t)kh * W + (size_t)t0) * s->kv_row;
+    if (s->kv_kind == KN_KV_Q8)
+        s->k->attn_q8(q, kv.k + at, kv.v + at, kv.pos + t0, n, s->rows_pos[r], j->swa,
+                      hp->attn_softcap, D, group, sc, out, ml);
+    else if (s->kv_kind == KN_KV_F16)
         s->k->attn_f16(q, (const uint16_t *)(const void *)(kv.k + at),
                        (const uint16_t *)(const void *)(kv.v + at), kv.pos + t0, n,
                        s->rows_pos[r], j->swa, hp->attn_softcap, D, group, sc, out, ml);
@@ -373,9 +383,11 @@ static void attention(kn_session *s, attn_job *j, int n) {
 }
 
 /* One cache row of n elements from F32: rounded to halves, or copied. */
-static void store_kv(const kn_kernels *k, uint8_t *dst, const float *src, int n, size_t elem) {
-    if (elem == sizeof(float)) memcpy(dst, src, sizeof(float) * (size_t)n);
-    else k->to_f16((uint16_t *)(void *)dst, src, n);
+static void store_kv(const kn_kernels *k, uint8_t *dst, const float *src, int n,
+                     kn_kv_kind kind) {
+    if (kind == KN_KV_F32) memcpy(dst, src, sizeof(float) * (size_t)n);
+    else if (kind == KN_KV_F16) k->to_f16((uint16_t *)(void *)dst, src, n);
+    else kn_quantize(KN_TYPE_Q8_0, src, dst, n); /* ggml's quantize_row_q8_0: amax / 127 */
 }
 
 /* The activation forms (bit 0: Q8_0, bit 1: Q8_K) that the matrices w[0..nw) want (none for
@@ -500,9 +512,9 @@ static void row_item(void *ctx, int r, int n_items, int worker) {
         kv_view kv = view_of(s, r, l, j->stateless);
         size_t W = (size_t)m->window;
         for (int h = 0; h < Hkv; h++) {
-            size_t at = ((size_t)h * W + (size_t)s->rows_slot[r]) * D * s->kv_elem;
-            store_kv(s->k, kv.k + at, kn + (size_t)h * D, D, s->kv_elem);
-            store_kv(s->k, kv.v + at, vn + (size_t)h * D, D, s->kv_elem);
+            size_t at = ((size_t)h * W + (size_t)s->rows_slot[r]) * s->kv_row;
+            store_kv(s->k, kv.k + at, kn + (size_t)h * D, D, s->kv_kind);
+            store_kv(s->k, kv.v + at, vn + (size_t)h * D, D, s->kv_kind);
         }
         break;
     }
@@ -641,7 +653,7 @@ int kn_session_batch_rows(const kn_session *s) { return s->batch_cap > 1 ? s->ma
 const float *kn_session_logits(const kn_session *s) { return s->logits; }
 
 bool kn_session_batches_with(const kn_session *lead, const kn_session *o) {
-    return o->m == lead->m && o->kv_elem == lead->kv_elem && o->k == lead->k;
+    return o->m == lead->m && o->kv_kind == lead->kv_kind && o->k == lead->k;
 }
 
 kiln_status kn_session_run_batch(kn_session *lead, kn_session *const *ss,
