@@ -441,31 +441,32 @@ static inline void attn_ref(const float *q, const void *k, const void *v, kn_kv_
     }
 }
 
-/* One head at a time. */
+/* One head at a time, over a cache of any kind (wide: a row's floats, for F16 and Q8_0). */
+static void attn_ref_heads(const float *q, const void *k, const void *v, kn_kv_kind kind,
+                           const int32_t *slot_pos, int n_slots, int32_t pos, int swa,
+                           float softcap, int d, int n_q, float *sc, float *out, float *ml) {
+    float wide[KN_ATTN_MAX_D];
+    for (int h = 0; h < n_q; h++)
+        attn_ref(q + (size_t)h * d, k, v, kind, slot_pos, n_slots, pos, swa, softcap, d,
+                 sc + (size_t)h * n_slots, out + (size_t)h * d, wide, ml ? ml + 2 * h : NULL);
+}
+
 void kn_attn_ref(const float *q, const float *k, const float *v, const int32_t *slot_pos,
                  int n_slots, int32_t pos, int swa, float softcap, int d, int n_q, float *sc,
                  float *out, float *ml) {
-    for (int h = 0; h < n_q; h++)
-        attn_ref(q + (size_t)h * d, k, v, KN_KV_F32, slot_pos, n_slots, pos, swa, softcap, d,
-                 sc + (size_t)h * n_slots, out + (size_t)h * d, NULL, ml ? ml + 2 * h : NULL);
+    attn_ref_heads(q, k, v, KN_KV_F32, slot_pos, n_slots, pos, swa, softcap, d, n_q, sc, out, ml);
 }
 
 void kn_attn_ref_f16(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *slot_pos,
                      int n_slots, int32_t pos, int swa, float softcap, int d, int n_q, float *sc,
                      float *out, float *ml) {
-    float wide[KN_ATTN_MAX_D];
-    for (int h = 0; h < n_q; h++)
-        attn_ref(q + (size_t)h * d, k, v, KN_KV_F16, slot_pos, n_slots, pos, swa, softcap, d,
-                 sc + (size_t)h * n_slots, out + (size_t)h * d, wide, ml ? ml + 2 * h : NULL);
+    attn_ref_heads(q, k, v, KN_KV_F16, slot_pos, n_slots, pos, swa, softcap, d, n_q, sc, out, ml);
 }
 
 void kn_attn_ref_q8(const float *q, const uint8_t *k, const uint8_t *v, const int32_t *slot_pos,
                     int n_slots, int32_t pos, int swa, float softcap, int d, int n_q, float *sc,
                     float *out, float *ml) {
-    float wide[KN_ATTN_MAX_D];
-    for (int h = 0; h < n_q; h++)
-        attn_ref(q + (size_t)h * d, k, v, KN_KV_Q8, slot_pos, n_slots, pos, swa, softcap, d,
-                 sc + (size_t)h * n_slots, out + (size_t)h * d, wide, ml ? ml + 2 * h : NULL);
+    attn_ref_heads(q, k, v, KN_KV_Q8, slot_pos, n_slots, pos, swa, softcap, d, n_q, sc, out, ml);
 }
 
 /* One function for every table and both of the engine's schedules (kn_attn_fold's promise). */
