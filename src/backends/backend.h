@@ -54,8 +54,7 @@ typedef struct kn_device kn_device;
 /* What a session wants of its device. */
 typedef struct kn_session_cfg {
     bool stateless;           /* the stateless graph will be used (else prefill + decode) */
-    bool kv_f32;              /* cpu: an F32 KV cache instead of the default F16 */
-    bool kv_q8;               /* cpu: a Q8_0 KV cache instead */
+    kiln_kv_type kv;          /* cpu: the KV cache's element type (default F16) */
 } kn_session_cfg;
 
 typedef struct kn_backend_ops {

@@ -23,7 +23,7 @@ static void add_fallback(char *fallback, const char *what) {
 /* The first prefill chunk of the same short prompt through both devices. */
 static kiln_status first_logits(kn_device *dev, const kn_device_params *p, const int32_t *ids,
                                 int n, float *out, kiln_error *err) {
-    kn_session_cfg cfg = {p->stateless, false, false};
+    kn_session_cfg cfg = {p->stateless, KILN_KV_F16};
     kn_backend *b = NULL;
     kn_driver drv = {0};
     const float *lg = NULL;

@@ -35,7 +35,7 @@ kiln_status kiln_session_new(kiln_model *km, const kiln_session_params *params,
     const bool stateless = p->mode == KILN_MODE_STATELESS;
     kiln_status s = kn_model_device(km, &ks->p, &ks->dev, err);
     if (!s) {
-        kn_session_cfg cfg = {stateless, p->kv == KILN_KV_F32, p->kv == KILN_KV_Q8_0};
+        kn_session_cfg cfg = {stateless, p->kv};
         s = ks->dev->device->ops->open(ks->dev->device, &cfg, &ks->b, err);
     }
     if (!s) s = kn_driver_init(&ks->drv, ks->b, &km->contract, km->m->hp.n_vocab, stateless,

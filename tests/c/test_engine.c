@@ -39,14 +39,12 @@
  * can run (FOR_EACH_TABLE), so an AVX-512 machine tests the AVX2 path and the reference too. */
 static const kn_kernels *g_table;
 /* The KV cache type the helpers' sessions use (the default, f16, unless a test says). */
-static bool g_kv_f16 = true;
-static bool g_kv_q8 = false;
+static kn_kv_kind g_kv = KN_KV_F16;
 
 static kn_session_params sess_params(void) {
     kn_session_params p = kn_session_default_params();
     p.kernels = g_table;
-    p.kv_f16 = g_kv_f16;
-    p.kv_q8 = g_kv_q8;
+    p.kv = g_kv;
     return p;
 }
 
@@ -268,7 +266,7 @@ TEST(engine_stories_logits_pos0_3) {
         kn_model *m = open_model(kt_shared(STORIES), 64, 4);
         CHECK(m != NULL);
         kn_session_params sp = sess_params();
-        sp.kv_f16 = f16;
+        sp.kv = f16 ? KN_KV_F16 : KN_KV_F32;
         eng *e = eng_new(m, &sp, false);
         CHECK(e != NULL);
         kiln_error err;
@@ -573,7 +571,7 @@ TEST(engine_q8_0_kv_cache) {
      * chunks, on the default table (the kernels' q8 variants are kernels_attention_q8_cache's);
      * and a model whose head size is no multiple of 32 (stories260K: 8) is refused with an
      * error that says so, not run. */
-    g_kv_q8 = true;
+    g_kv = KN_KV_Q8;
     check_modes_agree(smollm2_path(), k_smol_prompt,
                       (int)(sizeof k_smol_prompt / sizeof k_smol_prompt[0]), false,
                       KT_SANITIZED ? 6 : 32);
@@ -584,12 +582,22 @@ TEST(engine_q8_0_kv_cache) {
     kn_session *s = NULL;
     kiln_error err;
     kiln_status st = kn_session_new(m, &sp, &s, &err);
-    g_kv_q8 = false;
+    g_kv = KN_KV_F16;
     kn_session_free(s);
     kn_model_free(m);
     CHECK(st == KILN_ERR_INVALID_ARG);
     CHECKF(strstr(err.message, "multiple of 32") && strstr(err.message, "is 8"), "%s",
            err.message);
+    /* a kind the engine does not know is refused too, not read as one it does */
+    m = open_model(kt_shared(STORIES), 64, 8);
+    CHECK(m != NULL);
+    sp = sess_params();
+    sp.kv = (kn_kv_kind)7;
+    st = kn_session_new(m, &sp, &s, &err);
+    kn_session_free(s);
+    kn_model_free(m);
+    CHECK(st == KILN_ERR_INVALID_ARG);
+    CHECKF(strstr(err.message, "KV cache type 7") != NULL, "%s", err.message);
 }
 
 TEST(engine_stories_modes_agree) {
@@ -599,11 +607,11 @@ TEST(engine_stories_modes_agree) {
 }
 
 TEST(engine_stories_modes_agree_kv_f32) {
-    g_kv_f16 = false;
+    g_kv = KN_KV_F32;
     FOR_EACH_TABLE(check_modes_agree(kt_shared(STORIES), k_stories_prompt,
                                      (int)(sizeof k_stories_prompt / sizeof k_stories_prompt[0]),
                                      true, 32));
-    g_kv_f16 = true;
+    g_kv = KN_KV_F16;
 }
 
 TEST(engine_smollm2_modes_agree) {

@@ -131,12 +131,11 @@ typedef struct kn_session_params {
     const kn_kernels *kernels;/* the kernel table; NULL = kn_kernels_choose (KILN_KERNELS) */
     kn_pool *pool;            /* a shared pool (the device's), or NULL: the session starts its
                                  own of `threads` */
-    bool kv_f16;              /* KV cache of IEEE halves (default) rather than F32 */
+    kn_kv_kind kv;            /* the KV cache's rows: F16 (default), F32, or Q8_0 (head size
+                                 a multiple of 32) */
     int max_batch;            /* steps (its own and other sessions') it may lead in one pass
                                  (kn_session_run_batch), 1..KN_MAX_BATCH; default 1. Its
                                  scratch then holds a prefill chunk plus max_batch - 1 rows */
-    bool kv_q8;               /* KV cache of Q8_0 rows (overrides kv_f16); head size a
-                                 multiple of 32 */
 } kn_session_params;
 
 /* The most steps one batched pass takes (each step's logits row is [V] floats). */

@@ -6,7 +6,7 @@
  * use the session's cache as the view (the layer's slice of [L,2,Hkv,W,D]); stateless uses a
  * private one-layer view that starts empty each call, so it never touches the cache.
  *
- * The cache holds IEEE halves by default (kv_f16), F32 or Q8_0 on request. A row is rounded
+ * The cache holds IEEE halves by default, F32 or Q8_0 on request. A row is rounded
  * to the cache's type when it is written, before any row attends to it, so a token sees the
  * same keys and values in a decode step, a prefill chunk and a stateless window (whose private
  * view has the same type).
@@ -80,7 +80,7 @@ typedef struct row_kv {
 } row_kv;
 
 kn_session_params kn_session_default_params(void) {
-    kn_session_params p = {1, true, NULL, NULL, true, 1, false};
+    kn_session_params p = {1, true, NULL, NULL, KN_KV_F16, 1};
     return p;
 }
 
@@ -123,7 +123,9 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     if (p->max_batch < 1 || p->max_batch > KN_MAX_BATCH)
         return kn_fail(err, KILN_ERR_INVALID_ARG, "a batch must be 1 to %d rows, not %d",
                        KN_MAX_BATCH, p->max_batch);
-    if (p->kv_q8 && m->hp.head_dim % KN_QBLOCK != 0)
+    if (p->kv != KN_KV_F32 && p->kv != KN_KV_F16 && p->kv != KN_KV_Q8)
+        return kn_fail(err, KILN_ERR_INVALID_ARG, "unknown KV cache type %d", (int)p->kv);
+    if (p->kv == KN_KV_Q8 && m->hp.head_dim % KN_QBLOCK != 0)
         return kn_fail(err, KILN_ERR_INVALID_ARG,
                        "a q8_0 KV cache needs a head size that is a multiple of %d; this "
                        "model's is %d (use --kv f16 or f32)", KN_QBLOCK, m->hp.head_dim);
@@ -150,7 +152,7 @@ kiln_status kn_session_new(const kn_model *m, const kn_session_params *p, kn_ses
     s->act_stride = (int)((amax + KN_KBLOCK - 1) / KN_KBLOCK * KN_KBLOCK);
     size_t fs = sizeof(float);
     bool ok = true;
-    s->kv_kind = p->kv_q8 ? KN_KV_Q8 : p->kv_f16 ? KN_KV_F16 : KN_KV_F32;
+    s->kv_kind = p->kv;
     s->kv_row = kn_kv_row_bytes(s->kv_kind, (int)D);
     size_t KR = (size_t)hp->n_head_kv * s->kv_row; /* one position's keys (or values) */
     s->kv = alloc_f(KR * L * 2 * W, &ok);
