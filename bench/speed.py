@@ -305,7 +305,7 @@ def run_row(name, model, test, threads, a, bins):
     cap = Path(model).stat().st_size + int(mem_available() * 0.75) + (2 << 30)
     res = dict(model=name, title=ROWS[name]["title"], file=Path(model).name, test=test,
                kind=kind, n=n, depth=depth, par=par, threads=threads, llama=[], kiln=[], bw=[],
-               weight_bytes=None, resident_bytes=None, llama_err="", kiln_err="", rounds=[],
+               weight_bytes=None, resident_bytes=None, kv_bytes=0, llama_err="", kiln_err="", rounds=[],
                load=[])
     for r in range(a.rounds):
         order = ("llama", "kiln") if r % 2 == 0 else ("kiln", "llama")  # A B B A ...
@@ -345,6 +345,7 @@ def run_row(name, model, test, threads, a, bins):
                         res["bw"].append(out[0]["bw_gbs"])
                         res["weight_bytes"] = out[0]["weight_bytes"]
                         res["resident_bytes"] = out[0]["resident_bytes"]
+                        res["kv_bytes"] = out[0].get("kv_bytes", 0)
                 else:
                     res["kiln_err"] = e + (f" (address space capped at {cap / 1e9:.0f} GB)"
                                            if "memory" in e else "")
@@ -395,10 +396,18 @@ def git_rev():
         return "unknown"
 
 
+def floor_ts(r, bw):
+    """Decode's ceiling: a pass reads the weights once and each of its P sessions' KV cache
+    (kiln bench --floor's kv_bytes: the mean over the steps at the row's depth)."""
+    p = r.get("par") or 1
+    return p * bw * 1e9 / (r["weight_bytes"] + p * r["kv_bytes"]) if bw else None
+
+
 def table(results, bw_probe):
     lines = ["| model | test | threads | kiln t/s | llama.cpp t/s | kiln / llama.cpp "
-             "| weights MB/token | floor t/s | kiln % of floor | llama.cpp % of floor | load |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| weights MB/token | KV MB/token | floor t/s | kiln % of floor | llama.cpp % of floor "
+             "| load |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         k, k0, k1 = median_span(r["kiln"])
         l, l0, l1 = median_span(r["llama"])
@@ -408,16 +417,16 @@ def table(results, bw_probe):
         rr = [x["kiln"] / x["llama"] for x in r["rounds"] if x.get("kiln") and x.get("llama")]
         ratio = (f"**{k / l:.2f}**" + (f" [{min(rr):.2f}–{max(rr):.2f}]" if len(rr) > 1 else "")
                  if k and l else "—")
-        wb = floor = kp = lp = None
+        wb = kvb = floor = kp = lp = None
         if r["kind"] == "tg" and r["weight_bytes"]:
             bw = statistics.median(r["bw"]) if r["bw"] else bw_probe.get(r["threads"])
-            wb = r["weight_bytes"] / 1e6
-            floor = bw * 1e9 / r["weight_bytes"] if bw else None
+            wb, kvb = r["weight_bytes"] / 1e6, r["kv_bytes"] / 1e6
+            floor = floor_ts(r, bw)
             kp = 100 * k / floor if floor and k else None
             lp = 100 * l / floor if floor and l else None
         test = re.sub(r"x(\d+)$", r" x\1", r["test"].replace("@", " @ "))
         lines.append(f"| {r['title']} | {test} | {r['threads']} | {kt} | {lt} | {ratio} | "
-                     f"{fmt(wb)} | {fmt(floor)} | {fmt(kp, 0)} | {fmt(lp, 0)} | "
+                     f"{fmt(wb)} | {fmt(kvb)} | {fmt(floor)} | {fmt(kp, 0)} | {fmt(lp, 0)} | "
                      f"{fmt(statistics.median(r['load']) if r['load'] else None)} |")
     return "\n".join(lines)
 
@@ -439,6 +448,9 @@ def long_context(results):
             hi, lo = median_span(r[eng])[0], median_span(b[eng])[0]
             if hi and lo:
                 parts.append(f"{lab} {hi / lo:.2f}")
+        if r["weight_bytes"] and b["weight_bytes"]:
+            # what streaming the bytes alone allows: the floor's own ratio (f16 cache)
+            parts.append(f"bytes alone {floor_ts(r, 1) / floor_ts(b, 1):.2f}")
         out.append(f"Long context, {r['title']}, tg{n} at {d} tokens of context / at "
                    f"{b['depth']} ({th} thread{'s' if th > 1 else ''}): {', '.join(parts) or '—'} "
                    "(goal ≥ 0.9).")

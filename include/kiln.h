@@ -386,6 +386,10 @@ kiln_status kiln_session_feed(kiln_session *session, const int32_t *ids, int n, 
  * holds them (more where a type its kernels lack is widened to F32 at load). Either pointer may
  * be NULL. */
 void kiln_model_decode_bytes(const kiln_model *model, uint64_t *stored, uint64_t *resident);
+/* Bytes of cached keys and values a decode step reads with n_ctx positions in the cache (the
+ * new one included) in a cache of the given type: every layer's K and V rows, a sliding-window
+ * layer's at most its window. Counted with the weights, they make the floor at a depth. */
+uint64_t kiln_model_kv_bytes(const kiln_model *model, kiln_kv_type kv, int n_ctx);
 /* This machine's read bandwidth in GB/s (1e9 bytes/s): `threads` threads of a pool like a
  * session's stream a buffer of `bytes` (0: 1 GiB, well past the caches), best of 5 passes.
  * bandwidth / stored bytes per token is the ceiling of decode tokens/s. */

@@ -152,12 +152,15 @@ typedef struct bench_row {
     const double *samples;      /* [reps] tokens/s */
     bool floor;                 /* --floor: the weight bytes and bandwidth below are set */
     uint64_t stored, resident;
+    double kv_bytes;            /* cached K and V a decode step reads, mean over the steps */
     double bw_gbs;
 } bench_row;
 
 static void print_row(const bench_row *r, bool json, bool first) {
     bool fl = r->floor && r->kind == 1;
-    double floor_ts = fl && r->stored ? r->bw_gbs * 1e9 / (double)r->stored : 0;
+    /* a pass reads the weights once for all np sessions, and each session's own cache */
+    double bytes = (double)r->stored + r->np * r->kv_bytes;
+    double floor_ts = fl && r->stored ? r->np * r->bw_gbs * 1e9 / bytes : 0;
     double pct = floor_ts > 0 ? 100 * r->avg / floor_ts : 0;
     if (json) {
         printf("%s  {\"model\": ", first ? "" : ",\n");
@@ -173,10 +176,10 @@ static void print_row(const bench_row *r, bool json, bool first) {
         for (int i = 0; i < r->reps; i++) printf("%s%.3f", i ? ", " : "", r->samples[i]);
         printf("]");
         if (fl)
-            printf(", \"weight_bytes\": %llu, \"resident_bytes\": %llu, \"bw_gbs\": %.3f, "
-                   "\"floor_ts\": %.3f, \"pct_floor\": %.2f",
-                   (unsigned long long)r->stored, (unsigned long long)r->resident, r->bw_gbs,
-                   floor_ts, pct);
+            printf(", \"weight_bytes\": %llu, \"resident_bytes\": %llu, \"kv_bytes\": %.0f, "
+                   "\"bw_gbs\": %.3f, \"floor_ts\": %.3f, \"pct_floor\": %.2f",
+                   (unsigned long long)r->stored, (unsigned long long)r->resident, r->kv_bytes,
+                   r->bw_gbs, floor_ts, pct);
         printf("}");
         return;
     }
@@ -187,9 +190,10 @@ static void print_row(const bench_row *r, bool json, bool first) {
     printf("| %s | %s | %s | %d | %s | %.2f ± %.2f |", r->name, r->device, r->mode, r->threads,
            test, r->avg, r->sd);
     if (fl)
-        printf(" %.1f | %.2f | %.2f | %.1f |", (double)r->stored / 1e6, r->bw_gbs, floor_ts, pct);
+        printf(" %.1f | %.1f | %.2f | %.2f | %.1f |", (double)r->stored / 1e6, r->kv_bytes / 1e6,
+               r->bw_gbs, floor_ts, pct);
     else if (r->floor)
-        printf(" | | | |");
+        printf(" | | | | |");
     printf("\n");
 }
 
@@ -224,14 +228,18 @@ int kiln_cli_bench(int argc, char **argv) {
                    "bench's S_TG); -d fills every session's context first. A list runs each N.\n\n"
                    "--floor measures this machine's read bandwidth at each thread count in the\n"
                    "same run and adds, per tg row, the bytes of weights a decode step reads (every\n"
-                   "layer matrix and the output matrix, as the file stores them) and the floor\n"
-                   "tokens/s = bandwidth / bytes, with the share of it reached (KV-cache reads\n"
-                   "are not counted: at a depth the floor is optimistic).\n\n"
+                   "layer matrix and the output matrix, as the file stores them), the bytes of\n"
+                   "cached keys and values it reads (every layer's rows over the positions it\n"
+                   "attends, a sliding layer's over its window; the mean over the test's steps,\n"
+                   "in the --kv type), and the floor tokens/s = bandwidth / (weights + KV), with\n"
+                   "the share of it reached. With -np N a pass reads the weights once and N\n"
+                   "caches: floor = N * bandwidth / (weights + N * KV).\n\n"
                    "--json prints llama-bench's fields (n_prompt, n_gen, n_depth, n_threads,\n"
                    "type_k, type_v, avg_ts, stddev_ts, samples_ts) plus mode, window, chunk and\n"
                    "n_parallel;\n"
                    "with --floor, tg rows add weight_bytes, resident_bytes (as kiln holds them:\n"
-                   "more where a type is widened to F32 at load), bw_gbs, floor_ts, pct_floor.\n"
+                   "more where a type is widened to F32 at load), kv_bytes, bw_gbs, floor_ts,\n"
+                   "pct_floor.\n"
                    "--kv: the native cpu engine's KV cache (default f16; q8_0: GGUF Q8_0 rows, about\n"
                    "half the bytes, for head sizes that are multiples of 32).\n");
             return 0;
@@ -344,9 +352,9 @@ int kiln_cli_bench(int argc, char **argv) {
     fill_random(ids, max_d + max_n, kiln_model_n_vocab(m));
     if (json) printf("[\n");
     else if (floor)
-        printf("| model | backend | mode | threads | test | t/s | weights MB/token | read GB/s "
-               "| floor t/s | %% of floor |\n"
-               "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        printf("| model | backend | mode | threads | test | t/s | weights MB/token "
+               "| KV MB/token | read GB/s | floor t/s | %% of floor |\n"
+               "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     else
         printf("| model | backend | mode | threads | test | t/s |\n"
                "| --- | --- | --- | ---: | ---: | ---: |\n");
@@ -415,6 +423,10 @@ int kiln_cli_bench(int argc, char **argv) {
                             r.n = n;
                             r.depth = d;
                             r.np = p;
+                            r.kv_bytes = 0;
+                            /* step i of a tg test attends d + i + 1 positions */
+                            for (int i = 0; floor && kind == 1 && i < n; i++)
+                                r.kv_bytes += (double)kiln_model_kv_bytes(m, kv, d + i + 1) / n;
                             r.avg = sum / reps;
                             double var =
                                 reps > 1 ? (sum2 - reps * r.avg * r.avg) / (reps - 1) : 0;

@@ -1,7 +1,9 @@
 """The speed benchmark's instruments: the random-weight model generator
 (scripts/make_bench_models.py) checked with gguf-py and kiln, and `kiln bench --floor / -d`.
 Timings themselves are never asserted (GUIDE: speed lives in benchmarks)."""
+import functools
 import json
+import subprocess
 import sys
 
 import gguf
@@ -63,13 +65,52 @@ def test_kiln_inspects_and_tokenizes_the_generated_gguf(tiny_gguf):
     assert json.loads(r.stdout)
 
 
+@functools.lru_cache(maxsize=None)
+def reader(path):
+    """gguf-py's reading of a file, once a file: a 262k-token vocabulary takes seconds."""
+    return gguf.GGUFReader(str(path))
+
+
 def decode_bytes(path):
     """Bytes a decode step reads, from gguf-py: layer matrices + the output matrix."""
-    r = gguf.GGUFReader(str(path))
+    r = reader(str(path))
     names = {t.name for t in r.tensors}
     out = "output.weight" if "output.weight" in names else "token_embd.weight"
     return sum(int(t.n_bytes) for t in r.tensors
                if (t.name.startswith("blk.") and len(t.shape) >= 2) or t.name == out)
+
+
+def kv_shape(path):
+    """(layers, KV heads, head size, sliding window or 0) as gguf-py reads the metadata."""
+    r = reader(str(path))
+
+    def get(key, default=None):
+        f = r.get_field(key)
+        return default if f is None else f.contents()
+
+    arch = get("general.architecture")
+    L, Hkv = get(f"{arch}.block_count"), get(f"{arch}.attention.head_count_kv")
+    D = get(f"{arch}.attention.key_length",
+            get(f"{arch}.embedding_length") // get(f"{arch}.attention.head_count"))
+    swa = get(f"{arch}.attention.sliding_window", 0) if arch == "gemma3" else 0
+    return L, Hkv, D, swa
+
+
+def kv_step_bytes(path, n_ctx, kv="f16"):
+    """Cached K and V bytes a decode step reads with n_ctx positions cached: every layer's KV
+    heads over n_ctx rows, a sliding layer's over at most its window. Gemma 3's pattern (every
+    6th layer global) is llama.cpp's, not the file's (src/llama-model.cpp, LLM_ARCH_GEMMA3:
+    hparams.set_swa_pattern(6))."""
+    L, Hkv, D, swa = kv_shape(str(path))
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0]
+    row = {"f16": 2 * D, "f32": 4 * D, "q8_0": D // block * size}[kv]
+    rows = sum(n_ctx if not swa or l % 6 == 5 else min(n_ctx, swa) for l in range(L))
+    return 2 * Hkv * row * rows
+
+
+def mean_kv_bytes(path, depth, n, kv="f16"):
+    """The mean over a tg test's n steps: step i attends depth + i + 1 positions."""
+    return sum(kv_step_bytes(path, depth + i + 1, kv) for i in range(n)) / n
 
 
 # under ASan the tiny shape only (the same code; SmolLM2's steps cost seconds there)
@@ -93,8 +134,42 @@ def test_bench_floor_json_fields(which, tiny_gguf, smollm_gguf):
         # both files hold only types the kernels take (F16 / Q4_1 / Q8_0): nothing widened
         assert x["resident_bytes"] == want
         assert x["bw_gbs"] > 0
-        assert x["floor_ts"] == pytest.approx(x["bw_gbs"] * 1e9 / want, rel=1e-3)
+        kv = mean_kv_bytes(path, x["n_depth"], x["n_gen"])
+        assert x["kv_bytes"] == pytest.approx(kv, abs=1)
+        assert x["floor_ts"] == pytest.approx(x["bw_gbs"] * 1e9 / (want + kv), rel=1e-3)
         assert x["pct_floor"] == pytest.approx(100 * x["avg_ts"] / x["floor_ts"], rel=1e-2)
+
+
+@pytest.mark.skipif(SANITIZED_ONE_TABLE, reason="seconds of prefill a case under ASan; the "
+                    "same code as the tiny shape's case above")
+@pytest.mark.parametrize("which,args", [
+    ("smollm2", ["--kv", "q8_0"]),
+    ("smollm2", ["--kv", "f32", "-np", "1,2"]),
+    ("gemma3", []),   # past its 512-slot window: 15 of 18 layers stop counting there
+])
+def test_bench_floor_counts_the_kv_cache(which, args, smollm_gguf):
+    if which == "gemma3":
+        out = subprocess.run([str(ROOT / "scripts" / "fetch_models.sh"), "gemma3"],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        path, depth = out.stdout.strip(), 600
+    else:
+        path, depth = smollm_gguf, 40
+    kv = args[1] if args else "f16"
+    r = run_kiln("bench", path, "-p", "0", "-n", "3", "-d", f"0,{depth}", "-t", "1", "-r", "1",
+                 "--floor", "--json", "--device", "cpu", *args, check=True)
+    rows = json.loads(r.stdout)
+    assert rows and all(x["type_k"] == kv for x in rows)
+    want = decode_bytes(path)
+    for x in rows:
+        got = mean_kv_bytes(path, x["n_depth"], 3, kv)
+        assert x["kv_bytes"] == pytest.approx(got, abs=1)
+        p = x["n_parallel"]
+        # one pass reads the weights once for all p sessions, and each session's cache
+        assert x["floor_ts"] == pytest.approx(p * x["bw_gbs"] * 1e9 / (want + p * got),
+                                              rel=1e-3)
+    deep = [x for x in rows if x["n_depth"] == depth]
+    assert deep and deep[0]["kv_bytes"] > 10 * [x for x in rows if x["n_depth"] == 0][0]["kv_bytes"]
 
 
 def test_bench_text_table_has_floor_columns(smollm_gguf):

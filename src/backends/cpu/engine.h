@@ -124,6 +124,11 @@ size_t kn_model_packed_bytes(const kn_model *m);
  * bytes any engine must stream per token; *resident as this engine's views hold them, more
  * where a type the kernels lack was widened to F32 at load (the 8-row repack keeps the size). */
 void kn_model_decode_bytes(const kn_model *m, uint64_t *stored, uint64_t *resident);
+/* Bytes of cached keys and values one decode step must read with n_ctx positions cached (its
+ * own included), rows of the given kind: every layer's K and V heads over min(n_ctx, the
+ * layer's sliding window) rows. The least any engine with such a cache reads; this one's
+ * attention reads no more. */
+uint64_t kn_model_kv_step_bytes(const kn_model *m, kn_kv_kind kind, int n_ctx);
 
 typedef struct kn_session_params {
     int threads;              /* >= 1 (default 1); ignored when pool is given */

@@ -444,6 +444,16 @@ static uint64_t view_bytes(const kn_wmat *w) {
     return (uint64_t)w->row_bytes * rows;
 }
 
+uint64_t kn_model_kv_step_bytes(const kn_model *m, kn_kv_kind kind, int n_ctx) {
+    const kn_hparams *hp = &m->hp;
+    uint64_t rows = 0;
+    for (int l = 0; l < hp->n_layer && n_ctx > 0; l++) {
+        int swa = kn_hparams_layer_window(hp, l);
+        rows += (uint64_t)(swa > 0 && swa < n_ctx ? swa : n_ctx);
+    }
+    return 2 * rows * (uint64_t)hp->n_head_kv * kn_kv_row_bytes(kind, hp->head_dim);
+}
+
 void kn_model_decode_bytes(const kn_model *m, uint64_t *stored, uint64_t *resident) {
     /* Stored: every matrix of a layer (blk.N.*, two or more dims; biases and norms are vectors
      * and negligible) plus the output matrix, or the embedding table when tied. */
