@@ -149,37 +149,33 @@ KA_AI __m256 ka_store_scores(float *st, __m256 s8, float softcap, __m256 mx) {
  * heads and 32 (an AVX-512 build's ymm0-31: KA_REGS32) for 8. */
 #ifdef KA_REGS32
 #define KA_PAIR_MAX 8
+#define KA_VACC 24
 #else
 #define KA_PAIR_MAX 4
+#define KA_VACC 8
 #endif
 
-/* Dims [c, c + 8 * cw) of the weighted sums of values for heads h0 .. h0 + nh - 1 (cw 2 needs
- * nh <= KA_PAIR_MAX and c + 16 <= d), from the normalized weights sc[t][j]. */
+/* Dims [c, c + 8 * cw) of the weighted sums of values for heads h0 .. h0 + nh - 1 (cw 2 or 4
+ * needs nh * cw <= KA_VACC and c + 8 * cw <= d), from the normalized weights sc[t][j]. */
 KA_AI void ka_values(const void *v, const int kt, const float *sc, int end, int d, int c,
                      int h0, const int nh, const int cw, float *out) {
-    __m256 acc[8], acc2[KA_PAIR_MAX];
-    for (int j = 0; j < nh; j++) acc[j] = _mm256_setzero_ps();
-    for (int j = 0; j < (cw == 2 ? nh : 0); j++) acc2[j % KA_PAIR_MAX] = _mm256_setzero_ps();
+    __m256 acc[KA_VACC];
+    for (int i = 0; i < nh * cw; i++) acc[i % KA_VACC] = _mm256_setzero_ps();
     for (int t = 0; t < end; t++) {
         if (c == 0) ka_prefetch_row(v, t + KA_AHEAD, end, d, kt);
         const void *vt = ka_row(v, (size_t)t, d, kt);
-        __m256 vv = ka_load8(vt, c, d, kt);
-        if (cw == 2) {
-            __m256 vv2 = ka_load8(vt, c + 8, d, kt);
-            for (int j = 0; j < nh; j++) {
-                __m256 p = _mm256_broadcast_ss(sc + 8 * (size_t)t + j);
-                acc[j] = _mm256_fmadd_ps(p, vv, acc[j]);
-                acc2[j % KA_PAIR_MAX] = _mm256_fmadd_ps(p, vv2, acc2[j % KA_PAIR_MAX]);
-            }
-        } else {
-            for (int j = 0; j < nh; j++)
-                acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + 8 * (size_t)t + j), vv, acc[j]);
+        __m256 vv[4];
+        for (int w = 0; w < cw; w++) vv[w] = ka_load8(vt, c + 8 * w, d, kt);
+        for (int j = 0; j < nh; j++) {
+            __m256 p = _mm256_broadcast_ss(sc + 8 * (size_t)t + j);
+            for (int w = 0; w < cw; w++)
+                acc[(w * nh + j) % KA_VACC] = _mm256_fmadd_ps(p, vv[w], acc[(w * nh + j) % KA_VACC]);
         }
     }
     for (int half = 0; half < cw; half++) {
         int cc = c + 8 * half, m = d - cc < 8 ? d - cc : 8;
         for (int j = 0; j < nh; j++) {
-            __m256 a = half ? acc2[j % KA_PAIR_MAX] : acc[j];
+            __m256 a = acc[(half * nh + j) % KA_VACC];
             float *o = out + (size_t)(h0 + j) * d + cc;
             if (m == 8) {
                 _mm256_storeu_ps(o, a);
@@ -292,12 +288,14 @@ KA_AI void ka_heads(const float *q, const void *k, const void *v, const int kt,
                                _mm256_div_ps(_mm256_set1_ps(1.0f), sum));
     for (int t = 0; t < end; t++)
         _mm256_storeu_ps(sc + 8 * (size_t)t, _mm256_mul_ps(_mm256_loadu_ps(sc + 8 * (size_t)t), inv));
-    /* weighted sums: 8 dims (16 with at most KA_PAIR_MAX heads) of every head of the group at a time,
-     * each value row widened once per 8 dims for all of them and each weight broadcast once
-     * per pass. Every (head, dim) still sums slot by slot in slot order. A masked slot's weight
+    /* weighted sums: 32, 16 or 8 dims of every head of the group at a time (as many as
+     * KA_VACC accumulators hold), each value row widened once per 8 dims for all of them and
+     * each weight broadcast once per pass: fewer passes, fewer broadcasts. Every (head, dim) still sums slot by slot in slot order. A masked slot's weight
      * is exactly 0 and cached rows are finite, so it adds exact zeros: no test needed. */
     int c = 0;
-    if (nh <= KA_PAIR_MAX)
+    if (nh * 4 <= KA_VACC)
+        for (; c + 32 <= d; c += 32) ka_values(v, kt, sc, end, d, c, h0, nh, 4, out);
+    if (nh * 2 <= KA_VACC)
         for (; c + 16 <= d; c += 16) ka_values(v, kt, sc, end, d, c, h0, nh, 2, out);
     for (; c < d; c += 8) ka_values(v, kt, sc, end, d, c, h0, nh, 1, out);
 }
