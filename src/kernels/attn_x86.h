@@ -26,6 +26,12 @@
 
 #define KA_AI __attribute__((always_inline)) static inline
 
+/* A Q8_0 cache's keys are scored in integers (below): the 8 lanes of sums of 4 adjacent u8 x s8
+ * products, by maddubs + madd, or one vpdpbusd where the includer has VNNI. */
+#ifndef KA_DOT_U8S8
+#define KA_DOT_U8S8(u, s) _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), _mm256_set1_epi16(1))
+#endif
+
 KA_AI float ka_hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -165,7 +171,19 @@ KA_AI void ka_values(const void *v, const int kt, const float *sc, int end, int 
         if (c == 0) ka_prefetch_row(v, t + KA_AHEAD, end, d, kt);
         const void *vt = ka_row(v, (size_t)t, d, kt);
         __m256 vv[4];
-        for (int w = 0; w < cw; w++) vv[w] = ka_load8(vt, c + 8 * w, d, kt);
+        if (kt == KN_KV_Q8) {
+            /* a pass lies in one block (8 * cw <= 32 divides c): its scale is read once */
+            const uint8_t *blk = (const uint8_t *)vt + (size_t)(c / 32) * 34;
+            uint16_t h;
+            memcpy(&h, blk, sizeof h);
+            __m256 dv = _mm256_set1_ps(_cvtsh_ss(h));
+            for (int w = 0; w < cw; w++)
+                vv[w] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                                          (const __m128i *)(const void *)(blk + 2 + c % 32 + 8 * w)))),
+                                      dv);
+        } else {
+            for (int w = 0; w < cw; w++) vv[w] = ka_load8(vt, c + 8 * w, d, kt);
+        }
         for (int j = 0; j < nh; j++) {
             __m256 p = _mm256_broadcast_ss(sc + 8 * (size_t)t + j);
             for (int w = 0; w < cw; w++)
@@ -207,6 +225,71 @@ KA_AI void ka_dot_pair(const float *qh, const void *k, const void *v, int t, int
     }
 }
 
+/* The nh queries qh[nh][d] rounded to Q8_0 per block of 32, as llama.cpp rounds the query it
+ * scores against a q8_0 cache, into qq[nh][d] and their scales qd[nh][d / 32]: amax / 127
+ * rounded through a half; each value x * (127 / amax) rounded to nearest, ties to even. The
+ * reference (ref.c) spells out the same steps, so the integers and scales are the same bits. */
+KA_AI void ka_quantize_q(const float *qh, int d, const int nh, int8_t *qq, float *qd) {
+    const int nb = d / 32;
+    const __m256 nz = _mm256_set1_ps(-0.0f);
+    for (int j = 0; j < nh; j++)
+        for (int b = 0; b < nb; b++) {
+            const float *x = qh + (size_t)j * d + 32 * b;
+            __m256 v[4], m = _mm256_setzero_ps();
+            for (int u = 0; u < 4; u++) {
+                v[u] = _mm256_loadu_ps(x + 8 * u);
+                m = _mm256_max_ps(m, _mm256_andnot_ps(nz, v[u]));
+            }
+            float m8[8], amax = 0.0f;
+            _mm256_storeu_ps(m8, m);
+            for (int u = 0; u < 8; u++) amax = m8[u] > amax ? m8[u] : amax;
+            float dd = amax / 127.0f, id = dd != 0.0f ? 1.0f / dd : 0.0f;
+            qd[j * nb + b] = _cvtsh_ss(_cvtss_sh(dd, _MM_FROUND_TO_NEAREST_INT));
+            __m256i i[4];
+            for (int u = 0; u < 4; u++)
+                i[u] = _mm256_cvtps_epi32(_mm256_round_ps(
+                    _mm256_mul_ps(v[u], _mm256_set1_ps(id)),
+                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            /* the packs interleave 128-bit halves; the permute puts the 32 values back in order */
+            __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]),
+                                           _mm256_packs_epi32(i[2], i[3]));
+            p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)(void *)(qq + (size_t)j * d + 32 * b), p);
+        }
+}
+
+/* The scores of slot t (into acc[0 .. nh)) and, with two, t + 1 (acc[at1 ..)) of a Q8_0 cache
+ * against the Q8_0 queries: per block of 32 an exact integer dot in 8 lanes of 4 products (|k|
+ * as u8 times sign(k) * q as s8), each lane taken to float and added into its accumulator
+ * times the key's scale times the query's, block after block: fused, one rounding each. The
+ * tree that sums the 8 lanes is the float path's. Half the bytes of an F16 row, and a quarter
+ * of the instructions to widen it. */
+KA_AI void ka_q8_dot(const int8_t *qq, const float *qd, const void *k, const void *v, int t,
+                     const int two, int end, int d, const int nh, __m256 *acc, const int at1) {
+    for (int u = t; u < t + two; u++) {
+        ka_prefetch_row(k, u + KA_AHEAD, end, d, KN_KV_Q8);
+        ka_prefetch_l2(v, u + KA_AHEAD, end, d, KN_KV_Q8);
+    }
+    const int nb = d / 32;
+    for (int b = 0; b < nb; b++)
+        for (int u = 0; u < two; u++) {
+            const uint8_t *blk = (const uint8_t *)ka_row(k, (size_t)t + u, d, KN_KV_Q8) + 34 * b;
+            uint16_t h;
+            memcpy(&h, blk, sizeof h);
+            __m256 dk = _mm256_set1_ps(_cvtsh_ss(h));
+            __m256i kb = _mm256_loadu_si256((const __m256i *)(const void *)(blk + 2));
+            __m256i ak = _mm256_sign_epi8(kb, kb);
+            for (int j = 0; j < nh; j++) {
+                __m256i qb = _mm256_loadu_si256(
+                    (const __m256i *)(const void *)(qq + (size_t)j * d + 32 * b));
+                __m256i p = KA_DOT_U8S8(ak, _mm256_sign_epi8(qb, kb));
+                __m256 s = _mm256_mul_ps(dk, _mm256_broadcast_ss(qd + j * nb + b));
+                int a = u ? at1 + j : j;
+                acc[a] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[a]);
+            }
+        }
+}
+
 /* Heads h0 .. h0 + nh - 1 (nh <= 8, a constant) of the group. Scores are kept slot-major,
  * sc[t][8], lane j for head h0 + j, so the softmax is one vector operation per slot for all
  * the heads. With at most 4 heads, two slots share one reduction tree (heads in lanes 0-3 and
@@ -215,10 +298,13 @@ KA_AI void ka_dot_pair(const float *qh, const void *k, const void *v, int t, int
  * on the pairing. Unused lanes of a slot hold 0 (or their cap), as the zero accumulators give. */
 KA_AI void ka_heads(const float *q, const void *k, const void *v, const int kt,
                     const int32_t *slot_pos, int end, int32_t pos, int swa, float softcap,
-                    int d, int h0, const int nh, float *sc, float *out, float *ml) {
+                    int d, int h0, const int nh, float *sc, float *out, float *ml, int8_t *qq,
+                    float *qd) {
     const __m256 scale = _mm256_set1_ps(1.0f / sqrtf((float)d));
     const float *qh = q + (size_t)h0 * d;
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    /* a Q8_0 cache's keys are scored against the queries rounded to Q8_0 (ka_q8_dot) */
+    if (kt == KN_KV_Q8) ka_quantize_q(qh, d, nh, qq, qd);
     /* scores: each key row widened once, dotted with every query of the group */
     __m256 mx = ninf;
     for (int t = 0; t < end;) {
@@ -236,7 +322,8 @@ KA_AI void ka_heads(const float *q, const void *k, const void *v, const int kt,
             const int at1 = nh <= 4 ? 4 : 8;
             __m256 acc[16];
             for (int j = 0; j < 16; j++) acc[j] = _mm256_setzero_ps();
-            ka_dot_pair(qh, k, v, t, end, kt, d, nh, acc, at1);
+            if (kt == KN_KV_Q8) ka_q8_dot(qq, qd, k, v, t, 2, end, d, nh, acc, at1);
+            else ka_dot_pair(qh, k, v, t, end, kt, d, nh, acc, at1);
             __m256 s0, s1;
             if (at1 == 4) {
                 /* slot t: lanes 0-3 (4-7 zero); slot t + 1: lanes 4-7 moved down */
@@ -259,11 +346,15 @@ KA_AI void ka_heads(const float *q, const void *k, const void *v, const int kt,
             t++;
             continue;
         }
-        ka_prefetch_row(k, t + KA_AHEAD, end, d, kt);
-        ka_prefetch_l2(v, t + KA_AHEAD, end, d, kt);
         __m256 acc[8];
         for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
-        ka_dot_heads(qh, ka_row(k, (size_t)t, d, kt), kt, d, nh, acc, 0);
+        if (kt == KN_KV_Q8) {
+            ka_q8_dot(qq, qd, k, v, t, 1, end, d, nh, acc, 0);
+        } else {
+            ka_prefetch_row(k, t + KA_AHEAD, end, d, kt);
+            ka_prefetch_l2(v, t + KA_AHEAD, end, d, kt);
+            ka_dot_heads(qh, ka_row(k, (size_t)t, d, kt), kt, d, nh, acc, 0);
+        }
         mx = ka_store_scores(sc + 8 * (size_t)t, _mm256_mul_ps(ka_sum8x8(acc), scale), softcap,
                              mx);
         t++;
@@ -303,18 +394,19 @@ KA_AI void ka_heads(const float *q, const void *k, const void *v, const int kt,
 /* The group in blocks of up to 8 heads; d is a constant in the copies ka_attn makes. */
 KA_AI void ka_attn_d(const float *q, const void *k, const void *v, const int kt,
                      const int32_t *slot_pos, int end, int32_t pos, int swa, float softcap,
-                     const int d, int n_q, float *sc, float *out, float *ml) {
+                     const int d, int n_q, float *sc, float *out, float *ml, int8_t *qq,
+                     float *qd) {
     for (int h0 = 0; h0 < n_q; h0 += 8) {
         /* one specialized copy per width, so the loops over the heads unroll */
         switch (n_q - h0 < 8 ? n_q - h0 : 8) {
-        case 1: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 1, sc, out, ml); break;
-        case 2: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 2, sc, out, ml); break;
-        case 3: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 3, sc, out, ml); break;
-        case 4: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 4, sc, out, ml); break;
-        case 5: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 5, sc, out, ml); break;
-        case 6: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 6, sc, out, ml); break;
-        case 7: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 7, sc, out, ml); break;
-        default: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 8, sc, out, ml); break;
+        case 1: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 1, sc, out, ml, qq, qd); break;
+        case 2: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 2, sc, out, ml, qq, qd); break;
+        case 3: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 3, sc, out, ml, qq, qd); break;
+        case 4: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 4, sc, out, ml, qq, qd); break;
+        case 5: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 5, sc, out, ml, qq, qd); break;
+        case 6: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 6, sc, out, ml, qq, qd); break;
+        case 7: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 7, sc, out, ml, qq, qd); break;
+        default: ka_heads(q, k, v, kt, slot_pos, end, pos, swa, softcap, d, h0, 8, sc, out, ml, qq, qd); break;
         }
     }
 }
@@ -324,39 +416,46 @@ KA_AI void ka_attn_d(const float *q, const void *k, const void *v, const int kt,
  * is the same code, so the bits are too. */
 KA_AI void ka_attn(const float *q, const void *k, const void *v, const int kt,
                    const int32_t *slot_pos, int n_slots, int32_t pos, int swa, float softcap,
-                   int d, int n_q, float *sc, float *out, float *ml) {
+                   int d, int n_q, float *sc, float *out, float *ml, int8_t *qq, float *qd) {
     int end = 0;
     for (int t = 0; t < n_slots; t++)
         if (ka_allowed(slot_pos[t], pos, swa)) end = t + 1;
     if (kt == KN_KV_F16 && d == 64)
-        ka_attn_d(q, k, v, KN_KV_F16, slot_pos, end, pos, swa, softcap, 64, n_q, sc, out, ml);
+        ka_attn_d(q, k, v, KN_KV_F16, slot_pos, end, pos, swa, softcap, 64, n_q, sc, out, ml, qq, qd);
     else if (kt == KN_KV_F16 && d == 128)
-        ka_attn_d(q, k, v, KN_KV_F16, slot_pos, end, pos, swa, softcap, 128, n_q, sc, out, ml);
+        ka_attn_d(q, k, v, KN_KV_F16, slot_pos, end, pos, swa, softcap, 128, n_q, sc, out, ml, qq, qd);
     else if (kt == KN_KV_F16)
-        ka_attn_d(q, k, v, KN_KV_F16, slot_pos, end, pos, swa, softcap, d, n_q, sc, out, ml);
+        ka_attn_d(q, k, v, KN_KV_F16, slot_pos, end, pos, swa, softcap, d, n_q, sc, out, ml, qq, qd);
     else if (kt == KN_KV_Q8 && d == 64)
-        ka_attn_d(q, k, v, KN_KV_Q8, slot_pos, end, pos, swa, softcap, 64, n_q, sc, out, ml);
+        ka_attn_d(q, k, v, KN_KV_Q8, slot_pos, end, pos, swa, softcap, 64, n_q, sc, out, ml, qq, qd);
     else if (kt == KN_KV_Q8 && d == 128)
-        ka_attn_d(q, k, v, KN_KV_Q8, slot_pos, end, pos, swa, softcap, 128, n_q, sc, out, ml);
+        ka_attn_d(q, k, v, KN_KV_Q8, slot_pos, end, pos, swa, softcap, 128, n_q, sc, out, ml, qq, qd);
     else if (kt == KN_KV_Q8)
-        ka_attn_d(q, k, v, KN_KV_Q8, slot_pos, end, pos, swa, softcap, d, n_q, sc, out, ml);
-    else ka_attn_d(q, k, v, KN_KV_F32, slot_pos, end, pos, swa, softcap, d, n_q, sc, out, ml);
+        ka_attn_d(q, k, v, KN_KV_Q8, slot_pos, end, pos, swa, softcap, d, n_q, sc, out, ml, qq, qd);
+    else ka_attn_d(q, k, v, KN_KV_F32, slot_pos, end, pos, swa, softcap, d, n_q, sc, out, ml, qq, qd);
 }
 
+#ifndef KA_Q8_ONLY
 void KN_ATTN_NAME()(const float *q, const float *k, const float *v, const int32_t *slot_pos,
                     int n_slots, int32_t pos, int swa, float softcap, int d, int n_q, float *sc,
                     float *out, float *ml) {
-    ka_attn(q, k, v, KN_KV_F32, slot_pos, n_slots, pos, swa, softcap, d, n_q, sc, out, ml);
+    ka_attn(q, k, v, KN_KV_F32, slot_pos, n_slots, pos, swa, softcap, d, n_q, sc, out, ml, NULL,
+            NULL);
 }
 
 void KN_ATTN_NAME(_f16)(const float *q, const uint16_t *k, const uint16_t *v,
                         const int32_t *slot_pos, int n_slots, int32_t pos, int swa,
                         float softcap, int d, int n_q, float *sc, float *out, float *ml) {
-    ka_attn(q, k, v, KN_KV_F16, slot_pos, n_slots, pos, swa, softcap, d, n_q, sc, out, ml);
+    ka_attn(q, k, v, KN_KV_F16, slot_pos, n_slots, pos, swa, softcap, d, n_q, sc, out, ml, NULL,
+            NULL);
 }
+
+#endif
 
 void KN_ATTN_NAME(_q8)(const float *q, const uint8_t *k, const uint8_t *v,
                        const int32_t *slot_pos, int n_slots, int32_t pos, int swa,
                        float softcap, int d, int n_q, float *sc, float *out, float *ml) {
-    ka_attn(q, k, v, KN_KV_Q8, slot_pos, n_slots, pos, swa, softcap, d, n_q, sc, out, ml);
+    int8_t qq[8 * KN_ATTN_MAX_D]; /* a block of up to 8 queries rounded to Q8_0 */
+    float qd[8 * KN_ATTN_MAX_D / 32];
+    ka_attn(q, k, v, KN_KV_Q8, slot_pos, n_slots, pos, swa, softcap, d, n_q, sc, out, ml, qq, qd);
 }

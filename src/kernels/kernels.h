@@ -136,8 +136,11 @@ typedef void (*kn_attn_f16_fn)(const float *q, const uint16_t *k, const uint16_t
                                float *ml);
 
 /* The same over a cache of Q8_0 rows (d / 32 GGUF blocks of 34 bytes a row; d a multiple of
- * 32): each element widened to d * q, exactly (an f16 scale times an int8 fits a float), then
- * the arithmetic is the F32 variant's. */
+ * 32), scored as llama.cpp scores a q8_0 cache: each query rounded to Q8_0 per block of 32
+ * (ties to even), each key row dotted with it in integers, exactly, per block in 8 lanes of 4
+ * products, lane by lane into floats times the two block scales (fused), the lanes summed by a
+ * fixed tree: every table gives the reference's scores to the bit. Values are widened to
+ * d * q, exactly (an f16 scale times an int8 fits a float), and weighted as in F32. */
 typedef void (*kn_attn_q8_fn)(const float *q, const uint8_t *k, const uint8_t *v,
                               const int32_t *slot_pos, int n_slots, int32_t pos, int swa,
                               float softcap, int d, int n_q, float *scores, float *out,

@@ -40,6 +40,11 @@ void kn_attn_avx2_q8(const float *q, const uint8_t *k, const uint8_t *v, const i
                      int n_slots, int32_t pos, int swa, float softcap, int d, int n_q,
                      float *scores, float *out, float *ml);
 
+/* matmul_avxvnni.c: the Q8_0 cache's attention with VEX vpdpbusd (the rest is avx2's) */
+void kn_attn_avxvnni_q8(const float *q, const uint8_t *k, const uint8_t *v,
+                        const int32_t *slot_pos, int n_slots, int32_t pos, int swa,
+                        float softcap, int d, int n_q, float *scores, float *out, float *ml);
+
 /* ops_avx512.c */
 void kn_quantize_avx512(kn_act *a, const float *x, int n_tok, int n);
 void kn_attn_avx512(const float *q, const float *k, const float *v, const int32_t *slot_pos,

@@ -11,6 +11,6 @@
 #define KN_VNNI 0
 #include "kernels/x86_x8.h"
 
-static const kn_kernels k_avx2 = {KN_TABLE_FIELDS("avx2"), KN_X8_TABLE};
+static const kn_kernels k_avx2 = {KN_TABLE_FIELDS("avx2", kn_attn_avx2_q8), KN_X8_TABLE};
 
 const kn_kernels *kn_kernels_avx2_table(void) { return &k_avx2; }

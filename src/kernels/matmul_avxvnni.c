@@ -11,6 +11,14 @@
 #define KN_DPBUSD(acc, u, s) _mm256_dpbusd_avx_epi32((acc), (u), (s))
 #include "kernels/x86_x8.h"
 
-static const kn_kernels k_avxvnni = {KN_TABLE_FIELDS("avxvnni"), KN_X8_TABLE};
+/* The attention kernels are avx2's but for the Q8_0 cache's, whose integer scores take
+ * vpdpbusd here too. */
+#define KN_ATTN_NAME(sfx) kn_attn_avxvnni##sfx
+#define KA_DOT_U8S8(u, s) _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), (u), (s))
+#define KA_Q8_ONLY 1
+#include "kernels/attn_x86.h"
+
+static const kn_kernels k_avxvnni = {KN_TABLE_FIELDS("avxvnni", kn_attn_avxvnni_q8),
+                                     KN_X8_TABLE};
 
 const kn_kernels *kn_kernels_avxvnni_table(void) { return &k_avxvnni; }

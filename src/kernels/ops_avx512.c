@@ -52,4 +52,5 @@ void kn_quantize_avx512(kn_act *a, const float *x, int n_tok, int n) {
  * contexts the F16 cache's reads, not the width of the FMAs, set its pace. */
 #define KN_ATTN_NAME(sfx) kn_attn_avx512##sfx
 #define KA_REGS32 1
+#define KA_DOT_U8S8(u, s) _mm256_dpbusd_epi32(_mm256_setzero_si256(), (u), (s))
 #include "kernels/attn_x86.h"

@@ -398,14 +398,55 @@ static const float *widen_row(const void *base, int t, int d, kn_kv_kind kind, f
     return wide;
 }
 
+/* The query rounded to Q8_0 per block of 32 (llama.cpp rounds the query it scores against a
+ * q8_0 cache so): scale amax / 127 through a half, values x * (127 / amax) to nearest, ties to
+ * even. attn_x86.h's ka_quantize_q takes the same steps. */
+static void q8_query(const float *q, int d, int8_t *qq, float *qd) {
+    for (int b = 0; b < d / KN_QBLOCK; b++) {
+        const float *x = q + (size_t)b * KN_QBLOCK;
+        float amax = 0.0f;
+        for (int i = 0; i < KN_QBLOCK; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+        float dd = amax / 127.0f, id = dd != 0.0f ? 1.0f / dd : 0.0f;
+        qd[b] = kn_fp16_to_fp32(kn_fp32_to_fp16(dd));
+        for (int i = 0; i < KN_QBLOCK; i++) {
+            float r = x[i] * id;
+            qq[b * KN_QBLOCK + i] = (int8_t)nearbyintf(r);
+        }
+    }
+}
+
+/* A Q8_0 key row's score against the Q8_0 query, as the x86 kernels form it: per block an
+ * exact integer dot in 8 lanes of 4 products, each lane added into its float accumulator times
+ * the key's scale times the query's (one rounding, fmaf), then the lanes summed by the tree
+ * ((0+1)+(2+3))+((4+5)+(6+7)). Integers are exact and the float steps the same, so every table
+ * gives these bits. */
+static float q8_score(const int8_t *qq, const float *qd, const uint8_t *krow, int d) {
+    float a[8] = {0};
+    for (int b = 0; b < d / KN_QBLOCK; b++) {
+        const uint8_t *blk = krow + (size_t)b * sizeof(kn_block_q8_0);
+        const int8_t *ks = (const int8_t *)KN_AT(blk, kn_block_q8_0, qs);
+        float s = kn_f16_load(KN_AT(blk, kn_block_q8_0, d)) * qd[b];
+        for (int l = 0; l < 8; l++) {
+            int32_t i = 0;
+            for (int u = 0; u < 4; u++) i += qq[b * KN_QBLOCK + 4 * l + u] * ks[4 * l + u];
+            a[l] = fmaf((float)i, s, a[l]);
+        }
+    }
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
 /* Scores of the allowed slots, softmax, weighted sum of values. Loops stop after the last
- * allowed slot, which changes nothing (later slots would add exact zeros) but the time. The F32
- * and F16 caches share the body; an F16 row is widened into wide[] first (exact). */
+ * allowed slot, which changes nothing (later slots would add exact zeros) but the time. Every
+ * cache shares the body; an F16 or Q8_0 row is widened into wide[] first (exact), but a Q8_0
+ * cache's keys are scored in integers against the query rounded to Q8_0 (q8_score). */
 static inline void attn_ref(const float *q, const void *k, const void *v, kn_kv_kind kind,
                             const int32_t *slot_pos, int n_slots, int32_t pos, int swa,
                             float softcap, int d, float *sc, float *out, float *wide,
                             float *ml) {
     float scale = 1.0f / sqrtf((float)d);
+    int8_t qq[KN_ATTN_MAX_D];
+    float qd[KN_ATTN_MAX_D / KN_QBLOCK];
+    if (kind == KN_KV_Q8) q8_query(q, d, qq, qd);
     float mx = -INFINITY;
     int end = 0;
     for (int t = 0; t < n_slots; t++) {
@@ -414,9 +455,14 @@ static inline void attn_ref(const float *q, const void *k, const void *v, kn_kv_
             sc[t] = -INFINITY;
             continue;
         }
-        const float *kt = kind == KN_KV_F32 ? (const float *)k + (size_t)t * d
-                                            : widen_row(k, t, d, kind, wide);
-        sc[t] = kn_dot_f32(q, kt, d) * scale;
+        if (kind == KN_KV_Q8) {
+            sc[t] = q8_score(qq, qd, (const uint8_t *)k + (size_t)t * kn_kv_row_bytes(kind, d), d) *
+                    scale;
+        } else {
+            const float *kt = kind == KN_KV_F32 ? (const float *)k + (size_t)t * d
+                                                : widen_row(k, t, d, kind, wide);
+            sc[t] = kn_dot_f32(q, kt, d) * scale;
+        }
         if (softcap > 0) sc[t] = softcap * tanhf(sc[t] / softcap);
         if (sc[t] > mx) mx = sc[t];
         end = t + 1;

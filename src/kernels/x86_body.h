@@ -188,7 +188,7 @@ KN_ROWS_F(rows_f16, kn_f16c_x8, sizeof(kn_f16), kn_f16c_at)
 /* The fields of a table that this file provides: the GGUF-layout products (the K-quants' are
  * the reference ones: the model always repacks them for these tables), and the AVX2
  * quantizers and attention (ops_avx2.c). */
-#define KN_TABLE_FIELDS(NAME_STR)                                                               \
+#define KN_TABLE_FIELDS(NAME_STR, ATTN_Q8)                                                               \
     .name = NAME_STR,                                                                           \
     .rows = {                                                                                   \
         [KN_TYPE_F32] = rows_f32,                                                               \
@@ -204,6 +204,6 @@ KN_ROWS_F(rows_f16, kn_f16c_x8, sizeof(kn_f16), kn_f16c_at)
     .quantize_k = kn_quantize_k_avx2,                                                           \
     .attn = kn_attn_avx2,                                                                       \
     .attn_f16 = kn_attn_avx2_f16,                                                               \
-    .attn_q8 = kn_attn_avx2_q8,                                                                 \
+    .attn_q8 = ATTN_Q8,                                                                 \
     .swiglu = kn_swiglu_avx2,                                                                   \
     .to_f16 = kn_to_f16_avx2

@@ -896,10 +896,13 @@ TEST(kernels_attention_variants) {
 }
 
 TEST(kernels_attention_q8_cache) {
-    /* A cache of Q8_0 rows (--kv q8_0): the reference is, bit for bit, the F32 reference on the
-     * rows dequantized; every variant within TOL_ATTN of it, with the same max scores and sums,
-     * the same bits whatever masked slots follow and whatever the group size. Head sizes 32 to
-     * 128 (the q8_0 cache's multiples of 32), groups 1 to 9, masked slots, a window, a cap. */
+    /* A cache of Q8_0 rows (--kv q8_0), whose keys are scored in integers against the query
+     * rounded to Q8_0 (llama.cpp's q8_0 path): the reference within TOL_ATTN of the F32
+     * reference on the rows and the query dequantized (ggml's Q8_0 rounding, kn_quantize);
+     * every variant within TOL_ATTN of the reference, with the same max scores to the bit (the
+     * integer dots are exact and the float steps the same) and the same sums, the same bits
+     * whatever masked slots follow and whatever the group size. Head sizes 32 to 128 (the
+     * q8_0 cache's multiples of 32), groups 1 to 9, masked slots, a window, a cap. */
     const int dims[] = {32, 64, 96, 128}, groups[] = {1, 3, 8, 9};
     enum { S = 41, GMAX = 9 };
     int nv;
@@ -908,13 +911,18 @@ TEST(kernels_attention_q8_cache) {
         int d = dims[di];
         size_t rb = kn_kv_row_bytes(KN_KV_Q8, d);
         CHECK_EQ_INT((int)rb, d / 32 * 34);
-        float *q = malloc(sizeof(float) * GMAX * d), *src = malloc(sizeof(float) * S * d),
+        float *q = malloc(sizeof(float) * GMAX * d), *qr = malloc(sizeof(float) * GMAX * d),
+              *src = malloc(sizeof(float) * S * d),
               *kq = malloc(sizeof(float) * S * d), *vq = malloc(sizeof(float) * S * d),
               *sc = malloc(sizeof(float) * KN_ATTN_SCRATCH(GMAX) * S),
               *ref = malloc(sizeof(float) * GMAX * d), *o1 = malloc(sizeof(float) * GMAX * d),
               *o2 = malloc(sizeof(float) * GMAX * d);
         uint8_t *k8 = malloc(rb * S), *v8 = malloc(rb * S);
         for (int i = 0; i < GMAX * d; i++) q[i] = rndf() * 2.0f;
+        uint8_t *q8 = malloc(rb * GMAX);
+        CHECK(kn_quantize(KN_TYPE_Q8_0, q, q8, (int64_t)GMAX * d) == rb * GMAX);
+        CHECK(kn_dequantize(KN_TYPE_Q8_0, q8, qr, (int64_t)GMAX * d));
+        free(q8);
         for (int kv = 0; kv < 2; kv++) {
             for (int i = 0; i < S * d; i++) src[i] = rndf() * (kv ? 1.0f : 2.0f) * (i % 5 ? 1 : 3);
             CHECK(kn_quantize(KN_TYPE_Q8_0, src, kv ? v8 : k8, (int64_t)S * d) == rb * S);
@@ -927,11 +935,12 @@ TEST(kernels_attention_q8_cache) {
                 for (int sw = 0; sw < 4; sw++) {
                     int g = groups[gi], swa = sw & 1 ? 5 : 0;
                     float cap = sw & 2 ? 1.5f : 0.0f, mlr[2 * GMAX], ml1[2 * GMAX];
-                    kn_attn_ref(q, kq, vq, spos, S, p, swa, cap, d, g, sc, ref, mlr);
-                    kn_attn_ref_q8(q, k8, v8, spos, S, p, swa, cap, d, g, sc, o1, NULL);
-                    CHECKF(memcmp(o1, ref, sizeof(float) * g * d) == 0,
-                           "ref q8 d %d pos %d: differs from the F32 reference on the "
-                           "dequantized cache", d, p);
+                    kn_attn_ref(qr, kq, vq, spos, S, p, swa, cap, d, g, sc, o1, ml1);
+                    kn_attn_ref_q8(q, k8, v8, spos, S, p, swa, cap, d, g, sc, ref, mlr);
+                    for (int i = 0; i < g * d; i++)
+                        CHECKF(fabs((double)o1[i] - ref[i]) <= TOL_ATTN,
+                               "ref q8 d %d group %d pos %d [%d]: %.9g vs the F32 reference on "
+                               "the dequantized cache and query %.9g", d, g, p, i, ref[i], o1[i]);
                     for (int vi = 0; vi < nv; vi++) {
                         if (!v[vi]) continue;
                         v[vi]->attn_q8(q, k8, v8, spos, S, p, swa, cap, d, g, sc, o1, ml1);
@@ -950,14 +959,16 @@ TEST(kernels_attention_q8_cache) {
                                    "%.9g", v[vi]->name, d, g, p, swa, (double)cap, i, o1[i],
                                    ref[i]);
                         for (int h = 0; h < g; h++)
-                            CHECKF(fabs(ml1[2 * h] - mlr[2 * h]) <= 1e-5 * (1 + fabs(mlr[2 * h])) &&
+                            CHECKF(memcmp(&ml1[2 * h], &mlr[2 * h], sizeof(float)) == 0 &&
                                        fabs(ml1[2 * h + 1] - mlr[2 * h + 1]) <=
                                            1e-5 * mlr[2 * h + 1],
-                                   "%s q8 d %d head %d: max / sum differ from the reference",
-                                   v[vi]->name, d, h);
+                                   "%s q8 d %d head %d: max %.9g / sum %.9g differ from the "
+                                   "reference's %.9g / %.9g", v[vi]->name, d, h, ml1[2 * h],
+                                   ml1[2 * h + 1], mlr[2 * h], mlr[2 * h + 1]);
                     }
                 }
         free(q);
+        free(qr);
         free(src);
         free(kq);
         free(vq);

@@ -105,10 +105,11 @@ def test_teacher_forced_logits_match_llamacpp(offering, k, kernels, tmp_path):
 @pytest.mark.parametrize("k", PROMPTS)
 def test_teacher_forced_q8_0_kv_cache(offering, k, tmp_path):
     """--kv q8_0 (keys and values rounded to Q8_0 rows, as llama.cpp's -ctk/-ctv q8_0) against
-    the same llama.cpp logits (its f32 KV cache): the rounding of the cache adds to the noise
-    above (measured 2026-11-28, 5 prompts x 32 positions, avx512vnni and avx2 alike: max |d|
-    1.64, per-prompt RMS 0.19-0.41, against 1.19 and 0.22-0.27 with the f16 cache), so the
-    same bounds but RMS 0.55. A cache rounded with the wrong scale, or read with another
+    the same llama.cpp logits (its f32 KV cache): the rounding of the cache, and of the query
+    the keys are scored against in integers (as llama.cpp's q8_0 path rounds it), adds to the
+    noise above (measured 2026-11-28 with the integer scores, 5 prompts x 32 positions: max |d|
+    1.64, per-prompt RMS 0.23-0.32, against 1.19 and 0.22-0.27 with the f16 cache; with the
+    query unrounded it was 1.64 and 0.19-0.41), so the same bounds but RMS 0.55. A cache rounded with the wrong scale, or read with another
     block's, is far outside them."""
     p = FIX["prompts"][k]
     cont = p["greedy32"][:N_POS]
