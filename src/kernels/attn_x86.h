@@ -290,6 +290,11 @@ KA_AI void ka_q8_dot(const int8_t *qq, const float *qd, const void *k, const voi
         }
 }
 
+/* Lanes 0-3 of two slots' scores, a's in the low half. */
+KA_AI __m256 ka_pair4(const float *a, const float *b) {
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(a)), _mm_loadu_ps(b), 1);
+}
+
 /* Heads h0 .. h0 + nh - 1 (nh <= 8, a constant) of the group. Scores are kept slot-major,
  * sc[t][8], lane j for head h0 + j, so the softmax is one vector operation per slot for all
  * the heads. With at most 4 heads, two slots share one reduction tree (heads in lanes 0-3 and
@@ -359,9 +364,27 @@ KA_AI void ka_heads(const float *q, const void *k, const void *v, const int kt,
                              mx);
         t++;
     }
-    /* softmax per head (lane): exponentials summed slot by slot, then scaled in place */
+    /* softmax per head (lane): exponentials summed slot by slot, then scaled in place. With
+     * at most 4 heads, two slots' lanes 0-3 share one vector of exponentials (lanes 4-7 are
+     * unused): the same function lane by lane, each slot still added in turn, so the same bits
+     * at half the cost. */
     __m256 sum = _mm256_setzero_ps();
-    for (int t = 0; t < end; t++) {
+    int t0 = 0;
+    if (nh <= 4) {
+        const __m256 mx2 = _mm256_permute2f128_ps(mx, mx, 0x00);
+        __m128 s4 = _mm_setzero_ps();
+        for (; t0 + 1 < end; t0 += 2) {
+            float *a = sc + 8 * (size_t)t0, *b = a + 8;
+            __m256 e = ka_exp_neg8(_mm256_sub_ps(ka_pair4(a, b), mx2));
+            __m128 lo = _mm256_castps256_ps128(e), hi = _mm256_extractf128_ps(e, 1);
+            _mm_storeu_ps(a, lo);
+            _mm_storeu_ps(b, hi);
+            s4 = _mm_add_ps(_mm_add_ps(s4, lo), hi);
+        }
+        sum = _mm256_castps128_ps256(s4);
+        sum = _mm256_insertf128_ps(sum, _mm_setzero_ps(), 1);
+    }
+    for (int t = t0; t < end; t++) {
         __m256 e = ka_exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(sc + 8 * (size_t)t), mx));
         _mm256_storeu_ps(sc + 8 * (size_t)t, e);
         sum = _mm256_add_ps(sum, e);
@@ -377,12 +400,23 @@ KA_AI void ka_heads(const float *q, const void *k, const void *v, const int kt,
     }
     __m256 inv = _mm256_and_ps(_mm256_cmp_ps(sum, _mm256_setzero_ps(), _CMP_GT_OQ),
                                _mm256_div_ps(_mm256_set1_ps(1.0f), sum));
-    for (int t = 0; t < end; t++)
+    t0 = 0;
+    if (nh <= 4) {
+        const __m256 inv2 = _mm256_permute2f128_ps(inv, inv, 0x00);
+        for (; t0 + 1 < end; t0 += 2) {
+            float *a = sc + 8 * (size_t)t0, *b = a + 8;
+            __m256 w = _mm256_mul_ps(ka_pair4(a, b), inv2);
+            _mm_storeu_ps(a, _mm256_castps256_ps128(w));
+            _mm_storeu_ps(b, _mm256_extractf128_ps(w, 1));
+        }
+    }
+    for (int t = t0; t < end; t++)
         _mm256_storeu_ps(sc + 8 * (size_t)t, _mm256_mul_ps(_mm256_loadu_ps(sc + 8 * (size_t)t), inv));
     /* weighted sums: 32, 16 or 8 dims of every head of the group at a time (as many as
      * KA_VACC accumulators hold), each value row widened once per 8 dims for all of them and
-     * each weight broadcast once per pass: fewer passes, fewer broadcasts. Every (head, dim) still sums slot by slot in slot order. A masked slot's weight
-     * is exactly 0 and cached rows are finite, so it adds exact zeros: no test needed. */
+     * each weight broadcast once per pass: fewer passes, fewer broadcasts. Every (head, dim)
+     * still sums slot by slot in slot order. A masked slot's weight is exactly 0 and cached
+     * rows are finite, so it adds exact zeros: no test needed. */
     int c = 0;
     if (nh * 4 <= KA_VACC)
         for (; c + 32 <= d; c += 32) ka_values(v, kt, sc, end, d, c, h0, nh, 4, out);
