@@ -257,26 +257,31 @@ def run_json(cmd, limit_as=None, timeout=3600, lines=False):
     return None, "unparsable output: " + r.stdout[:200]
 
 
-def batched_cmd(bins, model, n, depth, par, threads):
+def kv_args(kv):
+    """llama.cpp's flags for a KV cache type; a quantized V needs its flash attention."""
+    return [] if kv == "f16" else ["-ctk", kv, "-ctv", kv, "-fa", "on"]
+
+
+def batched_cmd(bins, model, n, depth, par, threads, kv="f16"):
     """One llama-batched-bench run: par sequences, each its own depth-token prompt, then n
     decode steps of all of them (its S_TG is kiln bench -np's t/s)."""
     return [str(bins / "llama-batched-bench"), "-m", str(model), "-c",
             str(par * (depth + n) + 16), "-b", "2048", "-ub", "512", "-npp", str(depth),
             "-ntg", str(n), "-npl", str(par), "-t", str(threads), "-tb", str(threads),
-            "--output-format", "jsonl"]
+            "--output-format", "jsonl"] + kv_args(kv)
 
 
-def llama_cmd(bins, model, kind, n, depth, threads, reps):
+def llama_cmd(bins, model, kind, n, depth, threads, reps, kv="f16"):
     return [str(bins / "llama-bench"), "-m", str(model), "-p", str(n if kind == "pp" else 0),
             "-n", str(n if kind == "tg" else 0), "-d", str(depth), "-t", str(threads),
-            "-r", str(reps), "-o", "json"]
+            "-r", str(reps), "-o", "json"] + kv_args(kv)
 
 
-def kiln_cmd(model, kind, n, depth, threads, reps, window, chunk, par=0):
+def kiln_cmd(model, kind, n, depth, threads, reps, window, chunk, par=0, kv="f16"):
     cmd = [str(KILN), "bench", str(model), "-p", str(n if kind == "pp" else 0),
            "-n", str(n if kind == "tg" else 0), "-d", str(depth), "-t", str(threads),
            "-r", str(reps), "--window", str(window), "--chunk", str(chunk), "--device", "cpu",
-           "--json"]
+           "--kv", kv, "--json"]
     if par:
         # a batched step reads the weights once for all P tokens: no floor for it
         return cmd + ["-np", str(par)]
@@ -316,7 +321,7 @@ def run_row(name, model, test, threads, a, bins):
                 # llama-batched-bench runs each case once (after its own warm-up): REPS runs
                 got = []
                 for _ in range(a.reps):
-                    out, e = run_json(batched_cmd(bins, model, n, depth, par, threads),
+                    out, e = run_json(batched_cmd(bins, model, n, depth, par, threads, a.kv),
                                       timeout=a.timeout, lines=True)
                     if not out:
                         res["llama_err"] = e
@@ -326,7 +331,7 @@ def run_row(name, model, test, threads, a, bins):
                     rnd["llama"] = statistics.fmean(got)
                     res["llama"] += got
             elif eng == "llama" and not res["llama_err"]:
-                out, e = run_json(llama_cmd(bins, model, kind, n, depth, threads, a.reps),
+                out, e = run_json(llama_cmd(bins, model, kind, n, depth, threads, a.reps, a.kv),
                                   timeout=a.timeout)
                 if out:
                     rnd["llama"] = out[0]["avg_ts"]
@@ -337,7 +342,7 @@ def run_row(name, model, test, threads, a, bins):
                     res["llama_err"] = e
             elif eng == "kiln" and not res["kiln_err"]:
                 out, e = run_json(kiln_cmd(model, kind, n, depth, threads, a.reps, a.window,
-                                           a.chunk, par), limit_as=cap, timeout=a.timeout)
+                                           a.chunk, par, a.kv), limit_as=cap, timeout=a.timeout)
                 if out:
                     rnd["kiln"] = out[0]["avg_ts"]
                     res["kiln"] += out[0]["samples_ts"]
@@ -449,7 +454,7 @@ def long_context(results):
             if hi and lo:
                 parts.append(f"{lab} {hi / lo:.2f}")
         if r["weight_bytes"] and b["weight_bytes"]:
-            # what streaming the bytes alone allows: the floor's own ratio (f16 cache)
+            # what streaming the bytes alone allows: the floor's own ratio (in this --kv type)
             parts.append(f"bytes alone {floor_ts(r, 1) / floor_ts(b, 1):.2f}")
         out.append(f"Long context, {r['title']}, tg{n} at {d} tokens of context / at "
                    f"{b['depth']} ({th} thread{'s' if th > 1 else ''}): {', '.join(parts) or '—'} "
@@ -525,6 +530,9 @@ def main():
                     "barrier can slow 2-thread decode a hundredfold)")
     ap.add_argument("--quick", action="store_true", help=f"{', '.join(QUICK)}; 1 round")
     ap.add_argument("--window", type=int, default=2048, help="kiln's W (default 2048)")
+    ap.add_argument("--kv", default="f16", choices=("f16", "q8_0"),
+                    help="KV cache type of both engines (q8_0: llama.cpp's -ctk/-ctv q8_0 with "
+                         "its flash attention on, which a quantized V needs)")
     ap.add_argument("--chunk", type=int, default=512,
                     help="kiln's C (default 512, llama-bench's n_ubatch)")
     ap.add_argument("--bake", action="store_true",
@@ -610,10 +618,13 @@ def main():
           f"one warm-up run); median [min–max] over all samples; the ratio is kiln's median over "
           f"llama.cpp's, [its span over the rounds' own ratios]. kiln opens the GGUF directly with "
           f"the contract W={a.window}, C={a.chunk} (llama-bench: n_batch 2048, n_ubatch 512, "
-          "its default KV cache). Floor = read bandwidth (measured by `kiln bench --floor` in "
-          "the same runs) / bytes of weights per token (every layer matrix and the output "
-          "matrix as the file stores them; KV-cache reads are not counted, so rows at a depth "
-          "overstate their floor). Load: the 1-minute load average when the row's "
+          + ("its default KV cache)" if a.kv == "f16" else
+             f"KV cache {a.kv} in both: kiln `--kv {a.kv}`, llama.cpp `{' '.join(kv_args(a.kv))}`)")
+          + ". Floor = read bandwidth (measured by `kiln bench --floor` in "
+          "the same runs) / bytes a decode step reads: weights (every layer matrix and the "
+          "output matrix as the file stores them) plus the KV cache at the row's depth (every "
+          "layer's keys and values, a sliding layer's over its window; mean over the steps). "
+          "Load: the 1-minute load average when the row's "
           f"runs started ({os.cpu_count()} CPUs; above that, the engines shared their cores). "
           "Models: random weights (scripts/make_bench_models.py, quantized by llama-quantize) "
           "except SmolLM2." + (
