@@ -23,6 +23,10 @@
 
 #include "kernels/f16_x86.h"
 #include "kernels/kernels.h"
+#include "quant/blocks.h"
+
+/* A Q8_0 block: an f16 scale, then KN_QBLOCK int8 values. */
+#define KA_Q8B ((size_t)sizeof(kn_block_q8_0))
 
 #define KA_AI __attribute__((always_inline)) static inline
 
@@ -64,20 +68,12 @@ KA_AI __m256 ka_exp_neg8(__m256 x) {
 
 /* Bytes of a cached row of d elements (kt: a kn_kv_kind). */
 KA_AI size_t ka_row_bytes(int d, const int kt) {
-    return kt == KN_KV_Q8 ? (size_t)d / 32 * 34 : (size_t)d * (kt == KN_KV_F16 ? 2 : 4);
+    return kt == KN_KV_Q8 ? (size_t)d / KN_QBLOCK * KA_Q8B : (size_t)d * (kt == KN_KV_F16 ? 2 : 4);
 }
 
-/* 8 elements of a row from i (zeros past d), F32, or F16 / Q8_0 widened exactly (a Q8_0 row
- * has d a multiple of 32, so 8 elements never straddle a block). */
+/* 8 elements of an F32 or F16 row from i (zeros past d), widened exactly. (A Q8_0 cache's
+ * rows are read block by block: ka_q8_dot, ka_values.) */
 KA_AI __m256 ka_load8(const void *row, int i, int d, const int kt) {
-    if (kt == KN_KV_Q8) {
-        const uint8_t *b = (const uint8_t *)row + (size_t)(i / 32) * 34;
-        uint16_t h;
-        memcpy(&h, b, sizeof h);
-        __m256 q = _mm256_cvtepi32_ps(
-            _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(b + 2 + i % 32))));
-        return _mm256_mul_ps(q, _mm256_set1_ps(_cvtsh_ss(h)));
-    }
     if (kt == KN_KV_F16) {
         const uint16_t *p = (const uint16_t *)row + i;
         if (i + 8 <= d) return kn_f16c_x8(p);
@@ -172,14 +168,15 @@ KA_AI void ka_values(const void *v, const int kt, const float *sc, int end, int 
         const void *vt = ka_row(v, (size_t)t, d, kt);
         __m256 vv[4];
         if (kt == KN_KV_Q8) {
-            /* a pass lies in one block (8 * cw <= 32 divides c): its scale is read once */
-            const uint8_t *blk = (const uint8_t *)vt + (size_t)(c / 32) * 34;
+            /* a pass lies in one block (8 * cw <= 32 divides c): its scale is read once; an
+             * f16 scale times an int8 fits a float, so the widening is exact */
+            const uint8_t *blk = (const uint8_t *)vt + (size_t)(c / KN_QBLOCK) * KA_Q8B;
             uint16_t h;
             memcpy(&h, blk, sizeof h);
             __m256 dv = _mm256_set1_ps(_cvtsh_ss(h));
             for (int w = 0; w < cw; w++)
                 vv[w] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                                          (const __m128i *)(const void *)(blk + 2 + c % 32 + 8 * w)))),
+                                          (const __m128i *)(const void *)(blk + 2 + c % KN_QBLOCK + 8 * w)))),
                                       dv);
         } else {
             for (int w = 0; w < cw; w++) vv[w] = ka_load8(vt, c + 8 * w, d, kt);
@@ -206,14 +203,20 @@ KA_AI void ka_values(const void *v, const int kt, const float *sc, int end, int 
     }
 }
 
-/* The dot products of slots t and t + 1 with the heads' queries, each query load serving both
- * (slot t into acc[j], slot t + 1 into acc[at1 + j]), after asking for the rows further on. */
-KA_AI void ka_dot_pair(const float *qh, const void *k, const void *v, int t, int end,
-                       const int kt, int d, const int nh, __m256 *acc, const int at1) {
-    for (int u = t; u < t + 2; u++) {
+/* Before scoring slots t .. t + n - 1: their key rows KA_AHEAD further on toward L1, value
+ * rows toward L2. */
+KA_AI void ka_prefetch_ahead(const void *k, const void *v, int t, const int n, int end, int d,
+                             const int kt) {
+    for (int u = t; u < t + n; u++) {
         ka_prefetch_row(k, u + KA_AHEAD, end, d, kt);
         ka_prefetch_l2(v, u + KA_AHEAD, end, d, kt);
     }
+}
+
+/* The dot products of slots t and t + 1 with the heads' queries, each query load serving both
+ * (slot t into acc[j], slot t + 1 into acc[at1 + j]). */
+KA_AI void ka_dot_pair(const float *qh, const void *k, int t, const int kt, int d, const int nh,
+                       __m256 *acc, const int at1) {
     const void *k0 = ka_row(k, (size_t)t, d, kt), *k1 = ka_row(k, (size_t)t + 1, d, kt);
     for (int i = 0; i < d; i += 8) {
         __m256 kv0 = ka_load8(k0, i, d, kt), kv1 = ka_load8(k1, i, d, kt);
@@ -264,16 +267,13 @@ KA_AI void ka_quantize_q(const float *qh, int d, const int nh, int8_t *qq, float
  * times the key's scale times the query's, block after block: fused, one rounding each. The
  * tree that sums the 8 lanes is the float path's. Half the bytes of an F16 row, and a quarter
  * of the instructions to widen it. */
-KA_AI void ka_q8_dot(const int8_t *qq, const float *qd, const void *k, const void *v, int t,
-                     const int two, int end, int d, const int nh, __m256 *acc, const int at1) {
-    for (int u = t; u < t + two; u++) {
-        ka_prefetch_row(k, u + KA_AHEAD, end, d, KN_KV_Q8);
-        ka_prefetch_l2(v, u + KA_AHEAD, end, d, KN_KV_Q8);
-    }
+KA_AI void ka_q8_dot(const int8_t *qq, const float *qd, const void *k, int t, const int two,
+                     int d, const int nh, __m256 *acc, const int at1) {
     const int nb = d / 32;
     for (int b = 0; b < nb; b++)
         for (int u = 0; u < two; u++) {
-            const uint8_t *blk = (const uint8_t *)ka_row(k, (size_t)t + u, d, KN_KV_Q8) + 34 * b;
+            const uint8_t *blk =
+                (const uint8_t *)ka_row(k, (size_t)t + u, d, KN_KV_Q8) + KA_Q8B * (size_t)b;
             uint16_t h;
             memcpy(&h, blk, sizeof h);
             __m256 dk = _mm256_set1_ps(_cvtsh_ss(h));
@@ -327,8 +327,9 @@ KA_AI void ka_heads(const float *q, const void *k, const void *v, const int kt,
             const int at1 = nh <= 4 ? 4 : 8;
             __m256 acc[16];
             for (int j = 0; j < 16; j++) acc[j] = _mm256_setzero_ps();
-            if (kt == KN_KV_Q8) ka_q8_dot(qq, qd, k, v, t, 2, end, d, nh, acc, at1);
-            else ka_dot_pair(qh, k, v, t, end, kt, d, nh, acc, at1);
+            ka_prefetch_ahead(k, v, t, 2, end, d, kt);
+            if (kt == KN_KV_Q8) ka_q8_dot(qq, qd, k, t, 2, d, nh, acc, at1);
+            else ka_dot_pair(qh, k, t, kt, d, nh, acc, at1);
             __m256 s0, s1;
             if (at1 == 4) {
                 /* slot t: lanes 0-3 (4-7 zero); slot t + 1: lanes 4-7 moved down */
@@ -353,13 +354,9 @@ KA_AI void ka_heads(const float *q, const void *k, const void *v, const int kt,
         }
         __m256 acc[8];
         for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
-        if (kt == KN_KV_Q8) {
-            ka_q8_dot(qq, qd, k, v, t, 1, end, d, nh, acc, 0);
-        } else {
-            ka_prefetch_row(k, t + KA_AHEAD, end, d, kt);
-            ka_prefetch_l2(v, t + KA_AHEAD, end, d, kt);
-            ka_dot_heads(qh, ka_row(k, (size_t)t, d, kt), kt, d, nh, acc, 0);
-        }
+        ka_prefetch_ahead(k, v, t, 1, end, d, kt);
+        if (kt == KN_KV_Q8) ka_q8_dot(qq, qd, k, t, 1, d, nh, acc, 0);
+        else ka_dot_heads(qh, ka_row(k, (size_t)t, d, kt), kt, d, nh, acc, 0);
         mx = ka_store_scores(sc + 8 * (size_t)t, _mm256_mul_ps(ka_sum8x8(acc), scale), softcap,
                              mx);
         t++;

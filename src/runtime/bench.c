@@ -8,8 +8,7 @@ void kiln_model_decode_bytes(const kiln_model *km, uint64_t *stored, uint64_t *r
 }
 
 uint64_t kiln_model_kv_bytes(const kiln_model *km, kiln_kv_type kv, int n_ctx) {
-    kn_kv_kind kind = kv == KILN_KV_F32 ? KN_KV_F32 : kv == KILN_KV_Q8_0 ? KN_KV_Q8 : KN_KV_F16;
-    return kn_model_kv_step_bytes(km->m, kind, n_ctx);
+    return kn_model_kv_step_bytes(km->m, kn_kv_kind_of(kv), n_ctx);
 }
 
 kiln_status kiln_read_bandwidth(int threads, size_t bytes, double *gbs, kiln_error *err) {

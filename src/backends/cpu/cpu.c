@@ -205,7 +205,7 @@ static kiln_status cpu_open(kn_device *dev, const kn_session_cfg *cfg, kn_backen
     kn_session_params sp = kn_session_default_params();
     sp.threads = d->threads;
     sp.stateless = cfg->stateless;
-    sp.kv = cfg->kv == KILN_KV_F32 ? KN_KV_F32 : cfg->kv == KILN_KV_Q8_0 ? KN_KV_Q8 : KN_KV_F16;
+    sp.kv = kn_kv_kind_of(cfg->kv);
     sp.kernels = d->k;
     sp.pool = d->pool;
     sp.max_batch = cfg->stateless ? 1 : KN_MAX_BATCH;

@@ -130,6 +130,11 @@ void kn_model_decode_bytes(const kn_model *m, uint64_t *stored, uint64_t *reside
  * attention reads no more. */
 uint64_t kn_model_kv_step_bytes(const kn_model *m, kn_kv_kind kind, int n_ctx);
 
+/* The engine's cache kind for the public KV type. */
+static inline kn_kv_kind kn_kv_kind_of(kiln_kv_type kv) {
+    return kv == KILN_KV_F32 ? KN_KV_F32 : kv == KILN_KV_Q8_0 ? KN_KV_Q8 : KN_KV_F16;
+}
+
 typedef struct kn_session_params {
     int threads;              /* >= 1 (default 1); ignored when pool is given */
     bool stateless;           /* also allocate the [W]-row buffers of the stateless graph */
